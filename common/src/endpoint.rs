@@ -1,0 +1,245 @@
+//! The endpoint record: one JSON file per pod interface under
+//! `<stateDir>/endpoints/`, written by the plugin (temp-then-rename) before it
+//! tells the daemon. The daemon treats these files as the truth about which
+//! pods exist on the node.
+
+use crate::fsutil;
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+/// Bumped when a field changes meaning; readers reject newer records.
+pub const RECORD_VERSION: u32 = 1;
+
+/// The pod's Kubernetes identity, from `CNI_ARGS`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodIdentity {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub infra_container_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    pub version: u32,
+    /// The CNI network name.
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
+    /// Path of the pod's network namespace as the runtime gave it.
+    pub netns: String,
+    pub pod: PodIdentity,
+    /// The pod's addresses, as host routes (/32, /128).
+    pub addresses: Vec<IpNetwork>,
+    pub gateways: Vec<IpAddr>,
+    pub host_ifname: String,
+    pub host_ifindex: u32,
+    pub host_mac: String,
+    pub pod_mac: String,
+    pub mtu: u32,
+    /// `runtimeConfig` as the runtime sent it (port mappings, bandwidth, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_config: Option<serde_json::Value>,
+    /// `CNI_ARGS` keys we do not interpret.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_args: Vec<(String, String)>,
+    /// Seconds since the epoch when ADD wrote the record.
+    pub created_unix: u64,
+}
+
+/// Where records live under a state dir.
+pub fn endpoints_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("endpoints")
+}
+
+/// `<container ID>:<ifname>.json`: neither part can contain ':', so the name
+/// is unambiguous.
+pub fn record_path(state_dir: &Path, container_id: &str, ifname: &str) -> PathBuf {
+    endpoints_dir(state_dir).join(format!("{container_id}:{ifname}.json"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("cannot {op} endpoint record {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("endpoint record {path} is not valid: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+impl EndpointRecord {
+    pub fn path(&self, state_dir: &Path) -> PathBuf {
+        record_path(state_dir, &self.container_id, &self.ifname)
+    }
+
+    pub fn write(&self, state_dir: &Path) -> Result<PathBuf, RecordError> {
+        let dir = endpoints_dir(state_dir);
+        let path = self.path(state_dir);
+        let io_err = |op, source| RecordError::Io {
+            op,
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| io_err("create the directory of", e))?;
+        let data = serde_json::to_vec_pretty(self).expect("a record always serializes");
+        fsutil::write_atomic(&path, &data).map_err(|e| io_err("write", e))?;
+        Ok(path)
+    }
+
+    pub fn read(path: &Path) -> Result<Self, RecordError> {
+        let data = std::fs::read(path).map_err(|source| RecordError::Io {
+            op: "read",
+            path: path.into(),
+            source,
+        })?;
+        let rec: EndpointRecord =
+            serde_json::from_slice(&data).map_err(|e| RecordError::Invalid {
+                path: path.into(),
+                reason: e.to_string(),
+            })?;
+        if rec.version > RECORD_VERSION {
+            return Err(RecordError::Invalid {
+                path: path.into(),
+                reason: format!(
+                    "record version {} is newer than this binary's {RECORD_VERSION}",
+                    rec.version
+                ),
+            });
+        }
+        Ok(rec)
+    }
+
+    /// Reads the record of one attachment, `None` if there is none.
+    pub fn load(
+        state_dir: &Path,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Option<Self>, RecordError> {
+        let path = record_path(state_dir, container_id, ifname);
+        match Self::read(&path) {
+            Ok(r) => Ok(Some(r)),
+            Err(RecordError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes one attachment's record; a missing record is not an error.
+    pub fn remove(state_dir: &Path, container_id: &str, ifname: &str) -> Result<bool, RecordError> {
+        let path = record_path(state_dir, container_id, ifname);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(RecordError::Io {
+                op: "remove",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Every record under the state dir; unreadable ones are returned as
+    /// errors beside the good ones so one bad file never hides the rest.
+    pub fn list(state_dir: &Path) -> (Vec<Self>, Vec<RecordError>) {
+        let dir = endpoints_dir(state_dir);
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return (good, bad),
+            Err(source) => {
+                bad.push(RecordError::Io {
+                    op: "list",
+                    path: dir,
+                    source,
+                });
+                return (good, bad);
+            }
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if fsutil::is_temp_name(&name) || !name.ends_with(".json") {
+                continue;
+            }
+            match Self::read(&e.path()) {
+                Ok(r) => good.push(r),
+                Err(err) => bad.push(err),
+            }
+        }
+        good.sort_by(|a, b| (&a.container_id, &a.ifname).cmp(&(&b.container_id, &b.ifname)));
+        (good, bad)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn sample(cid: &str) -> EndpointRecord {
+        EndpointRecord {
+            version: RECORD_VERSION,
+            network: "k8s-pod-network".into(),
+            container_id: cid.into(),
+            ifname: "eth0".into(),
+            netns: "/var/run/netns/p".into(),
+            pod: PodIdentity {
+                namespace: Some("default".into()),
+                name: Some("web".into()),
+                uid: None,
+                infra_container_id: None,
+            },
+            addresses: vec!["10.244.0.5/32".parse().unwrap()],
+            gateways: vec!["10.244.0.1".parse().unwrap()],
+            host_ifname: "sl0123456789a".into(),
+            host_ifindex: 7,
+            host_mac: "02:00:00:00:00:01".into(),
+            pod_mac: "02:00:00:00:00:02".into(),
+            mtu: 1500,
+            runtime_config: None,
+            extra_args: vec![],
+            created_unix: 1,
+        }
+    }
+
+    #[test]
+    fn write_read_list_remove() {
+        let d = tempfile::tempdir().unwrap();
+        let r = sample("abc");
+        r.write(d.path()).unwrap();
+        sample("abd").write(d.path()).unwrap();
+        assert_eq!(
+            EndpointRecord::load(d.path(), "abc", "eth0").unwrap(),
+            Some(r)
+        );
+        std::fs::write(endpoints_dir(d.path()).join("broken.json"), b"{").unwrap();
+        let (good, bad) = EndpointRecord::list(d.path());
+        assert_eq!(good.len(), 2);
+        assert_eq!(bad.len(), 1);
+        assert!(EndpointRecord::remove(d.path(), "abc", "eth0").unwrap());
+        assert!(!EndpointRecord::remove(d.path(), "abc", "eth0").unwrap());
+        assert_eq!(EndpointRecord::load(d.path(), "abc", "eth0").unwrap(), None);
+    }
+
+    #[test]
+    fn newer_records_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let mut r = sample("abc");
+        r.version = RECORD_VERSION + 1;
+        let p = r.write(d.path()).unwrap();
+        assert!(matches!(
+            EndpointRecord::read(&p),
+            Err(RecordError::Invalid { .. })
+        ));
+    }
+}
