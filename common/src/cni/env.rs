@@ -1,4 +1,4 @@
-use super::{codes, CniArgs, CniError};
+use super::{CniArgs, CniError};
 use std::path::PathBuf;
 
 /// Longest interface name the kernel accepts (IFNAMSIZ - 1).
@@ -176,6 +176,7 @@ pub fn validate_ifname(name: &str) -> Result<(), CniError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cni::codes;
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> Result<Env, CniError> {

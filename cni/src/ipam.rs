@@ -1,0 +1,225 @@
+//! Address management for the plugin: `sluice-ipam` in-process (no exec on
+//! the pod start path), any other `ipam.type` delegated as the spec says.
+
+use crate::delegate;
+use crate::plugin::Invocation;
+use ipnetwork::IpNetwork;
+use sluice_common::cni::{codes, CniError, Command, Dns, Env, Route};
+use sluice_ipam::{Allocator, DiskStore, IpamConfig};
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+pub const IN_PROCESS_TYPE: &str = "sluice-ipam";
+
+/// One address for the pod, with its subnet's prefix as IPAM gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub address: IpNetwork,
+    pub gateway: Option<IpAddr>,
+}
+
+#[derive(Debug)]
+pub enum Ipam {
+    /// `sluice-ipam`; the ranges are parsed only for ADD/STATUS so a pod stays
+    /// deletable after its network's ranges were edited into something invalid.
+    InProcess {
+        network: String,
+        ipam: serde_json::Value,
+        data_dir: PathBuf,
+    },
+    Delegated {
+        plugin_type: String,
+        stdin: Vec<u8>,
+    },
+}
+
+fn ipam_err(e: sluice_ipam::IpamError) -> CniError {
+    e.to_cni()
+}
+
+impl Ipam {
+    pub fn from_netconf(inv: &Invocation) -> Result<Self, CniError> {
+        let ipam = sluice_ipam::config::ipam_object(&inv.conf)?;
+        let plugin_type = ipam.get("type").and_then(|t| t.as_str()).unwrap_or("");
+        if plugin_type == IN_PROCESS_TYPE {
+            Ok(Ipam::InProcess {
+                network: inv.conf.name.clone(),
+                data_dir: IpamConfig::data_dir_of(ipam)?,
+                ipam: ipam.clone(),
+            })
+        } else if plugin_type.is_empty() {
+            Err(CniError::config(
+                "ipam has no \"type\"",
+                "set ipam.type to sluice-ipam, or to another IPAM plugin in CNI_PATH",
+            ))
+        } else {
+            Ok(Ipam::Delegated {
+                plugin_type: plugin_type.to_string(),
+                stdin: inv.stdin.clone(),
+            })
+        }
+    }
+
+    fn open(&self, create: bool) -> Result<Option<DiskStore>, CniError> {
+        let Ipam::InProcess {
+            network, data_dir, ..
+        } = self
+        else {
+            unreachable!("only called for in-process IPAM")
+        };
+        if create {
+            DiskStore::open(data_dir, network)
+                .map(Some)
+                .map_err(ipam_err)
+        } else {
+            DiskStore::open_existing(data_dir, network).map_err(ipam_err)
+        }
+    }
+
+    /// Reserves the pod's addresses; returns them with the IPAM's extra
+    /// routes and DNS settings.
+    pub fn add(&mut self, env: &Env) -> Result<(Vec<Lease>, Vec<Route>, Dns), CniError> {
+        match self {
+            Ipam::InProcess { ipam, .. } => {
+                let config = IpamConfig::parse(ipam)?;
+                let store = self.open(true)?.expect("open(true) always gives a store");
+                let mut alloc = Allocator::new(&config, store);
+                let got = alloc
+                    .allocate(&env.container_id, &env.ifname)
+                    .map_err(ipam_err)?;
+                let leases = got
+                    .into_iter()
+                    .map(|a| Lease {
+                        address: a.address,
+                        gateway: Some(a.gateway),
+                    })
+                    .collect();
+                Ok((leases, config.routes.clone(), Dns::default()))
+            }
+            Ipam::Delegated { plugin_type, stdin } => {
+                let res = delegate::run(env, plugin_type, Command::Add, stdin)?
+                    .expect("ADD always returns a result");
+                if res.ips.is_empty() {
+                    // Nothing was reserved that we could use; give back what
+                    // the delegate may hold.
+                    let _ = delegate::run(env, plugin_type, Command::Del, stdin);
+                    return Err(CniError::new(
+                        codes::DELEGATE_FAILED,
+                        format!("IPAM plugin {plugin_type} returned no address"),
+                        "check its ranges",
+                    ));
+                }
+                let leases = res
+                    .ips
+                    .iter()
+                    .map(|ip| Lease {
+                        address: ip.address,
+                        gateway: ip.gateway,
+                    })
+                    .collect();
+                Ok((leases, res.routes, res.dns))
+            }
+        }
+    }
+
+    /// Releases the pod's addresses; idempotent.
+    pub fn del(&mut self, env: &Env) -> Result<(), CniError> {
+        match self {
+            Ipam::InProcess { .. } => {
+                let Some(store) = self.open(false)? else {
+                    return Ok(());
+                };
+                Allocator::without_ranges(store)
+                    .release(&env.container_id, &env.ifname)
+                    .map(drop)
+                    .map_err(ipam_err)
+            }
+            Ipam::Delegated { plugin_type, stdin } => {
+                delegate::run(env, plugin_type, Command::Del, stdin).map(drop)
+            }
+        }
+    }
+
+    /// Checks that the attachment still holds exactly `ips`.
+    pub fn check(&mut self, env: &Env, ips: &[IpAddr]) -> Result<(), CniError> {
+        match self {
+            Ipam::InProcess { .. } => {
+                let held = match self.open(false)? {
+                    Some(store) => Allocator::without_ranges(store)
+                        .get(&env.container_id, &env.ifname)
+                        .map_err(ipam_err)?,
+                    None => Vec::new(),
+                };
+                let missing: Vec<String> = ips
+                    .iter()
+                    .filter(|ip| !held.contains(ip))
+                    .map(|ip| ip.to_string())
+                    .collect();
+                if missing.is_empty() {
+                    Ok(())
+                } else {
+                    Err(CniError::new(
+                        codes::CHECK_FAILED,
+                        format!("IPAM holds no reservation of {}", missing.join(", ")),
+                        "",
+                    ))
+                }
+            }
+            Ipam::Delegated { plugin_type, stdin } => {
+                delegate::run(env, plugin_type, Command::Check, stdin).map(drop)
+            }
+        }
+    }
+
+    /// Code 50 when no ADD could succeed now (a range set full, the store
+    /// not writable).
+    pub fn status(&mut self, env: &Env) -> Result<(), CniError> {
+        match self {
+            Ipam::InProcess { ipam, .. } => {
+                let config = IpamConfig::parse(ipam)?;
+                let store = self
+                    .open(true)
+                    .map_err(|e| CniError::new(codes::PLUGIN_NOT_AVAILABLE, e.msg, e.details))?;
+                let status = Allocator::new(&config, store.expect("created"))
+                    .status()
+                    .map_err(ipam_err)?;
+                if let Err(e) = status.writable {
+                    let e = e.to_cni();
+                    return Err(CniError::new(codes::PLUGIN_NOT_AVAILABLE, e.msg, e.details));
+                }
+                if let Some(full) = status.sets.iter().find(|s| s.exhausted()) {
+                    return Err(CniError::new(
+                        codes::PLUGIN_NOT_AVAILABLE,
+                        format!(
+                            "IPAM range set {} ({}) is exhausted: {} of {} addresses in use",
+                            full.label, full.ranges, full.used, full.capacity
+                        ),
+                        "delete pods, or widen the range in the network config",
+                    ));
+                }
+                Ok(())
+            }
+            Ipam::Delegated { plugin_type, stdin } => {
+                delegate::run(env, plugin_type, Command::Status, stdin).map(drop)
+            }
+        }
+    }
+
+    pub fn gc(&mut self, env: &Env, valid: &HashSet<(String, String)>) -> Result<(), CniError> {
+        match self {
+            Ipam::InProcess { .. } => {
+                let Some(store) = self.open(false)? else {
+                    return Ok(());
+                };
+                Allocator::without_ranges(store)
+                    .gc(valid)
+                    .map(drop)
+                    .map_err(ipam_err)
+            }
+            Ipam::Delegated { plugin_type, stdin } => {
+                delegate::run(env, plugin_type, Command::Gc, stdin).map(drop)
+            }
+        }
+    }
+}

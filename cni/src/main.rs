@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(sluice_cni::main_entry());
+}

@@ -1,0 +1,590 @@
+//! A small synchronous rtnetlink client: the handful of link, address, route
+//! and neighbour operations the plugin needs, each one request and its ACK.
+//!
+//! Synchronous on purpose: the plugin is a short-lived process on the pod
+//! start path, and an async runtime would only add start-up time. A socket is
+//! bound to the netns it was opened in, which is how we reach into a pod's
+//! netns without moving the process ([`Netlink::open_in`]).
+
+use crate::netns::Netns;
+use ipnetwork::IpNetwork;
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REPLACE, NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+
+/// Routes we install carry this protocol number so they are recognisable
+/// (`ip route show proto 0x5c`) and never confused with an operator's.
+pub const RTPROT_SLUICE: u8 = 0x5c;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NlError {
+    #[error("netlink socket: {0}")]
+    Socket(#[source] io::Error),
+    #[error("{op}: {source}")]
+    Kernel {
+        op: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{op}: cannot decode the kernel's answer: {reason}")]
+    Decode { op: String, reason: String },
+}
+
+impl NlError {
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NlError::Kernel { source, .. } | NlError::Socket(source) => source.raw_os_error(),
+            NlError::Decode { .. } => None,
+        }
+    }
+    pub fn is(&self, errno: i32) -> bool {
+        self.errno() == Some(errno)
+    }
+}
+
+/// What we need to know of a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub alias: Option<String>,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: Option<u32>,
+    pub up: bool,
+    /// The kernel reports the link operationally up (carrier, qdisc attached).
+    pub oper_up: bool,
+    pub kind: Option<String>,
+}
+
+/// One route, as far as CHECK and GC care.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub dst: IpNetwork,
+    pub gateway: Option<IpAddr>,
+    pub oif: Option<u32>,
+    pub kind: RouteType,
+    pub protocol: u8,
+}
+
+#[derive(Debug)]
+pub struct Netlink {
+    socket: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl Netlink {
+    /// A socket in the calling thread's current netns.
+    pub fn open() -> Result<Self, NlError> {
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(NlError::Socket)?;
+        socket.bind_auto().map_err(NlError::Socket)?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(NlError::Socket)?;
+        // Extended ACKs give the kernel's reason text; best effort.
+        let _ = socket.set_ext_ack(true);
+        Ok(Self {
+            socket,
+            seq: 1,
+            buf: vec![0; 64 * 1024],
+        })
+    }
+
+    /// A socket bound to `ns`: the thread enters `ns` only for the socket(2)
+    /// call and comes back before returning.
+    pub fn open_in(ns: &Netns) -> Result<Self, NlError> {
+        ns.run_in(Self::open)
+            .map_err(|e| NlError::Socket(io::Error::other(e.to_string())))?
+    }
+
+    fn request(
+        &mut self,
+        op: impl Fn() -> String,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<Vec<RouteNetlinkMessage>, NlError> {
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | flags;
+        self.seq = self.seq.wrapping_add(1);
+        header.sequence_number = self.seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+        packet.finalize();
+        let mut out = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut out);
+        self.socket
+            .send(&out, 0)
+            .map_err(|source| NlError::Kernel { op: op(), source })?;
+        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        let mut replies = Vec::new();
+        loop {
+            let n = self
+                .socket
+                .recv(&mut &mut self.buf[..], 0)
+                .map_err(|source| NlError::Kernel { op: op(), source })?;
+            let mut offset = 0;
+            while offset < n {
+                let bytes = &self.buf[offset..n];
+                let msg =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes).map_err(|e| {
+                        NlError::Decode {
+                            op: op(),
+                            reason: e.to_string(),
+                        }
+                    })?;
+                let len = msg.header.length as usize;
+                if len == 0 {
+                    return Err(NlError::Decode {
+                        op: op(),
+                        reason: "zero-length message".into(),
+                    });
+                }
+                offset += (len + 3) & !3;
+                if msg.header.sequence_number != self.seq {
+                    continue;
+                }
+                match msg.payload {
+                    NetlinkPayload::Error(e) => {
+                        return match e.code {
+                            None => Ok(replies),
+                            Some(_) => Err(NlError::Kernel {
+                                op: op(),
+                                source: e.to_io(),
+                            }),
+                        }
+                    }
+                    NetlinkPayload::Done(_) => return Ok(replies),
+                    NetlinkPayload::InnerMessage(m) => {
+                        replies.push(m);
+                        if !dump && flags & NLM_F_ACK == 0 {
+                            return Ok(replies);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Creates a veth pair: `host` here and `peer` directly inside `peer_ns`,
+    /// so the pod's end never exists in the node's netns, even for a moment.
+    pub fn create_veth(
+        &mut self,
+        host: &str,
+        host_mac: [u8; 6],
+        peer: &str,
+        peer_mac: [u8; 6],
+        peer_ns: &Netns,
+        mtu: u32,
+    ) -> Result<(), NlError> {
+        let mut peer_msg = LinkMessage::default();
+        peer_msg.attributes = vec![
+            LinkAttribute::IfName(peer.into()),
+            LinkAttribute::Address(peer_mac.to_vec()),
+            LinkAttribute::Mtu(mtu),
+            LinkAttribute::NetNsFd(peer_ns.as_raw_fd()),
+        ];
+        let mut msg = LinkMessage::default();
+        msg.attributes = vec![
+            LinkAttribute::IfName(host.into()),
+            LinkAttribute::Address(host_mac.to_vec()),
+            LinkAttribute::Mtu(mtu),
+            LinkAttribute::LinkInfo(vec![
+                LinkInfo::Kind(InfoKind::Veth),
+                LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
+            ]),
+        ];
+        self.request(
+            || format!("creating veth {host} <-> {peer}"),
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .map(drop)
+    }
+
+    /// Sets a link up, and its alias when given, in one request.
+    pub fn set_up(&mut self, index: u32, alias: Option<&str>) -> Result<(), NlError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+        if let Some(a) = alias {
+            msg.attributes.push(LinkAttribute::IfAlias(a.into()));
+        }
+        self.request(
+            || format!("setting link {index} up"),
+            RouteNetlinkMessage::SetLink(msg),
+            NLM_F_ACK,
+        )
+        .map(drop)
+    }
+
+    pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>, NlError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.into()));
+        match self.request(
+            || format!("looking up link {name}"),
+            RouteNetlinkMessage::GetLink(msg),
+            0,
+        ) {
+            Ok(r) => Ok(r.into_iter().find_map(to_link)),
+            Err(e) if e.is(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn link_by_index(&mut self, index: u32) -> Result<Option<Link>, NlError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        match self.request(
+            || format!("looking up link #{index}"),
+            RouteNetlinkMessage::GetLink(msg),
+            0,
+        ) {
+            Ok(r) => Ok(r.into_iter().find_map(to_link)),
+            Err(e) if e.is(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits until the link is operationally up. A veth that was just set
+    /// up drops every packet until the kernel's link watcher has attached
+    /// its qdisc; returning ADD before that would lose the pod's first
+    /// packets.
+    pub fn wait_oper_up(
+        &mut self,
+        index: u32,
+        timeout: std::time::Duration,
+    ) -> Result<bool, NlError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match self.link_by_index(index)? {
+                Some(l) if l.oper_up => return Ok(true),
+                None => return Ok(false),
+                Some(_) if std::time::Instant::now() >= deadline => return Ok(false),
+                Some(_) => std::thread::sleep(std::time::Duration::from_micros(200)),
+            }
+        }
+    }
+
+    pub fn links(&mut self) -> Result<Vec<Link>, NlError> {
+        Ok(self
+            .request(
+                || "listing links".into(),
+                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+                NLM_F_DUMP,
+            )?
+            .into_iter()
+            .filter_map(to_link)
+            .collect())
+    }
+
+    /// Deletes a link by name; `false` if there was none.
+    pub fn delete_link(&mut self, name: &str) -> Result<bool, NlError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.into()));
+        match self.request(
+            || format!("deleting link {name}"),
+            RouteNetlinkMessage::DelLink(msg),
+            NLM_F_ACK,
+        ) {
+            Ok(_) => Ok(true),
+            Err(e) if e.is(libc::ENODEV) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Adds an address with its exact prefix. IPv6 addresses skip duplicate
+    /// address detection: IPAM already guarantees uniqueness, and DAD would
+    /// keep the address unusable for a second or more after ADD returns.
+    pub fn add_address(&mut self, index: u32, addr: IpNetwork) -> Result<(), NlError> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = family(addr.ip());
+        msg.header.prefix_len = addr.prefix();
+        msg.header.index = index;
+        msg.attributes.push(AddressAttribute::Local(addr.ip()));
+        msg.attributes.push(AddressAttribute::Address(addr.ip()));
+        if addr.is_ipv6() {
+            msg.header.flags = AddressHeaderFlags::Nodad;
+            msg.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        self.request(
+            || format!("adding address {addr} to link #{index}"),
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(drop)
+    }
+
+    /// The addresses of one link (all families).
+    pub fn addresses(&mut self, index: u32) -> Result<Vec<IpNetwork>, NlError> {
+        let replies = self.request(
+            || format!("listing addresses of link #{index}"),
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        let mut out = Vec::new();
+        for r in replies {
+            if let RouteNetlinkMessage::NewAddress(a) = r {
+                if a.header.index != index {
+                    continue;
+                }
+                let ip = a.attributes.iter().find_map(|at| match at {
+                    AddressAttribute::Local(ip) => Some(*ip),
+                    _ => None,
+                });
+                let ip = ip.or_else(|| {
+                    a.attributes.iter().find_map(|at| match at {
+                        AddressAttribute::Address(ip) => Some(*ip),
+                        _ => None,
+                    })
+                });
+                if let Some(ip) = ip {
+                    if let Ok(n) = IpNetwork::new(ip, a.header.prefix_len) {
+                        out.push(n);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds (or replaces) a unicast route in the main table.
+    pub fn add_route(
+        &mut self,
+        dst: IpNetwork,
+        gateway: Option<IpAddr>,
+        oif: u32,
+        scope: RouteScope,
+    ) -> Result<(), NlError> {
+        let mut msg = route_message(dst, RouteType::Unicast);
+        msg.header.scope = scope;
+        msg.attributes.push(RouteAttribute::Oif(oif));
+        if let Some(gw) = gateway {
+            msg.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+        }
+        self.request(
+            || match gateway {
+                Some(gw) => format!("adding route {dst} via {gw} dev #{oif}"),
+                None => format!("adding route {dst} dev #{oif}"),
+            },
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(drop)
+    }
+
+    /// Makes sure an `unreachable` route covers `dst`; an existing one is kept.
+    pub fn ensure_unreachable(&mut self, dst: IpNetwork) -> Result<(), NlError> {
+        let mut msg = route_message(dst, RouteType::Unreachable);
+        msg.header.scope = RouteScope::Universe;
+        match self.request(
+            || format!("adding unreachable route {dst}"),
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        ) {
+            Ok(_) => Ok(()),
+            Err(e) if e.is(libc::EEXIST) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Routes of the main table of one family.
+    pub fn routes(&mut self, v6: bool) -> Result<Vec<RouteEntry>, NlError> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = if v6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        let replies = self.request(
+            || "listing routes".into(),
+            RouteNetlinkMessage::GetRoute(msg),
+            NLM_F_DUMP,
+        )?;
+        let mut out = Vec::new();
+        for r in replies {
+            let RouteNetlinkMessage::NewRoute(m) = r else {
+                continue;
+            };
+            let table = m
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(m.header.table as u32);
+            if table != RouteHeader::RT_TABLE_MAIN as u32 {
+                continue;
+            }
+            let mut dst = None;
+            let mut gateway = None;
+            let mut oif = None;
+            for a in &m.attributes {
+                match a {
+                    RouteAttribute::Destination(d) => dst = route_ip(d),
+                    RouteAttribute::Gateway(g) => gateway = route_ip(g),
+                    RouteAttribute::Oif(o) => oif = Some(*o),
+                    _ => {}
+                }
+            }
+            let dst = dst.unwrap_or(if v6 {
+                IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+            });
+            if let Ok(dst) = IpNetwork::new(dst, m.header.destination_prefix_length) {
+                out.push(RouteEntry {
+                    dst,
+                    gateway,
+                    oif,
+                    kind: m.header.kind,
+                    protocol: u8::from(m.header.protocol),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// A permanent neighbour entry, so the first packet needs no ARP/ND.
+    pub fn add_permanent_neighbour(
+        &mut self,
+        index: u32,
+        ip: IpAddr,
+        mac: [u8; 6],
+    ) -> Result<(), NlError> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = family(ip);
+        msg.header.ifindex = index;
+        msg.header.state = NeighbourState::Permanent;
+        msg.header.kind = RouteType::Unicast;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(match ip {
+                IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+                IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+            }));
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        self.request(
+            || format!("adding neighbour {ip} on link #{index}"),
+            RouteNetlinkMessage::NewNeighbour(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(drop)
+    }
+
+    /// The MTU of the link that carries the default route, if there is one.
+    pub fn default_route_mtu(&mut self) -> Result<Option<u32>, NlError> {
+        for v6 in [false, true] {
+            let routes = self.routes(v6)?;
+            if let Some(oif) = routes
+                .iter()
+                .filter(|r| r.dst.prefix() == 0 && r.kind == RouteType::Unicast)
+                .find_map(|r| r.oif)
+            {
+                if let Some(l) = self.link_by_index(oif)? {
+                    return Ok(l.mtu);
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn family(ip: IpAddr) -> AddressFamily {
+    if ip.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    }
+}
+
+fn route_message(dst: IpNetwork, kind: RouteType) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = family(dst.ip());
+    msg.header.destination_prefix_length = dst.prefix();
+    msg.header.table = RouteHeader::RT_TABLE_MAIN;
+    msg.header.protocol = RouteProtocol::from(RTPROT_SLUICE);
+    msg.header.kind = kind;
+    msg.header.flags = RouteFlags::empty();
+    msg.attributes
+        .push(RouteAttribute::Destination(RouteAddress::from(
+            dst.network(),
+        )));
+    msg
+}
+
+fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+fn to_link(m: RouteNetlinkMessage) -> Option<Link> {
+    let RouteNetlinkMessage::NewLink(l) = m else {
+        return None;
+    };
+    let mut link = Link {
+        index: l.header.index,
+        name: String::new(),
+        alias: None,
+        mac: None,
+        mtu: None,
+        up: l.header.flags.contains(LinkFlags::Up),
+        oper_up: false,
+        kind: None,
+    };
+    for a in l.attributes {
+        match a {
+            LinkAttribute::IfName(n) => link.name = n,
+            LinkAttribute::IfAlias(a) => link.alias = Some(a),
+            LinkAttribute::Mtu(m) => link.mtu = Some(m),
+            LinkAttribute::OperState(s) => link.oper_up = s == State::Up,
+            LinkAttribute::Address(mac) if mac.len() == 6 => {
+                let mut m = [0; 6];
+                m.copy_from_slice(&mac);
+                link.mac = Some(m);
+            }
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let LinkInfo::Kind(k) = i {
+                        link.kind = Some(k.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(link)
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}

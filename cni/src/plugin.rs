@@ -1,0 +1,757 @@
+//! The CNI commands. Each parses and validates everything first, then acts;
+//! ADD undoes every step it made when a later one fails, DEL and GC carry on
+//! past failures and report them all.
+
+use crate::config::{PluginConf, DEFAULT_MTU};
+use crate::ipam::{Ipam, Lease};
+use crate::naming;
+use crate::netlink::{format_mac, Netlink, NlError};
+use crate::netns::{Netns, NetnsError};
+use ipnetwork::IpNetwork;
+use netlink_packet_route::route::RouteScope;
+use sluice_common::api::{self, Request};
+use sluice_common::cni::{
+    codes, CniError, CniResult, CniVersion, Command, Env, Interface, IpConfig, NetConf, Route,
+    SUPPORTED_VERSIONS,
+};
+use sluice_common::endpoint::{EndpointRecord, PodIdentity, RECORD_VERSION};
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Everything a command needs, parsed and validated.
+#[derive(Debug)]
+pub struct Invocation {
+    pub env: Env,
+    pub conf: NetConf,
+    pub version: CniVersion,
+    pub plugin: PluginConf,
+    pub stdin: Vec<u8>,
+}
+
+/// Runs one command; `Ok(Some(json))` is printed to stdout.
+pub fn run(env: Env, stdin: Vec<u8>) -> Result<Option<serde_json::Value>, (CniError, String)> {
+    if env.command == Command::Version {
+        return Ok(Some(version_info(&stdin)));
+    }
+    let fallback = CniVersion::LATEST.as_str().to_string();
+    let (conf, version) = NetConf::parse(&stdin).map_err(|e| (e, fallback))?;
+    let vs = conf.cni_version.clone();
+    let fail = |e: CniError| (e, vs.clone());
+    conf.require_name().map_err(fail)?;
+    let plugin = PluginConf::from_netconf(&conf).map_err(fail)?;
+    let inv = Invocation {
+        env,
+        conf,
+        version,
+        plugin,
+        stdin,
+    };
+    let res = match inv.env.command {
+        Command::Add => add(&inv).map(Some),
+        Command::Del => del(&inv).map(|_| None),
+        Command::Check => check(&inv).map(|_| None),
+        Command::Status => status(&inv).map(|_| None),
+        Command::Gc => gc(&inv).map(|_| None),
+        Command::Version => unreachable!("answered above"),
+    };
+    res.map_err(fail)
+}
+
+fn version_info(stdin: &[u8]) -> serde_json::Value {
+    let asked = serde_json::from_slice::<serde_json::Value>(stdin)
+        .ok()
+        .and_then(|v| v.get("cniVersion")?.as_str().map(String::from))
+        .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
+        .unwrap_or_else(|| CniVersion::LATEST.as_str().into());
+    serde_json::json!({ "cniVersion": asked, "supportedVersions": SUPPORTED_VERSIONS })
+}
+
+fn nl_err(e: NlError) -> CniError {
+    let hint = match e.errno() {
+        Some(libc::EPERM) | Some(libc::EACCES) => {
+            "the plugin needs CAP_NET_ADMIN in the node's netns; run it as root"
+        }
+        Some(libc::EEXIST) => "a conflicting interface or route already exists",
+        _ => "see the kernel's error above; `ip link`, `ip addr` and `ip route` show the state",
+    };
+    CniError::new(codes::NETLINK_FAILURE, e.to_string(), hint)
+}
+
+fn netns_err(e: NetnsError) -> CniError {
+    match e {
+        NetnsError::NotFound { .. } => CniError::new(
+            codes::UNKNOWN_CONTAINER,
+            e.to_string(),
+            "the sandbox is gone or CNI_NETNS is wrong; the runtime must pass the pod's netns path",
+        ),
+        NetnsError::NotNetns { .. } => CniError::env(
+            e.to_string(),
+            "CNI_NETNS must name a network namespace file such as /var/run/netns/<name> \
+             or /proc/<pid>/ns/net",
+        ),
+        _ => CniError::new(codes::IO_FAILURE, e.to_string(), ""),
+    }
+}
+
+fn record_err(e: sluice_common::endpoint::RecordError) -> CniError {
+    CniError::new(
+        codes::IO_FAILURE,
+        e.to_string(),
+        "make stateDir writable by the plugin (root) or set \"stateDir\" in the network config",
+    )
+}
+
+/// The address a pod holds: the lease's IP as a host route.
+fn host_prefix(ip: IpAddr) -> IpNetwork {
+    match ip {
+        IpAddr::V4(v4) => IpNetwork::new(IpAddr::V4(v4), 32).expect("/32 is valid"),
+        IpAddr::V6(v6) => IpNetwork::new(IpAddr::V6(v6), 128).expect("/128 is valid"),
+    }
+}
+
+fn default_dst(v6: bool) -> IpNetwork {
+    if v6 {
+        IpNetwork::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0).expect("::/0")
+    } else {
+        IpNetwork::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0).expect("0.0.0.0/0")
+    }
+}
+
+/// What ADD has done so far, undone in reverse on failure.
+struct AddUndo<'a> {
+    inv: &'a Invocation,
+    ipam: Option<&'a mut Ipam>,
+    host_link: Option<String>,
+    record: bool,
+}
+
+impl AddUndo<'_> {
+    fn rollback(mut self) {
+        let (cid, ifname) = (&self.inv.env.container_id, &self.inv.env.ifname);
+        if self.record {
+            let _ = EndpointRecord::remove(&self.inv.plugin.state_dir, cid, ifname);
+        }
+        if let Some(name) = self.host_link.take() {
+            if let Ok(mut nl) = Netlink::open() {
+                let _ = nl.delete_link(&name);
+            }
+        }
+        if let Some(ipam) = self.ipam.take() {
+            if let Err(e) = ipam.del(&self.inv.env) {
+                eprintln!("sluice: undoing ADD: releasing addresses failed: {e}");
+            }
+        }
+    }
+}
+
+pub fn add(inv: &Invocation) -> Result<serde_json::Value, CniError> {
+    let env = &inv.env;
+    let netns_path = env.netns.as_ref().expect("validated: ADD has a netns");
+    let pod_ns = Netns::open(netns_path).map_err(netns_err)?;
+    let node_ns = Netns::current().map_err(netns_err)?;
+    if pod_ns.id().ok() == node_ns.id().ok() {
+        return Err(CniError::env(
+            format!("CNI_NETNS {} is the node's own netns", netns_path.display()),
+            "the runtime must pass the pod's network namespace, not the host's",
+        ));
+    }
+    let mut ipam = Ipam::from_netconf(inv)?;
+    let host_name = naming::host_ifname(&env.container_id, &env.ifname);
+    let mut nl = Netlink::open().map_err(nl_err)?;
+    // Fail before allocating if the pod's interface is already there.
+    if nl.link_by_name(&host_name).map_err(nl_err)?.is_some() {
+        return Err(CniError::new(
+            codes::ALREADY_EXISTS,
+            format!(
+                "container {} ifname {} already has host interface {host_name}",
+                env.container_id, env.ifname
+            ),
+            "DEL the attachment before adding it again",
+        ));
+    }
+    let (leases, ipam_routes, dns) = ipam.add(env)?;
+    let mut undo = AddUndo {
+        inv,
+        ipam: Some(&mut ipam),
+        host_link: None,
+        record: false,
+    };
+    match add_steps(inv, &pod_ns, &mut nl, &host_name, &leases, &mut undo) {
+        Ok(record) => {
+            // Committed: nothing below may undo the ADD.
+            undo.ipam = None;
+            drop(undo);
+            notify_daemon(
+                inv,
+                Request::Register {
+                    endpoint: Box::new(record.clone()),
+                },
+            );
+            let mut result = build_result(inv, &record, &leases)?;
+            // Routes and DNS the IPAM asked for are passed on; the pod's own
+            // default routes are already in the result.
+            for r in ipam_routes {
+                if !result.routes.iter().any(|x| x.dst == r.dst) {
+                    result.routes.push(r);
+                }
+            }
+            if result.dns.is_empty() {
+                result.dns = dns;
+            }
+            Ok(result.to_json(inv.version))
+        }
+        Err(e) => {
+            undo.rollback();
+            Err(e)
+        }
+    }
+}
+
+fn add_steps(
+    inv: &Invocation,
+    pod_ns: &Netns,
+    nl: &mut Netlink,
+    host_name: &str,
+    leases: &[Lease],
+    undo: &mut AddUndo<'_>,
+) -> Result<EndpointRecord, CniError> {
+    let env = &inv.env;
+    for l in leases {
+        if l.gateway.is_none() {
+            return Err(CniError::config(
+                format!("IPAM gave {} without a gateway", l.address),
+                "routed pods need a gateway per range; set \"gateway\" in the ipam ranges",
+            ));
+        }
+    }
+    ensure_node_ready(nl, leases)?;
+    let mtu = match inv.plugin.mtu {
+        Some(m) => m,
+        None => nl
+            .default_route_mtu()
+            .map_err(nl_err)?
+            .unwrap_or(DEFAULT_MTU),
+    };
+    let (host_mac, pod_mac) = naming::macs(&env.container_id, &env.ifname);
+    nl.create_veth(host_name, host_mac, &env.ifname, pod_mac, pod_ns, mtu)
+        .map_err(|e| {
+            if e.is(libc::EEXIST) {
+                CniError::new(
+                    codes::ALREADY_EXISTS,
+                    format!(
+                        "interface {} already exists in the pod's netns {}",
+                        env.ifname,
+                        pod_ns.path().display()
+                    ),
+                    "another plugin or an earlier ADD created it; DEL first or use another CNI_IFNAME",
+                )
+            } else {
+                nl_err(e)
+            }
+        })?;
+    undo.host_link = Some(host_name.to_string());
+
+    // The pod's side, through a socket bound to its netns.
+    let mut pod_nl = Netlink::open_in(pod_ns).map_err(nl_err)?;
+    let pod_if = pod_nl
+        .link_by_name(&env.ifname)
+        .map_err(nl_err)?
+        .ok_or_else(|| {
+            CniError::new(
+                codes::NETLINK_FAILURE,
+                format!(
+                    "{} vanished from the pod's netns right after creation",
+                    env.ifname
+                ),
+                "something else in the pod's netns removed it; retry the ADD",
+            )
+        })?;
+    for l in leases {
+        pod_nl
+            .add_address(pod_if.index, host_prefix(l.address.ip()))
+            .map_err(nl_err)?;
+    }
+    pod_nl.set_up(pod_if.index, None).map_err(nl_err)?;
+    for l in leases {
+        let gw = l.gateway.expect("checked above");
+        pod_nl
+            .add_permanent_neighbour(pod_if.index, gw, host_mac)
+            .map_err(nl_err)?;
+        pod_nl
+            .add_route(host_prefix(gw), None, pod_if.index, RouteScope::Link)
+            .map_err(nl_err)?;
+        pod_nl
+            .add_route(
+                default_dst(gw.is_ipv6()),
+                Some(gw),
+                pod_if.index,
+                RouteScope::Universe,
+            )
+            .map_err(nl_err)?;
+    }
+
+    // The node's side.
+    let host_if = nl.link_by_name(host_name).map_err(nl_err)?.ok_or_else(|| {
+        CniError::new(
+            codes::NETLINK_FAILURE,
+            format!("host interface {host_name} vanished right after creation"),
+            "something on the node removed it; retry the ADD",
+        )
+    })?;
+    let alias = naming::host_alias(&inv.conf.name, &env.container_id, &env.ifname);
+    nl.set_up(host_if.index, alias.as_deref()).map_err(nl_err)?;
+    let mut gateways = Vec::new();
+    for l in leases {
+        let gw = l.gateway.expect("checked above");
+        // The gateway lives on every pod's host veth (as ptp does), so the
+        // node answers for it and a pod can reach the node through it.
+        nl.add_address(host_if.index, host_prefix(gw))
+            .map_err(nl_err)?;
+        nl.add_permanent_neighbour(host_if.index, l.address.ip(), pod_mac)
+            .map_err(nl_err)?;
+        nl.add_route(
+            host_prefix(l.address.ip()),
+            None,
+            host_if.index,
+            RouteScope::Link,
+        )
+        .map_err(nl_err)?;
+        gateways.push(gw);
+    }
+
+    // Both ends must pass packets before the runtime starts the pod.
+    for (sock, index, side) in [
+        (&mut *nl, host_if.index, "node"),
+        (&mut pod_nl, pod_if.index, "pod"),
+    ] {
+        if !sock
+            .wait_oper_up(index, std::time::Duration::from_secs(2))
+            .map_err(nl_err)?
+        {
+            eprintln!("sluice: the {side} end of the veth is not up after 2s; continuing");
+        }
+    }
+
+    let record = EndpointRecord {
+        version: RECORD_VERSION,
+        network: inv.conf.name.clone(),
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+        netns: pod_ns.path().display().to_string(),
+        pod: PodIdentity {
+            namespace: env.args.k8s_pod_namespace.clone(),
+            name: env.args.k8s_pod_name.clone(),
+            uid: env.args.k8s_pod_uid.clone(),
+            infra_container_id: env.args.k8s_pod_infra_container_id.clone(),
+        },
+        addresses: leases.iter().map(|l| host_prefix(l.address.ip())).collect(),
+        gateways,
+        host_ifname: host_name.to_string(),
+        host_ifindex: host_if.index,
+        host_mac: format_mac(host_mac),
+        pod_mac: format_mac(pod_mac),
+        mtu,
+        runtime_config: inv.conf.runtime_config.clone(),
+        extra_args: env.args.other.clone(),
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    undo.record = true;
+    record.write(&inv.plugin.state_dir).map_err(record_err)?;
+    Ok(record)
+}
+
+/// Node-wide settings every pod relies on; idempotent, never undone.
+fn ensure_node_ready(nl: &mut Netlink, leases: &[Lease]) -> Result<(), CniError> {
+    let v4 = leases.iter().any(|l| l.address.is_ipv4());
+    let v6 = leases.iter().any(|l| l.address.is_ipv6());
+    if v4 {
+        ensure_sysctl("/proc/sys/net/ipv4/ip_forward")?;
+    }
+    if v6 {
+        ensure_sysctl("/proc/sys/net/ipv6/conf/all/forwarding")?;
+    }
+    for l in leases {
+        // Traffic to an address of the pod range that has no pod dies here
+        // instead of following the default route off the node.
+        let net = IpNetwork::new(l.address.network(), l.address.prefix())
+            .map_err(|e| CniError::config(format!("IPAM returned {}: {e}", l.address), ""))?;
+        nl.ensure_unreachable(net).map_err(nl_err)?;
+    }
+    Ok(())
+}
+
+fn ensure_sysctl(path: &str) -> Result<(), CniError> {
+    if std::fs::read_to_string(path)
+        .map(|s| s.trim() == "1")
+        .unwrap_or(false)
+    {
+        return Ok(());
+    }
+    std::fs::write(path, b"1").map_err(|e| {
+        CniError::new(
+            codes::IO_FAILURE,
+            format!("cannot enable forwarding ({path})"),
+            format!("{e}; the plugin must run as root in the node's netns"),
+        )
+    })
+}
+
+fn build_result(
+    inv: &Invocation,
+    record: &EndpointRecord,
+    leases: &[Lease],
+) -> Result<CniResult, CniError> {
+    let mut result = CniResult {
+        interfaces: vec![
+            Interface {
+                name: record.host_ifname.clone(),
+                mac: Some(record.host_mac.clone()),
+                mtu: Some(record.mtu),
+                sandbox: None,
+            },
+            Interface {
+                name: record.ifname.clone(),
+                mac: Some(record.pod_mac.clone()),
+                mtu: Some(record.mtu),
+                sandbox: Some(record.netns.clone()),
+            },
+        ],
+        ..Default::default()
+    };
+    for l in leases {
+        result.ips.push(IpConfig {
+            address: host_prefix(l.address.ip()),
+            gateway: l.gateway,
+            interface: Some(1),
+        });
+        if !result
+            .routes
+            .iter()
+            .any(|r| r.dst.is_ipv4() == l.address.is_ipv4())
+        {
+            result
+                .routes
+                .push(Route::new(default_dst(l.address.is_ipv6()), l.gateway));
+        }
+    }
+    let _ = inv;
+    Ok(result)
+}
+
+fn notify_daemon(inv: &Invocation, req: Request) {
+    if let Err(e) = api::call(&inv.plugin.daemon_socket, req, inv.plugin.daemon_timeout) {
+        // Not an error for the runtime: the record on disk is the truth and
+        // the daemon reconciles it when it (re)starts.
+        eprintln!(
+            "sluice: daemon not notified ({e}); it will pick the change up from the state dir"
+        );
+    }
+}
+
+/// Joins several failures into one error, keeping the first one's code.
+fn combine(errors: Vec<CniError>) -> Result<(), CniError> {
+    let mut it = errors.into_iter();
+    let Some(first) = it.next() else {
+        return Ok(());
+    };
+    let rest: Vec<String> = it.map(|e| e.to_string()).collect();
+    if rest.is_empty() {
+        return Err(first);
+    }
+    Err(CniError::new(
+        first.code,
+        first.msg,
+        format!("{}; also: {}", first.details, rest.join("; ")),
+    ))
+}
+
+pub fn del(inv: &Invocation) -> Result<(), CniError> {
+    let env = &inv.env;
+    let mut errors = Vec::new();
+    let record = match EndpointRecord::load(&inv.plugin.state_dir, &env.container_id, &env.ifname) {
+        Ok(r) => r,
+        Err(e) => {
+            // A corrupt record must not block the release of everything else.
+            eprintln!("sluice: DEL: {e}; removing it");
+            None
+        }
+    };
+    match Ipam::from_netconf(inv) {
+        Ok(mut ipam) => {
+            if let Err(e) = ipam.del(env) {
+                errors.push(e.context("releasing addresses"));
+            }
+        }
+        Err(e) => errors.push(e),
+    }
+    let host_name = naming::host_ifname(&env.container_id, &env.ifname);
+    match Netlink::open() {
+        Ok(mut nl) => {
+            let mut names = vec![host_name.clone()];
+            if let Some(r) = &record {
+                if r.host_ifname != host_name {
+                    names.push(r.host_ifname.clone());
+                }
+            }
+            let mut deleted = false;
+            for n in names {
+                match nl.delete_link(&n) {
+                    Ok(d) => deleted |= d,
+                    Err(e) => errors.push(nl_err(e).context(format!("deleting {n}"))),
+                }
+            }
+            // The host end is gone with its peer; if it was not there, the
+            // pod's end may still be, when the netns still exists.
+            if !deleted {
+                if let Some(ns) = env.netns.as_ref().and_then(|p| Netns::open(p).ok()) {
+                    if let Ok(mut pod_nl) = Netlink::open_in(&ns) {
+                        if let Err(e) = pod_nl.delete_link(&env.ifname) {
+                            errors.push(nl_err(e).context("deleting the pod's interface"));
+                        }
+                    }
+                }
+            }
+        }
+        Err(e) => errors.push(nl_err(e)),
+    }
+    if let Err(e) = EndpointRecord::remove(&inv.plugin.state_dir, &env.container_id, &env.ifname) {
+        errors.push(record_err(e));
+    }
+    notify_daemon(
+        inv,
+        Request::Unregister {
+            container_id: env.container_id.clone(),
+            ifname: env.ifname.clone(),
+        },
+    );
+    combine(errors)
+}
+
+fn check_failed(msg: String) -> CniError {
+    CniError::new(
+        codes::CHECK_FAILED,
+        msg,
+        "the pod's network drifted from what ADD set up; the runtime should recreate the pod",
+    )
+}
+
+pub fn check(inv: &Invocation) -> Result<(), CniError> {
+    if !inv.version.has_check() {
+        return Err(CniError::new(
+            codes::INCOMPATIBLE_VERSION,
+            format!("CHECK is not defined for cniVersion {}", inv.version),
+            "CHECK needs cniVersion 0.4.0 or later",
+        ));
+    }
+    let env = &inv.env;
+    let prev = inv.conf.prev_result()?.ok_or_else(|| {
+        CniError::config(
+            "CHECK needs prevResult",
+            "the runtime must pass the result of ADD as prevResult",
+        )
+    })?;
+    let record = EndpointRecord::load(&inv.plugin.state_dir, &env.container_id, &env.ifname)
+        .map_err(record_err)?
+        .ok_or_else(|| {
+            check_failed(format!(
+                "no endpoint record for container {} ifname {}",
+                env.container_id, env.ifname
+            ))
+        })?;
+    let netns_path = env.netns.as_ref().expect("validated: CHECK has a netns");
+    let pod_ns = Netns::open(netns_path).map_err(netns_err)?;
+    let want: Vec<IpNetwork> = prev
+        .ips
+        .iter()
+        .filter(|ip| {
+            ip.interface
+                .and_then(|i| prev.interfaces.get(i))
+                .map(|i| i.sandbox.is_some() && i.name == env.ifname)
+                .unwrap_or(true)
+        })
+        .map(|ip| ip.address)
+        .collect();
+    if want.is_empty() {
+        return Err(check_failed(
+            "prevResult has no address for the pod's interface".into(),
+        ));
+    }
+    let mut drift = Vec::new();
+
+    let mut ipam = Ipam::from_netconf(inv)?;
+    if let Err(e) = ipam.check(env, &want.iter().map(|n| n.ip()).collect::<Vec<_>>()) {
+        drift.push(e.msg);
+    }
+
+    let mut nl = Netlink::open().map_err(nl_err)?;
+    match nl.link_by_name(&record.host_ifname).map_err(nl_err)? {
+        None => drift.push(format!("host interface {} is missing", record.host_ifname)),
+        Some(l) => {
+            if !l.up {
+                drift.push(format!("host interface {} is down", l.name));
+            }
+            if l.kind.as_deref() != Some("veth") {
+                drift.push(format!("host interface {} is not a veth", l.name));
+            }
+            for v6 in [false, true] {
+                let routes = nl.routes(v6).map_err(nl_err)?;
+                for a in want.iter().filter(|a| a.is_ipv6() == v6) {
+                    let hp = host_prefix(a.ip());
+                    if !routes.iter().any(|r| r.dst == hp && r.oif == Some(l.index)) {
+                        drift.push(format!("node route to {hp} via {} is missing", l.name));
+                    }
+                }
+            }
+        }
+    }
+
+    let mut pod_nl = Netlink::open_in(&pod_ns).map_err(nl_err)?;
+    match pod_nl.link_by_name(&env.ifname).map_err(nl_err)? {
+        None => drift.push(format!(
+            "interface {} is missing from {}",
+            env.ifname,
+            netns_path.display()
+        )),
+        Some(l) => {
+            if !l.up {
+                drift.push(format!("pod interface {} is down", l.name));
+            }
+            let have = pod_nl.addresses(l.index).map_err(nl_err)?;
+            for a in &want {
+                if !have.iter().any(|h| h.ip() == a.ip()) {
+                    drift.push(format!("pod interface {} lacks address {a}", l.name));
+                }
+            }
+            for ip in prev.ips.iter().filter(|ip| want.contains(&ip.address)) {
+                let Some(gw) = ip.gateway else { continue };
+                let routes = pod_nl.routes(gw.is_ipv6()).map_err(nl_err)?;
+                if !routes
+                    .iter()
+                    .any(|r| r.dst.prefix() == 0 && r.gateway == Some(gw) && r.oif == Some(l.index))
+                {
+                    drift.push(format!("pod default route via {gw} is missing"));
+                }
+            }
+        }
+    }
+    if drift.is_empty() {
+        Ok(())
+    } else {
+        Err(check_failed(format!(
+            "container {} ifname {}: {}",
+            env.container_id,
+            env.ifname,
+            drift.join("; ")
+        )))
+    }
+}
+
+fn require_1_1(inv: &Invocation, what: &str) -> Result<(), CniError> {
+    if inv.version.has_status_and_gc() {
+        return Ok(());
+    }
+    Err(CniError::new(
+        codes::INCOMPATIBLE_VERSION,
+        format!("{what} is not defined for cniVersion {}", inv.version),
+        format!("{what} needs cniVersion 1.1.0; list it in the conflist's cniVersions"),
+    ))
+}
+
+pub fn status(inv: &Invocation) -> Result<(), CniError> {
+    require_1_1(inv, "STATUS")?;
+    // Endpoint records must be writable or every ADD would fail.
+    let dir = sluice_common::endpoint::endpoints_dir(&inv.plugin.state_dir);
+    let probe = std::fs::create_dir_all(&dir).and_then(|_| {
+        let p = sluice_common::fsutil::temp_sibling(&dir.join("status-probe"));
+        std::fs::write(&p, b"")?;
+        std::fs::remove_file(&p)
+    });
+    if let Err(e) = probe {
+        return Err(CniError::new(
+            codes::PLUGIN_NOT_AVAILABLE,
+            format!("state dir {} is not writable: {e}", dir.display()),
+            "make stateDir writable by root or point \"stateDir\" elsewhere",
+        ));
+    }
+    let mut ipam = Ipam::from_netconf(inv)?;
+    ipam.status(&inv.env)
+}
+
+pub fn gc(inv: &Invocation) -> Result<(), CniError> {
+    require_1_1(inv, "GC")?;
+    let Some(valid) = inv.conf.valid_attachments()? else {
+        // Without the list there is no way to tell a leak from a live pod.
+        return Ok(());
+    };
+    let valid: HashSet<(String, String)> = valid
+        .into_iter()
+        .map(|a| (a.container_id, a.ifname))
+        .collect();
+    let mut errors = Vec::new();
+    match Ipam::from_netconf(inv) {
+        Ok(mut ipam) => {
+            if let Err(e) = ipam.gc(&inv.env, &valid) {
+                errors.push(e.context("releasing stale addresses"));
+            }
+        }
+        Err(e) => errors.push(e),
+    }
+    let mut nl = match Netlink::open() {
+        Ok(nl) => Some(nl),
+        Err(e) => {
+            errors.push(nl_err(e));
+            None
+        }
+    };
+    let (records, bad) = EndpointRecord::list(&inv.plugin.state_dir);
+    for b in bad {
+        eprintln!("sluice: GC: {b}");
+    }
+    for r in records
+        .iter()
+        .filter(|r| r.network == inv.conf.name)
+        .filter(|r| !valid.contains(&(r.container_id.clone(), r.ifname.clone())))
+    {
+        if let Some(nl) = nl.as_mut() {
+            if let Err(e) = nl.delete_link(&r.host_ifname) {
+                errors.push(nl_err(e).context(format!("deleting {}", r.host_ifname)));
+            }
+        }
+        if let Err(e) = EndpointRecord::remove(&inv.plugin.state_dir, &r.container_id, &r.ifname) {
+            errors.push(record_err(e));
+        }
+        notify_daemon(
+            inv,
+            Request::Unregister {
+                container_id: r.container_id.clone(),
+                ifname: r.ifname.clone(),
+            },
+        );
+    }
+    // Links whose record was lost (a crash between veth and record).
+    if let Some(nl) = nl.as_mut() {
+        match nl.links() {
+            Ok(links) => {
+                for l in links {
+                    let Some(alias) = l.alias.as_deref() else {
+                        continue;
+                    };
+                    let Some((net, cid, ifn)) = naming::parse_alias(alias) else {
+                        continue;
+                    };
+                    if net == inv.conf.name && !valid.contains(&(cid.to_string(), ifn.to_string()))
+                    {
+                        if let Err(e) = nl.delete_link(&l.name) {
+                            errors.push(nl_err(e).context(format!("deleting {}", l.name)));
+                        }
+                    }
+                }
+            }
+            Err(e) => errors.push(nl_err(e)),
+        }
+    }
+    combine(errors)
+}

@@ -1,0 +1,460 @@
+//! Test harness: network namespaces with unique names that are removed when
+//! their guard drops (pass or fail), and the built binaries run exactly as a
+//! container runtime runs a CNI plugin: from the node's netns, with the
+//! `CNI_*` environment and the network config on stdin.
+//!
+//! Privileged tests call [`require_root`] first and skip, saying why, when
+//! not root. The binaries come from the same target dir as the test; build
+//! them first (`cargo build --workspace --bins`, as `.ci/run` does).
+
+use serde_json::Value;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Every supported spec version, oldest first.
+pub const VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+/// Returns false (and says why) when the test cannot run here.
+pub fn require_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root for network namespaces (run as root, as .ci/run does)");
+        return false;
+    }
+    true
+}
+
+/// A built binary of the workspace, next to the test executable's deps dir.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|d| {
+            if d.ends_with("deps") {
+                d.parent()
+            } else {
+                Some(d)
+            }
+        })
+        .expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.is_file(),
+        "{} is not built; run `cargo build --workspace --bins` first",
+        p.display()
+    );
+    p
+}
+
+/// A short unique name: `<tag><pid><counter>`, well under IFNAMSIZ rules for
+/// netns names and unique across parallel test processes.
+pub fn unique(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "sl{tag}{:x}{:x}{:x}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        fastrand::u16(..)
+    )
+}
+
+/// A named network namespace (`ip netns add`), deleted on drop.
+#[derive(Debug)]
+pub struct Ns {
+    pub name: String,
+    deleted: bool,
+}
+
+impl Ns {
+    pub fn new(tag: &str) -> Self {
+        let name = unique(tag);
+        run_ok(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Ns {
+            name,
+            deleted: false,
+        };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/var/run/netns/{}", self.name))
+    }
+
+    /// Runs `ip` in this netns; panics on failure.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut c = Command::new("ip");
+        c.arg("-n").arg(&self.name).args(args);
+        String::from_utf8_lossy(&run_ok(&mut c).stdout).into_owned()
+    }
+
+    /// `ip -j` output, parsed.
+    pub fn ip_json(&self, args: &[&str]) -> Value {
+        let mut full = vec!["-j"];
+        full.extend_from_slice(args);
+        let out = self.ip(&full);
+        if out.trim().is_empty() {
+            return Value::Array(vec![]);
+        }
+        serde_json::from_str(&out).expect("ip -j prints JSON")
+    }
+
+    /// Runs a command in this netns (through `ip netns exec`).
+    pub fn exec(&self, cmd: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(cmd)
+            .output()
+            .expect("run ip netns exec")
+    }
+
+    /// Names of the links in this netns.
+    pub fn links(&self) -> Vec<String> {
+        self.ip_json(&["link", "show"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["ifname"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Global addresses on `dev` (without prefix).
+    pub fn addresses(&self, dev: &str) -> Vec<String> {
+        let v = self.ip_json(&["addr", "show", "dev", dev]);
+        let mut out = Vec::new();
+        for l in v.as_array().unwrap() {
+            for a in l["addr_info"].as_array().unwrap() {
+                if a["scope"] == "global" {
+                    out.push(a["local"].as_str().unwrap().to_string());
+                }
+            }
+        }
+        out
+    }
+
+    /// Pings `addr` from this netns; true if a reply came back.
+    pub fn ping(&self, addr: &str) -> bool {
+        self.exec(&["ping", "-c", "1", "-W", "2", addr])
+            .status
+            .success()
+    }
+
+    /// Deletes the netns now (as a runtime does when a pod's sandbox dies).
+    pub fn delete(&mut self) {
+        if !self.deleted {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .status();
+            self.deleted = true;
+        }
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        self.delete();
+    }
+}
+
+pub fn run_ok(c: &mut Command) -> Output {
+    let out = c.output().unwrap_or_else(|e| panic!("running {c:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{c:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A node: its netns plus a private state dir and IPAM data dir.
+#[derive(Debug)]
+pub struct Node {
+    pub ns: Ns,
+    pub dir: tempfile::TempDir,
+    pub network: String,
+}
+
+impl Node {
+    pub fn new() -> Self {
+        let ns = Ns::new("n");
+        // The node's tests need forwarding; the plugin turns it on itself,
+        // this only makes the node look like a fresh host.
+        Node {
+            ns,
+            dir: tempfile::Builder::new()
+                .prefix("sluice-test-")
+                .tempdir()
+                .expect("temp dir"),
+            network: "testnet".into(),
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("ipam")
+    }
+
+    /// A sluice network config with `ranges` (a JSON list of range sets).
+    pub fn conf(&self, version: &str, ranges: &str) -> String {
+        format!(
+            r#"{{"cniVersion":"{version}","name":"{net}","type":"sluice",
+                "stateDir":"{state}","daemonTimeoutMs":50,
+                "ipam":{{"type":"sluice-ipam","dataDir":"{data}","ranges":{ranges}}}}}"#,
+            net = self.network,
+            state = self.state_dir().display(),
+            data = self.data_dir().display(),
+        )
+    }
+
+    /// Runs `sluice` in this node's netns as a runtime would.
+    pub fn cni(&self, cmd: &str, cid: &str, netns: Option<&Path>, ifname: &str, conf: &str) -> Cni {
+        cni_in(&self.ns, &bin("sluice"), cmd, cid, netns, ifname, conf, &[])
+    }
+
+    /// Host-side links the plugin made (`sl…`).
+    pub fn pod_links(&self) -> Vec<String> {
+        self.ns
+            .links()
+            .into_iter()
+            .filter(|l| l.starts_with("sl"))
+            .collect()
+    }
+
+    /// Endpoint records on disk.
+    pub fn records(&self) -> Vec<PathBuf> {
+        list_files(&self.state_dir().join("endpoints"))
+    }
+
+    /// IPAM reservation files (addresses and owner index).
+    pub fn reservations(&self) -> Vec<PathBuf> {
+        let net = self.data_dir().join(&self.network);
+        let mut out: Vec<PathBuf> = list_files(&net)
+            .into_iter()
+            .filter(|p| {
+                let n = p.file_name().unwrap().to_string_lossy();
+                n.parse::<std::net::IpAddr>().is_ok()
+            })
+            .collect();
+        out.extend(list_files(&net.join("by-id")));
+        out
+    }
+
+    /// Panics unless the node holds no pod link, record or reservation.
+    pub fn assert_clean(&self) {
+        assert_eq!(self.pod_links(), Vec::<String>::new(), "pod links left");
+        assert_eq!(self.records(), Vec::<PathBuf>::new(), "records left");
+        assert_eq!(
+            self.reservations(),
+            Vec::<PathBuf>::new(),
+            "reservations left"
+        );
+    }
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub fn list_files(dir: &Path) -> Vec<PathBuf> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .flatten()
+            .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+            .filter(|e| !e.file_name().to_string_lossy().starts_with(".tmp-"))
+            .map(|e| e.path())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// What a plugin run gave back.
+#[derive(Debug)]
+pub struct Cni {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Cni {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {:?} / {}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    /// Panics unless the run succeeded.
+    pub fn ok(self) -> Self {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "plugin failed: {} {}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// Panics unless the run failed with the spec's error object and `code`.
+    pub fn err(self, code: u64) -> Value {
+        assert_ne!(self.code, Some(0), "expected failure, got {}", self.stdout);
+        let v = self.json();
+        assert_eq!(v["code"], code, "wrong error code: {v}");
+        let msg = v["msg"].as_str().unwrap_or("");
+        assert!(!msg.is_empty(), "error without msg: {v}");
+        assert!(v["cniVersion"].is_string(), "error without cniVersion: {v}");
+        v
+    }
+}
+
+/// Runs a CNI plugin binary inside `node`'s netns with the CNI environment.
+#[allow(clippy::too_many_arguments)]
+pub fn cni_in(
+    node: &Ns,
+    plugin: &Path,
+    cmd: &str,
+    cid: &str,
+    netns: Option<&Path>,
+    ifname: &str,
+    conf: &str,
+    extra_env: &[(&str, &str)],
+) -> Cni {
+    let child = spawn_cni(node, plugin, cmd, cid, netns, ifname, conf, extra_env);
+    let out = child.wait_with_output().expect("wait for plugin");
+    Cni {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Starts a plugin run without waiting (for the kill tests).
+#[allow(clippy::too_many_arguments)]
+pub fn spawn_cni(
+    node: &Ns,
+    plugin: &Path,
+    cmd: &str,
+    cid: &str,
+    netns: Option<&Path>,
+    ifname: &str,
+    conf: &str,
+    extra_env: &[(&str, &str)],
+) -> std::process::Child {
+    let ns = File::open(node.path()).expect("open node netns");
+    let fd = ns.as_raw_fd();
+    let mut c = Command::new(plugin);
+    c.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", cid)
+        .env(
+            "CNI_NETNS",
+            netns.map(|p| p.display().to_string()).unwrap_or_default(),
+        )
+        .env("CNI_IFNAME", ifname)
+        .env(
+            "CNI_PATH",
+            format!("{}:/usr/lib/cni", bin("sluice").parent().unwrap().display()),
+        )
+        .env(
+            "CNI_ARGS",
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=test",
+        );
+    for (k, v) in extra_env {
+        c.env(k, v);
+    }
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: setns is async-signal-safe; the fd stays open until spawn returns.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = c.spawn().expect("spawn plugin");
+    drop(ns);
+    if let Some(mut i) = child.stdin.take() {
+        let _ = i.write_all(conf.as_bytes());
+    }
+    child
+}
+
+/// A pod namespace added to `node` with the real plugin; DEL'd and removed
+/// when dropped.
+#[derive(Debug)]
+pub struct Pod<'a> {
+    pub node: &'a Node,
+    pub ns: Ns,
+    pub cid: String,
+    pub conf: String,
+    pub result: Value,
+}
+
+impl<'a> Pod<'a> {
+    pub fn add(node: &'a Node, conf: &str) -> Self {
+        let ns = Ns::new("p");
+        let cid = unique("c");
+        let result = node
+            .cni("ADD", &cid, Some(&ns.path()), "eth0", conf)
+            .ok()
+            .json();
+        Pod {
+            node,
+            ns,
+            cid,
+            conf: conf.to_string(),
+            result,
+        }
+    }
+
+    /// The pod's addresses from its ADD result, without prefix.
+    pub fn ips(&self) -> Vec<String> {
+        self.result["ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                let a = i["address"].as_str().unwrap();
+                a.split('/').next().unwrap().to_string()
+            })
+            .collect()
+    }
+
+    pub fn del(&self) -> Cni {
+        self.node
+            .cni("DEL", &self.cid, Some(&self.ns.path()), "eth0", &self.conf)
+    }
+}
+
+impl Drop for Pod<'_> {
+    fn drop(&mut self) {
+        let _ = self.del();
+    }
+}
+
+/// Range sets for a family name: "v4", "v6" or "dual".
+pub fn ranges(family: &str) -> &'static str {
+    match family {
+        "v4" => r#"[[{"subnet":"10.201.0.0/24"}]]"#,
+        "v6" => r#"[[{"subnet":"fd00:201::/64"}]]"#,
+        "dual" => r#"[[{"subnet":"10.202.0.0/24"}],[{"subnet":"fd00:202::/64"}]]"#,
+        other => panic!("unknown family {other}"),
+    }
+}

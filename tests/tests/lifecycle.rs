@@ -1,0 +1,160 @@
+//! ADD / CHECK / DEL through the real `sluice` binary for every spec version
+//! and address family, with traffic between the pods.
+
+use sluice_tests::*;
+
+fn lifecycle(version: &str) {
+    if !require_root() {
+        return;
+    }
+    for family in ["v4", "v6", "dual"] {
+        let node = Node::new();
+        let conf = node.conf(version, ranges(family));
+        let a = Pod::add(&node, &conf);
+        let b = Pod::add(&node, &conf);
+
+        // The result is in the version asked for.
+        let r = &a.result;
+        assert_eq!(r["cniVersion"], version, "{r}");
+        let want_ips = if family == "dual" { 2 } else { 1 };
+        assert_eq!(r["ips"].as_array().unwrap().len(), want_ips, "{r}");
+        for ip in r["ips"].as_array().unwrap() {
+            let addr = ip["address"].as_str().unwrap();
+            let v6 = addr.contains(':');
+            assert!(addr.ends_with(if v6 { "/128" } else { "/32" }), "{addr}");
+            assert_eq!(ip["interface"], 1);
+            assert!(ip["gateway"].is_string());
+            if version < "1.0.0" {
+                assert_eq!(ip["version"], if v6 { "6" } else { "4" });
+            } else {
+                assert!(ip.get("version").is_none());
+            }
+        }
+        assert_eq!(r["interfaces"][1]["name"], "eth0");
+        assert_eq!(
+            r["interfaces"][1]["sandbox"],
+            a.ns.path().display().to_string()
+        );
+        assert_eq!(r["interfaces"][1].get("mtu").is_some(), version == "1.1.0");
+
+        // The kernel holds what the result says, and traffic flows.
+        let mut have = a.ns.addresses("eth0");
+        have.sort();
+        let mut want = a.ips();
+        want.sort();
+        assert_eq!(have, want);
+        for ip in b.ips() {
+            assert!(a.ns.ping(&ip), "{family}: pod a cannot reach {ip}");
+        }
+        for ip in a.ips() {
+            assert!(node.ns.ping(&ip), "{family}: node cannot reach pod at {ip}");
+        }
+        // Addresses of the range with no pod are unreachable on the node.
+        let routes = node.ns.ip(&["route", "show", "type", "unreachable"])
+            + &node.ns.ip(&["-6", "route", "show", "type", "unreachable"]);
+        assert!(
+            !routes.trim().is_empty(),
+            "no unreachable route for the pod range"
+        );
+
+        if version >= "0.4.0" {
+            let with_prev = with_prev_result(&conf, &a.result);
+            node.cni("CHECK", &a.cid, Some(&a.ns.path()), "eth0", &with_prev)
+                .ok();
+            // Drift: the pod's default route is removed.
+            let v6 = a.ips()[0].contains(':');
+            let fam = if v6 { "-6" } else { "-4" };
+            a.ns.ip(&[fam, "route", "del", "default"]);
+            let e = node
+                .cni("CHECK", &a.cid, Some(&a.ns.path()), "eth0", &with_prev)
+                .err(104);
+            assert!(
+                e["msg"].as_str().unwrap().contains("default route"),
+                "CHECK should name the drift: {e}"
+            );
+        } else {
+            let with_prev = with_prev_result(&conf, &a.result);
+            node.cni("CHECK", &a.cid, Some(&a.ns.path()), "eth0", &with_prev)
+                .err(1);
+        }
+
+        a.del().ok();
+        a.del().ok(); // twice is success
+        assert!(!node.pod_links().is_empty(), "pod b must still be there");
+        b.del().ok();
+        node.assert_clean();
+    }
+}
+
+fn with_prev_result(conf: &str, result: &serde_json::Value) -> String {
+    let mut c: serde_json::Value = serde_json::from_str(conf).unwrap();
+    c["prevResult"] = result.clone();
+    c.to_string()
+}
+
+#[test]
+fn lifecycle_0_3_0() {
+    lifecycle("0.3.0");
+}
+#[test]
+fn lifecycle_0_3_1() {
+    lifecycle("0.3.1");
+}
+#[test]
+fn lifecycle_0_4_0() {
+    lifecycle("0.4.0");
+}
+#[test]
+fn lifecycle_1_0_0() {
+    lifecycle("1.0.0");
+}
+#[test]
+fn lifecycle_1_1_0() {
+    lifecycle("1.1.0");
+}
+
+#[test]
+fn every_version_is_advertised() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let out = node
+        .cni("VERSION", "", None, "", r#"{"cniVersion":"1.0.0"}"#)
+        .ok();
+    let v = out.json();
+    assert_eq!(v["cniVersion"], "1.0.0");
+    let sup: Vec<&str> = v["supportedVersions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert_eq!(sup, VERSIONS);
+}
+
+#[test]
+fn mtu_comes_from_config_and_pod_identity_is_recorded() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let conf = node.conf("1.1.0", ranges("v4")).replacen(
+        "\"type\":\"sluice\",",
+        "\"type\":\"sluice\",\"mtu\":1400,",
+        1,
+    );
+    let a = Pod::add(&node, &conf);
+    assert_eq!(a.result["interfaces"][1]["mtu"], 1400);
+    let link = a.ns.ip_json(&["link", "show", "eth0"]);
+    assert_eq!(link[0]["mtu"], 1400);
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&node.records()[0]).unwrap()).unwrap();
+    assert_eq!(rec["pod"]["namespace"], "default");
+    assert_eq!(rec["pod"]["name"], "test");
+    assert_eq!(rec["container_id"], a.cid.as_str());
+    assert_eq!(rec["mtu"], 1400);
+    assert_eq!(rec["netns"], a.ns.path().display().to_string());
+    a.del().ok();
+    node.assert_clean();
+}
