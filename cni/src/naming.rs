@@ -27,6 +27,15 @@ pub fn host_ifname(container_id: &str, ifname: &str) -> String {
     format!("{HOST_PREFIX}{:011x}", h & 0x0fff_ffff_ffff)
 }
 
+/// Whether `name` has the shape of [`host_ifname`]'s output.
+pub fn is_host_ifname(name: &str) -> bool {
+    name.len() == HOST_PREFIX.len() + 11
+        && name.starts_with(HOST_PREFIX)
+        && name[HOST_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// Locally administered unicast MACs: `02:5c:…` on the node side, `02:5d:…`
 /// in the pod. Fixed MACs let each side get a permanent neighbour entry for
 /// the other at ADD time, so the first packet waits for no ARP/ND.
@@ -56,6 +65,8 @@ pub fn parse_alias(alias: &str) -> Option<(&str, &str, &str)> {
 mod tests {
     use super::*;
 
+    const PINNED: &str = "sl93a6975b88d";
+
     #[test]
     fn names_are_stable_and_short() {
         let n = host_ifname("abc", "eth0");
@@ -65,7 +76,10 @@ mod tests {
         assert_ne!(n, host_ifname("abc", "eth1"));
         assert_ne!(host_ifname("ab", "ceth0"), host_ifname("abc", "eth0"));
         // Pinned: changing the hash would orphan links across an upgrade.
-        assert_eq!(host_ifname("abc", "eth0"), host_ifname("abc", "eth0"));
+        assert_eq!(host_ifname("abc", "eth0"), PINNED);
+        assert!(is_host_ifname(&n));
+        assert!(!is_host_ifname("sl12345"));
+        assert!(!is_host_ifname("eth0"));
     }
 
     #[test]

@@ -233,7 +233,15 @@ fn add_steps(
             .unwrap_or(DEFAULT_MTU),
     };
     let (host_mac, pod_mac) = naming::macs(&env.container_id, &env.ifname);
-    nl.create_veth(host_name, host_mac, &env.ifname, pod_mac, pod_ns, mtu)
+    let alias = naming::host_alias(&inv.conf.name, &env.container_id, &env.ifname);
+    nl.create_veth(
+        host_name,
+        host_mac,
+        &env.ifname,
+        pod_mac,
+        pod_ns,
+        mtu,
+    )
         .map_err(|e| {
             if e.is(libc::EEXIST) {
                 CniError::new(
@@ -298,7 +306,9 @@ fn add_steps(
             "something on the node removed it; retry the ADD",
         )
     })?;
-    let alias = naming::host_alias(&inv.conf.name, &env.container_id, &env.ifname);
+    // The kernel ignores IFLA_IFALIAS on creation, so it is set here; a
+    // plugin killed before this line leaves a link without alias, which GC
+    // still recognises by its derived name.
     nl.set_up(host_if.index, alias.as_deref()).map_err(nl_err)?;
     let mut gateways = Vec::new();
     for l in leases {
@@ -735,15 +745,28 @@ pub fn gc(inv: &Invocation) -> Result<(), CniError> {
     if let Some(nl) = nl.as_mut() {
         match nl.links() {
             Ok(links) => {
+                let valid_names: HashSet<String> = valid
+                    .iter()
+                    .map(|(c, i)| naming::host_ifname(c, i))
+                    .collect();
                 for l in links {
-                    let Some(alias) = l.alias.as_deref() else {
-                        continue;
+                    let stale = match l.alias.as_deref().and_then(naming::parse_alias) {
+                        Some((net, cid, ifn)) => {
+                            net == inv.conf.name
+                                && !valid.contains(&(cid.to_string(), ifn.to_string()))
+                        }
+                        // No alias: an ADD killed between creating the veth
+                        // and labelling it. The name is derived from
+                        // (container, ifname), so it is ours, and stale
+                        // unless a valid attachment derives to it.
+                        None => {
+                            l.alias.as_deref().unwrap_or("").is_empty()
+                                && l.kind.as_deref() == Some("veth")
+                                && naming::is_host_ifname(&l.name)
+                                && !valid_names.contains(&l.name)
+                        }
                     };
-                    let Some((net, cid, ifn)) = naming::parse_alias(alias) else {
-                        continue;
-                    };
-                    if net == inv.conf.name && !valid.contains(&(cid.to_string(), ifn.to_string()))
-                    {
+                    if stale {
                         if let Err(e) = nl.delete_link(&l.name) {
                             errors.push(nl_err(e).context(format!("deleting {}", l.name)));
                         }

@@ -356,6 +356,157 @@ fn pool_size_does_not_matter<S: Store>(make: impl Fn() -> S) {
     );
 }
 
+/// A store that dies after `budget` writes: every later call fails, as if
+/// the process had been SIGKILLed there, so not even the undo runs.
+struct Killed<S> {
+    inner: S,
+    budget: std::cell::Cell<usize>,
+}
+
+impl<S: Store> Killed<S> {
+    fn spend(&self) -> Result<(), IpamError> {
+        match self.budget.get() {
+            0 => Err(IpamError::io(
+                "survive",
+                "/killed",
+                std::io::Error::other("killed"),
+            )),
+            n => {
+                self.budget.set(n - 1);
+                Ok(())
+            }
+        }
+    }
+
+    fn alive(&self) -> Result<(), IpamError> {
+        if self.budget.get() == 0 {
+            return self.spend();
+        }
+        Ok(())
+    }
+}
+
+impl<S: Store> Store for Killed<S> {
+    type Guard = S::Guard;
+    fn lock(&self) -> Result<S::Guard, IpamError> {
+        self.alive()?;
+        self.inner.lock()
+    }
+    fn is_reserved(&self, ip: IpAddr) -> Result<bool, IpamError> {
+        self.alive()?;
+        self.inner.is_reserved(ip)
+    }
+    fn owner(&self, ip: IpAddr) -> Result<Option<Owner>, IpamError> {
+        self.alive()?;
+        self.inner.owner(ip)
+    }
+    fn reserve(&mut self, ip: IpAddr, owner: &Owner) -> Result<bool, IpamError> {
+        self.spend()?;
+        self.inner.reserve(ip, owner)
+    }
+    fn unreserve(&mut self, ip: IpAddr) -> Result<(), IpamError> {
+        self.spend()?;
+        self.inner.unreserve(ip)
+    }
+    fn reserved(&self) -> Result<Vec<IpAddr>, IpamError> {
+        self.alive()?;
+        self.inner.reserved()
+    }
+    fn read_index(&self, owner: &Owner) -> Result<Option<Vec<IpAddr>>, IpamError> {
+        self.alive()?;
+        self.inner.read_index(owner)
+    }
+    fn write_index(&mut self, owner: &Owner, ips: &[IpAddr]) -> Result<(), IpamError> {
+        self.spend()?;
+        self.inner.write_index(owner, ips)
+    }
+    fn remove_index(&mut self, owner: &Owner) -> Result<(), IpamError> {
+        self.spend()?;
+        self.inner.remove_index(owner)
+    }
+    fn indexes(&self) -> Result<Vec<Owner>, IpamError> {
+        self.alive()?;
+        self.inner.indexes()
+    }
+    fn last_reserved(&self, set: usize) -> Result<Option<IpAddr>, IpamError> {
+        self.alive()?;
+        self.inner.last_reserved(set)
+    }
+    fn set_last_reserved(&mut self, set: usize, ip: IpAddr) -> Result<(), IpamError> {
+        self.spend()?;
+        self.inner.set_last_reserved(set, ip)
+    }
+    fn sweep(&mut self) -> Result<(), IpamError> {
+        self.spend()?;
+        self.inner.sweep()
+    }
+    fn probe(&self) -> Result<(), IpamError> {
+        self.alive()?;
+        self.inner.probe()
+    }
+}
+
+/// Every record is named by its owner's index, so DEL and GC can find it.
+fn assert_every_record_indexed<S: Store>(store: &S) {
+    for ip in store.reserved().unwrap() {
+        let owner = store.owner(ip).unwrap().expect("records name their owner");
+        let listed = store.read_index(&owner).unwrap().unwrap_or_default();
+        assert!(listed.contains(&ip), "{ip} of {owner} is in no index");
+    }
+}
+
+/// Kills an allocation after each of its writes in turn, and checks that
+/// whatever it left is findable, never handed out twice, and cleaned up by
+/// a retry, a DEL or a GC.
+fn survives_being_killed_at_any_write<S: Store + Clone>(store: S) {
+    let config = dual();
+    let mut base = Allocator::new(&config, store);
+    let c0: HashSet<IpAddr> = addrs(&base.allocate("c0", "eth0").unwrap())
+        .into_iter()
+        .collect();
+    let pristine = base.into_store();
+    // c1 allocates, then releases (a crash there is covered too).
+    for budget in 0..=8 {
+        let mut a = Allocator::new(
+            &config,
+            Killed {
+                inner: pristine.clone(),
+                budget: std::cell::Cell::new(budget),
+            },
+        );
+        let done = a
+            .allocate("c1", "eth0")
+            .and_then(|_| a.release("c1", "eth0"));
+        let store = a.into_store().inner;
+        assert_every_record_indexed(&store);
+        let mut a = Allocator::new(&config, store);
+        let c2: HashSet<IpAddr> = addrs(&a.allocate("c2", "eth0").unwrap())
+            .into_iter()
+            .collect();
+        assert!(c2.is_disjoint(&c0), "budget {budget}: c2 got c0's address");
+        let c1: HashSet<IpAddr> = a.get("c1", "eth0").unwrap().into_iter().collect();
+        assert!(c1.is_disjoint(&c2), "budget {budget}: c1 and c2 share");
+        // A retried ADD after the crash works, or says it already has one.
+        match a.allocate("c1", "eth0") {
+            Ok(got) => assert_eq!(got.len(), 2),
+            Err(e) => assert_eq!(e.to_cni().code, codes::ALREADY_ALLOCATED, "{budget}: {e}"),
+        }
+        a.release("c1", "eth0").unwrap();
+        a.gc(&valid(&[("c0", "eth0"), ("c2", "eth0")])).unwrap();
+        let mut left = a.store.reserved().unwrap();
+        left.sort();
+        let mut want: Vec<IpAddr> = c0.union(&c2).copied().collect();
+        want.sort();
+        assert_eq!(left, want, "budget {budget}");
+        // Allocating writes 5 times (index, 2 records, 2 hints), releasing
+        // 3 times (2 records, index): budget 8 is the first to finish.
+        assert_eq!(done.is_ok(), budget == 8, "budget {budget}: {done:?}");
+        // Undo this iteration's c2 so the next starts from `pristine` again
+        // (the clone of a disk store shares its directory).
+        a.release("c2", "eth0").unwrap();
+    }
+}
+
 macro_rules! on_both_stores {
     ($($t:ident),* $(,)?) => {
         mod mem_store {
@@ -390,6 +541,7 @@ on_both_stores!(
     status_counts_per_set,
     invalid_attachments_are_rejected,
     without_ranges_releases_but_does_not_allocate,
+    survives_being_killed_at_any_write,
 );
 
 #[test]
