@@ -1,1 +1,328 @@
-fn main() {}
+//! cni-bench: ADD and DEL latency of `sluice` against the reference `ptp` +
+//! `host-local` (Debian's containernetworking-plugins), both exec'd the same
+//! way from the same node netns in one run, interleaved; then N parallel
+//! ADDs of each, wall time. Needs root and release builds of the workspace's
+//! binaries next to this one (`cargo build --release --workspace --bins`).
+
+mod cleanup;
+mod plugin;
+mod report;
+mod stats;
+
+use cleanup::Track;
+use plugin::{Plugin, Pod};
+use report::{Latency, Parallel, Report};
+use sluice_tests::{bin, list_files, Node, Ns};
+use stats::{ms, Summary};
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+const MIN_ROUNDS: usize = 20;
+const REFERENCE_DIR: &str = "/usr/lib/cni";
+const SLUICE_RANGES: &str = r#"[[{"subnet":"10.210.0.0/16"}]]"#;
+const REFERENCE_SUBNET: &str = "10.211.0.0/16";
+const REFERENCE_NET: &str = "refnet";
+
+const USAGE: &str = "\
+usage: cni-bench [--rounds N] [--parallel N] [--json]
+
+  --rounds N     interleaved ADD/DEL rounds per plugin (default 30, at least 20)
+  --parallel N   pods in the parallel-ADD test (default 100)
+  --json         print the figures as JSON instead of the table
+
+Runs as root. Build first: cargo build --release --workspace --bins";
+
+#[derive(Debug)]
+struct Args {
+    rounds: usize,
+    parallel: usize,
+    json: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        rounds: 30,
+        parallel: 100,
+        json: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) => (f.to_string(), Some(v.to_string())),
+            None => (a.clone(), None),
+        };
+        let mut number = |name: &str| -> Result<usize, String> {
+            let v = inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("{name} needs a number"))?;
+            v.parse()
+                .map_err(|_| format!("{name}: {v:?} is not a number"))
+        };
+        match flag.as_str() {
+            "--rounds" => args.rounds = number("--rounds")?,
+            "--parallel" => args.parallel = number("--parallel")?,
+            "--json" if inline.is_none() => args.json = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            _ => return Err(format!("unknown argument {a:?}")),
+        }
+    }
+    if args.rounds < MIN_ROUNDS {
+        return Err(format!("--rounds must be at least {MIN_ROUNDS}"));
+    }
+    if args.parallel == 0 {
+        return Err("--parallel must be at least 1".into());
+    }
+    Ok(args)
+}
+
+/// What must be there before anything is created.
+fn preflight() -> Result<(), String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(
+            "needs root: it creates network namespaces and veths and runs \
+                    CNI plugins as a container runtime does; run it as root"
+                .into(),
+        );
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;
+    let dir = exe.parent().ok_or("own path has no directory")?;
+    for name in ["sluice", "sluice-ipam"] {
+        if !dir.join(name).is_file() {
+            return Err(format!(
+                "{} is not built; run `cargo build --release --workspace --bins`",
+                dir.join(name).display()
+            ));
+        }
+    }
+    for name in ["ptp", "host-local"] {
+        let p = Path::new(REFERENCE_DIR).join(name);
+        if !p.is_file() {
+            return Err(format!(
+                "{} is missing; install Debian's containernetworking-plugins",
+                p.display()
+            ));
+        }
+    }
+    for tool in ["ip", "ping"] {
+        let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(tool).is_file());
+        if !found {
+            return Err(format!("`{tool}` is not installed"));
+        }
+    }
+    Ok(())
+}
+
+fn progress(msg: &str) {
+    eprintln!("cni-bench: {msg}");
+}
+
+fn reference_conf(data_dir: &Path) -> String {
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": REFERENCE_NET,
+        "type": "ptp",
+        "ipMasq": false,
+        "ipam": {
+            "type": "host-local",
+            "dataDir": data_dir,
+            "ranges": [[{ "subnet": REFERENCE_SUBNET }]],
+        },
+    })
+    .to_string()
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("cni-bench: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = preflight().and_then(|_| cleanup::install()) {
+        eprintln!("cni-bench: {e}");
+        return ExitCode::FAILURE;
+    }
+    match run(&args) {
+        Ok(report) => {
+            if args.json {
+                println!("{:#}", report.json());
+            } else {
+                print!("{}", report.table());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cni-bench: aborted: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<Report, String> {
+    // Declared first, dropped last: every pod is DEL'd and its netns gone
+    // before the node netns (and any veth left in it) and its dirs go.
+    let node = Node::new();
+    let _node_track = Track::new(Some(&node.ns.name), &[node.dir.path()]);
+    let sluice = Plugin {
+        label: "sluice",
+        path: bin("sluice"),
+        conf: node.conf("1.0.0", SLUICE_RANGES),
+    };
+    let reference = Plugin {
+        label: "ptp+host-local",
+        path: PathBuf::from(REFERENCE_DIR).join("ptp"),
+        conf: reference_conf(&reference_data_dir(&node)),
+    };
+
+    progress("warm-up: one untimed ADD, gateway ping, DEL of each plugin");
+    for p in [&sluice, &reference] {
+        let mut pod = Pod::new(p, &node.ns);
+        pod.timed("ADD")?;
+        pod.reaches_gateway()?;
+        pod.timed("DEL")?;
+    }
+
+    progress(&format!("{} interleaved rounds", args.rounds));
+    let (add, del) = interleaved(&node.ns, &sluice, &reference, args.rounds)?;
+
+    let parallel = parallel_adds(&node.ns, &sluice, &reference, args.parallel)?;
+
+    check_clean(&node)?;
+    Ok(Report {
+        rounds: args.rounds,
+        sluice: sluice.label,
+        reference: reference.label,
+        add,
+        del,
+        parallel,
+    })
+}
+
+fn reference_data_dir(node: &Node) -> PathBuf {
+    node.dir.path().join("host-local")
+}
+
+/// Round i: ADD both pods i (sluice first in even rounds, the reference
+/// first in odd ones), then DEL both in the same order, netns still there.
+fn interleaved(
+    node: &Ns,
+    sluice: &Plugin,
+    reference: &Plugin,
+    rounds: usize,
+) -> Result<(Latency, Latency), String> {
+    let mut pods: Vec<[Pod<'_>; 2]> = (0..rounds)
+        .map(|_| [Pod::new(sluice, node), Pod::new(reference, node)])
+        .collect();
+    // [command][plugin] -> samples
+    let mut samples: [[Vec<Duration>; 2]; 2] = Default::default();
+    for (i, pair) in pods.iter_mut().enumerate() {
+        let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+        for (c, cmd) in ["ADD", "DEL"].into_iter().enumerate() {
+            for k in order {
+                samples[c][k].push(pair[k].timed(cmd)?);
+                // sluice's DEL returns before the kernel has finished
+                // deleting the veth (a forked child does that); let it
+                // finish, untimed, so it does not slow the next sample.
+                wait_for_background_deletes(node);
+            }
+        }
+    }
+    let latency = |s: &[Vec<Duration>; 2]| Latency {
+        sluice: Summary::of(&s[0]),
+        reference: Summary::of(&s[1]),
+    };
+    Ok((latency(&samples[0]), latency(&samples[1])))
+}
+
+/// `n` concurrent ADDs of each plugin, the reference's batch first, each
+/// batch DEL'd (untimed) before the next starts so both find the same empty
+/// node. All pod netns are made before the first batch.
+fn parallel_adds(
+    node: &Ns,
+    sluice: &Plugin,
+    reference: &Plugin,
+    n: usize,
+) -> Result<Parallel, String> {
+    let order = [reference, sluice];
+    progress(&format!(
+        "{n} parallel ADDs of each, {} first",
+        reference.label
+    ));
+    let mut batches: Vec<Vec<Pod<'_>>> = order
+        .iter()
+        .map(|p| (0..n).map(|_| Pod::new(p, node)).collect())
+        .collect();
+    let mut wall = [0.0; 2];
+    for ((plugin, pods), wall) in order.iter().zip(&mut batches).zip(&mut wall) {
+        let t = plugin::parallel(pods, "ADD")?;
+        let distinct: HashSet<IpAddr> = pods.iter().filter_map(|p| p.address).collect();
+        if distinct.len() != n {
+            return Err(format!(
+                "{}: {n} parallel ADDs gave {} distinct addresses",
+                plugin.label,
+                distinct.len()
+            ));
+        }
+        plugin::parallel(pods, "DEL")?;
+        wait_for_background_deletes(node);
+        *wall = ms(t);
+    }
+    Ok(Parallel {
+        count: n,
+        order: order.map(|p| p.label).to_vec(),
+        reference_ms: wall[0],
+        sluice_ms: wall[1],
+    })
+}
+
+/// Waits (up to 5 s) until no link retired by sluice's DEL (`sx…`) remains.
+fn wait_for_background_deletes(node: &Ns) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while node.links().iter().any(|l| l.starts_with("sx")) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// After every DEL the node must hold nothing of either plugin.
+fn check_clean(node: &Node) -> Result<(), String> {
+    wait_for_background_deletes(&node.ns);
+    let mut left = Vec::new();
+    let links: Vec<String> = node.ns.links().into_iter().filter(|l| l != "lo").collect();
+    if !links.is_empty() {
+        left.push(format!("links in the node netns: {}", links.join(" ")));
+    }
+    let records = node.records();
+    if !records.is_empty() {
+        left.push(format!("{} sluice endpoint records", records.len()));
+    }
+    let sluice_ips = node.reservations();
+    if !sluice_ips.is_empty() {
+        left.push(format!("{} sluice-ipam reservations", sluice_ips.len()));
+    }
+    let host_local: Vec<PathBuf> = list_files(&reference_data_dir(node).join(REFERENCE_NET))
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.parse::<IpAddr>().is_ok())
+        })
+        .collect();
+    if !host_local.is_empty() {
+        left.push(format!("{} host-local reservations", host_local.len()));
+    }
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("DEL left things behind: {}", left.join("; ")))
+    }
+}

@@ -115,3 +115,32 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod shipped_conflist {
+    use super::*;
+    use sluice_common::cni::{CniVersion, NetConf};
+
+    /// The conflist operators install must parse as libcni hands it over:
+    /// each plugin entry with the list's cniVersion and name copied in.
+    #[test]
+    fn conf_conflist_is_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../conf/10-sluice.conflist");
+        let list: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        assert_eq!(list["cniVersion"], "1.0.0");
+        assert_eq!(list["cniVersions"], serde_json::json!(["1.0.0", "1.1.0"]));
+        for v in ["1.0.0", "1.1.0"] {
+            let mut plugin = list["plugins"][0].clone();
+            plugin["cniVersion"] = v.into();
+            plugin["name"] = list["name"].clone();
+            let (conf, version) = NetConf::parse(plugin.to_string().as_bytes()).unwrap();
+            assert_eq!(version, CniVersion::parse(v).unwrap());
+            assert_eq!(conf.plugin_type, "sluice");
+            let pc = PluginConf::from_netconf(&conf).unwrap();
+            assert_eq!(pc.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+            let ipam = sluice_ipam::IpamConfig::from_netconf(&conf).unwrap();
+            assert_eq!(ipam.range_sets.len(), 2, "dual-stack by default");
+        }
+    }
+}

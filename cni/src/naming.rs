@@ -27,6 +27,21 @@ pub fn host_ifname(container_id: &str, ifname: &str) -> String {
     format!("{HOST_PREFIX}{:011x}", h & 0x0fff_ffff_ffff)
 }
 
+/// The name a host-side link takes while it is being deleted in the
+/// background: `sx` + the same 11 hex digits, so an ADD of the same
+/// attachment right after its DEL does not collide with it.
+pub fn tombstone_ifname(host_ifname: &str) -> String {
+    format!("{TOMBSTONE_PREFIX}{}", &host_ifname[HOST_PREFIX.len()..])
+}
+
+pub const TOMBSTONE_PREFIX: &str = "sx";
+
+/// Whether `name` has the shape of a tombstone.
+pub fn is_tombstone(name: &str) -> bool {
+    name.starts_with(TOMBSTONE_PREFIX)
+        && is_host_ifname(&format!("{HOST_PREFIX}{}", &name[TOMBSTONE_PREFIX.len()..]))
+}
+
 /// Whether `name` has the shape of [`host_ifname`]'s output.
 pub fn is_host_ifname(name: &str) -> bool {
     name.len() == HOST_PREFIX.len() + 11

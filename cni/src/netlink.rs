@@ -237,6 +237,32 @@ impl Netlink {
         .map(drop)
     }
 
+    /// Sets a link down.
+    pub fn set_down(&mut self, index: u32) -> Result<(), NlError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.header.change_mask = LinkFlags::Up;
+        self.request(
+            || format!("setting link {index} down"),
+            RouteNetlinkMessage::SetLink(msg),
+            NLM_F_ACK,
+        )
+        .map(drop)
+    }
+
+    /// Renames a link (it must be down).
+    pub fn rename(&mut self, index: u32, name: &str) -> Result<(), NlError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::IfName(name.into()));
+        self.request(
+            || format!("renaming link {index} to {name}"),
+            RouteNetlinkMessage::SetLink(msg),
+            NLM_F_ACK,
+        )
+        .map(drop)
+    }
+
     pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>, NlError> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.into()));

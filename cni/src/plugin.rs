@@ -508,7 +508,7 @@ pub fn del(inv: &Invocation) -> Result<(), CniError> {
             }
             let mut deleted = false;
             for n in names {
-                match nl.delete_link(&n) {
+                match retire_link(&mut nl, &n) {
                     Ok(d) => deleted |= d,
                     Err(e) => errors.push(nl_err(e).context(format!("deleting {n}"))),
                 }
@@ -538,6 +538,71 @@ pub fn del(inv: &Invocation) -> Result<(), CniError> {
         },
     );
     combine(errors)
+}
+
+/// Takes a pod's node-side link out of service at once and deletes it in the
+/// background. Deleting a veth blocks in the kernel (`rcu_barrier()` in
+/// `netdev_run_todo`) for 10-30 ms, longer than everything else DEL does;
+/// the runtime need not wait for that. Setting the link down removes its
+/// routes, so no packet reaches the pod from here on; renaming it to its
+/// tombstone frees the name for a new ADD of the same attachment. Returns
+/// whether there was a link (or a deletion already under way).
+fn retire_link(nl: &mut Netlink, name: &str) -> Result<bool, NlError> {
+    let tomb = naming::is_host_ifname(name).then(|| naming::tombstone_ifname(name));
+    let Some(link) = nl.link_by_name(name)? else {
+        return match &tomb {
+            Some(t) => Ok(nl.link_by_name(t)?.is_some()),
+            None => Ok(false),
+        };
+    };
+    let Some(tomb) = tomb else {
+        return nl.delete_link(name);
+    };
+    nl.set_down(link.index)?;
+    if nl.rename(link.index, &tomb).is_err() {
+        // A tombstone of the same name is still being deleted: delete this
+        // one here instead.
+        return nl.delete_link(name);
+    }
+    spawn_deleter(&tomb);
+    Ok(true)
+}
+
+/// Forks a child that deletes `name` and exits. The child closes the
+/// runtime's pipes first, so the runtime's read of our output is not held
+/// open by it.
+fn spawn_deleter(name: &str) {
+    use nix::unistd::{fork, setsid, ForkResult};
+    // SAFETY: the plugin is single-threaded; the child only calls
+    // async-signal-safe functions and netlink before _exit.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            let _ = setsid();
+            // SAFETY: plain fd manipulation on our own descriptors.
+            unsafe {
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                if null >= 0 {
+                    for fd in 0..3 {
+                        libc::dup2(null, fd);
+                    }
+                }
+            }
+            let code = match Netlink::open().and_then(|mut nl| nl.delete_link(name)) {
+                Ok(_) => 0,
+                Err(_) => 1,
+            };
+            // SAFETY: leaving the child without running the parent's
+            // destructors or atexit handlers.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(ForkResult::Parent { .. }) => {}
+        Err(e) => {
+            eprintln!("sluice: cannot fork to delete {name} ({e}); deleting it now");
+            if let Ok(mut nl) = Netlink::open() {
+                let _ = nl.delete_link(name);
+            }
+        }
+    }
 }
 
 fn check_failed(msg: String) -> CniError {
@@ -750,22 +815,24 @@ pub fn gc(inv: &Invocation) -> Result<(), CniError> {
                     .map(|(c, i)| naming::host_ifname(c, i))
                     .collect();
                 for l in links {
-                    let stale = match l.alias.as_deref().and_then(naming::parse_alias) {
-                        Some((net, cid, ifn)) => {
-                            net == inv.conf.name
-                                && !valid.contains(&(cid.to_string(), ifn.to_string()))
-                        }
-                        // No alias: an ADD killed between creating the veth
-                        // and labelling it. The name is derived from
-                        // (container, ifname), so it is ours, and stale
-                        // unless a valid attachment derives to it.
-                        None => {
-                            l.alias.as_deref().unwrap_or("").is_empty()
-                                && l.kind.as_deref() == Some("veth")
-                                && naming::is_host_ifname(&l.name)
-                                && !valid_names.contains(&l.name)
-                        }
-                    };
+                    // A tombstone whose background deleter died.
+                    let stale = naming::is_tombstone(&l.name)
+                        || match l.alias.as_deref().and_then(naming::parse_alias) {
+                            Some((net, cid, ifn)) => {
+                                net == inv.conf.name
+                                    && !valid.contains(&(cid.to_string(), ifn.to_string()))
+                            }
+                            // No alias: an ADD killed between creating the veth
+                            // and labelling it. The name is derived from
+                            // (container, ifname), so it is ours, and stale
+                            // unless a valid attachment derives to it.
+                            None => {
+                                l.alias.as_deref().unwrap_or("").is_empty()
+                                    && l.kind.as_deref() == Some("veth")
+                                    && naming::is_host_ifname(&l.name)
+                                    && !valid_names.contains(&l.name)
+                            }
+                        };
                     if stale {
                         if let Err(e) = nl.delete_link(&l.name) {
                             errors.push(nl_err(e).context(format!("deleting {}", l.name)));

@@ -220,13 +220,30 @@ impl Node {
         cni_in(&self.ns, &bin("sluice"), cmd, cid, netns, ifname, conf, &[])
     }
 
-    /// Host-side links the plugin made (`sl…`).
+    /// Host-side links the plugin made: `sl…`, and `sx…` while DEL's
+    /// background deletion of a retired link is under way.
     pub fn pod_links(&self) -> Vec<String> {
         self.ns
             .links()
             .into_iter()
-            .filter(|l| l.starts_with("sl"))
+            .filter(|l| l.starts_with("sl") || l.starts_with("sx"))
             .collect()
+    }
+
+    /// Waits (up to 5 s) for DEL's background link deletions to finish,
+    /// and returns the pod links still there.
+    pub fn settled_pod_links(&self) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let links = self.pod_links();
+            if !links.iter().any(|l| l.starts_with("sx")) || std::time::Instant::now() > deadline {
+                return links
+                    .into_iter()
+                    .map(|l| l.split('@').next().unwrap().to_string())
+                    .collect();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// Endpoint records on disk.
@@ -250,7 +267,11 @@ impl Node {
 
     /// Panics unless the node holds no pod link, record or reservation.
     pub fn assert_clean(&self) {
-        assert_eq!(self.pod_links(), Vec::<String>::new(), "pod links left");
+        assert_eq!(
+            self.settled_pod_links(),
+            Vec::<String>::new(),
+            "pod links left"
+        );
         assert_eq!(self.records(), Vec::<PathBuf>::new(), "records left");
         assert_eq!(
             self.reservations(),

@@ -93,9 +93,19 @@ fn bad_input_gets_the_right_error_and_leaves_nothing() {
             Netns::Path(p) => Some(p.clone()),
         };
         let out = node.cni(c.cmd, c.cid, netns.as_deref(), c.ifname, &c.conf);
-        assert_ne!(out.code, Some(0), "{}: expected failure: {}", c.name, out.stdout);
-        let v: serde_json::Value = serde_json::from_str(&out.stdout)
-            .unwrap_or_else(|e| panic!("{}: stdout is not the error JSON ({e}): {:?}", c.name, out.stdout));
+        assert_ne!(
+            out.code,
+            Some(0),
+            "{}: expected failure: {}",
+            c.name,
+            out.stdout
+        );
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{}: stdout is not the error JSON ({e}): {:?}",
+                c.name, out.stdout
+            )
+        });
         assert_eq!(v["code"], c.code, "{}: {v}", c.name);
         assert!(v["cniVersion"].is_string(), "{}: {v}", c.name);
         let text = format!("{} {}", v["msg"], v["details"]).to_lowercase();
@@ -108,9 +118,24 @@ fn bad_input_gets_the_right_error_and_leaves_nothing() {
         // Nothing left behind: no link, no record, no reservation, and the
         // pod's netns has no interface but lo.
         assert_eq!(node.pod_links(), links_before, "{}: link left", c.name);
-        assert_eq!(node.records().len(), records_before, "{}: record left", c.name);
-        assert_eq!(node.reservations().len(), reservations_before, "{}: reservation left", c.name);
-        assert_eq!(pod.links(), vec!["lo".to_string()], "{}: pod interface left", c.name);
+        assert_eq!(
+            node.records().len(),
+            records_before,
+            "{}: record left",
+            c.name
+        );
+        assert_eq!(
+            node.reservations().len(),
+            reservations_before,
+            "{}: reservation left",
+            c.name
+        );
+        assert_eq!(
+            pod.links(),
+            vec!["lo".to_string()],
+            "{}: pod interface left",
+            c.name
+        );
     }
     drop(filler);
 }
@@ -142,7 +167,9 @@ fn a_failure_after_allocation_rolls_everything_back() {
     let node = Node::new();
     let conf = node.conf("1.0.0", ranges("dual"));
     let pod = Ns::new("p");
-    pod.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer"]);
+    pod.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer",
+    ]);
     let e = node
         .cni("ADD", "rollback", Some(&pod.path()), "eth0", &conf)
         .err(103);

@@ -213,11 +213,41 @@ fn a_delegated_ipam_is_executed() {
     assert!(a.ns.ping(&b.ips()[0]));
     a.del().ok();
     b.del().ok();
-    assert!(node.pod_links().is_empty());
+    assert!(node.settled_pod_links().is_empty());
     let left = list_files(&node.data_dir().join(&node.network));
     assert!(
         left.iter()
             .all(|p| !p.file_name().unwrap().to_string_lossy().starts_with("10.")),
         "host-local kept reservations: {left:?}"
+    );
+}
+
+#[test]
+fn add_right_after_del_of_the_same_attachment_works() {
+    if !require_root() {
+        return;
+    }
+    // DEL retires the node-side link and deletes it in the background; an
+    // immediate ADD of the same (container, ifname) must not collide with it.
+    let node = Node::new();
+    let conf = node.conf("1.0.0", ranges("dual"));
+    let pod = Ns::new("p");
+    for _ in 0..5 {
+        let r = node
+            .cni("ADD", "again", Some(&pod.path()), "eth0", &conf)
+            .ok()
+            .json();
+        for ip in r["ips"].as_array().unwrap() {
+            let a = ip["address"].as_str().unwrap().split('/').next().unwrap();
+            assert!(node.ns.ping(a), "re-added pod unreachable at {a}");
+        }
+        node.cni("DEL", "again", Some(&pod.path()), "eth0", &conf)
+            .ok();
+    }
+    node.assert_clean();
+    assert_eq!(
+        pod.links(),
+        vec!["lo".to_string()],
+        "the pod's eth0 must be gone"
     );
 }

@@ -1,0 +1,109 @@
+//! Removal of everything the bench made when it cannot unwind: the release
+//! profile aborts on panic (so no guard drops), and SIGINT/SIGTERM/SIGHUP
+//! would end the process before them too.
+//!
+//! The bench tracks each netns and directory it creates; the panic hook and
+//! a signal thread delete whatever is still tracked. On the normal path the
+//! harness guards delete them and the [`Track`] guard forgets them.
+
+use nix::sys::signal::{SigSet, Signal};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+#[derive(Debug)]
+struct Tracked {
+    netns: Vec<String>,
+    dirs: Vec<PathBuf>,
+}
+
+/// Set once a signal started the removal: a panic the main thread hits
+/// after that (its netns vanished) is only a consequence, not news.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+static TRACKED: Mutex<Tracked> = Mutex::new(Tracked {
+    netns: Vec::new(),
+    dirs: Vec::new(),
+});
+
+fn tracked() -> MutexGuard<'static, Tracked> {
+    TRACKED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Installs the panic hook and the signal thread. Call before any other
+/// thread starts, so they all inherit the blocked signal mask.
+pub fn install() -> Result<(), String> {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !STOPPING.load(Ordering::SeqCst) {
+            default(info);
+        }
+        remove_all();
+    }));
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set.thread_block()
+        .map_err(|e| format!("blocking signals: {e}"))?;
+    std::thread::Builder::new()
+        .name("cleanup".into())
+        .spawn(move || {
+            if let Ok(sig) = set.wait() {
+                STOPPING.store(true, Ordering::SeqCst);
+                eprintln!("cni-bench: {sig}, removing what it created");
+                remove_all();
+                std::process::exit(128 + sig as i32);
+            }
+        })
+        .map_err(|e| format!("starting the signal thread: {e}"))?;
+    Ok(())
+}
+
+/// Deletes every tracked netns (which takes the veths in it along) and
+/// directory. Keeps the lock until the process ends, so nothing new is
+/// tracked behind its back.
+fn remove_all() {
+    let mut t = tracked();
+    for name in t.netns.drain(..) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    for dir in t.dirs.drain(..) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Keeps a netns and directories on the removal list until dropped.
+#[derive(Debug)]
+pub struct Track {
+    netns: Option<String>,
+    dirs: Vec<PathBuf>,
+}
+
+impl Track {
+    pub fn new(netns: Option<&str>, dirs: &[&Path]) -> Self {
+        let track = Track {
+            netns: netns.map(str::to_string),
+            dirs: dirs.iter().map(|d| d.to_path_buf()).collect(),
+        };
+        let mut t = tracked();
+        t.netns.extend(track.netns.iter().cloned());
+        t.dirs.extend(track.dirs.iter().cloned());
+        track
+    }
+}
+
+impl Drop for Track {
+    fn drop(&mut self) {
+        let mut t = tracked();
+        if let Some(n) = &self.netns {
+            t.netns.retain(|x| x != n);
+        }
+        t.dirs.retain(|d| !self.dirs.contains(d));
+    }
+}
