@@ -17,33 +17,5 @@ pub mod plugin;
 /// Reads the CNI environment and stdin, runs the command, prints the answer
 /// and returns the process exit code.
 pub fn main_entry() -> i32 {
-    use sluice_common::cni::{print_error, print_json, CniVersion, Env};
-    use std::io::Read;
-    let env = match Env::from_process() {
-        Ok(e) => e,
-        Err(e) => {
-            // The version is unknown until stdin is read; answer in the one
-            // the config names if it parses.
-            let mut stdin = Vec::new();
-            let _ = std::io::stdin().read_to_end(&mut stdin);
-            let v = serde_json::from_slice::<serde_json::Value>(&stdin)
-                .ok()
-                .and_then(|v| v.get("cniVersion")?.as_str().map(String::from))
-                .unwrap_or_else(|| CniVersion::LATEST.as_str().into());
-            return print_error(&e, &v);
-        }
-    };
-    let mut stdin = Vec::new();
-    if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
-        let err = sluice_common::cni::CniError::io("reading the network config from stdin", &e);
-        return print_error(&err, CniVersion::LATEST.as_str());
-    }
-    match plugin::run(env, stdin) {
-        Ok(Some(v)) => {
-            print_json(&v);
-            0
-        }
-        Ok(None) => 0,
-        Err((e, version)) => print_error(&e, &version),
-    }
+    sluice_common::cni::main_with(plugin::handle)
 }

@@ -11,8 +11,8 @@ use ipnetwork::IpNetwork;
 use netlink_packet_route::route::RouteScope;
 use sluice_common::api::{self, Request};
 use sluice_common::cni::{
-    codes, CniError, CniResult, CniVersion, Command, Env, Interface, IpConfig, NetConf, Route,
-    SUPPORTED_VERSIONS,
+    codes, CniError, CniResult, CniVersion, Command, Env, Interface, IpConfig, NetConf,
+    Request as CniRequest, Route,
 };
 use sluice_common::endpoint::{EndpointRecord, PodIdentity, RECORD_VERSION};
 use std::collections::HashSet;
@@ -28,42 +28,26 @@ pub struct Invocation {
     pub stdin: Vec<u8>,
 }
 
-/// Runs one command; `Ok(Some(json))` is printed to stdout.
-pub fn run(env: Env, stdin: Vec<u8>) -> Result<Option<serde_json::Value>, (CniError, String)> {
-    if env.command == Command::Version {
-        return Ok(Some(version_info(&stdin)));
-    }
-    let fallback = CniVersion::LATEST.as_str().to_string();
-    let (conf, version) = NetConf::parse(&stdin).map_err(|e| (e, fallback))?;
-    let vs = conf.cni_version.clone();
-    let fail = |e: CniError| (e, vs.clone());
-    conf.require_name().map_err(fail)?;
-    let plugin = PluginConf::from_netconf(&conf).map_err(fail)?;
+/// Runs one command (VERSION is answered by the shared dispatcher); the
+/// JSON returned is printed to stdout.
+pub fn handle(req: CniRequest<'_>) -> Result<Option<serde_json::Value>, CniError> {
+    req.conf.require_name()?;
+    let plugin = PluginConf::from_netconf(&req.conf)?;
     let inv = Invocation {
-        env,
-        conf,
-        version,
+        env: req.env,
+        conf: req.conf,
+        version: req.version,
         plugin,
-        stdin,
+        stdin: req.stdin.to_vec(),
     };
-    let res = match inv.env.command {
+    match inv.env.command {
         Command::Add => add(&inv).map(Some),
         Command::Del => del(&inv).map(|_| None),
         Command::Check => check(&inv).map(|_| None),
         Command::Status => status(&inv).map(|_| None),
         Command::Gc => gc(&inv).map(|_| None),
-        Command::Version => unreachable!("answered above"),
-    };
-    res.map_err(fail)
-}
-
-fn version_info(stdin: &[u8]) -> serde_json::Value {
-    let asked = serde_json::from_slice::<serde_json::Value>(stdin)
-        .ok()
-        .and_then(|v| v.get("cniVersion")?.as_str().map(String::from))
-        .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
-        .unwrap_or_else(|| CniVersion::LATEST.as_str().into());
-    serde_json::json!({ "cniVersion": asked, "supportedVersions": SUPPORTED_VERSIONS })
+        Command::Version => unreachable!("dispatch answers VERSION"),
+    }
 }
 
 fn nl_err(e: NlError) -> CniError {

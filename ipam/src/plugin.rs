@@ -8,97 +8,36 @@
 use crate::allocator::Allocator;
 use crate::config::{ipam_object, IpamConfig};
 use crate::store::DiskStore;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sluice_common::cni::{
-    codes, print_error, print_json, CniError, CniResult, CniVersion, Command, Dns, Env, IpConfig,
-    NetConf, SUPPORTED_VERSIONS,
+    codes, dispatch, main_with, CniError, CniResult, CniVersion, Command, Dns, Env, IpConfig,
+    NetConf, Request,
 };
 use std::collections::{BTreeSet, HashSet};
-use std::io::Read;
 use std::net::IpAddr;
 
-/// What the plugin answers: JSON on stdout, nothing, or an error object.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    Print(Value),
-    Silent,
-    Fail {
-        error: CniError,
-        /// The `cniVersion` the error object is written in.
-        version: String,
-    },
-}
-
-impl Outcome {
-    /// Writes the answer to stdout and returns the process exit code.
-    pub fn emit(&self) -> i32 {
-        match self {
-            Outcome::Print(v) => {
-                print_json(v);
-                0
-            }
-            Outcome::Silent => 0,
-            Outcome::Fail { error, version } => print_error(error, version),
-        }
-    }
-}
+pub use sluice_common::cni::Outcome;
 
 /// The plugin's entry point: reads the process environment and stdin,
 /// answers on stdout, and returns the exit code.
 pub fn main() -> i32 {
-    let mut stdin = Vec::new();
-    if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
-        return Outcome::Fail {
-            error: CniError::io("cannot read the network configuration from stdin", &e),
-            version: CniVersion::LATEST.to_string(),
-        }
-        .emit();
-    }
-    run(Env::from_process(), &stdin).emit()
+    main_with(handle)
 }
 
 /// Answers one CNI request.
 pub fn run(env: Result<Env, CniError>, stdin: &[u8]) -> Outcome {
-    let parsed = NetConf::parse(stdin);
-    // Errors are written in the config's version when it parsed; before
-    // that we know no better than the latest.
-    let error_version = parsed
-        .as_ref()
-        .map(|(c, _)| c.cni_version.clone())
-        .unwrap_or_else(|_| CniVersion::LATEST.to_string());
-    let fail = |error: CniError| Outcome::Fail {
-        error,
-        version: error_version.clone(),
-    };
-    let env = match env {
-        Ok(env) => env,
-        Err(e) => return fail(e),
-    };
-    if env.command == Command::Version {
-        // The runtime may send no config (or one we cannot read) with
-        // VERSION; it is asking what we speak, so answer regardless.
-        let version = parsed.map(|(_, v)| v).unwrap_or(CniVersion::LATEST);
-        return Outcome::Print(json!({
-            "cniVersion": version.as_str(),
-            "supportedVersions": SUPPORTED_VERSIONS,
-        }));
-    }
-    let (conf, version) = match parsed {
-        Ok(p) => p,
-        Err(e) => return fail(e),
-    };
-    let handled = match env.command {
-        Command::Add => add(&env, &conf, version).map(Some),
-        Command::Del => del(&env, &conf).map(|_| None),
-        Command::Check => check(&env, &conf, version).map(|_| None),
-        Command::Status => status(&conf, version).map(|_| None),
-        Command::Gc => gc(&conf, version).map(|_| None),
-        Command::Version => unreachable!("answered above"),
-    };
-    match handled {
-        Ok(Some(v)) => Outcome::Print(v),
-        Ok(None) => Outcome::Silent,
-        Err(e) => fail(e),
+    dispatch(env, stdin, handle)
+}
+
+fn handle(req: Request<'_>) -> Result<Option<Value>, CniError> {
+    let (env, conf, version) = (&req.env, &req.conf, req.version);
+    match env.command {
+        Command::Add => add(env, conf, version).map(Some),
+        Command::Del => del(env, conf).map(|_| None),
+        Command::Check => check(env, conf, version).map(|_| None),
+        Command::Status => status(conf, version).map(|_| None),
+        Command::Gc => gc(conf, version).map(|_| None),
+        Command::Version => unreachable!("dispatch answers VERSION"),
     }
 }
 
@@ -280,6 +219,8 @@ fn dns(conf: &NetConf) -> Result<Dns, CniError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+    use sluice_common::cni::SUPPORTED_VERSIONS;
     use std::collections::HashMap;
 
     struct Net {

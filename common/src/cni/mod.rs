@@ -6,6 +6,7 @@
 
 mod args;
 mod config;
+mod dispatch;
 mod env;
 mod error;
 mod result;
@@ -13,6 +14,7 @@ mod version;
 
 pub use args::CniArgs;
 pub use config::{NetConf, ValidAttachment};
+pub use dispatch::{dispatch, main_with, Outcome, Request};
 pub use env::{Command, Env, MAX_IFNAME_LEN};
 pub use error::{codes, CniError};
 pub use result::{CniResult, Dns, Interface, IpConfig, Route};
