@@ -19,19 +19,32 @@ pub struct Lease {
     pub gateway: Option<IpAddr>,
 }
 
+/// `sluice-ipam` run in-process. The ranges are parsed only for ADD and
+/// STATUS, so a pod stays deletable after its network's ranges were edited
+/// into something invalid.
+#[derive(Debug)]
+pub struct Local {
+    network: String,
+    ipam: serde_json::Value,
+    data_dir: PathBuf,
+}
+
+impl Local {
+    /// The network's store, created if needed (ADD, STATUS).
+    fn create_store(&self) -> Result<DiskStore, CniError> {
+        DiskStore::open(&self.data_dir, &self.network).map_err(ipam_err)
+    }
+
+    /// The network's store if it exists; DEL, CHECK and GC create nothing.
+    fn existing_store(&self) -> Result<Option<DiskStore>, CniError> {
+        DiskStore::open_existing(&self.data_dir, &self.network).map_err(ipam_err)
+    }
+}
+
 #[derive(Debug)]
 pub enum Ipam {
-    /// `sluice-ipam`; the ranges are parsed only for ADD/STATUS so a pod stays
-    /// deletable after its network's ranges were edited into something invalid.
-    InProcess {
-        network: String,
-        ipam: serde_json::Value,
-        data_dir: PathBuf,
-    },
-    Delegated {
-        plugin_type: String,
-        stdin: Vec<u8>,
-    },
+    InProcess(Local),
+    Delegated { plugin_type: String, stdin: Vec<u8> },
 }
 
 fn ipam_err(e: sluice_ipam::IpamError) -> CniError {
@@ -43,11 +56,11 @@ impl Ipam {
         let ipam = sluice_ipam::config::ipam_object(&inv.conf)?;
         let plugin_type = ipam.get("type").and_then(|t| t.as_str()).unwrap_or("");
         if plugin_type == IN_PROCESS_TYPE {
-            Ok(Ipam::InProcess {
+            Ok(Ipam::InProcess(Local {
                 network: inv.conf.name.clone(),
                 data_dir: IpamConfig::data_dir_of(ipam)?,
                 ipam: ipam.clone(),
-            })
+            }))
         } else if plugin_type.is_empty() {
             Err(CniError::config(
                 "ipam has no \"type\"",
@@ -61,29 +74,13 @@ impl Ipam {
         }
     }
 
-    fn open(&self, create: bool) -> Result<Option<DiskStore>, CniError> {
-        let Ipam::InProcess {
-            network, data_dir, ..
-        } = self
-        else {
-            unreachable!("only called for in-process IPAM")
-        };
-        if create {
-            DiskStore::open(data_dir, network)
-                .map(Some)
-                .map_err(ipam_err)
-        } else {
-            DiskStore::open_existing(data_dir, network).map_err(ipam_err)
-        }
-    }
-
     /// Reserves the pod's addresses; returns them with the IPAM's extra
     /// routes and DNS settings.
     pub fn add(&mut self, env: &Env) -> Result<(Vec<Lease>, Vec<Route>, Dns), CniError> {
         match self {
-            Ipam::InProcess { ipam, .. } => {
-                let config = IpamConfig::parse(ipam)?;
-                let store = self.open(true)?.expect("open(true) always gives a store");
+            Ipam::InProcess(local) => {
+                let config = IpamConfig::parse(&local.ipam)?;
+                let store = local.create_store()?;
                 let mut alloc = Allocator::new(&config, store);
                 let got = alloc
                     .allocate(&env.container_id, &env.ifname)
@@ -126,8 +123,8 @@ impl Ipam {
     /// Releases the pod's addresses; idempotent.
     pub fn del(&mut self, env: &Env) -> Result<(), CniError> {
         match self {
-            Ipam::InProcess { .. } => {
-                let Some(store) = self.open(false)? else {
+            Ipam::InProcess(local) => {
+                let Some(store) = local.existing_store()? else {
                     return Ok(());
                 };
                 Allocator::without_ranges(store)
@@ -144,8 +141,8 @@ impl Ipam {
     /// Checks that the attachment still holds exactly `ips`.
     pub fn check(&mut self, env: &Env, ips: &[IpAddr]) -> Result<(), CniError> {
         match self {
-            Ipam::InProcess { .. } => {
-                let held = match self.open(false)? {
+            Ipam::InProcess(local) => {
+                let held = match local.existing_store()? {
                     Some(store) => Allocator::without_ranges(store)
                         .get(&env.container_id, &env.ifname)
                         .map_err(ipam_err)?,
@@ -176,14 +173,12 @@ impl Ipam {
     /// not writable).
     pub fn status(&mut self, env: &Env) -> Result<(), CniError> {
         match self {
-            Ipam::InProcess { ipam, .. } => {
-                let config = IpamConfig::parse(ipam)?;
-                let store = self
-                    .open(true)
+            Ipam::InProcess(local) => {
+                let config = IpamConfig::parse(&local.ipam)?;
+                let store = local
+                    .create_store()
                     .map_err(|e| CniError::new(codes::PLUGIN_NOT_AVAILABLE, e.msg, e.details))?;
-                let status = Allocator::new(&config, store.expect("created"))
-                    .status()
-                    .map_err(ipam_err)?;
+                let status = Allocator::new(&config, store).status().map_err(ipam_err)?;
                 if let Err(e) = status.writable {
                     let e = e.to_cni();
                     return Err(CniError::new(codes::PLUGIN_NOT_AVAILABLE, e.msg, e.details));
@@ -208,8 +203,8 @@ impl Ipam {
 
     pub fn gc(&mut self, env: &Env, valid: &HashSet<(String, String)>) -> Result<(), CniError> {
         match self {
-            Ipam::InProcess { .. } => {
-                let Some(store) = self.open(false)? else {
+            Ipam::InProcess(local) => {
+                let Some(store) = local.existing_store()? else {
                     return Ok(());
                 };
                 Allocator::without_ranges(store)

@@ -266,25 +266,22 @@ impl Netlink {
     pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>, NlError> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.into()));
-        match self.request(
-            || format!("looking up link {name}"),
-            RouteNetlinkMessage::GetLink(msg),
-            0,
-        ) {
-            Ok(r) => Ok(r.into_iter().find_map(to_link)),
-            Err(e) if e.is(libc::ENODEV) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.get_link(msg, || format!("looking up link {name}"))
     }
 
     pub fn link_by_index(&mut self, index: u32) -> Result<Option<Link>, NlError> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
-        match self.request(
-            || format!("looking up link #{index}"),
-            RouteNetlinkMessage::GetLink(msg),
-            0,
-        ) {
+        self.get_link(msg, || format!("looking up link #{index}"))
+    }
+
+    /// One RTM_GETLINK; a link that does not exist is `None`, not an error.
+    fn get_link(
+        &mut self,
+        msg: LinkMessage,
+        op: impl Fn() -> String,
+    ) -> Result<Option<Link>, NlError> {
+        match self.request(op, RouteNetlinkMessage::GetLink(msg), 0) {
             Ok(r) => Ok(r.into_iter().find_map(to_link)),
             Err(e) if e.is(libc::ENODEV) => Ok(None),
             Err(e) => Err(e),

@@ -22,8 +22,6 @@ pub enum NetnsError {
     NotNetns { path: PathBuf, why: String },
     #[error("cannot enter network namespace {path}: {source}")]
     Enter { path: PathBuf, source: io::Error },
-    #[error("cannot return to the original network namespace: {0}")]
-    Return(io::Error),
 }
 
 #[derive(Debug)]

@@ -171,7 +171,7 @@ pub fn add(inv: &Invocation) -> Result<serde_json::Value, CniError> {
                     endpoint: Box::new(record.clone()),
                 },
             );
-            let mut result = build_result(inv, &record, &leases)?;
+            let mut result = build_result(&record, &leases);
             // Routes and DNS the IPAM asked for are passed on; the pod's own
             // default routes are already in the result.
             for r in ipam_routes {
@@ -393,11 +393,7 @@ fn ensure_sysctl(path: &str) -> Result<(), CniError> {
     })
 }
 
-fn build_result(
-    inv: &Invocation,
-    record: &EndpointRecord,
-    leases: &[Lease],
-) -> Result<CniResult, CniError> {
+fn build_result(record: &EndpointRecord, leases: &[Lease]) -> CniResult {
     let mut result = CniResult {
         interfaces: vec![
             Interface {
@@ -431,8 +427,7 @@ fn build_result(
                 .push(Route::new(default_dst(l.address.is_ipv6()), l.gateway));
         }
     }
-    let _ = inv;
-    Ok(result)
+    result
 }
 
 fn notify_daemon(inv: &Invocation, req: Request) {
