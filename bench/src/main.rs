@@ -233,7 +233,7 @@ fn interleaved(
                 // sluice's DEL returns before the kernel has finished
                 // deleting the veth (a forked child does that); let it
                 // finish, untimed, so it does not slow the next sample.
-                wait_for_background_deletes(node);
+                node.wait_for_retired_links();
             }
         }
     }
@@ -274,7 +274,7 @@ fn parallel_adds(
             ));
         }
         plugin::parallel(pods, "DEL")?;
-        wait_for_background_deletes(node);
+        node.wait_for_retired_links();
         *wall = ms(t);
     }
     Ok(Parallel {
@@ -285,17 +285,9 @@ fn parallel_adds(
     })
 }
 
-/// Waits (up to 5 s) until no link retired by sluice's DEL (`sx…`) remains.
-fn wait_for_background_deletes(node: &Ns) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while node.links().iter().any(|l| l.starts_with("sx")) && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-}
-
 /// After every DEL the node must hold nothing of either plugin.
 fn check_clean(node: &Node) -> Result<(), String> {
-    wait_for_background_deletes(&node.ns);
+    node.ns.wait_for_retired_links();
     let mut left = Vec::new();
     let links: Vec<String> = node.ns.links().into_iter().filter(|l| l != "lo").collect();
     if !links.is_empty() {

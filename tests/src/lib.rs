@@ -144,6 +144,17 @@ impl Ns {
             .success()
     }
 
+    /// Waits (up to 5 s) until no link that sluice's DEL retired (`sx…`,
+    /// deleted by a forked child) remains in this netns.
+    pub fn wait_for_retired_links(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.links().iter().any(|l| l.starts_with("sx"))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
     /// Deletes the netns now (as a runtime does when a pod's sandbox dies).
     pub fn delete(&mut self) {
         if !self.deleted {
@@ -230,20 +241,14 @@ impl Node {
             .collect()
     }
 
-    /// Waits (up to 5 s) for DEL's background link deletions to finish,
-    /// and returns the pod links still there.
+    /// The pod links left once DEL's background deletions have finished
+    /// (waiting up to 5 s for them), without the `@peer` suffix.
     pub fn settled_pod_links(&self) -> Vec<String> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            let links = self.pod_links();
-            if !links.iter().any(|l| l.starts_with("sx")) || std::time::Instant::now() > deadline {
-                return links
-                    .into_iter()
-                    .map(|l| l.split('@').next().unwrap().to_string())
-                    .collect();
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        self.ns.wait_for_retired_links();
+        self.pod_links()
+            .into_iter()
+            .map(|l| l.split('@').next().unwrap().to_string())
+            .collect()
     }
 
     /// Endpoint records on disk.
@@ -308,6 +313,16 @@ pub struct Cni {
 }
 
 impl Cni {
+    /// Waits for a plugin run started with [`spawn_cni`].
+    pub fn wait(child: std::process::Child) -> Self {
+        let out = child.wait_with_output().expect("wait for plugin");
+        Cni {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
             panic!(
@@ -353,13 +368,9 @@ pub fn cni_in(
     conf: &str,
     extra_env: &[(&str, &str)],
 ) -> Cni {
-    let child = spawn_cni(node, plugin, cmd, cid, netns, ifname, conf, extra_env);
-    let out = child.wait_with_output().expect("wait for plugin");
-    Cni {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Cni::wait(spawn_cni(
+        node, plugin, cmd, cid, netns, ifname, conf, extra_env,
+    ))
 }
 
 /// Starts a plugin run without waiting (for the kill tests).

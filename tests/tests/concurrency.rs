@@ -15,33 +15,9 @@ fn hundred_parallel_adds_then_dels() {
         r#"[[{"subnet":"10.206.0.0/16"}],[{"subnet":"fd00:206::/64"}]]"#,
     );
     let pods: Vec<(Ns, String)> = (0..100).map(|_| (Ns::new("p"), unique("c"))).collect();
-    let sluice = bin("sluice");
-    let children: Vec<_> = pods
-        .iter()
-        .map(|(ns, cid)| {
-            spawn_cni(
-                &node.ns,
-                &sluice,
-                "ADD",
-                cid,
-                Some(&ns.path()),
-                "eth0",
-                &conf,
-                &[],
-            )
-        })
-        .collect();
     let mut seen = HashSet::new();
-    for c in children {
-        let out = c.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "ADD failed: {stdout} {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-        for ip in v["ips"].as_array().unwrap() {
+    for out in run_all(&node, "ADD", &pods, &conf) {
+        for ip in out.ok().json()["ips"].as_array().unwrap() {
             let a = ip["address"].as_str().unwrap().to_string();
             assert!(seen.insert(a.clone()), "address {a} handed out twice");
         }
@@ -54,30 +30,31 @@ fn hundred_parallel_adds_then_dels() {
     for ip in &last {
         assert!(pods[0].0.ping(ip), "pod 0 cannot reach pod 99 at {ip}");
     }
+    for out in run_all(&node, "DEL", &pods, &conf) {
+        out.ok();
+    }
+    node.assert_clean();
+}
+
+/// Starts `cmd` for every pod at once, then waits for all of them.
+fn run_all(node: &Node, cmd: &str, pods: &[(Ns, String)], conf: &str) -> Vec<Cni> {
+    let sluice = bin("sluice");
     let children: Vec<_> = pods
         .iter()
         .map(|(ns, cid)| {
             spawn_cni(
                 &node.ns,
                 &sluice,
-                "DEL",
+                cmd,
                 cid,
                 Some(&ns.path()),
                 "eth0",
-                &conf,
+                conf,
                 &[],
             )
         })
         .collect();
-    for c in children {
-        let out = c.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "DEL failed: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
-    node.assert_clean();
+    children.into_iter().map(Cni::wait).collect()
 }
 
 /// Kills ADDs with SIGKILL at random moments. Whatever instant the kill
