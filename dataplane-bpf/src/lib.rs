@@ -1,12 +1,30 @@
 //! Sluice's BPF datapath: C programs under `bpf/` compiled by `build.rs`
-//! (clang-19, libbpf headers), embedded here, and the `#[repr(C)]` mirrors of
-//! every map key and value declared in `bpf/include/sluice_maps.h`.
-//!
-//! Work in progress for the daemon issue: the pod veth program (source
-//! check) builds and passes the verifier; the daemon that attaches it comes
-//! next.
+//! (clang-19, libbpf headers), embedded here; the `#[repr(C)]` mirrors of
+//! every map key and value declared in `bpf/include/sluice_maps.h`; the
+//! names of the pinned maps; loading with pinned maps (refusing a pinned map
+//! whose layout differs); and the few bpf(2) commands aya does not wrap.
 
+pub mod load;
 pub mod maps;
+pub mod sys;
 
-/// tc programs for a pod's host-side veth (`sluice_pod_ingress`).
+/// tc program for a pod's host-side veth (`sluice_pod_ingress`): source check.
 pub static TC_POD: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc_pod.o"));
+
+/// cgroup sock_addr programs attached at the cgroup v2 root.
+pub static SOCK: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock.o"));
+
+/// The tc entry point in [`TC_POD`].
+pub const TC_POD_INGRESS: &str = "sluice_pod_ingress";
+
+/// The entry points in [`SOCK`], in `enum sock_hook` order.
+pub const SOCK_PROGRAMS: [&str; 8] = [
+    "sluice_connect4",
+    "sluice_connect6",
+    "sluice_sendmsg4",
+    "sluice_sendmsg6",
+    "sluice_recvmsg4",
+    "sluice_recvmsg6",
+    "sluice_getpeername4",
+    "sluice_getpeername6",
+];

@@ -1,67 +1,48 @@
 //! The tc source check run on crafted frames through BPF_PROG_TEST_RUN
-//! (root only). aya has no test-run call, so this issues the bpf(2) command
-//! itself on the program aya loaded.
+//! (root only), with maps pinned in a private bpffs directory; and the
+//! loader's handling of pinned maps.
 
 use aya::maps::HashMap;
-use aya::programs::SchedClassifier;
-use sluice_dataplane::maps::{EpCounters, SrcKey};
-use std::os::fd::{AsFd, AsRawFd};
+use aya::programs::{CgroupSockAddr, SchedClassifier};
+use sluice_dataplane::load::{load_object, load_program, open_pinned, LoadError};
+use sluice_dataplane::maps::{self, EpCounters, SrcKey};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
 
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 /// BPF_PROG_TEST_RUN runs tc programs on an skb of the loopback device.
 const LO: u32 = 1;
 
-#[repr(C)]
-#[derive(Default)]
-struct TestRun {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
+fn run(fd: BorrowedFd<'_>, frame: &[u8]) -> u32 {
+    sluice_dataplane::sys::prog_test_run(fd, frame)
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on {} bytes: {e}", frame.len()))
 }
 
-fn run(fd: i32, frame: &[u8]) -> u32 {
-    let mut out = vec![0u8; frame.len() + 256];
-    let mut attr = TestRun {
-        prog_fd: fd as u32,
-        data_size_in: frame.len() as u32,
-        data_size_out: out.len() as u32,
-        data_in: frame.as_ptr() as u64,
-        data_out: out.as_mut_ptr() as u64,
-        repeat: 1,
-        ..Default::default()
-    };
-    // SAFETY: attr is a valid, fully initialised bpf_attr prefix for this command.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRun,
-            std::mem::size_of::<TestRun>() as u32,
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "BPF_PROG_TEST_RUN on {} bytes: {}",
-        frame.len(),
-        std::io::Error::last_os_error()
-    );
-    attr.retval
+/// A pin directory of its own on /sys/fs/bpf, removed on drop.
+struct PinDir(PathBuf);
+
+impl PinDir {
+    fn new(tag: &str) -> Self {
+        sluice_dataplane::load::ensure_bpffs(Path::new("/sys/fs/bpf")).expect("mount bpffs");
+        let p = PathBuf::from(format!("/sys/fs/bpf/sluice-t{}-{tag}", std::process::id()));
+        PinDir(p)
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: loading BPF programs needs root");
+    }
+    root
 }
 
 fn eth(proto: u16) -> Vec<u8> {
@@ -92,15 +73,15 @@ fn ipv6(src: [u8; 16]) -> Vec<u8> {
 
 #[test]
 fn source_check_on_crafted_frames() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: BPF_PROG_TEST_RUN needs root");
+    if !root() {
         return;
     }
-    let mut ebpf = aya::Ebpf::load(sluice_dataplane::TC_POD).expect("parse tc_pod.o");
+    let pins = PinDir::new("src");
+    let mut ebpf = load_object("tc_pod", sluice_dataplane::TC_POD, &pins.0, &maps::ALL)
+        .expect("parse tc_pod.o");
     {
         let mut allowed: HashMap<_, SrcKey, u8> =
-            HashMap::try_from(ebpf.map_mut("sluice_src").unwrap()).unwrap();
+            HashMap::try_from(ebpf.map_mut(maps::SRC.name).unwrap()).unwrap();
         allowed
             .insert(SrcKey::new(LO, "10.244.0.5".parse().unwrap()), 1, 0)
             .unwrap();
@@ -108,13 +89,10 @@ fn source_check_on_crafted_frames() {
             .insert(SrcKey::new(LO, "fd00::5".parse().unwrap()), 1, 0)
             .unwrap();
     }
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut("sluice_pod_ingress")
-        .unwrap()
-        .try_into()
-        .unwrap();
-    prog.load().expect("verifier accepts the program");
-    let fd = prog.fd().unwrap().as_fd().as_raw_fd();
+    let prog: &mut SchedClassifier =
+        load_program(&mut ebpf, "tc_pod", sluice_dataplane::TC_POD_INGRESS)
+            .unwrap_or_else(|e| panic!("{e}"));
+    let fd = prog.fd().unwrap().as_fd();
 
     let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets();
     assert_eq!(run(fd, &ipv4([10, 244, 0, 5])), TC_ACT_OK, "own v4 address");
@@ -131,10 +109,70 @@ fn source_check_on_crafted_frames() {
     assert_eq!(run(fd, &arp), TC_ACT_OK, "non-IP passes");
 
     let counters: HashMap<_, u32, EpCounters> =
-        HashMap::try_from(ebpf.map("sluice_ep_counters").unwrap()).unwrap();
+        HashMap::try_from(ebpf.map(maps::SRC_DROP.name).unwrap()).unwrap();
     let c = counters
         .get(&LO, 0)
         .expect("drops are counted per endpoint");
     assert_eq!(c.spoof_drops, 2, "two spoofed frames counted");
     assert!(c.spoof_bytes > 0);
+}
+
+#[test]
+fn socket_programs_pass_the_verifier() {
+    if !root() {
+        return;
+    }
+    let pins = PinDir::new("sock");
+    let mut ebpf =
+        load_object("sock", sluice_dataplane::SOCK, &pins.0, &maps::ALL).expect("parse sock.o");
+    for p in sluice_dataplane::SOCK_PROGRAMS {
+        load_program::<CgroupSockAddr>(&mut ebpf, "sock", p).unwrap_or_else(|e| panic!("{e}"));
+    }
+    assert!(
+        pins.0.join(maps::ENDPOINTS.name).exists(),
+        "endpoint map pinned by name"
+    );
+    assert!(pins.0.join(maps::SOCKSTAT.name).exists());
+}
+
+/// Both objects share the endpoint and source maps through their pins, and a
+/// second load reuses them with their entries.
+#[test]
+fn pinned_maps_are_reused_across_loads() {
+    if !root() {
+        return;
+    }
+    let pins = PinDir::new("reuse");
+    {
+        let mut ebpf =
+            load_object("tc_pod", sluice_dataplane::TC_POD, &pins.0, &maps::ALL).unwrap();
+        let mut src: HashMap<_, SrcKey, u8> =
+            HashMap::try_from(ebpf.map_mut(maps::SRC.name).unwrap()).unwrap();
+        src.insert(SrcKey::new(3, "10.1.2.3".parse().unwrap()), 1, 0)
+            .unwrap();
+    }
+    let ebpf = load_object("tc_pod", sluice_dataplane::TC_POD, &pins.0, &maps::ALL).unwrap();
+    let src: HashMap<_, SrcKey, u8> = HashMap::try_from(ebpf.map(maps::SRC.name).unwrap()).unwrap();
+    assert_eq!(src.keys().count(), 1, "the entry survived the reload");
+    let pinned: HashMap<_, SrcKey, u8> =
+        HashMap::try_from(open_pinned(&pins.0, &maps::SRC).unwrap()).unwrap();
+    assert!(pinned
+        .get(&SrcKey::new(3, "10.1.2.3".parse().unwrap()), 0)
+        .is_ok());
+}
+
+/// A pinned map left by an incompatible build is refused with a message
+/// that names it, instead of being reused with the wrong layout.
+#[test]
+fn a_pinned_map_of_another_layout_is_refused() {
+    if !root() {
+        return;
+    }
+    let pins = PinDir::new("mismatch");
+    load_object("tc_pod", sluice_dataplane::TC_POD, &pins.0, &maps::ALL).unwrap();
+    let mut wrong = maps::SRC;
+    wrong.value_size = 8;
+    let e = load_object("tc_pod", sluice_dataplane::TC_POD, &pins.0, &[wrong]).unwrap_err();
+    assert!(matches!(e, LoadError::MapMismatch { .. }), "{e}");
+    assert!(e.to_string().contains("sluice_src"), "{e}");
 }

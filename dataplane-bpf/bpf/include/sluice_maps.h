@@ -19,6 +19,36 @@ struct src_key {
 };
 _Static_assert(sizeof(struct src_key) == 24, "src_key layout");
 
+/* A pod (or the node itself) known to this daemon, keyed by the
+ * netns cookie of its network namespace (bpf_get_netns_cookie). Socket
+ * programs act only on sockets whose netns has an entry. */
+#define SLUICE_EP_F_HOST (1U << 0) /* the node's own netns */
+#define SLUICE_EP_F_IPV4 (1U << 1) /* ipv4 is set */
+#define SLUICE_EP_F_IPV6 (1U << 2) /* ipv6 is set */
+
+struct endpoint {
+	__u32 host_ifindex; /* 0 for the node's own entry */
+	__u32 flags;	    /* SLUICE_EP_F_* */
+	__u8 ipv4[4];	    /* network order */
+	__u8 pad[4];
+	__u8 ipv6[16];
+};
+_Static_assert(sizeof(struct endpoint) == 32, "endpoint layout");
+
+/* Index into the per-CPU socket hook counters (sluice_sockstat): how many
+ * socket operations of known endpoints each hook saw. */
+enum sock_hook {
+	SOCK_HOOK_CONNECT4 = 0,
+	SOCK_HOOK_CONNECT6,
+	SOCK_HOOK_SENDMSG4,
+	SOCK_HOOK_SENDMSG6,
+	SOCK_HOOK_RECVMSG4,
+	SOCK_HOOK_RECVMSG6,
+	SOCK_HOOK_GETPEERNAME4,
+	SOCK_HOOK_GETPEERNAME6,
+	SOCK_HOOK_MAX,
+};
+
 /* Per-endpoint counters, keyed by host-side ifindex. */
 struct ep_counters {
 	__u64 spoof_drops;

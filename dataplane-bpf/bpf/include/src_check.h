@@ -23,6 +23,7 @@ struct {
 	__uint(max_entries, 65536);
 	__type(key, struct src_key);
 	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_src SEC(".maps");
 
 struct {
@@ -30,11 +31,12 @@ struct {
 	__uint(max_entries, 65536);
 	__type(key, __u32);
 	__type(value, struct ep_counters);
-} sluice_ep_counters SEC(".maps");
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_src_drop SEC(".maps");
 
 static __always_inline void src_count_drop(__u32 ifindex, __u32 len)
 {
-	struct ep_counters *c = bpf_map_lookup_elem(&sluice_ep_counters, &ifindex);
+	struct ep_counters *c = bpf_map_lookup_elem(&sluice_src_drop, &ifindex);
 
 	if (c) {
 		__sync_fetch_and_add(&c->spoof_drops, 1);
@@ -42,7 +44,7 @@ static __always_inline void src_count_drop(__u32 ifindex, __u32 len)
 	} else {
 		struct ep_counters init = { .spoof_drops = 1, .spoof_bytes = len };
 
-		bpf_map_update_elem(&sluice_ep_counters, &ifindex, &init, BPF_NOEXIST);
+		bpf_map_update_elem(&sluice_src_drop, &ifindex, &init, BPF_NOEXIST);
 	}
 }
 

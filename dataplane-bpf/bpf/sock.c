@@ -1,0 +1,32 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* cgroup sock_addr programs, attached once at the cgroup v2 root. Entry
+ * points stay one-liners; the logic is in include/sock.h. */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "sock.h"
+
+SEC("cgroup/connect4")
+int sluice_connect4(struct bpf_sock_addr *ctx) { return sock_fwd(ctx, SOCK_HOOK_CONNECT4); }
+
+SEC("cgroup/connect6")
+int sluice_connect6(struct bpf_sock_addr *ctx) { return sock_fwd(ctx, SOCK_HOOK_CONNECT6); }
+
+SEC("cgroup/sendmsg4")
+int sluice_sendmsg4(struct bpf_sock_addr *ctx) { return sock_fwd(ctx, SOCK_HOOK_SENDMSG4); }
+
+SEC("cgroup/sendmsg6")
+int sluice_sendmsg6(struct bpf_sock_addr *ctx) { return sock_fwd(ctx, SOCK_HOOK_SENDMSG6); }
+
+SEC("cgroup/recvmsg4")
+int sluice_recvmsg4(struct bpf_sock_addr *ctx) { return sock_rev(ctx, SOCK_HOOK_RECVMSG4); }
+
+SEC("cgroup/recvmsg6")
+int sluice_recvmsg6(struct bpf_sock_addr *ctx) { return sock_rev(ctx, SOCK_HOOK_RECVMSG6); }
+
+SEC("cgroup/getpeername4")
+int sluice_getpeername4(struct bpf_sock_addr *ctx) { return sock_rev(ctx, SOCK_HOOK_GETPEERNAME4); }
+
+SEC("cgroup/getpeername6")
+int sluice_getpeername6(struct bpf_sock_addr *ctx) { return sock_rev(ctx, SOCK_HOOK_GETPEERNAME6); }
+
+char _license[] SEC("license") = "Dual BSD/GPL";

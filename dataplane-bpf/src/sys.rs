@@ -1,0 +1,177 @@
+//! The bpf(2) commands aya 0.14 does not expose: reading a link's target
+//! (which ifindex a tcx link sits on, 0 once its device is gone), replacing a
+//! link's program in place, opening a pin as a raw fd, and running a program
+//! on a crafted packet (BPF_PROG_TEST_RUN).
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_F_REPLACE: u32 = 1 << 2;
+
+/// `bpf_link_type` values we look at.
+pub const LINK_TYPE_CGROUP: u32 = 3;
+pub const LINK_TYPE_TCX: u32 = 11;
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: attr is a fully initialised bpf_attr prefix for `cmd`, and the
+    // kernel reads/writes at most size_of::<T>() bytes of it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T,
+            std::mem::size_of::<T>() as u32,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Opens a pinned object (map, program or link).
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    #[repr(C)]
+    struct Attr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        _pad: u32,
+    }
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pin path with a NUL byte"))?;
+    let mut attr = Attr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+        _pad: 0,
+    };
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: BPF_OBJ_GET returned a new descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// What the kernel says about a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub link_type: u32,
+    pub id: u32,
+    pub prog_id: u32,
+    /// tcx: the device the link is attached to; 0 once the device is gone.
+    pub tcx_ifindex: u32,
+    /// cgroup links: the cgroup's id (its inode number).
+    pub cgroup_id: u64,
+}
+
+pub fn link_info(fd: BorrowedFd<'_>) -> io::Result<LinkInfo> {
+    #[repr(C)]
+    struct Attr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // struct bpf_link_info: type, id, prog_id, then an 8-byte aligned union.
+    let mut buf = [0u64; 16];
+    let mut attr = Attr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&buf) as u32,
+        info: buf.as_mut_ptr() as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let word = |i: usize| buf[i / 2].to_ne_bytes()[(i % 2) * 4..(i % 2) * 4 + 4].to_vec();
+    let u32_at = |i: usize| u32::from_ne_bytes(word(i).try_into().unwrap());
+    let link_type = u32_at(0);
+    Ok(LinkInfo {
+        link_type,
+        id: u32_at(1),
+        prog_id: u32_at(2),
+        tcx_ifindex: if link_type == LINK_TYPE_TCX {
+            u32_at(4)
+        } else {
+            0
+        },
+        cgroup_id: if link_type == LINK_TYPE_CGROUP {
+            buf[2]
+        } else {
+            0
+        },
+    })
+}
+
+/// Reads a pinned link's info.
+pub fn pinned_link_info(path: &Path) -> io::Result<LinkInfo> {
+    let fd = obj_get(path)?;
+    use std::os::fd::AsFd;
+    link_info(fd.as_fd())
+}
+
+/// Swaps the program behind a link (BPF_LINK_UPDATE), only if it still runs
+/// `old_prog`: the link, its ID and its attachment stay, so traffic never
+/// sees a moment without a program.
+pub fn link_update(
+    link: BorrowedFd<'_>,
+    new_prog: BorrowedFd<'_>,
+    old_prog: BorrowedFd<'_>,
+) -> io::Result<()> {
+    #[repr(C)]
+    struct Attr {
+        link_fd: u32,
+        new_prog_fd: u32,
+        flags: u32,
+        old_prog_fd: u32,
+    }
+    let mut attr = Attr {
+        link_fd: link.as_raw_fd() as u32,
+        new_prog_fd: new_prog.as_raw_fd() as u32,
+        flags: BPF_F_REPLACE,
+        old_prog_fd: old_prog.as_raw_fd() as u32,
+    };
+    bpf(BPF_LINK_UPDATE, &mut attr).map(|_| ())
+}
+
+/// Runs a tc/XDP program once on `frame` (BPF_PROG_TEST_RUN) and returns its
+/// verdict. tc programs run on an skb of the loopback device (ifindex 1).
+pub fn prog_test_run(prog: BorrowedFd<'_>, frame: &[u8]) -> io::Result<u32> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct Attr {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
+        _pad: u32,
+    }
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut attr = Attr {
+        prog_fd: prog.as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        ..Default::default()
+    };
+    bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+    Ok(attr.retval)
+}
