@@ -31,7 +31,7 @@ pub enum LoadError {
     Object {
         object: &'static str,
         pin_dir: PathBuf,
-        source: aya::EbpfError,
+        source: Box<aya::EbpfError>,
     },
     #[error("BPF object {object} has no program {program}")]
     NoProgram {
@@ -124,7 +124,7 @@ pub fn load_object(
         .map_err(|source| LoadError::Object {
             object,
             pin_dir: pin_dir.into(),
-            source,
+            source: Box::new(source),
         })
 }
 
