@@ -1,4 +1,12 @@
-//! The Sluice node daemon. Not built yet: this crate holds no binary until
-//! the daemon issue lands, so nothing here pretends to serve the API. The
-//! plugin already writes endpoint records and tries the daemon's socket with a
-//! bounded wait, so pods added now are picked up when the daemon arrives.
+//! The Sluice node daemon: loads, attaches and pins the BPF datapath, keeps
+//! the endpoint map from pod registrations and endpoint records, serves the
+//! API on a unix socket, and exposes metrics. `sluicectl` reads the same
+//! config to find the daemon, or its pins when the daemon is down.
+
+pub mod config;
+pub mod datapath;
+pub mod metrics;
+pub mod netns;
+pub mod server;
+pub mod state;
+pub mod views;

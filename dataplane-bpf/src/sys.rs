@@ -175,3 +175,45 @@ pub fn prog_test_run(prog: BorrowedFd<'_>, frame: &[u8]) -> io::Result<u32> {
     bpf(BPF_PROG_TEST_RUN, &mut attr)?;
     Ok(attr.retval)
 }
+
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+
+/// Opens a loaded program by its ID.
+pub fn prog_fd_by_id(id: u32) -> io::Result<OwnedFd> {
+    #[repr(C)]
+    struct Attr {
+        id: u32,
+        next_id: u32,
+        open_flags: u32,
+        _pad: u32,
+    }
+    let mut attr = Attr {
+        id,
+        next_id: 0,
+        open_flags: 0,
+        _pad: 0,
+    };
+    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr)?;
+    // SAFETY: the kernel returned a new descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// A program's tag: a hash of its instructions with map references
+/// blanked, so the same program loaded twice has the same tag.
+pub fn prog_tag(prog: BorrowedFd<'_>) -> io::Result<[u8; 8]> {
+    #[repr(C)]
+    struct Attr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // struct bpf_prog_info starts with type, id, tag[8].
+    let mut buf = [0u8; 16];
+    let mut attr = Attr {
+        bpf_fd: prog.as_raw_fd() as u32,
+        info_len: buf.len() as u32,
+        info: buf.as_mut_ptr() as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(buf[8..16].try_into().expect("8 bytes"))
+}

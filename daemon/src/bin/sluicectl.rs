@@ -1,0 +1,407 @@
+//! `sluicectl`: what the node's datapath holds. Asks the daemon over its API;
+//! when the daemon is down, reads the pinned maps and the endpoint records
+//! directly, so an operator can still see what the kernel is doing.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use sluice_common::api::{self, Request};
+use sluice_common::endpoint::EndpointRecord;
+use sluice_daemon::config::{Config, DEFAULT_CONFIG};
+use sluice_daemon::datapath::{map_summary, MapSummary};
+use sluice_daemon::views::{EndpointView, StatusView};
+use sluice_dataplane::load::open_pinned;
+use sluice_dataplane::maps::{self, Endpoint, EpCounters};
+use sluice_dataplane::sys;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Inspect the Sluice datapath on this node")]
+struct Args {
+    /// The daemon's config (for its socket, pin path and state dir).
+    #[arg(long, short, global = true, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Overrides the config's socket.
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// Overrides the config's pin_path.
+    #[arg(long, global = true)]
+    pin_path: Option<PathBuf>,
+    /// Overrides the config's state_dir.
+    #[arg(long, global = true)]
+    state_dir: Option<PathBuf>,
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// The daemon's state, or what is pinned when it is down.
+    Status,
+    /// Registered pod interfaces with their netns cookie and counters.
+    Endpoints,
+    /// BPF objects.
+    Bpf {
+        #[command(subcommand)]
+        what: BpfCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BpfCmd {
+    /// Pinned maps with their entry counts, and pinned links.
+    Maps,
+}
+
+fn main() {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("sluicectl: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn run(args: &Args) -> anyhow::Result<i32> {
+    let mut cfg = Config::load_or_default(&args.config)?;
+    if let Some(s) = &args.state_dir {
+        cfg.socket = s.join("sluiced.sock");
+        cfg.state_dir = s.clone();
+    }
+    if let Some(s) = &args.socket {
+        cfg.socket = s.clone();
+    }
+    if let Some(p) = &args.pin_path {
+        cfg.pin_path = p.clone();
+    }
+    let ask = |req| api::call(&cfg.socket, req, Duration::from_secs(5));
+    match &args.cmd {
+        Cmd::Status => match ask(Request::Status) {
+            Ok(r) => {
+                let s: StatusView = serde_json::from_value(r.data).context("reading the status")?;
+                match args.output {
+                    Output::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+                    Output::Table => print_status(&s),
+                }
+                Ok(0)
+            }
+            Err(e) => {
+                eprintln!("sluiced is not answering: {e}");
+                eprintln!("reading the pins under {} instead", cfg.pin_path.display());
+                let maps = map_summary(&cfg.maps_dir());
+                let links = pinned_links(&cfg);
+                match args.output {
+                    Output::Json => println!(
+                        "{}",
+                        serde_json::to_string_pretty(&serde_json::json!({
+                            "daemon": null, "maps": maps, "links": links
+                        }))?
+                    ),
+                    Output::Table => {
+                        println!("daemon       down ({})", cfg.socket.display());
+                        print_links(&links);
+                        print_maps(&maps);
+                    }
+                }
+                Ok(1)
+            }
+        },
+        Cmd::Endpoints => {
+            let eps: Vec<EndpointView> = match ask(Request::ListEndpoints) {
+                Ok(r) => serde_json::from_value(r.data).context("reading the endpoint list")?,
+                Err(e) => {
+                    eprintln!("sluiced is not answering ({e}); reading records and pinned maps");
+                    endpoints_from_pins(&cfg)?
+                }
+            };
+            match args.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&eps)?),
+                Output::Table => print_endpoints(&eps),
+            }
+            Ok(0)
+        }
+        Cmd::Bpf { what: BpfCmd::Maps } => {
+            let maps = map_summary(&cfg.maps_dir());
+            let links = pinned_links(&cfg);
+            match args.output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "maps": maps, "links": links })
+                    )?
+                ),
+                Output::Table => {
+                    print_maps(&maps);
+                    print_links(&links);
+                }
+            }
+            Ok(if maps.iter().all(|m| m.entries.is_some()) {
+                0
+            } else {
+                1
+            })
+        }
+    }
+}
+
+#[derive(Debug, serde::Serialize)]
+struct PinnedLink {
+    pin: PathBuf,
+    id: Option<u32>,
+    prog_id: Option<u32>,
+    kind: &'static str,
+    /// tcx: the device it is on (0: the device is gone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ifindex: Option<u32>,
+}
+
+fn pinned_links(cfg: &Config) -> Vec<PinnedLink> {
+    let mut out = Vec::new();
+    for dir in [cfg.cgroup_links_dir(), cfg.tc_links_dir()] {
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        entries.sort();
+        for pin in entries {
+            let info = sys::pinned_link_info(&pin).ok();
+            out.push(PinnedLink {
+                id: info.map(|i| i.id),
+                prog_id: info.map(|i| i.prog_id),
+                kind: match info.map(|i| i.link_type) {
+                    Some(sys::LINK_TYPE_CGROUP) => "cgroup",
+                    Some(sys::LINK_TYPE_TCX) => "tcx",
+                    Some(_) => "other",
+                    None => "unreadable",
+                },
+                ifindex: info
+                    .filter(|i| i.link_type == sys::LINK_TYPE_TCX)
+                    .map(|i| i.tcx_ifindex),
+                pin,
+            });
+        }
+    }
+    out
+}
+
+/// The endpoint list rebuilt without the daemon: records joined with the
+/// pinned endpoint map (by host ifindex) and counters.
+fn endpoints_from_pins(cfg: &Config) -> anyhow::Result<Vec<EndpointView>> {
+    use aya::maps::HashMap;
+    let eps: HashMap<_, u64, Endpoint> =
+        HashMap::try_from(open_pinned(&cfg.maps_dir(), &maps::ENDPOINTS)?)?;
+    let drops: HashMap<_, u32, EpCounters> =
+        HashMap::try_from(open_pinned(&cfg.maps_dir(), &maps::SRC_DROP)?)?;
+    let by_ifindex: std::collections::HashMap<u32, u64> = eps
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, e)| !e.is_host())
+        .map(|(c, e)| (e.host_ifindex, c))
+        .collect();
+    let (records, bad) = EndpointRecord::list(&cfg.state_dir);
+    for b in bad {
+        eprintln!("skipping: {b}");
+    }
+    Ok(records
+        .into_iter()
+        .map(|r| {
+            let cookie = by_ifindex.get(&r.host_ifindex).copied();
+            let c = drops.get(&r.host_ifindex, 0).unwrap_or_default();
+            let tc =
+                sys::pinned_link_info(&cfg.tc_links_dir().join(r.host_ifindex.to_string())).ok();
+            EndpointView {
+                namespace: r.pod.namespace.clone(),
+                pod: r.pod.name.clone(),
+                netns: r.netns.clone(),
+                cookie: cookie.unwrap_or(0),
+                addresses: r.addresses.iter().map(|a| a.ip()).collect(),
+                host_ifname: r.host_ifname.clone(),
+                host_ifindex: r.host_ifindex,
+                tc_mode: None,
+                tc_link_id: tc.map(|i| i.id),
+                in_endpoint_map: cookie.is_some(),
+                spoof_drops: c.spoof_drops,
+                spoof_bytes: c.spoof_bytes,
+                container_id: r.container_id,
+                ifname: r.ifname,
+            }
+        })
+        .collect())
+}
+
+fn table(head: &[&str], rows: Vec<Vec<String>>) {
+    let mut w: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(head.iter().map(|s| s.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn short(s: &str, n: usize) -> String {
+    if s.len() > n {
+        s[..n].to_string()
+    } else {
+        s.to_string()
+    }
+}
+
+fn print_endpoints(eps: &[EndpointView]) {
+    table(
+        &[
+            "POD",
+            "CONTAINER",
+            "IF",
+            "ADDRESSES",
+            "HOST IF",
+            "COOKIE",
+            "TC LINK",
+            "IN MAP",
+            "SPOOF DROPS",
+        ],
+        eps.iter()
+            .map(|e| {
+                vec![
+                    match (&e.namespace, &e.pod) {
+                        (Some(n), Some(p)) => format!("{n}/{p}"),
+                        (_, Some(p)) => p.clone(),
+                        _ => "-".into(),
+                    },
+                    short(&e.container_id, 12),
+                    e.ifname.clone(),
+                    e.addresses
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    format!("{} ({})", e.host_ifname, e.host_ifindex),
+                    e.cookie.to_string(),
+                    e.tc_link_id
+                        .map(|i| i.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    if e.in_endpoint_map { "yes" } else { "NO" }.into(),
+                    e.spoof_drops.to_string(),
+                ]
+            })
+            .collect(),
+    );
+}
+
+fn print_maps(maps: &[MapSummary]) {
+    table(
+        &["MAP", "ID", "ENTRIES", "MAX", "WHAT"],
+        maps.iter()
+            .map(|m| {
+                vec![
+                    m.name.clone(),
+                    m.id.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+                    m.entries
+                        .map(|i| i.to_string())
+                        .unwrap_or_else(|| "not pinned".into()),
+                    m.max_entries.to_string(),
+                    m.what.clone(),
+                ]
+            })
+            .collect(),
+    );
+}
+
+fn print_links(links: &[PinnedLink]) {
+    println!();
+    table(
+        &["LINK", "ID", "PROG", "KIND", "PIN"],
+        links
+            .iter()
+            .map(|l| {
+                vec![
+                    l.pin
+                        .file_name()
+                        .map(|f| f.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    l.id.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+                    l.prog_id
+                        .map(|i| i.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    match l.ifindex {
+                        Some(0) => "tcx (device gone)".to_string(),
+                        Some(i) => format!("tcx on ifindex {i}"),
+                        None => l.kind.to_string(),
+                    },
+                    l.pin.display().to_string(),
+                ]
+            })
+            .collect(),
+    );
+}
+
+fn print_status(s: &StatusView) {
+    println!(
+        "daemon       sluiced {} (pid {}, up {} s, API v{})",
+        s.version, s.pid, s.uptime_seconds, s.api_version
+    );
+    println!("ready        {}", s.ready);
+    println!("endpoints    {}", s.endpoints);
+    println!("pins         {}", s.pin_path.display());
+    println!("cgroup root  {}", s.cgroup_root.display());
+    println!("tc attach    {:?}", s.tc_mode);
+    println!("node netns   cookie {}", s.host_cookie);
+    let r = &s.restore.report;
+    println!(
+        "last start   ready in {:.1} ms: {} endpoints restored, {} cleaned, {} failed, {} stale entries removed, {} maps reused",
+        s.restore.duration_ms,
+        r.restored,
+        r.cleaned,
+        r.failed,
+        r.stale_entries,
+        s.restore.maps_reused.len()
+    );
+    println!();
+    table(
+        &["SOCKET PROGRAM", "LINK", "PROG", "AT START", "OPS SEEN"],
+        s.socket_links
+            .iter()
+            .map(|l| {
+                let hook = l.program.trim_start_matches("sluice_");
+                let n = s
+                    .sock_ops
+                    .iter()
+                    .find(|(h, _)| h == hook)
+                    .map(|(_, n)| *n)
+                    .unwrap_or(0);
+                vec![
+                    l.program.clone(),
+                    l.id.to_string(),
+                    l.prog_id.to_string(),
+                    format!("{:?}", l.outcome).to_lowercase(),
+                    n.to_string(),
+                ]
+            })
+            .collect(),
+    );
+    println!();
+    print_maps(&s.maps);
+}

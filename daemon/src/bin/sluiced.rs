@@ -1,0 +1,49 @@
+//! `sluiced --config <file>`: the Sluice node daemon.
+
+use clap::Parser;
+use sluice_daemon::config::{Config, DEFAULT_CONFIG};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Sluice node daemon: loads, attaches and pins the BPF datapath and serves the endpoint API"
+)]
+struct Args {
+    /// TOML config; every key is optional (see conf/sluiced.toml).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Print the effective config and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cfg = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::load_or_default(std::path::Path::new(DEFAULT_CONFIG))?,
+    };
+    if args.print_config {
+        println!("{cfg:#?}");
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(8)
+        .thread_name("sluiced")
+        .build()?;
+    if let Err(e) = rt.block_on(sluice_daemon::server::run(cfg)) {
+        tracing::error!("{e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
+}

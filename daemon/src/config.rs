@@ -1,0 +1,241 @@
+//! `sluiced --config <file>`: a TOML file, every key optional. Every path is
+//! configurable so several daemons (one per test "node") can share a kernel.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the packaged config lives; `sluicectl` reads it too.
+pub const DEFAULT_CONFIG: &str = "/etc/sluice/sluiced.toml";
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcAttach {
+    /// tcx links where the kernel has them (6.6+), clsact filters otherwise.
+    Auto,
+    Tcx,
+    Clsact,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    state_dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    bpffs: Option<PathBuf>,
+    pin_path: Option<PathBuf>,
+    cgroup_root: Option<PathBuf>,
+    metrics_address: Option<String>,
+    api_allowed_uids: Option<Vec<u32>>,
+    tc_attach: Option<TcAttach>,
+    reconcile_interval_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The plugin's `stateDir`: endpoint records live in `<state_dir>/endpoints`.
+    pub state_dir: PathBuf,
+    /// The API socket (the plugin's `daemonSocket`).
+    pub socket: PathBuf,
+    /// Where a bpf filesystem is (mounted there if it is not).
+    pub bpffs: PathBuf,
+    /// This daemon's pins: `maps/` and `links/` below it.
+    pub pin_path: PathBuf,
+    /// cgroup v2 root for the socket programs; `None` detects it.
+    pub cgroup_root: Option<PathBuf>,
+    /// `/metrics` and `/healthz`; `None` turns the listener off.
+    pub metrics_address: Option<SocketAddr>,
+    /// Peers (by `SO_PEERCRED` uid) allowed on the API.
+    pub api_allowed_uids: Vec<u32>,
+    pub tc_attach: TcAttach,
+    /// How often records and the kernel are compared again after start.
+    pub reconcile_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let state_dir = PathBuf::from("/var/run/sluice");
+        Config {
+            socket: state_dir.join("sluiced.sock"),
+            state_dir,
+            bpffs: "/sys/fs/bpf".into(),
+            pin_path: "/sys/fs/bpf/sluice".into(),
+            cgroup_root: None,
+            metrics_address: Some(([127, 0, 0, 1], 9963).into()),
+            api_allowed_uids: vec![0],
+            tc_attach: TcAttach::Auto,
+            reconcile_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path} is not valid: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|reason| ConfigError::Invalid {
+            path: path.into(),
+            reason,
+        })
+    }
+
+    /// Like [`Config::load`], but a missing file means the defaults (for
+    /// `sluicectl` on a node that runs the daemon with the defaults).
+    pub fn load_or_default(path: &Path) -> Result<Self, ConfigError> {
+        match Self::load(path) {
+            Err(ConfigError::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(Config::default())
+            }
+            r => r,
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let raw: Raw = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        let d = Config::default();
+        let state_dir = raw.state_dir.unwrap_or(d.state_dir);
+        let socket = raw.socket.unwrap_or_else(|| state_dir.join("sluiced.sock"));
+        let metrics_address = match raw.metrics_address.as_deref() {
+            None => d.metrics_address,
+            Some("") | Some("off") => None,
+            Some(a) => Some(a.parse().map_err(|e| {
+                format!("metrics_address {a:?} is not host:port ({e}); use \"\" to turn it off")
+            })?),
+        };
+        let c = Config {
+            state_dir,
+            socket,
+            bpffs: raw.bpffs.unwrap_or(d.bpffs),
+            pin_path: raw.pin_path.unwrap_or(d.pin_path),
+            cgroup_root: raw.cgroup_root,
+            metrics_address,
+            api_allowed_uids: raw.api_allowed_uids.unwrap_or(d.api_allowed_uids),
+            tc_attach: raw.tc_attach.unwrap_or(d.tc_attach),
+            reconcile_interval: Duration::from_secs(
+                raw.reconcile_interval_seconds
+                    .unwrap_or(d.reconcile_interval.as_secs()),
+            ),
+        };
+        for (key, p) in [
+            ("state_dir", &c.state_dir),
+            ("socket", &c.socket),
+            ("bpffs", &c.bpffs),
+            ("pin_path", &c.pin_path),
+        ] {
+            if !p.is_absolute() {
+                return Err(format!(
+                    "{key} must be an absolute path, not {}",
+                    p.display()
+                ));
+            }
+        }
+        if !c.pin_path.starts_with(&c.bpffs) {
+            return Err(format!(
+                "pin_path {} is not below bpffs {}",
+                c.pin_path.display(),
+                c.bpffs.display()
+            ));
+        }
+        if c.socket.as_os_str().len() > 107 {
+            return Err(format!(
+                "socket path {} is longer than a unix socket allows (107 bytes)",
+                c.socket.display()
+            ));
+        }
+        if c.reconcile_interval.is_zero() {
+            return Err("reconcile_interval_seconds must be at least 1".into());
+        }
+        Ok(c)
+    }
+
+    pub fn maps_dir(&self) -> PathBuf {
+        self.pin_path.join("maps")
+    }
+
+    pub fn cgroup_links_dir(&self) -> PathBuf {
+        self.pin_path.join("links").join("cgroup")
+    }
+
+    pub fn tc_links_dir(&self) -> PathBuf {
+        self.pin_path.join("links").join("tc")
+    }
+
+    pub fn lock_file(&self) -> PathBuf {
+        self.state_dir.join("sluiced.lock")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn socket_follows_state_dir() {
+        let c = Config::parse("state_dir = \"/tmp/x\"").unwrap();
+        assert_eq!(c.socket, Path::new("/tmp/x/sluiced.sock"));
+    }
+
+    #[test]
+    fn every_key_parses() {
+        let c = Config::parse(
+            r#"
+            state_dir = "/run/a"
+            socket = "/run/a/api.sock"
+            bpffs = "/sys/fs/bpf"
+            pin_path = "/sys/fs/bpf/node1"
+            cgroup_root = "/sys/fs/cgroup/unified"
+            metrics_address = "127.0.0.1:0"
+            api_allowed_uids = [0, 1000]
+            tc_attach = "clsact"
+            reconcile_interval_seconds = 5
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.tc_attach, TcAttach::Clsact);
+        assert_eq!(c.api_allowed_uids, vec![0, 1000]);
+        assert_eq!(c.reconcile_interval, Duration::from_secs(5));
+        assert_eq!(c.tc_links_dir(), Path::new("/sys/fs/bpf/node1/links/tc"));
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        for (text, needle) in [
+            ("pin_path = \"/tmp/pins\"", "not below bpffs"),
+            ("state_dir = \"rel\"", "absolute"),
+            ("metrics_address = \"nope\"", "host:port"),
+            ("tc_attach = \"xdp\"", "unknown variant"),
+            ("typo = 1", "unknown field"),
+            ("reconcile_interval_seconds = 0", "at least 1"),
+        ] {
+            let e = Config::parse(text).unwrap_err();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+        assert_eq!(
+            Config::parse("metrics_address = \"\"")
+                .unwrap()
+                .metrics_address,
+            None
+        );
+    }
+}

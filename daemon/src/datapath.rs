@@ -1,0 +1,639 @@
+//! The loaded, attached and pinned datapath of one daemon.
+//!
+//! Maps are pinned by name under `<pin_path>/maps`, links under
+//! `<pin_path>/links/{cgroup,tc}`. Opening reuses whatever is pinned: a link
+//! already attached stays attached (same link ID) and only has its program
+//! swapped in place if this build's program differs; nothing is detached or
+//! flushed to start clean.
+
+use crate::config::{Config, TcAttach};
+use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::programs::links::{CgroupAttachMode, FdLink, LinkOrder};
+use aya::programs::tc::{self, NlOptions, TcAttachOptions, TcAttachType, TcHandle};
+use aya::programs::{CgroupSockAddr, SchedClassifier};
+use aya::Ebpf;
+use serde::Serialize;
+use sluice_dataplane::load::{self, LoadError};
+use sluice_dataplane::maps::{self, Endpoint, EpCounters, SrcKey};
+use sluice_dataplane::sys;
+use std::collections::HashSet;
+use std::io;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use tracing::{info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("cannot mount a bpf filesystem at {path}: {source}; mount one (mount -t bpf bpffs {path}) or set bpffs")]
+    Bpffs { path: PathBuf, source: io::Error },
+    #[error("{path} is not on a bpf filesystem; pin_path must be below a bpffs mount")]
+    NotBpffs { path: PathBuf },
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(
+        "no cgroup v2 hierarchy found at /sys/fs/cgroup or /sys/fs/cgroup/unified; mount one \
+         (mount -t cgroup2 none /sys/fs/cgroup/unified) or set cgroup_root"
+    )]
+    NoCgroup2,
+    #[error("cgroup_root {path} is not a cgroup v2 directory")]
+    NotCgroup2 { path: PathBuf },
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("cannot attach {program} {target}: {detail}")]
+    Attach {
+        program: String,
+        target: String,
+        detail: String,
+    },
+    #[error("map {map}: cannot {op}: {source}")]
+    Map {
+        map: &'static str,
+        op: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("tc_attach = \"tcx\" needs Linux 6.6 or newer; this kernel is older. Use \"clsact\" or \"auto\"")]
+    NoTcx,
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> DatapathError + 'a {
+    move |source| DatapathError::Io {
+        what,
+        path: path.into(),
+        source,
+    }
+}
+
+fn map_err(
+    map: &'static str,
+    op: &'static str,
+) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::Map { map, op, source }
+}
+
+/// What happened to a link when the daemon (re)started or attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkOutcome {
+    /// Already pinned and attached with this program: left alone.
+    Reused,
+    /// Already pinned and attached; its program was swapped in place.
+    Updated,
+    /// Attached and pinned now.
+    Created,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct LinkState {
+    pub program: String,
+    pub id: u32,
+    pub prog_id: u32,
+    pub pin: PathBuf,
+    pub outcome: LinkOutcome,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TcMode {
+    Tcx,
+    Clsact,
+}
+
+/// The tc program on one pod's host-side veth.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct TcLink {
+    pub mode: TcMode,
+    /// tcx link ID; `None` for clsact filters, which have no link.
+    pub id: Option<u32>,
+    pub outcome: LinkOutcome,
+}
+
+/// clsact filter priority and handle of Sluice's pod program.
+const CLSACT_PRIORITY: u16 = 0x5c;
+const CLSACT_HANDLE: u32 = 0x5c;
+
+pub struct Datapath {
+    maps_dir: PathBuf,
+    tc_links_dir: PathBuf,
+    tc_obj: Ebpf,
+    pub tc_mode: TcMode,
+    pub cgroup_root: PathBuf,
+    pub cgroup_links: Vec<LinkState>,
+    /// Maps that were already pinned when this daemon started.
+    pub maps_reused: Vec<&'static str>,
+    eps: HashMap<MapData, u64, Endpoint>,
+    src: HashMap<MapData, SrcKey, u8>,
+    drops: HashMap<MapData, u32, EpCounters>,
+    sockstat: PerCpuArray<MapData, u64>,
+}
+
+impl std::fmt::Debug for Datapath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Datapath")
+            .field("maps_dir", &self.maps_dir)
+            .field("tc_mode", &self.tc_mode)
+            .field("cgroup_root", &self.cgroup_root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Datapath {
+    pub fn open(cfg: &Config) -> Result<Self, DatapathError> {
+        match load::ensure_bpffs(&cfg.bpffs) {
+            Ok(true) => info!(path = %cfg.bpffs.display(), "mounted a bpf filesystem"),
+            Ok(false) => {}
+            Err(source) => {
+                return Err(DatapathError::Bpffs {
+                    path: cfg.bpffs.clone(),
+                    source,
+                })
+            }
+        }
+        let maps_dir = cfg.maps_dir();
+        for d in [&maps_dir, &cfg.cgroup_links_dir(), &cfg.tc_links_dir()] {
+            std::fs::create_dir_all(d).map_err(io_err("create pin directory", d))?;
+        }
+        if !load::is_bpffs(&maps_dir) {
+            return Err(DatapathError::NotBpffs { path: maps_dir });
+        }
+        let maps_reused = maps::ALL
+            .iter()
+            .filter(|m| maps_dir.join(m.name).exists())
+            .map(|m| m.name)
+            .collect();
+
+        let mut tc_obj =
+            load::load_object("tc_pod", sluice_dataplane::TC_POD, &maps_dir, &maps::ALL)?;
+        load::load_program::<SchedClassifier>(
+            &mut tc_obj,
+            "tc_pod",
+            sluice_dataplane::TC_POD_INGRESS,
+        )?;
+        let mut sock_obj =
+            load::load_object("sock", sluice_dataplane::SOCK, &maps_dir, &maps::ALL)?;
+
+        let take = |obj: &mut Ebpf, name: &'static str| {
+            obj.take_map(name).ok_or(LoadError::NoProgram {
+                object: "map",
+                program: name,
+            })
+        };
+        let eps = HashMap::try_from(take(&mut sock_obj, maps::ENDPOINTS.name)?)
+            .map_err(map_err(maps::ENDPOINTS.name, "open"))?;
+        let sockstat = PerCpuArray::try_from(take(&mut sock_obj, maps::SOCKSTAT.name)?)
+            .map_err(map_err(maps::SOCKSTAT.name, "open"))?;
+        let src = HashMap::try_from(take(&mut tc_obj, maps::SRC.name)?)
+            .map_err(map_err(maps::SRC.name, "open"))?;
+        let drops = HashMap::try_from(take(&mut tc_obj, maps::SRC_DROP.name)?)
+            .map_err(map_err(maps::SRC_DROP.name, "open"))?;
+
+        let cgroup_root = cgroup_root(cfg)?;
+        let cgroup_links =
+            attach_socket_programs(&mut sock_obj, &cgroup_root, &cfg.cgroup_links_dir())?;
+
+        let tc_mode = match cfg.tc_attach {
+            TcAttach::Tcx if !tcx_supported() => return Err(DatapathError::NoTcx),
+            TcAttach::Tcx => TcMode::Tcx,
+            TcAttach::Clsact => TcMode::Clsact,
+            TcAttach::Auto if tcx_supported() => TcMode::Tcx,
+            TcAttach::Auto => TcMode::Clsact,
+        };
+        Ok(Datapath {
+            maps_dir,
+            tc_links_dir: cfg.tc_links_dir(),
+            tc_obj,
+            tc_mode,
+            cgroup_root,
+            cgroup_links,
+            maps_reused,
+            eps,
+            src,
+            drops,
+            sockstat,
+        })
+    }
+
+    pub fn maps_dir(&self) -> &Path {
+        &self.maps_dir
+    }
+
+    fn tc_pin(&self, ifindex: u32) -> PathBuf {
+        self.tc_links_dir.join(ifindex.to_string())
+    }
+
+    /// Puts the source-check program on a pod's host-side veth, or keeps
+    /// the one already there.
+    pub fn attach_tc(&mut self, ifname: &str, ifindex: u32) -> Result<TcLink, DatapathError> {
+        let mode = self.tc_mode;
+        let prog: &mut SchedClassifier = self
+            .tc_obj
+            .program_mut(sluice_dataplane::TC_POD_INGRESS)
+            .expect("loaded at open")
+            .try_into()
+            .expect("a tc program");
+        let attach_err = |detail: String| DatapathError::Attach {
+            program: sluice_dataplane::TC_POD_INGRESS.into(),
+            target: format!("to ingress of {ifname} (ifindex {ifindex})"),
+            detail,
+        };
+        match mode {
+            TcMode::Tcx => {
+                let pin = self.tc_links_dir.join(ifindex.to_string());
+                if pin.exists() {
+                    match sys::pinned_link_info(&pin) {
+                        Ok(info)
+                            if info.link_type == sys::LINK_TYPE_TCX
+                                && info.tcx_ifindex == ifindex =>
+                        {
+                            let outcome =
+                                refresh_program(&pin, info.prog_id, prog.fd().map(|f| f.as_fd()))
+                                    .map_err(|e| attach_err(e.to_string()))?;
+                            return Ok(TcLink {
+                                mode,
+                                id: Some(info.id),
+                                outcome,
+                            });
+                        }
+                        // The device it was on is gone (ifindex 0) or the
+                        // pin is not ours: replace it.
+                        _ => {
+                            let _ = std::fs::remove_file(&pin);
+                        }
+                    }
+                }
+                let id = prog
+                    .attach_with_options(
+                        ifname,
+                        TcAttachType::Ingress,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                    .map_err(|e| attach_err(error_chain(&e)))?;
+                let link = prog
+                    .take_link(id)
+                    .map_err(|e| attach_err(error_chain(&e)))?;
+                let fd = FdLink::try_from(link).map_err(|e| attach_err(error_chain(&e)))?;
+                let pinned = fd.pin(&pin).map_err(|e| attach_err(error_chain(&e)))?;
+                let info = sys::pinned_link_info(&pin).map_err(|e| attach_err(e.to_string()))?;
+                drop(pinned);
+                Ok(TcLink {
+                    mode,
+                    id: Some(info.id),
+                    outcome: LinkOutcome::Created,
+                })
+            }
+            TcMode::Clsact => {
+                if let Err(e) = tc::qdisc_add_clsact(ifname) {
+                    if !has_errno(&e, libc::EEXIST) {
+                        return Err(attach_err(format!(
+                            "adding the clsact qdisc: {}",
+                            error_chain(&e)
+                        )));
+                    }
+                }
+                let opts = NlOptions {
+                    priority: CLSACT_PRIORITY,
+                    handle: TcHandle::from(CLSACT_HANDLE),
+                    classid: None,
+                };
+                match prog.attach_with_options(
+                    ifname,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::Netlink(opts),
+                ) {
+                    Ok(id) => {
+                        // A clsact filter stays on the device without us:
+                        // never let aya detach it when the program drops.
+                        let link = prog
+                            .take_link(id)
+                            .map_err(|e| attach_err(error_chain(&e)))?;
+                        std::mem::forget(link);
+                        Ok(TcLink {
+                            mode,
+                            id: None,
+                            outcome: LinkOutcome::Created,
+                        })
+                    }
+                    // Our filter from a previous run is still there.
+                    Err(e) if has_errno(&e, libc::EEXIST) => Ok(TcLink {
+                        mode,
+                        id: None,
+                        outcome: LinkOutcome::Reused,
+                    }),
+                    Err(e) => Err(attach_err(error_chain(&e))),
+                }
+            }
+        }
+    }
+
+    /// Removes the pod program's pin (tcx): the link detaches. A clsact
+    /// filter goes away with its device.
+    pub fn detach_tc(&mut self, ifindex: u32) {
+        let pin = self.tc_pin(ifindex);
+        if let Err(e) = std::fs::remove_file(&pin) {
+            if e.kind() != io::ErrorKind::NotFound {
+                warn!(pin = %pin.display(), "cannot remove tc link pin: {e}");
+            }
+        }
+    }
+
+    /// ifindexes that have a pinned tc link.
+    pub fn tc_pins(&self) -> Vec<u32> {
+        std::fs::read_dir(&self.tc_links_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect()
+    }
+
+    pub fn tc_link_id(&self, ifindex: u32) -> Option<u32> {
+        sys::pinned_link_info(&self.tc_pin(ifindex))
+            .ok()
+            .map(|i| i.id)
+    }
+
+    pub fn put_endpoint(&mut self, cookie: u64, ep: &Endpoint) -> Result<(), DatapathError> {
+        self.eps
+            .insert(cookie, ep, 0)
+            .map_err(map_err(maps::ENDPOINTS.name, "insert"))
+    }
+
+    pub fn get_endpoint(&self, cookie: u64) -> Option<Endpoint> {
+        self.eps.get(&cookie, 0).ok()
+    }
+
+    pub fn remove_endpoint(&mut self, cookie: u64) {
+        let _ = self.eps.remove(&cookie);
+    }
+
+    pub fn endpoint_cookies(&self) -> Vec<u64> {
+        self.eps.keys().filter_map(Result::ok).collect()
+    }
+
+    pub fn put_sources(
+        &mut self,
+        ifindex: u32,
+        addrs: &[std::net::IpAddr],
+    ) -> Result<(), DatapathError> {
+        for a in addrs {
+            self.src
+                .insert(SrcKey::new(ifindex, *a), 1, 0)
+                .map_err(map_err(maps::SRC.name, "insert"))?;
+        }
+        Ok(())
+    }
+
+    pub fn remove_sources(&mut self, ifindex: u32, addrs: &[std::net::IpAddr]) {
+        for a in addrs {
+            let _ = self.src.remove(&SrcKey::new(ifindex, *a));
+        }
+    }
+
+    pub fn source_keys(&self) -> Vec<SrcKey> {
+        self.src.keys().filter_map(Result::ok).collect()
+    }
+
+    pub fn remove_source_key(&mut self, key: &SrcKey) {
+        let _ = self.src.remove(key);
+    }
+
+    pub fn counters(&self, ifindex: u32) -> EpCounters {
+        self.drops.get(&ifindex, 0).unwrap_or_default()
+    }
+
+    pub fn reset_counters(&mut self, ifindex: u32) {
+        let _ = self.drops.remove(&ifindex);
+    }
+
+    pub fn counter_keys(&self) -> Vec<u32> {
+        self.drops.keys().filter_map(Result::ok).collect()
+    }
+
+    /// Socket operations of known endpoints per hook, summed over CPUs.
+    pub fn sock_stats(&self) -> Vec<(&'static str, u64)> {
+        maps::SOCK_HOOKS
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let n = self
+                    .sockstat
+                    .get(&(i as u32), 0)
+                    .map(|v| v.iter().sum())
+                    .unwrap_or(0);
+                (*h, n)
+            })
+            .collect()
+    }
+
+    /// Each pinned map with its entry count.
+    pub fn map_summary(&self) -> Vec<MapSummary> {
+        map_summary(&self.maps_dir)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct MapSummary {
+    pub name: String,
+    pub what: String,
+    pub pin: PathBuf,
+    pub id: Option<u32>,
+    pub entries: Option<usize>,
+    pub max_entries: u32,
+}
+
+/// Reads every pinned map of a pin directory (also with the daemon down).
+pub fn map_summary(maps_dir: &Path) -> Vec<MapSummary> {
+    maps::ALL
+        .iter()
+        .map(|spec| {
+            let pin = maps_dir.join(spec.name);
+            let id = aya::maps::MapInfo::from_pin(&pin).ok().map(|i| i.id());
+            let entries = load::open_pinned(maps_dir, spec)
+                .ok()
+                .map(|m| count_entries(spec, m));
+            MapSummary {
+                name: spec.name.into(),
+                what: spec.what.into(),
+                pin,
+                id,
+                entries,
+                max_entries: spec.max_entries,
+            }
+        })
+        .collect()
+}
+
+fn count_entries(spec: &maps::MapSpec, m: aya::maps::Map) -> usize {
+    match *spec {
+        s if s == maps::ENDPOINTS => HashMap::<_, u64, Endpoint>::try_from(m)
+            .map(|h| h.keys().count())
+            .unwrap_or(0),
+        s if s == maps::SRC => HashMap::<_, SrcKey, u8>::try_from(m)
+            .map(|h| h.keys().count())
+            .unwrap_or(0),
+        s if s == maps::SRC_DROP => HashMap::<_, u32, EpCounters>::try_from(m)
+            .map(|h| h.keys().count())
+            .unwrap_or(0),
+        // An array always holds max_entries.
+        s => s.max_entries as usize,
+    }
+}
+
+fn tcx_supported() -> bool {
+    // tcx links arrived in Linux 6.6.
+    aya::util::KernelVersion::current()
+        .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+        .unwrap_or(false)
+}
+
+const CGROUP2_SUPER_MAGIC: i64 = 0x63677270;
+
+fn is_cgroup2(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC)
+        .unwrap_or(false)
+}
+
+/// The configured cgroup v2 root, or the unified (`/sys/fs/cgroup`) or
+/// hybrid (`/sys/fs/cgroup/unified`) one.
+pub fn cgroup_root(cfg: &Config) -> Result<PathBuf, DatapathError> {
+    if let Some(p) = &cfg.cgroup_root {
+        if !is_cgroup2(p) {
+            return Err(DatapathError::NotCgroup2 { path: p.clone() });
+        }
+        return Ok(p.clone());
+    }
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| is_cgroup2(p))
+        .ok_or(DatapathError::NoCgroup2)
+}
+
+fn attach_socket_programs(
+    obj: &mut Ebpf,
+    cgroup_root: &Path,
+    links_dir: &Path,
+) -> Result<Vec<LinkState>, DatapathError> {
+    use std::os::unix::fs::MetadataExt;
+    let cgroup = std::fs::File::open(cgroup_root).map_err(io_err("open cgroup", cgroup_root))?;
+    let cgroup_id = cgroup
+        .metadata()
+        .map_err(io_err("stat cgroup", cgroup_root))?
+        .ino();
+    let mut out = Vec::new();
+    for name in sluice_dataplane::SOCK_PROGRAMS {
+        let prog = load::load_program::<CgroupSockAddr>(obj, "sock", name)?;
+        let pin = links_dir.join(name);
+        let attach_err = |detail: String| DatapathError::Attach {
+            program: name.into(),
+            target: format!("to cgroup {}", cgroup_root.display()),
+            detail,
+        };
+        if pin.exists() {
+            match sys::pinned_link_info(&pin) {
+                Ok(info)
+                    if info.link_type == sys::LINK_TYPE_CGROUP && info.cgroup_id == cgroup_id =>
+                {
+                    let outcome = refresh_program(&pin, info.prog_id, prog.fd().map(|f| f.as_fd()))
+                        .map_err(|e| attach_err(e.to_string()))?;
+                    out.push(LinkState {
+                        program: name.into(),
+                        id: info.id,
+                        prog_id: sys::pinned_link_info(&pin)
+                            .map(|i| i.prog_id)
+                            .unwrap_or(info.prog_id),
+                        pin,
+                        outcome,
+                    });
+                    continue;
+                }
+                Ok(info) => {
+                    warn!(pin = %pin.display(), cgroup_id = info.cgroup_id, "pinned link is on another cgroup; replacing it");
+                    std::fs::remove_file(&pin).map_err(io_err("remove stale link pin", &pin))?;
+                }
+                Err(e) => {
+                    warn!(pin = %pin.display(), "pinned link unreadable ({e}); replacing it");
+                    std::fs::remove_file(&pin).map_err(io_err("remove stale link pin", &pin))?;
+                }
+            }
+        }
+        // A bpf_link is multi-attach by nature; BPF_F_ALLOW_MULTI on link
+        // create is EINVAL, so Single it is.
+        let id = prog
+            .attach(&cgroup, CgroupAttachMode::Single)
+            .map_err(|e| attach_err(error_chain(&e)))?;
+        let link = prog
+            .take_link(id)
+            .map_err(|e| attach_err(error_chain(&e)))?;
+        let fd = FdLink::try_from(link).map_err(|e| attach_err(error_chain(&e)))?;
+        let pinned = fd.pin(&pin).map_err(|e| attach_err(error_chain(&e)))?;
+        drop(pinned);
+        let info = sys::pinned_link_info(&pin).map_err(|e| attach_err(e.to_string()))?;
+        out.push(LinkState {
+            program: name.into(),
+            id: info.id,
+            prog_id: info.prog_id,
+            pin,
+            outcome: LinkOutcome::Created,
+        });
+    }
+    Ok(out)
+}
+
+/// Swaps a pinned link's program for `new` if their instructions differ
+/// (an upgraded daemon); otherwise leaves it.
+fn refresh_program(
+    pin: &Path,
+    old_prog_id: u32,
+    new: Result<std::os::fd::BorrowedFd<'_>, aya::programs::ProgramError>,
+) -> Result<LinkOutcome, String> {
+    let new = new.map_err(|e| error_chain(&e))?;
+    let old =
+        sys::prog_fd_by_id(old_prog_id).map_err(|e| format!("open program {old_prog_id}: {e}"))?;
+    let tag = |fd| sys::prog_tag(fd).map_err(|e| format!("read a program tag: {e}"));
+    if tag(old.as_fd())? == tag(new)? {
+        return Ok(LinkOutcome::Reused);
+    }
+    let link = sys::obj_get(pin).map_err(|e| format!("open {}: {e}", pin.display()))?;
+    sys::link_update(link.as_fd(), new, old.as_fd())
+        .map_err(|e| format!("BPF_LINK_UPDATE on {}: {e}", pin.display()))?;
+    info!(pin = %pin.display(), "replaced the program of a pinned link in place");
+    Ok(LinkOutcome::Updated)
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let cs = c.to_string();
+        if !s.contains(&cs) {
+            s.push_str(": ");
+            s.push_str(&cs);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+fn has_errno(e: &(dyn std::error::Error + 'static), errno: i32) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(io) = c.downcast_ref::<io::Error>() {
+            if io.raw_os_error() == Some(errno) {
+                return true;
+            }
+        }
+        cur = c.source();
+    }
+    e.to_string().contains(&format!("os error {errno}"))
+}
+
+/// Every (ifindex, address) key a set of endpoints should have.
+pub fn source_set(eps: impl IntoIterator<Item = (u32, std::net::IpAddr)>) -> HashSet<SrcKey> {
+    eps.into_iter().map(|(i, a)| SrcKey::new(i, a)).collect()
+}

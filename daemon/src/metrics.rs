@@ -1,0 +1,217 @@
+//! Prometheus metrics (`/metrics`) and `/healthz` on a local address.
+//!
+//! Counters the daemon owns (API requests, register latency) live in the
+//! registry; what the datapath counts (spoofed-source drops per endpoint,
+//! socket operations per hook) is read from the maps at scrape time.
+
+use crate::state::State;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tracing::debug;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    pub op: String,
+    pub result: String,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub api_requests: Family<ApiLabels, Counter>,
+    pub register_seconds: Histogram,
+    pub restore_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub reconcile_runs: Counter,
+}
+
+impl Metrics {
+    pub fn new(state: Arc<Mutex<State>>) -> Self {
+        let mut registry = Registry::with_prefix("sluice");
+        let api_requests = Family::<ApiLabels, Counter>::default();
+        registry.register(
+            "api_requests",
+            "API requests by operation and result",
+            api_requests.clone(),
+        );
+        // 100 µs .. ~0.8 s
+        let register_seconds = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 14),
+        );
+        registry.register(
+            "register_duration_seconds",
+            "Time from a register request to the endpoint being in the datapath",
+            register_seconds.clone(),
+        );
+        let restore_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "restore_duration_seconds",
+            "Time from start to ready (datapath opened, records reconciled)",
+            restore_seconds.clone(),
+        );
+        let reconcile_runs = Counter::default();
+        registry.register(
+            "reconcile_runs",
+            "Periodic reconcile passes",
+            reconcile_runs.clone(),
+        );
+        registry.register_collector(Box::new(DatapathCollector { state }));
+        Metrics {
+            registry,
+            api_requests,
+            register_seconds,
+            restore_seconds,
+            reconcile_runs,
+        }
+    }
+
+    pub fn count(&self, op: &str, ok: bool) {
+        self.api_requests
+            .get_or_create(&ApiLabels {
+                op: op.into(),
+                result: if ok { "ok" } else { "error" }.into(),
+            })
+            .inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[derive(Debug)]
+struct DatapathCollector {
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    container_id: String,
+    ifname: String,
+    namespace: String,
+    pod: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HookLabels {
+    hook: String,
+}
+
+impl Collector for DatapathCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let views = st.views();
+        ConstGauge::new(views.len() as i64).encode(encoder.encode_descriptor(
+            "sluice_endpoints",
+            "Endpoints registered in the datapath",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        {
+            let mut m = encoder.encode_descriptor(
+                "sluice_spoof_drops",
+                "Packets a pod sent from an address that is not its own, dropped",
+                None,
+                MetricType::Counter,
+            )?;
+            for v in &views {
+                let l = EndpointLabels {
+                    container_id: v.container_id.clone(),
+                    ifname: v.ifname.clone(),
+                    namespace: v.namespace.clone().unwrap_or_default(),
+                    pod: v.pod.clone().unwrap_or_default(),
+                };
+                ConstCounter::new(v.spoof_drops).encode(m.encode_family(&l)?)?;
+            }
+        }
+        let mut m = encoder.encode_descriptor(
+            "sluice_sock_ops",
+            "Socket operations of known endpoints seen by each cgroup hook",
+            None,
+            MetricType::Counter,
+        )?;
+        for (hook, n) in st.dp.sock_stats() {
+            ConstCounter::new(n).encode(m.encode_family(&HookLabels { hook: hook.into() })?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Serves `GET /metrics` and `GET /healthz` (200 once ready, 503 before).
+/// Deliberately small: one request per connection, bounded read, timeout.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
+    loop {
+        let Ok((mut s, peer)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut len = 0;
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                while len < buf.len() {
+                    let n = s.read(&mut buf[len..]).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    len += n;
+                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                Ok::<_, std::io::Error>(())
+            })
+            .await;
+            if !matches!(read, Ok(Ok(()))) {
+                return;
+            }
+            let head = String::from_utf8_lossy(&buf[..len]);
+            let mut parts = head.split_whitespace();
+            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            debug!(%peer, %method, %path, "http");
+            let (status, ctype, body) = match (method, path) {
+                ("GET", "/metrics") => (
+                    "200 OK",
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    tokio::task::spawn_blocking(move || metrics.render())
+                        .await
+                        .unwrap_or_default(),
+                ),
+                ("GET", "/healthz") if ready.load(Ordering::Acquire) => {
+                    ("200 OK", "text/plain", "ok\n".to_string())
+                }
+                ("GET", "/healthz") => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "restoring\n".to_string(),
+                ),
+                ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
+                _ => (
+                    "405 Method Not Allowed",
+                    "text/plain",
+                    "GET only\n".to_string(),
+                ),
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+            let _ = s.shutdown().await;
+        });
+    }
+}

@@ -1,0 +1,370 @@
+//! The daemon's life: restore, then serve the API and metrics until told
+//! to stop. Stopping never detaches anything: the datapath stays pinned.
+
+use crate::config::Config;
+use crate::datapath::Datapath;
+use crate::metrics::Metrics;
+use crate::netns::CookieReader;
+use crate::state::State;
+use crate::views::{RestoreView, StatusView};
+use anyhow::Context;
+use serde_json::json;
+use sluice_common::api::{
+    Request, RequestEnvelope, ResponseEnvelope, API_VERSION, MAX_MESSAGE_BYTES,
+};
+use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tracing::{error, info, warn};
+
+/// An idle API connection is closed after this long.
+const IDLE: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+pub struct Daemon {
+    state: Arc<Mutex<State>>,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    started: Instant,
+    restore: RestoreView,
+    allowed_uids: Vec<u32>,
+}
+
+/// Holds the state dir's lock for the daemon's life: two daemons on one
+/// state dir would fight over the same records and pins.
+#[derive(Debug)]
+struct InstanceLock(#[allow(dead_code)] std::fs::File);
+
+fn lock_instance(cfg: &Config) -> anyhow::Result<InstanceLock> {
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
+    let path = cfg.lock_file();
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a valid fd.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let holder = std::fs::read_to_string(&path).unwrap_or_default();
+        anyhow::bail!(
+            "another sluiced (pid {}) is running with state dir {}; stop it first or give this one its own state_dir, socket and pin_path",
+            holder.trim(),
+            cfg.state_dir.display()
+        );
+    }
+    f.set_len(0).ok();
+    std::fs::write(&path, format!("{}\n", std::process::id())).ok();
+    Ok(InstanceLock(f))
+}
+
+/// Restores, serves, and returns when SIGTERM or SIGINT arrives.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let _lock = lock_instance(&cfg)?;
+    let cookies = CookieReader::spawn().context("starting the netns thread")?;
+    let cfg2 = cfg.clone();
+    let (state, report) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let dp = Datapath::open(&cfg2)?;
+        info!(
+            pin_path = %cfg2.pin_path.display(),
+            cgroup_root = %dp.cgroup_root.display(),
+            tc_mode = ?dp.tc_mode,
+            maps_reused = dp.maps_reused.len(),
+            links = ?dp.cgroup_links.iter().map(|l| (l.program.as_str(), l.id, l.outcome)).collect::<Vec<_>>(),
+            "datapath open"
+        );
+        let mut st = State::new(cfg2, dp, cookies)?;
+        st.put_host_entry()?;
+        let report = st.reconcile(true);
+        Ok((st, report))
+    })
+    .await??;
+    let maps_reused = state.dp.maps_reused.iter().map(|s| s.to_string()).collect();
+    let state = Arc::new(Mutex::new(state));
+    let metrics = Arc::new(Metrics::new(state.clone()));
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let listener = bind_api(&cfg)?;
+    if let Some(addr) = cfg.metrics_address {
+        let l = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("binding metrics_address {addr}; set another or \"\" to turn it off")
+        })?;
+        info!(address = %l.local_addr()?, "metrics and /healthz listening");
+        tokio::spawn(crate::metrics::serve(l, metrics.clone(), ready.clone()));
+    }
+    let restore = RestoreView {
+        duration_ms: t0.elapsed().as_secs_f64() * 1e3,
+        report: report.clone(),
+        maps_reused,
+    };
+    metrics.restore_seconds.set(t0.elapsed().as_secs_f64());
+    let daemon = Arc::new(Daemon {
+        state,
+        metrics,
+        ready: ready.clone(),
+        started: t0,
+        restore,
+        allowed_uids: cfg.api_allowed_uids.clone(),
+    });
+    ready.store(true, Ordering::Release);
+    info!(
+        socket = %cfg.socket.display(),
+        restored = report.restored,
+        cleaned = report.cleaned,
+        failed = report.failed,
+        stale = report.stale_entries,
+        ms = format!("{:.1}", t0.elapsed().as_secs_f64() * 1e3),
+        "ready"
+    );
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(cfg.reconcile_interval);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            conn = listener.accept() => match conn {
+                Ok((s, _)) => { tokio::spawn(serve_conn(s, daemon.clone())); }
+                Err(e) => { warn!("accepting an API connection: {e}"); tokio::time::sleep(Duration::from_millis(50)).await; }
+            },
+            _ = tick.tick() => {
+                let d = daemon.clone();
+                let rep = tokio::task::spawn_blocking(move || lock(&d.state).reconcile(false)).await?;
+                daemon.metrics.reconcile_runs.inc();
+                if rep.restored + rep.cleaned + rep.removed + rep.failed > 0 {
+                    info!(?rep, "reconciled endpoint records");
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    let _ = std::fs::remove_file(&cfg.socket);
+    info!("stopping; the datapath stays attached and pinned");
+    Ok(())
+}
+
+fn lock(s: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn bind_api(cfg: &Config) -> anyhow::Result<UnixListener> {
+    let path = &cfg.socket;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // The instance lock is held, so a socket file left here is from a dead
+    // daemon.
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("removing stale socket {}", path.display()))
+        }
+    }
+    let l = UnixListener::bind(path)
+        .with_context(|| format!("binding API socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("setting mode 0600 on {}", path.display()))?;
+    Ok(l)
+}
+
+fn reply(error: Option<String>, data: serde_json::Value) -> Vec<u8> {
+    let mut v = serde_json::to_vec(&ResponseEnvelope {
+        version: API_VERSION,
+        ok: error.is_none(),
+        error,
+        data,
+    })
+    .expect("responses serialize");
+    v.push(b'\n');
+    v
+}
+
+async fn serve_conn(stream: UnixStream, d: Arc<Daemon>) {
+    let cred = match stream.peer_cred() {
+        Ok(c) => c,
+        Err(e) => {
+            warn!("API peer credentials unreadable: {e}");
+            return;
+        }
+    };
+    let (r, mut w) = stream.into_split();
+    if !d.allowed_uids.contains(&cred.uid()) {
+        warn!(uid = cred.uid(), pid = ?cred.pid(), "API peer refused");
+        d.metrics.count("refused_peer", false);
+        let msg = format!(
+            "peer uid {} (pid {}) may not use the sluiced API; allowed uids: {:?}",
+            cred.uid(),
+            cred.pid()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "?".into()),
+            d.allowed_uids
+        );
+        let _ = w
+            .write_all(&reply(Some(msg), serde_json::Value::Null))
+            .await;
+        return;
+    }
+    let mut reader = BufReader::new(r);
+    loop {
+        let mut line = Vec::new();
+        let read = tokio::time::timeout(
+            IDLE,
+            (&mut reader)
+                .take(MAX_MESSAGE_BYTES as u64 + 1)
+                .read_until(b'\n', &mut line),
+        )
+        .await;
+        match read {
+            Ok(Ok(0)) | Err(_) | Ok(Err(_)) => return,
+            Ok(Ok(_)) => {}
+        }
+        if line.last() != Some(&b'\n') && line.len() > MAX_MESSAGE_BYTES {
+            d.metrics.count("oversized", false);
+            let msg =
+                format!("request larger than {MAX_MESSAGE_BYTES} bytes; closing the connection");
+            let _ = w
+                .write_all(&reply(Some(msg), serde_json::Value::Null))
+                .await;
+            return;
+        }
+        let out = handle(&line, &d).await;
+        if w.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Parses and answers one request line.
+async fn handle(line: &[u8], d: &Arc<Daemon>) -> Vec<u8> {
+    let value: serde_json::Value = match serde_json::from_slice(line) {
+        Ok(v) => v,
+        Err(e) => {
+            d.metrics.count("malformed", false);
+            return reply(
+                Some(format!("malformed request: not JSON ({e})")),
+                serde_json::Value::Null,
+            );
+        }
+    };
+    match value.get("version").and_then(|v| v.as_u64()) {
+        Some(v) if v == API_VERSION as u64 => {}
+        Some(v) => {
+            d.metrics.count("bad_version", false);
+            return reply(
+                Some(format!(
+                    "unsupported API version {v}; this daemon speaks version {API_VERSION}"
+                )),
+                serde_json::Value::Null,
+            );
+        }
+        None => {
+            d.metrics.count("bad_version", false);
+            return reply(
+                Some(format!(
+                    "request has no numeric \"version\"; this daemon speaks version {API_VERSION}"
+                )),
+                serde_json::Value::Null,
+            );
+        }
+    }
+    let req: RequestEnvelope = match serde_json::from_value(value) {
+        Ok(r) => r,
+        Err(e) => {
+            d.metrics.count("malformed", false);
+            return reply(
+                Some(format!("malformed request: {e}")),
+                serde_json::Value::Null,
+            );
+        }
+    };
+    let op = match &req.request {
+        Request::Register { .. } => "register",
+        Request::Unregister { .. } => "unregister",
+        Request::ListEndpoints => "list_endpoints",
+        Request::Status => "status",
+    };
+    let t = Instant::now();
+    let d2 = d.clone();
+    let result = tokio::task::spawn_blocking(move || answer(req.request, &d2)).await;
+    let result = match result {
+        Ok(r) => r,
+        Err(e) => {
+            error!("API handler failed: {e}");
+            Err(format!("internal error handling {op}: {e}"))
+        }
+    };
+    if op == "register" {
+        d.metrics
+            .register_seconds
+            .observe(t.elapsed().as_secs_f64());
+    }
+    d.metrics.count(op, result.is_ok());
+    match result {
+        Ok(data) => reply(None, data),
+        Err(msg) => reply(Some(msg), serde_json::Value::Null),
+    }
+}
+
+fn answer(req: Request, d: &Daemon) -> Result<serde_json::Value, String> {
+    match req {
+        Request::Register { endpoint } => {
+            let mut st = lock(&d.state);
+            let r = st.register(&endpoint).map_err(|e| {
+                warn!(container_id = %endpoint.container_id, "register refused: {e}");
+                e.to_string()
+            })?;
+            Ok(json!({
+                "cookie": r.cookie,
+                "host_ifindex": r.record.host_ifindex,
+                "tc_mode": r.tc.mode,
+                "tc_link_id": r.tc.id,
+            }))
+        }
+        Request::Unregister {
+            container_id,
+            ifname,
+        } => {
+            let known = lock(&d.state).unregister(&container_id, &ifname);
+            Ok(json!({ "known": known }))
+        }
+        Request::ListEndpoints => {
+            Ok(serde_json::to_value(lock(&d.state).views()).expect("views serialize"))
+        }
+        Request::Status => {
+            let st = lock(&d.state);
+            let s = StatusView {
+                version: env!("CARGO_PKG_VERSION").into(),
+                api_version: API_VERSION,
+                pid: std::process::id(),
+                uptime_seconds: d.started.elapsed().as_secs(),
+                ready: d.ready.load(Ordering::Acquire),
+                state_dir: st.cfg.state_dir.clone(),
+                socket: st.cfg.socket.clone(),
+                pin_path: st.cfg.pin_path.clone(),
+                cgroup_root: st.dp.cgroup_root.clone(),
+                tc_mode: st.dp.tc_mode,
+                host_cookie: st.host_cookie,
+                endpoints: st.endpoints.len(),
+                restore: d.restore.clone(),
+                socket_links: st.dp.cgroup_links.clone(),
+                sock_ops: st
+                    .dp
+                    .sock_stats()
+                    .into_iter()
+                    .map(|(h, n)| (h.to_string(), n))
+                    .collect(),
+                maps: st.dp.map_summary(),
+            };
+            Ok(serde_json::to_value(s).expect("status serializes"))
+        }
+    }
+}

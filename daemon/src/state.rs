@@ -1,0 +1,352 @@
+//! The daemon's registry of endpoints and how it is kept equal to the
+//! endpoint records on disk and to the kernel.
+//!
+//! Every mutation goes through [`State`] under one lock, on a blocking
+//! thread (they are syscalls: netlink, bpf, setns on the netns thread).
+
+use crate::config::Config;
+use crate::datapath::{Datapath, DatapathError, TcLink};
+use crate::netns::{CookieError, CookieReader};
+use crate::views::{EndpointView, ReconcileReport};
+use sluice_cni::netlink::Netlink;
+use sluice_common::endpoint::EndpointRecord;
+use sluice_dataplane::maps::Endpoint;
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::path::Path;
+use tracing::{info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("no endpoint record for {container_id}/{ifname} under {dir}: the plugin writes it before it registers")]
+    NoRecord {
+        container_id: String,
+        ifname: String,
+        dir: String,
+    },
+    #[error("endpoint record of {container_id}/{ifname}: {reason}")]
+    BadRecord {
+        container_id: String,
+        ifname: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    Netns(#[from] CookieError),
+    #[error("host-side interface {name} (ifindex {index}) of {container_id}/{ifname} {problem}")]
+    HostLink {
+        container_id: String,
+        ifname: String,
+        name: String,
+        index: u32,
+        problem: String,
+    },
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+}
+
+impl RegisterError {
+    /// The pod is gone: its netns or its host-side veth no longer exists.
+    pub fn pod_gone(&self) -> bool {
+        match self {
+            RegisterError::Netns(e) => e.is_gone(),
+            RegisterError::HostLink { problem, .. } => problem == "does not exist",
+            _ => false,
+        }
+    }
+}
+
+/// One registered pod interface.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    pub record: EndpointRecord,
+    pub cookie: u64,
+    pub tc: TcLink,
+}
+
+impl Registered {
+    fn addrs(&self) -> Vec<IpAddr> {
+        addrs(&self.record)
+    }
+}
+
+fn addrs(rec: &EndpointRecord) -> Vec<IpAddr> {
+    rec.addresses.iter().map(|n| n.ip()).collect()
+}
+
+type Key = (String, String);
+
+#[derive(Debug)]
+pub struct State {
+    pub cfg: Config,
+    pub dp: Datapath,
+    cookies: CookieReader,
+    nl: Netlink,
+    pub host_cookie: u64,
+    pub endpoints: BTreeMap<Key, Registered>,
+}
+
+impl State {
+    pub fn new(cfg: Config, dp: Datapath, cookies: CookieReader) -> Result<Self, anyhow::Error> {
+        let nl = Netlink::open().map_err(|e| anyhow::anyhow!("opening netlink: {e}"))?;
+        let host_cookie = crate::netns::current_cookie().map_err(|e| {
+            anyhow::anyhow!("reading the node netns cookie (SO_NETNS_COOKIE needs Linux 5.14): {e}")
+        })?;
+        Ok(State {
+            cfg,
+            dp,
+            cookies,
+            nl,
+            host_cookie,
+            endpoints: BTreeMap::new(),
+        })
+    }
+
+    /// The node's own netns gets the socket programs too.
+    pub fn put_host_entry(&mut self) -> Result<(), DatapathError> {
+        self.dp.put_endpoint(self.host_cookie, &Endpoint::host())
+    }
+
+    /// Makes the datapath carry one record: sources, tc program, endpoint
+    /// entry, in that order (so the program never drops the pod's own
+    /// traffic for want of its source entries).
+    fn realize(&mut self, rec: &EndpointRecord, fresh: bool) -> Result<Registered, RegisterError> {
+        let host_err = |problem: String| RegisterError::HostLink {
+            container_id: rec.container_id.clone(),
+            ifname: rec.ifname.clone(),
+            name: rec.host_ifname.clone(),
+            index: rec.host_ifindex,
+            problem,
+        };
+        if rec.addresses.is_empty() {
+            return Err(RegisterError::BadRecord {
+                container_id: rec.container_id.clone(),
+                ifname: rec.ifname.clone(),
+                reason: "it has no addresses".into(),
+            });
+        }
+        let cookie = self.cookies.cookie(Path::new(&rec.netns))?;
+        match self.nl.link_by_index(rec.host_ifindex) {
+            Ok(Some(l)) if l.name == rec.host_ifname => {}
+            Ok(Some(l)) => return Err(host_err(format!("is now named {}", l.name))),
+            Ok(None) => return Err(host_err("does not exist".into())),
+            Err(e) => return Err(host_err(format!("cannot be read: {e}"))),
+        }
+        let key = (rec.container_id.clone(), rec.ifname.clone());
+        if let Some(old) = self.endpoints.get(&key).cloned() {
+            if old.record.host_ifindex != rec.host_ifindex || old.cookie != cookie {
+                self.forget(&old);
+            }
+        } else if fresh {
+            // A new interface on this ifindex starts with clean counters;
+            // a restore keeps what the datapath counted meanwhile.
+            self.dp.reset_counters(rec.host_ifindex);
+        }
+        let a = addrs(rec);
+        self.dp.put_sources(rec.host_ifindex, &a)?;
+        let tc = self.dp.attach_tc(&rec.host_ifname, rec.host_ifindex)?;
+        self.dp
+            .put_endpoint(cookie, &Endpoint::pod(rec.host_ifindex, a))?;
+        let r = Registered {
+            record: rec.clone(),
+            cookie,
+            tc,
+        };
+        self.endpoints.insert(key, r.clone());
+        Ok(r)
+    }
+
+    /// Removes one endpoint's entries from the datapath (not the record).
+    fn forget(&mut self, r: &Registered) {
+        self.dp.remove_sources(r.record.host_ifindex, &r.addrs());
+        self.dp.detach_tc(r.record.host_ifindex);
+        self.dp.reset_counters(r.record.host_ifindex);
+        // Another interface of the same pod keeps the netns entry.
+        let shared = self.endpoints.values().find(|o| {
+            o.cookie == r.cookie
+                && (&o.record.container_id, &o.record.ifname)
+                    != (&r.record.container_id, &r.record.ifname)
+        });
+        match shared {
+            Some(o) => {
+                let ep = Endpoint::pod(o.record.host_ifindex, o.addrs());
+                if let Err(e) = self.dp.put_endpoint(o.cookie, &ep) {
+                    warn!("cannot restore the endpoint entry of a sibling interface: {e}");
+                }
+            }
+            None => self.dp.remove_endpoint(r.cookie),
+        }
+    }
+
+    /// `register`: the record on disk is the truth; the request's copy only
+    /// names it.
+    pub fn register(&mut self, req: &EndpointRecord) -> Result<Registered, RegisterError> {
+        let disk = EndpointRecord::load(&self.cfg.state_dir, &req.container_id, &req.ifname)
+            .map_err(|e| RegisterError::BadRecord {
+                container_id: req.container_id.clone(),
+                ifname: req.ifname.clone(),
+                reason: e.to_string(),
+            })?
+            .ok_or_else(|| RegisterError::NoRecord {
+                container_id: req.container_id.clone(),
+                ifname: req.ifname.clone(),
+                dir: sluice_common::endpoint::endpoints_dir(&self.cfg.state_dir)
+                    .display()
+                    .to_string(),
+            })?;
+        if &disk != req {
+            warn!(container_id = %req.container_id, "register differs from the record on disk; using the record");
+        }
+        let r = self.realize(&disk, true)?;
+        info!(container_id = %disk.container_id, ifname = %disk.ifname, cookie = r.cookie,
+              host = %disk.host_ifname, "endpoint registered");
+        Ok(r)
+    }
+
+    /// `unregister`: idempotent; returns whether it was known.
+    pub fn unregister(&mut self, container_id: &str, ifname: &str) -> bool {
+        let key = (container_id.to_string(), ifname.to_string());
+        match self.endpoints.remove(&key) {
+            Some(r) => {
+                self.forget(&r);
+                info!(%container_id, %ifname, "endpoint unregistered");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Brings the datapath in line with the records. `full` (at start) also
+    /// sweeps map entries and pins that no record explains; the periodic
+    /// pass only picks up and drops endpoints.
+    pub fn reconcile(&mut self, full: bool) -> ReconcileReport {
+        let mut rep = ReconcileReport::default();
+        let (records, bad) = EndpointRecord::list(&self.cfg.state_dir);
+        for e in bad {
+            warn!("skipping an endpoint record: {e}");
+            rep.invalid_records += 1;
+        }
+        let on_disk: HashSet<Key> = records
+            .iter()
+            .map(|r| (r.container_id.clone(), r.ifname.clone()))
+            .collect();
+        // Registered but the record is gone: a DEL whose unregister was lost.
+        let lost: Vec<Key> = self
+            .endpoints
+            .keys()
+            .filter(|k| !on_disk.contains(*k))
+            .cloned()
+            .collect();
+        for (cid, ifname) in lost {
+            self.unregister(&cid, &ifname);
+            rep.removed += 1;
+        }
+        for rec in &records {
+            let key = (rec.container_id.clone(), rec.ifname.clone());
+            let known = self.endpoints.get(&key).cloned();
+            if !full {
+                if let Some(k) = &known {
+                    // Cheap check: both ends still there and unchanged.
+                    if k.record == *rec && Path::new(&rec.netns).exists() {
+                        continue;
+                    }
+                }
+            }
+            match self.realize(rec, false) {
+                Ok(_) if known.is_none() || full => rep.restored += 1,
+                Ok(_) => {}
+                Err(e) if e.pod_gone() => {
+                    info!(container_id = %rec.container_id, ifname = %rec.ifname,
+                          "pod is gone ({e}); removing its endpoint and record");
+                    self.unregister(&rec.container_id, &rec.ifname);
+                    if let Err(e) =
+                        EndpointRecord::remove(&self.cfg.state_dir, &rec.container_id, &rec.ifname)
+                    {
+                        warn!("{e}");
+                    }
+                    rep.cleaned += 1;
+                }
+                Err(e) => {
+                    warn!(container_id = %rec.container_id, ifname = %rec.ifname, "cannot restore endpoint: {e}");
+                    rep.failed += 1;
+                }
+            }
+        }
+        if full {
+            rep.stale_entries = self.sweep();
+        }
+        rep
+    }
+
+    /// Removes map entries and tc pins that no registered endpoint explains
+    /// (pods deleted while the daemon was down). Only this daemon's pins are
+    /// ever looked at.
+    fn sweep(&mut self) -> usize {
+        let mut n = 0;
+        let cookies: HashSet<u64> = self
+            .endpoints
+            .values()
+            .map(|r| r.cookie)
+            .chain([self.host_cookie])
+            .collect();
+        for c in self.dp.endpoint_cookies() {
+            if !cookies.contains(&c) {
+                self.dp.remove_endpoint(c);
+                n += 1;
+            }
+        }
+        let want = crate::datapath::source_set(self.endpoints.values().flat_map(|r| {
+            r.addrs()
+                .into_iter()
+                .map(move |a| (r.record.host_ifindex, a))
+        }));
+        for k in self.dp.source_keys() {
+            if !want.contains(&k) {
+                self.dp.remove_source_key(&k);
+                n += 1;
+            }
+        }
+        let ifindexes: HashSet<u32> = self
+            .endpoints
+            .values()
+            .map(|r| r.record.host_ifindex)
+            .collect();
+        for i in self.dp.counter_keys() {
+            if !ifindexes.contains(&i) {
+                self.dp.reset_counters(i);
+                n += 1;
+            }
+        }
+        for i in self.dp.tc_pins() {
+            if !ifindexes.contains(&i) {
+                self.dp.detach_tc(i);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    pub fn views(&self) -> Vec<EndpointView> {
+        self.endpoints
+            .values()
+            .map(|r| {
+                let c = self.dp.counters(r.record.host_ifindex);
+                EndpointView {
+                    container_id: r.record.container_id.clone(),
+                    ifname: r.record.ifname.clone(),
+                    namespace: r.record.pod.namespace.clone(),
+                    pod: r.record.pod.name.clone(),
+                    netns: r.record.netns.clone(),
+                    cookie: r.cookie,
+                    addresses: r.addrs(),
+                    host_ifname: r.record.host_ifname.clone(),
+                    host_ifindex: r.record.host_ifindex,
+                    tc_mode: Some(r.tc.mode),
+                    tc_link_id: r.tc.id,
+                    in_endpoint_map: self.dp.get_endpoint(r.cookie).is_some(),
+                    spoof_drops: c.spoof_drops,
+                    spoof_bytes: c.spoof_bytes,
+                }
+            })
+            .collect()
+    }
+}
