@@ -7,6 +7,8 @@
 //! not root. The binaries come from the same target dir as the test; build
 //! them first (`cargo build --workspace --bins`, as `.ci/run` does).
 
+pub mod daemon;
+
 use serde_json::Value;
 use std::fs::File;
 use std::io::Write;
@@ -218,7 +220,7 @@ impl Node {
     pub fn conf(&self, version: &str, ranges: &str) -> String {
         format!(
             r#"{{"cniVersion":"{version}","name":"{net}","type":"sluice",
-                "stateDir":"{state}","daemonTimeoutMs":50,
+                "stateDir":"{state}","daemonTimeoutMs":2000,
                 "ipam":{{"type":"sluice-ipam","dataDir":"{data}","ranges":{ranges}}}}}"#,
             net = self.network,
             state = self.state_dir().display(),

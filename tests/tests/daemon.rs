@@ -1,0 +1,470 @@
+//! sluiced with the real plugin, in namespaces the tests make: registration
+//! by netns cookie, the source check, restarts that never disturb traffic,
+//! pods that come and go while the daemon is down, and two daemons on one
+//! kernel.
+
+use sluice_dataplane::maps::SrcKey;
+use sluice_tests::daemon::{eventually, netns_cookie, Daemon};
+use sluice_tests::{ranges, require_root, Node, Pod};
+use std::net::IpAddr;
+use std::process::Command;
+
+fn host_ifindex(ep: &serde_json::Value) -> u32 {
+    ep["host_ifindex"].as_u64().unwrap() as u32
+}
+
+#[test]
+fn endpoints_appear_with_their_cookie_and_vanish_on_del() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let d = Daemon::start(&node);
+    let conf = node.conf("1.0.0", ranges("dual"));
+    let a = Pod::add(&node, &conf);
+    let b = Pod::add(&node, &conf);
+
+    // ADD waits for register, so the entries are there when ADD returns.
+    let eps = d.endpoints();
+    assert_eq!(eps.len(), 2, "{eps:?}");
+    let pinned = d.pinned_endpoints();
+    for p in [&a, &b] {
+        let e = &eps[&p.cid];
+        let cookie = netns_cookie(&p.ns.path());
+        assert_eq!(e["cookie"].as_u64().unwrap(), cookie, "cookie of {}", p.cid);
+        assert_eq!(e["in_endpoint_map"], true);
+        let entry = pinned.get(&cookie).expect("endpoint map entry by cookie");
+        assert_eq!(entry.host_ifindex, host_ifindex(e));
+        let ips = p.ips();
+        assert_eq!(
+            entry.ipv4().map(|a| a.to_string()).as_deref(),
+            Some(ips[0].as_str())
+        );
+        assert_eq!(
+            entry.ipv6().map(|a| a.to_string()).as_deref(),
+            Some(ips[1].as_str())
+        );
+        assert!(
+            e["tc_link_id"].as_u64().is_some(),
+            "tc program attached: {e}"
+        );
+        for ip in &ips {
+            let k = SrcKey::new(entry.host_ifindex, ip.parse::<IpAddr>().unwrap());
+            assert!(d.pinned_sources().contains(&k), "source entry for {ip}");
+        }
+    }
+    // The node's own netns is in the map too (socket LB applies to it).
+    let host = netns_cookie(&node.ns.path());
+    assert!(d.pinned_endpoints()[&host].is_host());
+    assert_eq!(d.status()["host_cookie"].as_u64(), Some(host));
+
+    // sluicectl shows the same, as JSON and as a table.
+    let out = d.ctl(&["endpoints", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    let table = String::from_utf8(d.ctl(&["endpoints"]).stdout).unwrap();
+    assert!(
+        table.contains("COOKIE") && table.contains(&a.ips()[0]),
+        "{table}"
+    );
+
+    let a_cookie = netns_cookie(&a.ns.path());
+    let a_ifindex = host_ifindex(&eps[&a.cid]);
+    a.del().ok();
+    let eps = d.endpoints();
+    assert!(!eps.contains_key(&a.cid), "unregistered on DEL");
+    assert!(eps.contains_key(&b.cid));
+    assert!(
+        !d.pinned_endpoints().contains_key(&a_cookie),
+        "map entry gone"
+    );
+    assert!(
+        d.pinned_sources().iter().all(|k| k.ifindex != a_ifindex),
+        "source entries gone"
+    );
+    assert!(
+        !d.link_ids().contains_key(&format!("tc/{a_ifindex}")),
+        "tc link unpinned"
+    );
+}
+
+#[test]
+fn spoofed_sources_are_dropped_and_counted() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let d = Daemon::start(&node);
+    let conf = node.conf("1.0.0", r#"[[{"subnet":"10.203.0.0/24","gateway":"10.203.0.1"}],[{"subnet":"fd00:203::/64","gateway":"fd00:203::1"}]]"#);
+    let p = Pod::add(&node, &conf);
+    assert!(p.ns.ping("10.203.0.1"), "own v4 source passes");
+    assert!(p.ns.ping("fd00:203::1"), "own v6 source passes");
+    let ifindex = host_ifindex(&d.endpoints()[&p.cid]);
+    assert_eq!(d.pinned_counters(ifindex).spoof_drops, 0);
+
+    // The pod takes addresses that are not its own and sends from them.
+    p.ns.ip(&["addr", "add", "10.203.0.200/32", "dev", "eth0"]);
+    p.ns.ip(&["addr", "add", "fd00:203::200/128", "dev", "eth0", "nodad"]);
+    let spoof = |src: &str, dst: &str| {
+        p.ns.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", "-I", src, dst])
+            .status
+            .success()
+    };
+    assert!(
+        !spoof("10.203.0.200", "10.203.0.1"),
+        "spoofed v4 must not get through"
+    );
+    assert!(
+        !spoof("fd00:203::200", "fd00:203::1"),
+        "spoofed v6 must not get through"
+    );
+    let c = d.pinned_counters(ifindex);
+    assert!(c.spoof_drops >= 4, "drops counted per endpoint: {c:?}");
+    assert!(c.spoof_bytes > 0);
+    let e = &d.endpoints()[&p.cid];
+    assert_eq!(e["spoof_drops"].as_u64(), Some(c.spoof_drops));
+    // The pod's own traffic is unaffected.
+    assert!(p.ns.ping("10.203.0.1"));
+}
+
+/// Counts received replies of a ping run in a netns.
+fn ping_flow(ns: &sluice_tests::Ns, dst: &str, count: u32, interval: &str) -> std::process::Child {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "ping",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            interval,
+            "-W",
+            "1",
+            dst,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ping")
+}
+
+fn received(out: &std::process::Output) -> (u32, u32) {
+    let s = String::from_utf8_lossy(&out.stdout);
+    let line = s
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("ping summary missing: {s}"));
+    let n: Vec<u32> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|x| !x.is_empty())
+        .take(2)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    (n[0], n[1])
+}
+
+#[test]
+fn kill9_and_restart_keep_the_flow_the_links_and_the_endpoints() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let mut d = Daemon::start(&node);
+    let conf = node.conf(
+        "1.0.0",
+        r#"[[{"subnet":"10.204.0.0/24","gateway":"10.204.0.1"}]]"#,
+    );
+    let a = Pod::add(&node, &conf);
+    let b = Pod::add(&node, &conf);
+    let gone = Pod::add(&node, &conf);
+    let b_ip = b.ips()[0].clone();
+    let links = d.link_ids();
+    let maps = d.map_ids();
+    assert_eq!(
+        links.len(),
+        8 + 3,
+        "8 socket links and 3 tc links: {links:?}"
+    );
+    let a_if = host_ifindex(&d.endpoints()[&a.cid]);
+    let gone_cookie = netns_cookie(&gone.ns.path());
+
+    // 300 pings at 10 ms from pod a to pod b, across the daemon's death.
+    let flow = ping_flow(&a.ns, &b_ip, 300, "0.01");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    d.kill9();
+    // While the daemon is down: a pod arrives, a pod leaves, and pod a
+    // tries to spoof; the datapath keeps enforcing without the daemon.
+    let late = Pod::add(&node, &conf);
+    gone.del().ok();
+    a.ns.ip(&["addr", "add", "10.204.0.250/32", "dev", "eth0"]);
+    let drops_before = d.pinned_counters(a_if).spoof_drops;
+    assert!(!a
+        .ns
+        .exec(&[
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "-I",
+            "10.204.0.250",
+            "10.204.0.1"
+        ])
+        .status
+        .success());
+    assert!(
+        d.pinned_counters(a_if).spoof_drops > drops_before,
+        "still dropping with the daemon dead"
+    );
+
+    d.spawn();
+    let out = flow.wait_with_output().unwrap();
+    let (sent, got) = received(&out);
+    assert_eq!(
+        (sent, got),
+        (300, 300),
+        "no packet lost across kill -9 and restart"
+    );
+
+    // Nothing re-created: same links, same maps.
+    let after = d.link_ids();
+    for (k, id) in &links {
+        if k.starts_with("tc/") && !after.contains_key(k) {
+            continue; // the pod deleted while down
+        }
+        assert_eq!(after.get(k), Some(id), "link {k} re-created");
+    }
+    assert_eq!(d.map_ids(), maps, "maps re-created");
+    let st = d.status();
+    assert_eq!(st["restore"]["maps_reused"].as_array().unwrap().len(), 4);
+    assert!(
+        st["socket_links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["outcome"] == "reused"),
+        "{st}"
+    );
+
+    // Restored: a and b; picked up: late; swept: gone.
+    let eps = d.endpoints();
+    assert!(eps.contains_key(&a.cid) && eps.contains_key(&b.cid));
+    let late_ep = eps
+        .get(&late.cid)
+        .expect("pod added while down is registered at start");
+    assert_eq!(
+        late_ep["cookie"].as_u64(),
+        Some(netns_cookie(&late.ns.path()))
+    );
+    assert!(late_ep["tc_link_id"].as_u64().is_some());
+    assert!(!eps.contains_key(&gone.cid));
+    assert!(
+        !d.pinned_endpoints().contains_key(&gone_cookie),
+        "stale entry swept"
+    );
+    assert_eq!(eps.len(), 3);
+    assert!(late.ns.ping("10.204.0.1"));
+}
+
+#[test]
+fn a_record_whose_netns_is_gone_is_cleaned_up_at_start() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let mut d = Daemon::start(&node);
+    let conf = node.conf("1.0.0", ranges("v4"));
+    let mut p = Pod::add(&node, &conf);
+    let cookie = netns_cookie(&p.ns.path());
+    d.stop();
+    // The sandbox dies without a DEL: its netns (and so its veth) goes.
+    p.ns.delete();
+    d.spawn();
+    assert!(d.endpoints().is_empty());
+    assert!(
+        node.records().is_empty(),
+        "record of a vanished pod removed"
+    );
+    assert!(!d.pinned_endpoints().contains_key(&cookie));
+    assert_eq!(d.status()["restore"]["report"]["cleaned"], 1);
+}
+
+#[test]
+fn two_daemons_on_one_kernel_never_touch_each_others_pods() {
+    if !require_root() {
+        return;
+    }
+    let n1 = Node::new();
+    let n2 = Node::new();
+    let d1 = Daemon::start(&n1);
+    let mut d2 = Daemon::start(&n2);
+    let c1 = n1.conf(
+        "1.0.0",
+        r#"[[{"subnet":"10.205.0.0/24","gateway":"10.205.0.1"}]]"#,
+    );
+    let c2 = n2.conf(
+        "1.0.0",
+        r#"[[{"subnet":"10.206.0.0/24","gateway":"10.206.0.1"}]]"#,
+    );
+    let p1 = Pod::add(&n1, &c1);
+    let p2 = Pod::add(&n2, &c2);
+    let k1 = netns_cookie(&p1.ns.path());
+    let k2 = netns_cookie(&p2.ns.path());
+    assert_eq!(d1.endpoints().keys().collect::<Vec<_>>(), vec![&p1.cid]);
+    assert_eq!(d2.endpoints().keys().collect::<Vec<_>>(), vec![&p2.cid]);
+    assert!(d1.pinned_endpoints().contains_key(&k1) && !d1.pinned_endpoints().contains_key(&k2));
+    assert!(d2.pinned_endpoints().contains_key(&k2) && !d2.pinned_endpoints().contains_key(&k1));
+
+    // Socket hooks act only for their own daemon's pods; an unregistered
+    // netns is left alone by both.
+    let (a1, a2) = (d1.sock_ops("connect4"), d2.sock_ops("connect4"));
+    assert!(p1.ns.ping("10.205.0.1"));
+    assert!(d1.sock_ops("connect4") > a1, "d1 sees its pod's connect");
+    assert_eq!(d2.sock_ops("connect4"), a2, "d2 does not see d1's pod");
+    let stranger = sluice_tests::Ns::new("x");
+    let (b1, b2) = (d1.sock_ops("connect4"), d2.sock_ops("connect4"));
+    assert!(stranger.ping("127.0.0.1"));
+    assert_eq!(
+        (d1.sock_ops("connect4"), d2.sock_ops("connect4")),
+        (b1, b2),
+        "unknown netns untouched"
+    );
+
+    // Restarting one daemon leaves the other's links and pods alone.
+    let l1 = d1.link_ids();
+    d2.kill9();
+    d2.spawn();
+    assert_eq!(d1.link_ids(), l1);
+    assert_eq!(d1.endpoints().len(), 1);
+    assert_eq!(d2.endpoints().len(), 1);
+    assert!(p1.ns.ping("10.205.0.1") && p2.ns.ping("10.206.0.1"));
+}
+
+#[test]
+fn clsact_mode_drops_spoofs_and_survives_restart_without_duplicates() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let mut d = Daemon::start_with(&node, "tc_attach = \"clsact\"\n");
+    let conf = node.conf(
+        "1.0.0",
+        r#"[[{"subnet":"10.207.0.0/24","gateway":"10.207.0.1"}]]"#,
+    );
+    let p = Pod::add(&node, &conf);
+    let ep = d.endpoints()[&p.cid].clone();
+    assert_eq!(ep["tc_mode"], "clsact");
+    let host = ep["host_ifname"].as_str().unwrap().to_string();
+    let filters = || {
+        let out = Command::new("tc")
+            .args([
+                "-n",
+                &node.ns.name,
+                "filter",
+                "show",
+                "dev",
+                &host,
+                "ingress",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .matches("sluice_pod_ingress")
+            .count()
+    };
+    assert_eq!(filters(), 1);
+    p.ns.ip(&["addr", "add", "10.207.0.250/32", "dev", "eth0"]);
+    assert!(!p
+        .ns
+        .exec(&[
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "-I",
+            "10.207.0.250",
+            "10.207.0.1"
+        ])
+        .status
+        .success());
+    assert!(d.pinned_counters(host_ifindex(&ep)).spoof_drops >= 1);
+    d.kill9();
+    d.spawn();
+    assert_eq!(filters(), 1, "restart reuses the filter, adds none");
+    assert!(p.ns.ping("10.207.0.1"));
+}
+
+#[test]
+fn metrics_and_healthz() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let port = fastrand::u16(20000..60000);
+    let d = Daemon::start_with(&node, &format!("metrics_address = \"127.0.0.1:{port}\"\n"));
+    let conf = node.conf("1.0.0", ranges("v4"));
+    let _p = Pod::add(&node, &conf);
+    let get = |path: &str| -> String {
+        let out = node.ns.exec(&[
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; printf 'GET {path} HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' >&3; cat <&3"),
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let h = get("/healthz");
+    assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+    let m = get("/metrics");
+    assert!(m.contains("sluice_endpoints 1"), "{m}");
+    assert!(
+        m.contains("sluice_api_requests_total{op=\"register\",result=\"ok\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("sluice_spoof_drops_total{"), "{m}");
+    assert!(
+        m.contains("sluice_sock_ops_total{hook=\"connect4\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("sluice_register_duration_seconds_count 1"),
+        "{m}"
+    );
+    drop(d);
+}
+
+#[test]
+fn a_hung_daemon_never_fails_add_or_del() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let d = Daemon::start(&node);
+    let conf = node
+        .conf("1.0.0", ranges("v4"))
+        .replace("\"daemonTimeoutMs\":2000", "\"daemonTimeoutMs\":200");
+    let pid = d.pid().unwrap() as i32;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let t = std::time::Instant::now();
+    let p = Pod::add(&node, &conf);
+    assert!(p.ns.ping(p.result["ips"][0]["gateway"].as_str().unwrap()));
+    p.del().ok();
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "bounded by daemonTimeoutMs"
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    // The late register finds no record (DEL removed it) and the late
+    // unregister is a no-op: nothing is left registered.
+    assert!(eventually(5, || d.endpoints().is_empty()));
+    assert!(d.pinned_endpoints().values().all(|e| e.is_host()));
+}
