@@ -16,6 +16,7 @@ use std::sync::{Mutex, MutexGuard};
 struct Tracked {
     netns: Vec<String>,
     dirs: Vec<PathBuf>,
+    pids: Vec<u32>,
 }
 
 /// Set once a signal started the removal: a panic the main thread hits
@@ -25,6 +26,7 @@ static STOPPING: AtomicBool = AtomicBool::new(false);
 static TRACKED: Mutex<Tracked> = Mutex::new(Tracked {
     netns: Vec::new(),
     dirs: Vec::new(),
+    pids: Vec::new(),
 });
 
 fn tracked() -> MutexGuard<'static, Tracked> {
@@ -52,7 +54,7 @@ pub fn install() -> Result<(), String> {
         .spawn(move || {
             if let Ok(sig) = set.wait() {
                 STOPPING.store(true, Ordering::SeqCst);
-                eprintln!("cni-bench: {sig}, removing what it created");
+                eprintln!("bench: {sig}, removing what it created");
                 remove_all();
                 std::process::exit(128 + sig as i32);
             }
@@ -66,6 +68,9 @@ pub fn install() -> Result<(), String> {
 /// tracked behind its back.
 fn remove_all() {
     let mut t = tracked();
+    for pid in t.pids.drain(..) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+    }
     for name in t.netns.drain(..) {
         let _ = Command::new("ip")
             .args(["netns", "del", &name])
@@ -78,11 +83,13 @@ fn remove_all() {
     }
 }
 
-/// Keeps a netns and directories on the removal list until dropped.
+/// Keeps a netns, directories and a process on the removal list until
+/// dropped.
 #[derive(Debug)]
 pub struct Track {
     netns: Option<String>,
     dirs: Vec<PathBuf>,
+    pid: Option<u32>,
 }
 
 impl Track {
@@ -90,6 +97,7 @@ impl Track {
         let track = Track {
             netns: netns.map(str::to_string),
             dirs: dirs.iter().map(|d| d.to_path_buf()).collect(),
+            pid: None,
         };
         let mut t = tracked();
         t.netns.extend(track.netns.iter().cloned());
@@ -98,9 +106,25 @@ impl Track {
     }
 }
 
+impl Track {
+    /// A process (a daemon the bench started) to kill if the bench dies.
+    #[allow(dead_code)] // cni-bench starts no process
+    pub fn process(pid: u32) -> Self {
+        tracked().pids.push(pid);
+        Track {
+            netns: None,
+            dirs: Vec::new(),
+            pid: Some(pid),
+        }
+    }
+}
+
 impl Drop for Track {
     fn drop(&mut self) {
         let mut t = tracked();
+        if let Some(p) = self.pid {
+            t.pids.retain(|x| *x != p);
+        }
         if let Some(n) = &self.netns {
             t.netns.retain(|x| x != n);
         }

@@ -208,9 +208,7 @@ async fn serve_conn(stream: UnixStream, d: Arc<Daemon>) {
                 .unwrap_or_else(|| "?".into()),
             d.allowed_uids
         );
-        let _ = w
-            .write_all(&reply(Some(msg), serde_json::Value::Null))
-            .await;
+        refuse_and_close(r, w, msg).await;
         return;
     }
     let mut reader = BufReader::new(r);
@@ -231,9 +229,7 @@ async fn serve_conn(stream: UnixStream, d: Arc<Daemon>) {
             d.metrics.count("oversized", false);
             let msg =
                 format!("request larger than {MAX_MESSAGE_BYTES} bytes; closing the connection");
-            let _ = w
-                .write_all(&reply(Some(msg), serde_json::Value::Null))
-                .await;
+            refuse_and_close(reader.into_inner(), w, msg).await;
             return;
         }
         let out = handle(&line, &d).await;
@@ -241,6 +237,30 @@ async fn serve_conn(stream: UnixStream, d: Arc<Daemon>) {
             return;
         }
     }
+}
+
+/// Sends a final error, then lets the peer finish writing (bounded) before
+/// the socket closes, so it reads the error instead of a reset.
+async fn refuse_and_close(
+    mut r: tokio::net::unix::OwnedReadHalf,
+    mut w: tokio::net::unix::OwnedWriteHalf,
+    msg: String,
+) {
+    let _ = w
+        .write_all(&reply(Some(msg), serde_json::Value::Null))
+        .await;
+    let _ = w.shutdown().await;
+    let mut sink = vec![0u8; 64 << 10];
+    let mut left: usize = 16 << 20;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Ok(n @ 1..) = r.read(&mut sink).await {
+            left = left.saturating_sub(n);
+            if left == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Parses and answers one request line.
@@ -306,6 +326,11 @@ async fn handle(line: &[u8], d: &Arc<Daemon>) -> Vec<u8> {
         d.metrics
             .register_seconds
             .observe(t.elapsed().as_secs_f64());
+        if result.is_ok() {
+            // The tc program follows the answer (see State::attach_pending).
+            let d2 = d.clone();
+            tokio::task::spawn_blocking(move || lock(&d2.state).attach_pending());
+        }
     }
     d.metrics.count(op, result.is_ok());
     match result {
@@ -325,8 +350,7 @@ fn answer(req: Request, d: &Daemon) -> Result<serde_json::Value, String> {
             Ok(json!({
                 "cookie": r.cookie,
                 "host_ifindex": r.record.host_ifindex,
-                "tc_mode": r.tc.mode,
-                "tc_link_id": r.tc.id,
+                "tc": "attaching",
             }))
         }
         Request::Unregister {

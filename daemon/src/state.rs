@@ -60,7 +60,9 @@ impl RegisterError {
 pub struct Registered {
     pub record: EndpointRecord,
     pub cookie: u64,
-    pub tc: TcLink,
+    /// `None` until the tc program is on the host-side veth (see
+    /// [`State::attach_pending`]).
+    pub tc: Option<TcLink>,
 }
 
 impl Registered {
@@ -106,10 +108,21 @@ impl State {
         self.dp.put_endpoint(self.host_cookie, &Endpoint::host())
     }
 
-    /// Makes the datapath carry one record: sources, tc program, endpoint
-    /// entry, in that order (so the program never drops the pod's own
+    /// Makes the datapath carry one record: sources, endpoint entry, tc
+    /// program, in that order (so the program never drops the pod's own
     /// traffic for want of its source entries).
-    fn realize(&mut self, rec: &EndpointRecord, fresh: bool) -> Result<Registered, RegisterError> {
+    ///
+    /// With `attach_now` false the tc program is left for
+    /// [`State::attach_pending`]: a tcx attach waits for an RCU grace period
+    /// in the kernel (about 9 ms here), which must not sit on ADD's path.
+    /// The runtime starts the pod's containers only after ADD returns, so
+    /// the check is in place before the pod can send.
+    fn realize(
+        &mut self,
+        rec: &EndpointRecord,
+        fresh: bool,
+        attach_now: bool,
+    ) -> Result<Registered, RegisterError> {
         let host_err = |problem: String| RegisterError::HostLink {
             container_id: rec.container_id.clone(),
             ifname: rec.ifname.clone(),
@@ -132,9 +145,12 @@ impl State {
             Err(e) => return Err(host_err(format!("cannot be read: {e}"))),
         }
         let key = (rec.container_id.clone(), rec.ifname.clone());
+        let mut kept_tc = None;
         if let Some(old) = self.endpoints.get(&key).cloned() {
             if old.record.host_ifindex != rec.host_ifindex || old.cookie != cookie {
                 self.forget(&old);
+            } else {
+                kept_tc = old.tc;
             }
         } else if fresh {
             // A new interface on this ifindex starts with clean counters;
@@ -143,9 +159,13 @@ impl State {
         }
         let a = addrs(rec);
         self.dp.put_sources(rec.host_ifindex, &a)?;
-        let tc = self.dp.attach_tc(&rec.host_ifname, rec.host_ifindex)?;
         self.dp
             .put_endpoint(cookie, &Endpoint::pod(rec.host_ifindex, a))?;
+        let tc = match (kept_tc, attach_now) {
+            (Some(tc), _) => Some(tc),
+            (None, true) => Some(self.dp.attach_tc(&rec.host_ifname, rec.host_ifindex)?),
+            (None, false) => None,
+        };
         let r = Registered {
             record: rec.clone(),
             cookie,
@@ -196,10 +216,43 @@ impl State {
         if &disk != req {
             warn!(container_id = %req.container_id, "register differs from the record on disk; using the record");
         }
-        let r = self.realize(&disk, true)?;
+        let r = self.realize(&disk, true, false)?;
         info!(container_id = %disk.container_id, ifname = %disk.ifname, cookie = r.cookie,
               host = %disk.host_ifname, "endpoint registered");
         Ok(r)
+    }
+
+    /// Attaches the tc program of every registered endpoint that lacks it.
+    /// Returns how many were attached; failures are logged and retried on
+    /// the next call (the periodic reconcile makes one).
+    pub fn attach_pending(&mut self) -> usize {
+        let pending: Vec<(Key, String, u32)> = self
+            .endpoints
+            .iter()
+            .filter(|(_, r)| r.tc.is_none())
+            .map(|(k, r)| {
+                (
+                    k.clone(),
+                    r.record.host_ifname.clone(),
+                    r.record.host_ifindex,
+                )
+            })
+            .collect();
+        let mut n = 0;
+        for (key, ifname, ifindex) in pending {
+            match self.dp.attach_tc(&ifname, ifindex) {
+                Ok(tc) => {
+                    if let Some(r) = self.endpoints.get_mut(&key) {
+                        r.tc = Some(tc);
+                        n += 1;
+                    }
+                }
+                Err(e) => {
+                    warn!(container_id = %key.0, ifname = %key.1, "tc attach failed (will retry): {e}")
+                }
+            }
+        }
+        n
     }
 
     /// `unregister`: idempotent; returns whether it was known.
@@ -251,7 +304,7 @@ impl State {
                     }
                 }
             }
-            match self.realize(rec, false) {
+            match self.realize(rec, false, true) {
                 Ok(_) if known.is_none() || full => rep.restored += 1,
                 Ok(_) => {}
                 Err(e) if e.pod_gone() => {
@@ -271,6 +324,7 @@ impl State {
                 }
             }
         }
+        self.attach_pending();
         if full {
             rep.stale_entries = self.sweep();
         }
@@ -340,8 +394,8 @@ impl State {
                     addresses: r.addrs(),
                     host_ifname: r.record.host_ifname.clone(),
                     host_ifindex: r.record.host_ifindex,
-                    tc_mode: Some(r.tc.mode),
-                    tc_link_id: r.tc.id,
+                    tc_mode: r.tc.as_ref().map(|t| t.mode),
+                    tc_link_id: r.tc.as_ref().and_then(|t| t.id),
                     in_endpoint_map: self.dp.get_endpoint(r.cookie).is_some(),
                     spoof_drops: c.spoof_drops,
                     spoof_bytes: c.spoof_bytes,

@@ -173,6 +173,19 @@ impl<'a> Daemon<'a> {
             .collect()
     }
 
+    /// Waits (up to 5 s) until the endpoint of `cid` has its tc program;
+    /// register answers before the attach (a tcx attach waits for an RCU
+    /// grace period) and the program follows within milliseconds.
+    pub fn wait_tc(&self, cid: &str) -> Value {
+        let mut last = Value::Null;
+        let ok = eventually(5, || {
+            last = self.endpoints().get(cid).cloned().unwrap_or(Value::Null);
+            last["tc_mode"].is_string()
+        });
+        assert!(ok, "tc program of {cid} not attached: {last}");
+        last
+    }
+
     fn maps_dir(&self) -> PathBuf {
         self.pin_path.join("maps")
     }

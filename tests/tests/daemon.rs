@@ -24,7 +24,12 @@ fn endpoints_appear_with_their_cookie_and_vanish_on_del() {
     let a = Pod::add(&node, &conf);
     let b = Pod::add(&node, &conf);
 
-    // ADD waits for register, so the entries are there when ADD returns.
+    // ADD waits for register, so the entries are there when ADD returns;
+    // the tc program follows.
+    let eps = d.endpoints();
+    assert_eq!(eps.len(), 2, "{eps:?}");
+    d.wait_tc(&a.cid);
+    d.wait_tc(&b.cid);
     let eps = d.endpoints();
     assert_eq!(eps.len(), 2, "{eps:?}");
     let pinned = d.pinned_endpoints();
@@ -102,6 +107,7 @@ fn spoofed_sources_are_dropped_and_counted() {
     let d = Daemon::start(&node);
     let conf = node.conf("1.0.0", r#"[[{"subnet":"10.203.0.0/24","gateway":"10.203.0.1"}],[{"subnet":"fd00:203::/64","gateway":"fd00:203::1"}]]"#);
     let p = Pod::add(&node, &conf);
+    d.wait_tc(&p.cid);
     assert!(p.ns.ping("10.203.0.1"), "own v4 source passes");
     assert!(p.ns.ping("fd00:203::1"), "own v6 source passes");
     let ifindex = host_ifindex(&d.endpoints()[&p.cid]);
@@ -184,6 +190,9 @@ fn kill9_and_restart_keep_the_flow_the_links_and_the_endpoints() {
     let a = Pod::add(&node, &conf);
     let b = Pod::add(&node, &conf);
     let gone = Pod::add(&node, &conf);
+    for p in [&a, &b, &gone] {
+        d.wait_tc(&p.cid);
+    }
     let b_ip = b.ips()[0].clone();
     let links = d.link_ids();
     let maps = d.map_ids();
@@ -359,7 +368,7 @@ fn clsact_mode_drops_spoofs_and_survives_restart_without_duplicates() {
         r#"[[{"subnet":"10.207.0.0/24","gateway":"10.207.0.1"}]]"#,
     );
     let p = Pod::add(&node, &conf);
-    let ep = d.endpoints()[&p.cid].clone();
+    let ep = d.wait_tc(&p.cid);
     assert_eq!(ep["tc_mode"], "clsact");
     let host = ep["host_ifname"].as_str().unwrap().to_string();
     let filters = || {

@@ -1,0 +1,345 @@
+//! daemon-bench: what sluiced costs and how fast it is, measured with the
+//! real plugin and daemon in namespaces this bench makes.
+//!
+//! - Register-to-datapath: for each of N pods (default 200), the time from
+//!   ADD returning to the pod's netns cookie being in the pinned endpoint
+//!   map; and, side by side, ADD's own time with the daemon against ADD with
+//!   no daemon at all (the registration's cost), and the register API's
+//!   round trip on its own.
+//! - Start-to-ready with M restored endpoints (default 1,000), after
+//!   `kill -9`, against an idle start (no endpoints) in the same run.
+//! - RSS idle and with M endpoints.
+//!
+//! Needs root and release builds next to this binary
+//! (`cargo build --release --workspace --bins`).
+
+#[path = "cleanup.rs"]
+mod cleanup;
+#[path = "stats.rs"]
+#[allow(dead_code)]
+mod stats;
+
+use cleanup::Track;
+use serde_json::json;
+use sluice_common::api::Request;
+use sluice_common::endpoint::EndpointRecord;
+use sluice_tests::daemon::{netns_cookie, Daemon};
+use sluice_tests::{Node, Ns};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "\
+usage: daemon-bench [--pods N] [--restore M] [--tc-attach auto|tcx|clsact] [--json]
+
+  --pods N      rounds of the registration latency, each adding one pod
+                without and one with the daemon (default 200)
+  --restore M   endpoints restored at start and held for RSS (default
+                1000, at least 2 x --pods)
+  --tc-attach   the daemon's tc_attach setting (default auto)
+  --json        print the figures as JSON
+
+Runs as root. Build first: cargo build --release --workspace --bins";
+
+const RANGES: &str = r#"[[{"subnet":"10.220.0.0/16","gateway":"10.220.0.1"}]]"#;
+
+/// Targets from the daemon issue.
+const P99_REGISTER_MS: f64 = 10.0;
+const READY_MS: f64 = 1000.0;
+const RSS_MIB: f64 = 40.0;
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+#[derive(Debug, Clone, Copy)]
+struct P {
+    p50: f64,
+    p99: f64,
+}
+
+fn pct(mut v: Vec<f64>) -> P {
+    v.sort_by(f64::total_cmp);
+    P {
+        p50: percentile(&v, 50.0),
+        p99: percentile(&v, 99.0),
+    }
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+struct BenchPod {
+    ns: Ns,
+    cid: String,
+    _track: Track,
+}
+
+fn add_pod(node: &Node, conf: &str, i: usize) -> (BenchPod, Duration) {
+    let ns = Ns::new("b");
+    let track = Track::new(Some(&ns.name), &[]);
+    let cid = format!("bench-{}-{i}", std::process::id());
+    let t = Instant::now();
+    node.cni("ADD", &cid, Some(&ns.path()), "eth0", conf).ok();
+    (
+        BenchPod {
+            ns,
+            cid,
+            _track: track,
+        },
+        t.elapsed(),
+    )
+}
+
+fn main() -> ExitCode {
+    let mut pods = 200usize;
+    let mut restore = 1000usize;
+    let mut as_json = false;
+    let mut tc_attach = "auto".to_string();
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut num = |name: &str| -> usize {
+            it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+                eprintln!("{name} needs a number\n{USAGE}");
+                std::process::exit(2)
+            })
+        };
+        match a.as_str() {
+            "--pods" => pods = num("--pods"),
+            "--restore" => restore = num("--restore"),
+            "--json" => as_json = true,
+            "--tc-attach" => {
+                tc_attach = it.next().unwrap_or_default();
+                if !["auto", "tcx", "clsact"].contains(&tc_attach.as_str()) {
+                    eprintln!("--tc-attach takes auto, tcx or clsact\n{USAGE}");
+                    return ExitCode::from(2);
+                }
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            _ => {
+                eprintln!("unknown argument {a:?}\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("daemon-bench: needs root (namespaces, veths, BPF)");
+        return ExitCode::from(2);
+    }
+    if pods == 0 || restore < 2 * pods {
+        eprintln!(
+            "daemon-bench: --pods must be at least 1 and --restore at least twice --pods \
+             (each round adds one pod without and one with the daemon)"
+        );
+        return ExitCode::from(2);
+    }
+    if let Err(e) = cleanup::install() {
+        eprintln!("daemon-bench: {e}");
+        return ExitCode::from(2);
+    }
+
+    let node = Node::new();
+    let _node_track = Track::new(Some(&node.ns.name), &[node.dir.path()]);
+    let conf = node.conf("1.0.0", RANGES);
+
+    // Baseline: ADD with no daemon listening (the plugin's notify fails at
+    // once on the missing socket), interleaved below with ADD + register.
+    let mut d = Daemon::configure(&node, &format!("tc_attach = \"{tc_attach}\"\n"));
+    let _pin_track = Track::new(None, &[&d.pin_path]);
+    let ready_idle = d.spawn();
+    let mut _daemon_track = Track::process(d.pid().unwrap());
+    let rss_idle = rss_mib(d.pid().unwrap());
+    let idle_restore_ms = d.status()["restore"]["duration_ms"].as_f64().unwrap();
+
+    eprintln!("daemon-bench: {pods} pods, ADD with and without the daemon, interleaved");
+    let mut live = Vec::new();
+    let mut add_with = Vec::new();
+    let mut add_without = Vec::new();
+    let mut visible = Vec::new();
+    let mut guarded = Vec::new();
+    for i in 0..pods {
+        // Without: stop the daemon (SIGSTOP would make the plugin wait its
+        // timeout; a missing socket is what "no daemon" looks like).
+        let socket = d.socket();
+        let hidden = socket.with_extension("hidden");
+        std::fs::rename(&socket, &hidden).unwrap();
+        let (p, t) = add_pod(&node, &conf, 2 * i);
+        add_without.push(stats::ms(t));
+        std::fs::rename(&hidden, &socket).unwrap();
+        live.push(p);
+
+        let probe = Ns::new("b");
+        let probe_track = Track::new(Some(&probe.name), &[]);
+        let cookie = netns_cookie(&probe.path());
+        let cid = format!("bench-{}-{}", std::process::id(), 2 * i + 1);
+        let t = Instant::now();
+        node.cni("ADD", &cid, Some(&probe.path()), "eth0", &conf)
+            .ok();
+        let returned = Instant::now();
+        add_with.push(stats::ms(returned - t));
+        while !d.pinned_endpoints().contains_key(&cookie) {
+            assert!(
+                returned.elapsed() < Duration::from_secs(5),
+                "endpoint never appeared"
+            );
+        }
+        visible.push(stats::ms(returned.elapsed()));
+        while !d.endpoints()[&cid]["tc_mode"].is_string() {
+            assert!(
+                returned.elapsed() < Duration::from_secs(5),
+                "tc program never attached"
+            );
+        }
+        guarded.push(stats::ms(returned.elapsed()));
+        live.push(BenchPod {
+            ns: probe,
+            cid,
+            _track: probe_track,
+        });
+    }
+    // The pods added without the daemon were picked up by its reconcile
+    // only; register them now so every pod is in the datapath.
+    let mut api_rtt = Vec::new();
+    for p in &live {
+        let rec = EndpointRecord::load(&node.state_dir(), &p.cid, "eth0")
+            .unwrap()
+            .unwrap();
+        let t = Instant::now();
+        d.call(Request::Register {
+            endpoint: Box::new(rec),
+        })
+        .expect("register");
+        api_rtt.push(stats::ms(t.elapsed()));
+    }
+
+    eprintln!(
+        "daemon-bench: adding {} more pods for the restore test",
+        restore.saturating_sub(live.len())
+    );
+    while live.len() < restore {
+        let i = live.len();
+        live.push(add_pod(&node, &conf, i).0);
+    }
+    assert_eq!(d.endpoints().len(), restore, "every pod registered");
+    let rss_loaded = rss_mib(d.pid().unwrap());
+
+    d.kill9();
+    drop(_daemon_track);
+    let ready_restore = d.spawn();
+    _daemon_track = Track::process(d.pid().unwrap());
+    let st = d.status();
+    let restore_ms = st["restore"]["duration_ms"].as_f64().unwrap();
+    let restored = st["restore"]["report"]["restored"].as_u64().unwrap();
+    assert_eq!(restored as usize, restore, "{st}");
+    let rss_restored = rss_mib(d.pid().unwrap());
+
+    let add_with = pct(add_with);
+    let add_without = pct(add_without);
+    let visible = pct(visible);
+    let guarded = pct(guarded);
+    let api_rtt = pct(api_rtt);
+    let ready_idle_ms = stats::ms(ready_idle);
+    let ready_restore_ms = stats::ms(ready_restore);
+
+    let figures = json!({
+        "pods": pods,
+        "restored_endpoints": restore,
+        "register_to_datapath_ms": {"p50": visible.p50, "p99": visible.p99},
+        "register_api_rtt_ms": {"p50": api_rtt.p50, "p99": api_rtt.p99},
+        "add_to_source_check_ms": {"p50": guarded.p50, "p99": guarded.p99},
+        "tc_attach": tc_attach,
+        "add_with_daemon_ms": {"p50": add_with.p50, "p99": add_with.p99},
+        "add_without_daemon_ms": {"p50": add_without.p50, "p99": add_without.p99},
+        "ready_ms": {"idle_wall": ready_idle_ms, "idle_daemon": idle_restore_ms,
+                     "restored_wall": ready_restore_ms, "restored_daemon": restore_ms},
+        "rss_mib": {"idle": rss_idle, "with_endpoints": rss_loaded, "after_restore": rss_restored},
+    });
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&figures).unwrap());
+    } else {
+        println!("sluiced, one run on this machine ({pods} pods registered, {restore} restored)");
+        println!(
+            "{:<44}{:>12}{:>12}{:>10}",
+            "", "baseline", "sluiced", "ratio"
+        );
+        let row = |name: &str, base: f64, v: f64| {
+            println!("{name:<44}{base:>12.2}{v:>12.2}{:>10.2}", v / base);
+        };
+        row(
+            "ADD p50 ms (no daemon | with register)",
+            add_without.p50,
+            add_with.p50,
+        );
+        row(
+            "ADD p99 ms (no daemon | with register)",
+            add_without.p99,
+            add_with.p99,
+        );
+        row(
+            &format!("ready ms (idle | {restore} restored), wall"),
+            ready_idle_ms,
+            ready_restore_ms,
+        );
+        row(
+            &format!("ready ms (idle | {restore} restored), daemon"),
+            idle_restore_ms,
+            restore_ms,
+        );
+        row(
+            &format!("RSS MiB (idle | {restore} endpoints)"),
+            rss_idle,
+            rss_loaded,
+        );
+        println!();
+        println!(
+            "{:<44}{:>12}{:>12}{:>10}",
+            "against the issue's targets", "target", "sluiced", "share"
+        );
+        let t = |name: &str, target: f64, v: f64| {
+            let verdict = if v <= target { "PASS" } else { "FAIL" };
+            println!(
+                "{name:<44}{target:>12.2}{v:>12.2}{:>10.2}  {verdict}",
+                v / target
+            );
+        };
+        t("register-to-datapath p50 ms", P99_REGISTER_MS, visible.p50);
+        t("register-to-datapath p99 ms", P99_REGISTER_MS, visible.p99);
+        t(
+            "register API round trip p99 ms",
+            P99_REGISTER_MS,
+            api_rtt.p99,
+        );
+        t(
+            &format!("ready ms with {restore} endpoints (wall)"),
+            READY_MS,
+            ready_restore_ms,
+        );
+        t("RSS MiB idle", RSS_MIB, rss_idle);
+        t(
+            &format!("RSS MiB with {restore} endpoints"),
+            RSS_MIB,
+            rss_loaded.max(rss_restored),
+        );
+        println!(
+            "(register API round trip p50 {:.2} ms; ADD return to source check attached, tc_attach={tc_attach}: p50 {:.2} ms, p99 {:.2} ms)",
+            api_rtt.p50, guarded.p50, guarded.p99
+        );
+    }
+
+    eprintln!("daemon-bench: removing {} pods", live.len());
+    for p in &live {
+        node.cni("DEL", &p.cid, Some(&p.ns.path()), "eth0", &conf);
+    }
+    drop(live);
+    drop(d);
+    ExitCode::SUCCESS
+}
