@@ -161,6 +161,7 @@ fn main() -> ExitCode {
     let idle_restore_ms = d.status()["restore"]["duration_ms"].as_f64().unwrap();
 
     eprintln!("daemon-bench: {pods} pods, ADD with and without the daemon, interleaved");
+    let eps = d.endpoint_map();
     let mut live = Vec::new();
     let mut add_with = Vec::new();
     let mut add_without = Vec::new();
@@ -186,7 +187,7 @@ fn main() -> ExitCode {
             .ok();
         let returned = Instant::now();
         add_with.push(stats::ms(returned - t));
-        while !d.pinned_endpoints().contains_key(&cookie) {
+        while eps.get(&cookie, 0).is_err() {
             assert!(
                 returned.elapsed() < Duration::from_secs(5),
                 "endpoint never appeared"

@@ -111,6 +111,130 @@ pub struct TcLink {
     pub outcome: LinkOutcome,
 }
 
+/// The loaded pod program and where its links are pinned. It has a lock of
+/// its own, apart from the daemon's state, because a tcx attach waits for an
+/// RCU grace period in the kernel and nothing else should wait behind it.
+pub struct TcAttacher {
+    tc_obj: Ebpf,
+    pub mode: TcMode,
+    links_dir: PathBuf,
+}
+
+impl std::fmt::Debug for TcAttacher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcAttacher")
+            .field("mode", &self.mode)
+            .field("links_dir", &self.links_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TcAttacher {
+    /// Puts the source-check program on a pod's host-side veth, or keeps
+    /// the one already there.
+    pub fn attach(&mut self, ifname: &str, ifindex: u32) -> Result<TcLink, DatapathError> {
+        let mode = self.mode;
+        let prog: &mut SchedClassifier = self
+            .tc_obj
+            .program_mut(sluice_dataplane::TC_POD_INGRESS)
+            .expect("loaded at open")
+            .try_into()
+            .expect("a tc program");
+        let attach_err = |detail: String| DatapathError::Attach {
+            program: sluice_dataplane::TC_POD_INGRESS.into(),
+            target: format!("to ingress of {ifname} (ifindex {ifindex})"),
+            detail,
+        };
+        match mode {
+            TcMode::Tcx => {
+                let pin = self.links_dir.join(ifindex.to_string());
+                if pin.exists() {
+                    match sys::pinned_link_info(&pin) {
+                        Ok(info)
+                            if info.link_type == sys::LINK_TYPE_TCX
+                                && info.tcx_ifindex == ifindex =>
+                        {
+                            let outcome =
+                                refresh_program(&pin, info.prog_id, prog.fd().map(|f| f.as_fd()))
+                                    .map_err(|e| attach_err(e.to_string()))?;
+                            return Ok(TcLink {
+                                mode,
+                                id: Some(info.id),
+                                outcome,
+                            });
+                        }
+                        // The device it was on is gone (ifindex 0) or the
+                        // pin is not ours: replace it.
+                        _ => {
+                            let _ = std::fs::remove_file(&pin);
+                        }
+                    }
+                }
+                let id = prog
+                    .attach_with_options(
+                        ifname,
+                        TcAttachType::Ingress,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                    .map_err(|e| attach_err(error_chain(&e)))?;
+                let link = prog
+                    .take_link(id)
+                    .map_err(|e| attach_err(error_chain(&e)))?;
+                let fd = FdLink::try_from(link).map_err(|e| attach_err(error_chain(&e)))?;
+                let pinned = fd.pin(&pin).map_err(|e| attach_err(error_chain(&e)))?;
+                let info = sys::pinned_link_info(&pin).map_err(|e| attach_err(e.to_string()))?;
+                drop(pinned);
+                Ok(TcLink {
+                    mode,
+                    id: Some(info.id),
+                    outcome: LinkOutcome::Created,
+                })
+            }
+            TcMode::Clsact => {
+                if let Err(e) = tc::qdisc_add_clsact(ifname) {
+                    if !has_errno(&e, libc::EEXIST) {
+                        return Err(attach_err(format!(
+                            "adding the clsact qdisc: {}",
+                            error_chain(&e)
+                        )));
+                    }
+                }
+                let opts = NlOptions {
+                    priority: CLSACT_PRIORITY,
+                    handle: TcHandle::from(CLSACT_HANDLE),
+                    classid: None,
+                };
+                match prog.attach_with_options(
+                    ifname,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::Netlink(opts),
+                ) {
+                    Ok(id) => {
+                        // A clsact filter stays on the device without us:
+                        // never let aya detach it when the program drops.
+                        let link = prog
+                            .take_link(id)
+                            .map_err(|e| attach_err(error_chain(&e)))?;
+                        std::mem::forget(link);
+                        Ok(TcLink {
+                            mode,
+                            id: None,
+                            outcome: LinkOutcome::Created,
+                        })
+                    }
+                    // Our filter from a previous run is still there.
+                    Err(e) if has_errno(&e, libc::EEXIST) => Ok(TcLink {
+                        mode,
+                        id: None,
+                        outcome: LinkOutcome::Reused,
+                    }),
+                    Err(e) => Err(attach_err(error_chain(&e))),
+                }
+            }
+        }
+    }
+}
+
 /// clsact filter priority and handle of Sluice's pod program.
 const CLSACT_PRIORITY: u16 = 0x5c;
 const CLSACT_HANDLE: u32 = 0x5c;
@@ -118,7 +242,7 @@ const CLSACT_HANDLE: u32 = 0x5c;
 pub struct Datapath {
     maps_dir: PathBuf,
     tc_links_dir: PathBuf,
-    tc_obj: Ebpf,
+    pub tc: std::sync::Arc<std::sync::Mutex<TcAttacher>>,
     pub tc_mode: TcMode,
     pub cgroup_root: PathBuf,
     pub cgroup_links: Vec<LinkState>,
@@ -204,7 +328,11 @@ impl Datapath {
         Ok(Datapath {
             maps_dir,
             tc_links_dir: cfg.tc_links_dir(),
-            tc_obj,
+            tc: std::sync::Arc::new(std::sync::Mutex::new(TcAttacher {
+                tc_obj,
+                mode: tc_mode,
+                links_dir: cfg.tc_links_dir(),
+            })),
             tc_mode,
             cgroup_root,
             cgroup_links,
@@ -224,108 +352,13 @@ impl Datapath {
         self.tc_links_dir.join(ifindex.to_string())
     }
 
-    /// Puts the source-check program on a pod's host-side veth, or keeps
-    /// the one already there.
-    pub fn attach_tc(&mut self, ifname: &str, ifindex: u32) -> Result<TcLink, DatapathError> {
-        let mode = self.tc_mode;
-        let prog: &mut SchedClassifier = self
-            .tc_obj
-            .program_mut(sluice_dataplane::TC_POD_INGRESS)
-            .expect("loaded at open")
-            .try_into()
-            .expect("a tc program");
-        let attach_err = |detail: String| DatapathError::Attach {
-            program: sluice_dataplane::TC_POD_INGRESS.into(),
-            target: format!("to ingress of {ifname} (ifindex {ifindex})"),
-            detail,
-        };
-        match mode {
-            TcMode::Tcx => {
-                let pin = self.tc_links_dir.join(ifindex.to_string());
-                if pin.exists() {
-                    match sys::pinned_link_info(&pin) {
-                        Ok(info)
-                            if info.link_type == sys::LINK_TYPE_TCX
-                                && info.tcx_ifindex == ifindex =>
-                        {
-                            let outcome =
-                                refresh_program(&pin, info.prog_id, prog.fd().map(|f| f.as_fd()))
-                                    .map_err(|e| attach_err(e.to_string()))?;
-                            return Ok(TcLink {
-                                mode,
-                                id: Some(info.id),
-                                outcome,
-                            });
-                        }
-                        // The device it was on is gone (ifindex 0) or the
-                        // pin is not ours: replace it.
-                        _ => {
-                            let _ = std::fs::remove_file(&pin);
-                        }
-                    }
-                }
-                let id = prog
-                    .attach_with_options(
-                        ifname,
-                        TcAttachType::Ingress,
-                        TcAttachOptions::TcxOrder(LinkOrder::default()),
-                    )
-                    .map_err(|e| attach_err(error_chain(&e)))?;
-                let link = prog
-                    .take_link(id)
-                    .map_err(|e| attach_err(error_chain(&e)))?;
-                let fd = FdLink::try_from(link).map_err(|e| attach_err(error_chain(&e)))?;
-                let pinned = fd.pin(&pin).map_err(|e| attach_err(error_chain(&e)))?;
-                let info = sys::pinned_link_info(&pin).map_err(|e| attach_err(e.to_string()))?;
-                drop(pinned);
-                Ok(TcLink {
-                    mode,
-                    id: Some(info.id),
-                    outcome: LinkOutcome::Created,
-                })
-            }
-            TcMode::Clsact => {
-                if let Err(e) = tc::qdisc_add_clsact(ifname) {
-                    if !has_errno(&e, libc::EEXIST) {
-                        return Err(attach_err(format!(
-                            "adding the clsact qdisc: {}",
-                            error_chain(&e)
-                        )));
-                    }
-                }
-                let opts = NlOptions {
-                    priority: CLSACT_PRIORITY,
-                    handle: TcHandle::from(CLSACT_HANDLE),
-                    classid: None,
-                };
-                match prog.attach_with_options(
-                    ifname,
-                    TcAttachType::Ingress,
-                    TcAttachOptions::Netlink(opts),
-                ) {
-                    Ok(id) => {
-                        // A clsact filter stays on the device without us:
-                        // never let aya detach it when the program drops.
-                        let link = prog
-                            .take_link(id)
-                            .map_err(|e| attach_err(error_chain(&e)))?;
-                        std::mem::forget(link);
-                        Ok(TcLink {
-                            mode,
-                            id: None,
-                            outcome: LinkOutcome::Created,
-                        })
-                    }
-                    // Our filter from a previous run is still there.
-                    Err(e) if has_errno(&e, libc::EEXIST) => Ok(TcLink {
-                        mode,
-                        id: None,
-                        outcome: LinkOutcome::Reused,
-                    }),
-                    Err(e) => Err(attach_err(error_chain(&e))),
-                }
-            }
-        }
+    /// Puts the source-check program on a pod's host-side veth now (the
+    /// restore path); see [`TcAttacher::attach`].
+    pub fn attach_tc(&self, ifname: &str, ifindex: u32) -> Result<TcLink, DatapathError> {
+        self.tc
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .attach(ifname, ifindex)
     }
 
     /// Removes the pod program's pin (tcx): the link detaches. A clsact

@@ -26,6 +26,8 @@ const IDLE: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct Daemon {
     state: Arc<Mutex<State>>,
+    /// Wakes the tc attach thread.
+    attach_kick: std::sync::mpsc::Sender<()>,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     started: Instant,
@@ -105,7 +107,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         maps_reused,
     };
     metrics.restore_seconds.set(t0.elapsed().as_secs_f64());
+    let attach_kick = spawn_attacher(state.clone())?;
     let daemon = Arc::new(Daemon {
+        attach_kick,
         state,
         metrics,
         ready: ready.clone(),
@@ -149,6 +153,23 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&cfg.socket);
     info!("stopping; the datapath stays attached and pinned");
     Ok(())
+}
+
+/// One OS thread attaches the tc programs registrations leave pending, so
+/// a burst of ADDs never ties up the blocking pool behind tcx attaches;
+/// wake-ups that arrive during a pass are folded into the next one.
+fn spawn_attacher(state: Arc<Mutex<State>>) -> anyhow::Result<std::sync::mpsc::Sender<()>> {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("sluiced-tc".into())
+        .spawn(move || {
+            while rx.recv().is_ok() {
+                while rx.try_recv().is_ok() {}
+                crate::state::attach_pending(&state);
+            }
+        })
+        .context("starting the tc attach thread")?;
+    Ok(tx)
 }
 
 fn lock(s: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -327,9 +348,8 @@ async fn handle(line: &[u8], d: &Arc<Daemon>) -> Vec<u8> {
             .register_seconds
             .observe(t.elapsed().as_secs_f64());
         if result.is_ok() {
-            // The tc program follows the answer (see State::attach_pending).
-            let d2 = d.clone();
-            tokio::task::spawn_blocking(move || lock(&d2.state).attach_pending());
+            // The tc program follows the answer (see state::attach_pending).
+            let _ = d.attach_kick.send(());
         }
     }
     d.metrics.count(op, result.is_ok());

@@ -8,7 +8,6 @@ use crate::config::Config;
 use crate::datapath::{Datapath, DatapathError, TcLink};
 use crate::netns::{CookieError, CookieReader};
 use crate::views::{EndpointView, ReconcileReport};
-use sluice_cni::netlink::Netlink;
 use sluice_common::endpoint::EndpointRecord;
 use sluice_dataplane::maps::Endpoint;
 use std::collections::{BTreeMap, HashSet};
@@ -82,14 +81,13 @@ pub struct State {
     pub cfg: Config,
     pub dp: Datapath,
     cookies: CookieReader,
-    nl: Netlink,
     pub host_cookie: u64,
     pub endpoints: BTreeMap<Key, Registered>,
+    attaching: HashSet<Key>,
 }
 
 impl State {
     pub fn new(cfg: Config, dp: Datapath, cookies: CookieReader) -> Result<Self, anyhow::Error> {
-        let nl = Netlink::open().map_err(|e| anyhow::anyhow!("opening netlink: {e}"))?;
         let host_cookie = crate::netns::current_cookie().map_err(|e| {
             anyhow::anyhow!("reading the node netns cookie (SO_NETNS_COOKIE needs Linux 5.14): {e}")
         })?;
@@ -97,9 +95,9 @@ impl State {
             cfg,
             dp,
             cookies,
-            nl,
             host_cookie,
             endpoints: BTreeMap::new(),
+            attaching: HashSet::new(),
         })
     }
 
@@ -137,10 +135,14 @@ impl State {
                 reason: "it has no addresses".into(),
             });
         }
+        let t0 = std::time::Instant::now();
         let cookie = self.cookies.cookie(Path::new(&rec.netns))?;
-        match self.nl.link_by_index(rec.host_ifindex) {
-            Ok(Some(l)) if l.name == rec.host_ifname => {}
-            Ok(Some(l)) => return Err(host_err(format!("is now named {}", l.name))),
+        let t_cookie = t0.elapsed();
+        // SIOCGIFNAME, not RTM_GETLINK: it does not take the RTNL lock,
+        // which a tcx attach holds for an RCU grace period.
+        match ifname_of(rec.host_ifindex) {
+            Ok(Some(name)) if name == rec.host_ifname => {}
+            Ok(Some(name)) => return Err(host_err(format!("is now named {name}"))),
             Ok(None) => return Err(host_err("does not exist".into())),
             Err(e) => return Err(host_err(format!("cannot be read: {e}"))),
         }
@@ -166,6 +168,8 @@ impl State {
             (None, true) => Some(self.dp.attach_tc(&rec.host_ifname, rec.host_ifindex)?),
             (None, false) => None,
         };
+        tracing::debug!(container_id = %rec.container_id, cookie_us = t_cookie.as_micros() as u64,
+                        total_us = t0.elapsed().as_micros() as u64, "realized");
         let r = Registered {
             record: rec.clone(),
             cookie,
@@ -222,14 +226,13 @@ impl State {
         Ok(r)
     }
 
-    /// Attaches the tc program of every registered endpoint that lacks it.
-    /// Returns how many were attached; failures are logged and retried on
-    /// the next call (the periodic reconcile makes one).
-    pub fn attach_pending(&mut self) -> usize {
+    /// Endpoints still waiting for their tc program, marked as in flight
+    /// so concurrent callers do not attach the same one twice.
+    fn take_pending(&mut self) -> Vec<(Key, String, u32)> {
         let pending: Vec<(Key, String, u32)> = self
             .endpoints
             .iter()
-            .filter(|(_, r)| r.tc.is_none())
+            .filter(|(k, r)| r.tc.is_none() && !self.attaching.contains(*k))
             .map(|(k, r)| {
                 (
                     k.clone(),
@@ -238,19 +241,48 @@ impl State {
                 )
             })
             .collect();
-        let mut n = 0;
-        for (key, ifname, ifindex) in pending {
-            match self.dp.attach_tc(&ifname, ifindex) {
-                Ok(tc) => {
-                    if let Some(r) = self.endpoints.get_mut(&key) {
-                        r.tc = Some(tc);
-                        n += 1;
-                    }
-                }
-                Err(e) => {
-                    warn!(container_id = %key.0, ifname = %key.1, "tc attach failed (will retry): {e}")
-                }
+        self.attaching.extend(pending.iter().map(|p| p.0.clone()));
+        pending
+    }
+
+    /// Records an attach done outside the lock. If the endpoint went away
+    /// (or moved) meanwhile, the attachment is taken down again.
+    fn finish_attach(
+        &mut self,
+        key: &Key,
+        ifindex: u32,
+        res: Result<TcLink, DatapathError>,
+    ) -> bool {
+        self.attaching.remove(key);
+        match (self.endpoints.get_mut(key), res) {
+            (Some(r), Ok(tc)) if r.record.host_ifindex == ifindex => {
+                r.tc = Some(tc);
+                true
             }
+            (_, Ok(_)) => {
+                if !self
+                    .endpoints
+                    .values()
+                    .any(|r| r.record.host_ifindex == ifindex)
+                {
+                    self.dp.detach_tc(ifindex);
+                }
+                false
+            }
+            (_, Err(e)) => {
+                warn!(container_id = %key.0, ifname = %key.1, "tc attach failed (the periodic reconcile retries): {e}");
+                false
+            }
+        }
+    }
+
+    /// Attaches pending tc programs while holding the state (restore and
+    /// the periodic pass, where nothing waits on it).
+    fn attach_pending_locked(&mut self) -> usize {
+        let mut n = 0;
+        for (key, ifname, ifindex) in self.take_pending() {
+            let res = self.dp.attach_tc(&ifname, ifindex);
+            n += usize::from(self.finish_attach(&key, ifindex, res));
         }
         n
     }
@@ -324,7 +356,7 @@ impl State {
                 }
             }
         }
-        self.attach_pending();
+        self.attach_pending_locked();
         if full {
             rep.stale_entries = self.sweep();
         }
@@ -403,4 +435,43 @@ impl State {
             })
             .collect()
     }
+}
+
+/// Attaches the tc programs registrations left pending, holding the state
+/// lock only to pick them up and to record the result: the attach itself
+/// (an RCU grace period for tcx) runs under the attacher's own lock, so
+/// registrations and API reads go on meanwhile. Returns how many attached.
+pub fn attach_pending(state: &std::sync::Mutex<State>) -> usize {
+    let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
+    let (pending, attacher) = {
+        let mut st = lock();
+        (st.take_pending(), st.dp.tc.clone())
+    };
+    let mut n = 0;
+    for (key, ifname, ifindex) in pending {
+        let res = attacher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .attach(&ifname, ifindex);
+        n += usize::from(lock().finish_attach(&key, ifindex, res));
+    }
+    n
+}
+
+/// The name of a link of the daemon's netns by index (`if_indextoname`),
+/// `None` if there is none.
+fn ifname_of(index: u32) -> std::io::Result<Option<String>> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf has IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENXIO) | Some(libc::ENODEV) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: on success buf holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Ok(Some(name.to_string_lossy().into_owned()))
 }

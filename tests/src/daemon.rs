@@ -190,11 +190,14 @@ impl<'a> Daemon<'a> {
         self.pin_path.join("maps")
     }
 
-    /// The pinned endpoint map, read directly.
+    /// The pinned endpoint map, opened for lookups.
+    pub fn endpoint_map(&self) -> HashMap<aya::maps::MapData, u64, Endpoint> {
+        HashMap::try_from(open_pinned(&self.maps_dir(), &maps::ENDPOINTS).unwrap()).unwrap()
+    }
+
+    /// The pinned endpoint map's entries, read directly.
     pub fn pinned_endpoints(&self) -> BTreeMap<u64, Endpoint> {
-        let m: HashMap<_, u64, Endpoint> =
-            HashMap::try_from(open_pinned(&self.maps_dir(), &maps::ENDPOINTS).unwrap()).unwrap();
-        m.iter().map(Result::unwrap).collect()
+        self.endpoint_map().iter().map(Result::unwrap).collect()
     }
 
     pub fn pinned_sources(&self) -> Vec<SrcKey> {
