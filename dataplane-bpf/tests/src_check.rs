@@ -176,3 +176,24 @@ fn a_pinned_map_of_another_layout_is_refused() {
     assert!(matches!(e, LoadError::MapMismatch { .. }), "{e}");
     assert!(e.to_string().contains("sluice_src"), "{e}");
 }
+
+/// A program the verifier refuses comes back as an error that names it and
+/// carries the verifier's own explanation, not a bare EACCES.
+#[test]
+fn a_verifier_rejection_carries_the_verifier_log() {
+    if !root() {
+        return;
+    }
+    static REJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/test_reject.o"));
+    let pins = PinDir::new("reject");
+    let mut ebpf = load_object("test_reject", REJECT, &pins.0, &[]).unwrap();
+    let e = load_program::<SchedClassifier>(&mut ebpf, "test_reject", "sluice_test_reject")
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, LoadError::Program { .. }), "{msg}");
+    assert!(msg.contains("sluice_test_reject"), "{msg}");
+    assert!(
+        msg.contains("invalid access to packet"),
+        "verifier log missing: {msg}"
+    );
+}

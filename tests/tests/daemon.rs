@@ -208,6 +208,34 @@ fn kill9_and_restart_keep_the_flow_the_links_and_the_endpoints() {
     let flow = ping_flow(&a.ns, &b_ip, 300, "0.01");
     std::thread::sleep(std::time::Duration::from_millis(300));
     d.kill9();
+    // sluicectl still shows what the kernel holds, from pins and records.
+    let st = d.ctl(&["status"]);
+    assert_eq!(st.status.code(), Some(1), "status reports the daemon down");
+    assert!(String::from_utf8_lossy(&st.stdout).contains("down"));
+    let out = d.ctl(&["endpoints", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 3);
+    assert!(
+        listed
+            .iter()
+            .all(|e| e["in_endpoint_map"] == true && e["tc_link_id"].is_u64()),
+        "{listed:?}"
+    );
+    let out = d.ctl(&["bpf", "maps", "-o", "json"]);
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let eps = m["maps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "sluice_eps")
+        .unwrap();
+    assert_eq!(eps["entries"], 4, "3 pods and the node: {m}");
     // While the daemon is down: a pod arrives, a pod leaves, and pod a
     // tries to spoof; the datapath keeps enforcing without the daemon.
     let late = Pod::add(&node, &conf);
