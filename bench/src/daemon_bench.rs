@@ -24,17 +24,19 @@ use serde_json::json;
 use sluice_common::api::Request;
 use sluice_common::endpoint::EndpointRecord;
 use sluice_tests::daemon::{netns_cookie, Daemon};
-use sluice_tests::{Node, Ns};
+use sluice_tests::{bin, spawn_cni, Cni, Node, Ns};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "\
-usage: daemon-bench [--pods N] [--restore M] [--tc-attach auto|tcx|clsact] [--json]
+usage: daemon-bench [--pods N] [--restore M] [--parallel P] [--tc-attach auto|tcx|clsact] [--json]
 
   --pods N      rounds of the registration latency, each adding one pod
                 without and one with the daemon (default 200)
   --restore M   endpoints restored at start and held for RSS (default
                 1000, at least 2 x --pods)
+  --parallel P  pods in the burst test: P ADDs at once, without and with
+                the daemon (default 100)
   --tc-attach   the daemon's tc_attach setting (default auto)
   --json        print the figures as JSON
 
@@ -97,11 +99,67 @@ fn add_pod(node: &Node, conf: &str, i: usize) -> (BenchPod, Duration) {
     )
 }
 
+/// Starts `n` ADDs at once (each into a fresh netns) and waits for all.
+fn parallel_adds(node: &Node, conf: &str, n: usize, tag: &str) -> (Vec<BenchPod>, Duration) {
+    let nss: Vec<(Ns, Track)> = (0..n)
+        .map(|_| {
+            let ns = Ns::new("b");
+            let t = Track::new(Some(&ns.name), &[]);
+            (ns, t)
+        })
+        .collect();
+    let cids: Vec<String> = (0..n)
+        .map(|i| format!("bench-{}-{tag}{i}", std::process::id()))
+        .collect();
+    let t = Instant::now();
+    let children: Vec<_> = nss
+        .iter()
+        .zip(&cids)
+        .map(|((ns, _), cid)| {
+            spawn_cni(
+                &node.ns,
+                &bin("sluice"),
+                "ADD",
+                cid,
+                Some(&ns.path()),
+                "eth0",
+                conf,
+                &[],
+            )
+        })
+        .collect();
+    for c in children {
+        Cni::wait(c).ok();
+    }
+    let wall = t.elapsed();
+    let pods = nss
+        .into_iter()
+        .zip(cids)
+        .map(|((ns, track), cid)| BenchPod {
+            ns,
+            cid,
+            _track: track,
+        })
+        .collect();
+    (pods, wall)
+}
+
+/// DELs every pod and waits for the kernel to finish deleting their veths,
+/// so that work does not land in the next measurement.
+fn del_all(node: &Node, conf: &str, pods: Vec<BenchPod>) {
+    for p in &pods {
+        node.cni("DEL", &p.cid, Some(&p.ns.path()), "eth0", conf);
+    }
+    drop(pods);
+    node.ns.wait_for_retired_links();
+}
+
 fn main() -> ExitCode {
     let mut pods = 200usize;
     let mut restore = 1000usize;
     let mut as_json = false;
     let mut tc_attach = "auto".to_string();
+    let mut parallel = 100usize;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut num = |name: &str| -> usize {
@@ -113,6 +171,7 @@ fn main() -> ExitCode {
         match a.as_str() {
             "--pods" => pods = num("--pods"),
             "--restore" => restore = num("--restore"),
+            "--parallel" => parallel = num("--parallel"),
             "--json" => as_json = true,
             "--tc-attach" => {
                 tc_attach = it.next().unwrap_or_default();
@@ -159,6 +218,30 @@ fn main() -> ExitCode {
     let mut _daemon_track = Track::process(d.pid().unwrap());
     let rss_idle = rss_mib(d.pid().unwrap());
     let idle_restore_ms = d.status()["restore"]["duration_ms"].as_f64().unwrap();
+
+    eprintln!("daemon-bench: {parallel} parallel ADDs without, then with the daemon");
+    let socket = d.socket();
+    let hidden = socket.with_extension("hidden");
+    std::fs::rename(&socket, &hidden).unwrap();
+    let (burst, burst_without) = parallel_adds(&node, &conf, parallel, "pw");
+    std::fs::rename(&hidden, &socket).unwrap();
+    del_all(&node, &conf, burst);
+    let (burst, burst_with) = parallel_adds(&node, &conf, parallel, "pd");
+    let mut attached_all = burst_with;
+    let t = Instant::now();
+    while !burst.iter().all(|p| {
+        d.endpoints()
+            .get(&p.cid)
+            .is_some_and(|e| e["tc_mode"].is_string())
+    }) {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "burst never fully attached"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    attached_all += t.elapsed();
+    del_all(&node, &conf, burst);
 
     eprintln!("daemon-bench: {pods} pods, ADD with and without the daemon, interleaved");
     let eps = d.endpoint_map();
@@ -260,6 +343,9 @@ fn main() -> ExitCode {
         "tc_attach": tc_attach,
         "add_with_daemon_ms": {"p50": add_with.p50, "p99": add_with.p99},
         "add_without_daemon_ms": {"p50": add_without.p50, "p99": add_without.p99},
+        "parallel": {"pods": parallel, "add_wall_without_daemon_ms": stats::ms(burst_without),
+                     "add_wall_with_daemon_ms": stats::ms(burst_with),
+                     "all_source_checks_attached_ms": stats::ms(attached_all)},
         "ready_ms": {"idle_wall": ready_idle_ms, "idle_daemon": idle_restore_ms,
                      "restored_wall": ready_restore_ms, "restored_daemon": restore_ms},
         "rss_mib": {"idle": rss_idle, "with_endpoints": rss_loaded, "after_restore": rss_restored},
@@ -284,6 +370,11 @@ fn main() -> ExitCode {
             "ADD p99 ms (no daemon | with register)",
             add_without.p99,
             add_with.p99,
+        );
+        row(
+            &format!("{parallel} parallel ADDs, wall ms"),
+            stats::ms(burst_without),
+            stats::ms(burst_with),
         );
         row(
             &format!("ready ms (idle | {restore} restored), wall"),
@@ -329,6 +420,10 @@ fn main() -> ExitCode {
             &format!("RSS MiB with {restore} endpoints"),
             RSS_MIB,
             rss_loaded.max(rss_restored),
+        );
+        println!(
+            "({parallel} parallel ADDs: every source check attached {:.0} ms after the first ADD started)",
+            stats::ms(attached_all)
         );
         println!(
             "(register API round trip p50 {:.2} ms; ADD return to source check attached, tc_attach={tc_attach}: p50 {:.2} ms, p99 {:.2} ms)",

@@ -239,3 +239,15 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+
+    /// The packaged file parses and says exactly the defaults.
+    #[test]
+    fn conf_sluiced_toml_is_the_defaults() {
+        let text = include_str!("../../conf/sluiced.toml");
+        assert_eq!(Config::parse(text).unwrap(), Config::default());
+    }
+}
