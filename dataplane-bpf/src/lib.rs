@@ -14,6 +14,15 @@ pub static TC_POD: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// cgroup sock_addr programs attached at the cgroup v2 root.
 pub static SOCK: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock.o"));
 
+/// Test fixtures, not datapath: a program the verifier refuses, and a
+/// connect4 program standing in for an older build's.
+#[doc(hidden)]
+pub static TEST_REJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/test_reject.o"));
+#[doc(hidden)]
+pub static TEST_CONNECT4_OLD: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/test_connect4_old.o"));
+
 /// The tc entry point in [`TC_POD`].
 pub const TC_POD_INGRESS: &str = "sluice_pod_ingress";
 

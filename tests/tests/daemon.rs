@@ -505,3 +505,70 @@ fn a_hung_daemon_never_fails_add_or_del() {
     assert!(eventually(5, || d.endpoints().is_empty()));
     assert!(d.pinned_endpoints().values().all(|e| e.is_host()));
 }
+
+/// An upgraded daemon finds links running an older program: it swaps the
+/// program in place (BPF_LINK_UPDATE), so the link and its ID stay and no
+/// socket ever passes the hook without a program.
+#[test]
+fn a_restart_updates_an_older_program_in_place() {
+    if !require_root() {
+        return;
+    }
+    use aya::programs::CgroupSockAddr;
+    use std::os::fd::AsFd;
+    let node = Node::new();
+    let mut d = Daemon::start(&node);
+    let pin = d.pin_path.join("links/cgroup/sluice_connect4");
+    let before = sluice_dataplane::sys::pinned_link_info(&pin).unwrap();
+    d.stop();
+
+    // Put an "older build's" connect4 into the pinned link.
+    let bpffs_dir = std::path::PathBuf::from(format!("{}-old", d.pin_path.display()));
+    let mut old = sluice_dataplane::load::load_object(
+        "test_connect4_old",
+        sluice_dataplane::TEST_CONNECT4_OLD,
+        &bpffs_dir,
+        &[],
+    )
+    .unwrap();
+    let prog: &mut CgroupSockAddr =
+        sluice_dataplane::load::load_program(&mut old, "test_connect4_old", "sluice_connect4")
+            .unwrap();
+    let link = sluice_dataplane::sys::obj_get(&pin).unwrap();
+    let cur = sluice_dataplane::sys::prog_fd_by_id(before.prog_id).unwrap();
+    sluice_dataplane::sys::link_update(link.as_fd(), prog.fd().unwrap().as_fd(), cur.as_fd())
+        .unwrap();
+    let swapped = sluice_dataplane::sys::pinned_link_info(&pin).unwrap();
+    assert_ne!(swapped.prog_id, before.prog_id);
+    drop(old);
+    let _ = std::fs::remove_dir_all(&bpffs_dir);
+
+    d.spawn();
+    let after = sluice_dataplane::sys::pinned_link_info(&pin).unwrap();
+    assert_eq!(after.id, before.id, "same link");
+    assert_ne!(
+        after.prog_id, swapped.prog_id,
+        "the older program was replaced"
+    );
+    let tag = |id| {
+        sluice_dataplane::sys::prog_tag(sluice_dataplane::sys::prog_fd_by_id(id).unwrap().as_fd())
+            .unwrap()
+    };
+    assert_eq!(
+        tag(after.prog_id),
+        tag(before.prog_id),
+        "this build's program again"
+    );
+    let st = d.status();
+    let outcome = |name: &str| {
+        st["socket_links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["program"] == name)
+            .unwrap()["outcome"]
+            .clone()
+    };
+    assert_eq!(outcome("sluice_connect4"), "updated");
+    assert_eq!(outcome("sluice_connect6"), "reused");
+}
