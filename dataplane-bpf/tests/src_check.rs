@@ -184,7 +184,6 @@ fn a_verifier_rejection_carries_the_verifier_log() {
     if !root() {
         return;
     }
-    static REJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/test_reject.o"));
     let pins = PinDir::new("reject");
     let mut ebpf = load_object("test_reject", sluice_dataplane::TEST_REJECT, &pins.0, &[]).unwrap();
     let e = load_program::<SchedClassifier>(&mut ebpf, "test_reject", "sluice_test_reject")
