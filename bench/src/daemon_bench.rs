@@ -24,7 +24,7 @@ use serde_json::json;
 use sluice_common::api::Request;
 use sluice_common::endpoint::EndpointRecord;
 use sluice_tests::daemon::{netns_cookie, Daemon};
-use sluice_tests::{bin, spawn_cni, Cni, Node, Ns};
+use sluice_tests::{Node, Ns};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -112,24 +112,14 @@ fn parallel_adds(node: &Node, conf: &str, n: usize, tag: &str) -> (Vec<BenchPod>
         .map(|i| format!("bench-{}-{tag}{i}", std::process::id()))
         .collect();
     let t = Instant::now();
-    let children: Vec<_> = nss
-        .iter()
-        .zip(&cids)
-        .map(|((ns, _), cid)| {
-            spawn_cni(
-                &node.ns,
-                &bin("sluice"),
-                "ADD",
-                cid,
-                Some(&ns.path()),
-                "eth0",
-                conf,
-                &[],
-            )
-        })
-        .collect();
-    for c in children {
-        Cni::wait(c).ok();
+    for out in node.run_all(
+        "ADD",
+        nss.iter()
+            .zip(&cids)
+            .map(|((ns, _), cid)| (ns.path(), cid.as_str())),
+        conf,
+    ) {
+        out.ok();
     }
     let wall = t.elapsed();
     let pods = nss

@@ -180,10 +180,7 @@ impl TcAttacher {
                 let link = prog
                     .take_link(id)
                     .map_err(|e| attach_err(error_chain(&e)))?;
-                let fd = FdLink::try_from(link).map_err(|e| attach_err(error_chain(&e)))?;
-                let pinned = fd.pin(&pin).map_err(|e| attach_err(error_chain(&e)))?;
-                let info = sys::pinned_link_info(&pin).map_err(|e| attach_err(e.to_string()))?;
-                drop(pinned);
+                let info = pin_link(link, &pin).map_err(attach_err)?;
                 Ok(TcLink {
                     mode,
                     id: Some(info.id),
@@ -602,10 +599,7 @@ fn attach_socket_programs(
         let link = prog
             .take_link(id)
             .map_err(|e| attach_err(error_chain(&e)))?;
-        let fd = FdLink::try_from(link).map_err(|e| attach_err(error_chain(&e)))?;
-        let pinned = fd.pin(&pin).map_err(|e| attach_err(error_chain(&e)))?;
-        drop(pinned);
-        let info = sys::pinned_link_info(&pin).map_err(|e| attach_err(e.to_string()))?;
+        let info = pin_link(link, &pin).map_err(attach_err)?;
         out.push(LinkState {
             program: name.into(),
             id: info.id,
@@ -615,6 +609,18 @@ fn attach_socket_programs(
         });
     }
     Ok(out)
+}
+
+/// Pins a freshly attached link and returns what the kernel says about it.
+/// Our fd is closed on return: from then on the pin alone keeps the link
+/// attached, so removing the pin detaches it.
+fn pin_link<L>(link: L, pin: &Path) -> Result<sys::LinkInfo, String>
+where
+    FdLink: TryFrom<L, Error = aya::programs::links::LinkError>,
+{
+    let fd = FdLink::try_from(link).map_err(|e| error_chain(&e))?;
+    drop(fd.pin(pin).map_err(|e| error_chain(&e))?);
+    sys::pinned_link_info(pin).map_err(|e| format!("reading {}: {e}", pin.display()))
 }
 
 /// Swaps a pinned link's program for `new` if their instructions differ

@@ -31,6 +31,15 @@ pub enum RegisterError {
     },
     #[error(transparent)]
     Netns(#[from] CookieError),
+    #[error(
+        "host-side interface {name} (ifindex {index}) of {container_id}/{ifname} does not exist"
+    )]
+    HostLinkGone {
+        container_id: String,
+        ifname: String,
+        name: String,
+        index: u32,
+    },
     #[error("host-side interface {name} (ifindex {index}) of {container_id}/{ifname} {problem}")]
     HostLink {
         container_id: String,
@@ -48,7 +57,7 @@ impl RegisterError {
     pub fn pod_gone(&self) -> bool {
         match self {
             RegisterError::Netns(e) => e.is_gone(),
-            RegisterError::HostLink { problem, .. } => problem == "does not exist",
+            RegisterError::HostLinkGone { .. } => true,
             _ => false,
         }
     }
@@ -143,7 +152,14 @@ impl State {
         match ifname_of(rec.host_ifindex) {
             Ok(Some(name)) if name == rec.host_ifname => {}
             Ok(Some(name)) => return Err(host_err(format!("is now named {name}"))),
-            Ok(None) => return Err(host_err("does not exist".into())),
+            Ok(None) => {
+                return Err(RegisterError::HostLinkGone {
+                    container_id: rec.container_id.clone(),
+                    ifname: rec.ifname.clone(),
+                    name: rec.host_ifname.clone(),
+                    index: rec.host_ifindex,
+                })
+            }
             Err(e) => return Err(host_err(format!("cannot be read: {e}"))),
         }
         let key = (rec.container_id.clone(), rec.ifname.clone());

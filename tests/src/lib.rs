@@ -233,6 +233,24 @@ impl Node {
         cni_in(&self.ns, &bin("sluice"), cmd, cid, netns, ifname, conf, &[])
     }
 
+    /// Starts `sluice` `cmd` for every (netns, container ID) at once, then
+    /// waits for all of them.
+    pub fn run_all<'p>(
+        &self,
+        cmd: &str,
+        pods: impl IntoIterator<Item = (PathBuf, &'p str)>,
+        conf: &str,
+    ) -> Vec<Cni> {
+        let sluice = bin("sluice");
+        let children: Vec<_> = pods
+            .into_iter()
+            .map(|(netns, cid)| {
+                spawn_cni(&self.ns, &sluice, cmd, cid, Some(&netns), "eth0", conf, &[])
+            })
+            .collect();
+        children.into_iter().map(Cni::wait).collect()
+    }
+
     /// Host-side links the plugin made: `sl…`, and `sx…` while DEL's
     /// background deletion of a retired link is under way.
     pub fn pod_links(&self) -> Vec<String> {

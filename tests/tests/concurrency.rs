@@ -38,23 +38,11 @@ fn hundred_parallel_adds_then_dels() {
 
 /// Starts `cmd` for every pod at once, then waits for all of them.
 fn run_all(node: &Node, cmd: &str, pods: &[(Ns, String)], conf: &str) -> Vec<Cni> {
-    let sluice = bin("sluice");
-    let children: Vec<_> = pods
-        .iter()
-        .map(|(ns, cid)| {
-            spawn_cni(
-                &node.ns,
-                &sluice,
-                cmd,
-                cid,
-                Some(&ns.path()),
-                "eth0",
-                conf,
-                &[],
-            )
-        })
-        .collect();
-    children.into_iter().map(Cni::wait).collect()
+    node.run_all(
+        cmd,
+        pods.iter().map(|(ns, cid)| (ns.path(), cid.as_str())),
+        conf,
+    )
 }
 
 /// Kills ADDs with SIGKILL at random moments. Whatever instant the kill
