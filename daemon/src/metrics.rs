@@ -115,14 +115,14 @@ impl Collector for DatapathCollector {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let views = st.views();
         ConstGauge::new(views.len() as i64).encode(encoder.encode_descriptor(
-            "sluice_endpoints",
+            "endpoints",
             "Endpoints registered in the datapath",
             None,
             MetricType::Gauge,
         )?)?;
         {
             let mut m = encoder.encode_descriptor(
-                "sluice_spoof_drops",
+                "spoof_drops",
                 "Packets a pod sent from an address that is not its own, dropped",
                 None,
                 MetricType::Counter,
@@ -138,7 +138,7 @@ impl Collector for DatapathCollector {
             }
         }
         let mut m = encoder.encode_descriptor(
-            "sluice_sock_ops",
+            "sock_ops",
             "Socket operations of known endpoints seen by each cgroup hook",
             None,
             MetricType::Counter,

@@ -460,20 +460,18 @@ fn metrics_and_healthz() {
     let h = get("/healthz");
     assert!(h.starts_with("HTTP/1.1 200"), "{h}");
     let m = get("/metrics");
-    assert!(m.contains("sluice_endpoints 1"), "{m}");
+    // Whole lines: a doubled prefix or a renamed metric must fail here.
+    let has = |prefix: &str| m.lines().any(|l| l.starts_with(prefix));
+    assert!(has("sluice_endpoints 1"), "{m}");
     assert!(
-        m.contains("sluice_api_requests_total{op=\"register\",result=\"ok\"} 1"),
+        has("sluice_api_requests_total{op=\"register\",result=\"ok\"} 1"),
         "{m}"
     );
-    assert!(m.contains("sluice_spoof_drops_total{"), "{m}");
-    assert!(
-        m.contains("sluice_sock_ops_total{hook=\"connect4\"}"),
-        "{m}"
-    );
-    assert!(
-        m.contains("sluice_register_duration_seconds_count 1"),
-        "{m}"
-    );
+    assert!(has("sluice_spoof_drops_total{"), "{m}");
+    assert!(has("sluice_sock_ops_total{hook=\"connect4\"}"), "{m}");
+    assert!(has("sluice_register_duration_seconds_count 1"), "{m}");
+    assert!(has("sluice_restore_duration_seconds "), "{m}");
+    assert!(!m.contains("sluice_sluice"), "{m}");
     drop(d);
 }
 

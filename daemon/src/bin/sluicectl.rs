@@ -367,7 +367,7 @@ fn print_status(s: &StatusView) {
     println!("endpoints    {}", s.endpoints);
     println!("pins         {}", s.pin_path.display());
     println!("cgroup root  {}", s.cgroup_root.display());
-    println!("tc attach    {:?}", s.tc_mode);
+    println!("tc attach    {}", format!("{:?}", s.tc_mode).to_lowercase());
     println!("node netns   cookie {}", s.host_cookie);
     let r = &s.restore.report;
     println!(
