@@ -321,6 +321,9 @@ impl State {
     /// pass only picks up and drops endpoints.
     pub fn reconcile(&mut self, full: bool) -> ReconcileReport {
         let mut rep = ReconcileReport::default();
+        // Host ifindexes of records that could not be applied: their pods
+        // may well be alive, so the sweep leaves their entries alone.
+        let mut keep = HashSet::new();
         let (records, bad) = EndpointRecord::list(&self.cfg.state_dir);
         for e in bad {
             warn!("skipping an endpoint record: {e}");
@@ -368,21 +371,24 @@ impl State {
                 }
                 Err(e) => {
                     warn!(container_id = %rec.container_id, ifname = %rec.ifname, "cannot restore endpoint: {e}");
+                    keep.insert(rec.host_ifindex);
                     rep.failed += 1;
                 }
             }
         }
         self.attach_pending_locked();
         if full {
-            rep.stale_entries = self.sweep();
+            rep.stale_entries = self.sweep(&keep);
         }
         rep
     }
 
     /// Removes map entries and tc pins that no registered endpoint explains
-    /// (pods deleted while the daemon was down). Only this daemon's pins are
-    /// ever looked at.
-    fn sweep(&mut self) -> usize {
+    /// (pods deleted while the daemon was down), except those of the host
+    /// ifindexes in `keep` (records that failed to apply: their pods may be
+    /// alive, and half a datapath would drop their traffic). Only this
+    /// daemon's pins are ever looked at.
+    fn sweep(&mut self, keep: &HashSet<u32>) -> usize {
         let mut n = 0;
         let cookies: HashSet<u64> = self
             .endpoints
@@ -391,7 +397,11 @@ impl State {
             .chain([self.host_cookie])
             .collect();
         for c in self.dp.endpoint_cookies() {
-            if !cookies.contains(&c) {
+            let kept = self
+                .dp
+                .get_endpoint(c)
+                .is_some_and(|e| keep.contains(&e.host_ifindex));
+            if !cookies.contains(&c) && !kept {
                 self.dp.remove_endpoint(c);
                 n += 1;
             }
@@ -402,7 +412,7 @@ impl State {
                 .map(move |a| (r.record.host_ifindex, a))
         }));
         for k in self.dp.source_keys() {
-            if !want.contains(&k) {
+            if !want.contains(&k) && !keep.contains(&k.ifindex) {
                 self.dp.remove_source_key(&k);
                 n += 1;
             }
@@ -411,6 +421,7 @@ impl State {
             .endpoints
             .values()
             .map(|r| r.record.host_ifindex)
+            .chain(keep.iter().copied())
             .collect();
         for i in self.dp.counter_keys() {
             if !ifindexes.contains(&i) {

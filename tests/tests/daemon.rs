@@ -570,3 +570,49 @@ fn a_restart_updates_an_older_program_in_place() {
     assert_eq!(outcome("sluice_connect4"), "updated");
     assert_eq!(outcome("sluice_connect6"), "reused");
 }
+
+/// A record the daemon cannot apply at start (here: its host veth is not
+/// under the recorded name) is reported as failed, and the sweep leaves
+/// that pod's entries and tc program alone instead of half-removing them.
+#[test]
+fn a_record_that_fails_at_start_keeps_its_datapath() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let mut d = Daemon::start(&node);
+    let conf = node.conf(
+        "1.0.0",
+        r#"[[{"subnet":"10.208.0.0/24","gateway":"10.208.0.1"}]]"#,
+    );
+    let p = Pod::add(&node, &conf);
+    let ep = d.wait_tc(&p.cid);
+    let ifindex = host_ifindex(&ep);
+    let cookie = netns_cookie(&p.ns.path());
+    d.stop();
+    let mut rec = sluice_common::endpoint::EndpointRecord::load(&node.state_dir(), &p.cid, "eth0")
+        .unwrap()
+        .unwrap();
+    rec.host_ifname = "slnotthisname".into();
+    rec.write(&node.state_dir()).unwrap();
+    d.spawn();
+    let st = d.status();
+    assert_eq!(st["restore"]["report"]["failed"], 1, "{st}");
+    assert!(
+        d.log_text().contains("is now named"),
+        "the reason is logged"
+    );
+    assert!(
+        d.pinned_endpoints().contains_key(&cookie),
+        "endpoint entry kept"
+    );
+    assert!(
+        d.pinned_sources().iter().any(|k| k.ifindex == ifindex),
+        "sources kept"
+    );
+    assert!(
+        d.link_ids().contains_key(&format!("tc/{ifindex}")),
+        "tc link kept"
+    );
+    assert!(p.ns.ping("10.208.0.1"), "the pod's traffic still flows");
+}
