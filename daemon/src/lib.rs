@@ -5,8 +5,10 @@
 
 pub mod config;
 pub mod datapath;
+pub mod maglev;
 pub mod metrics;
 pub mod netns;
 pub mod server;
+pub mod services;
 pub mod state;
 pub mod views;

@@ -1,0 +1,12 @@
+//! Services: the model the datapath is programmed with, and the one
+//! translation from Kubernetes objects into it.
+
+pub mod manifest;
+pub mod model;
+pub mod translate;
+
+pub use model::*;
+pub use translate::{translate, Context, Translation};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,151 @@
+//! What the datapath is programmed with: one [`Frontend`] per (cluster IP,
+//! port, protocol), carrying the service's behaviour and its backends.
+//! Built by [`super::translate`] from Kubernetes objects, whatever source
+//! they came from.
+
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, SocketAddr};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// Kubernetes' spelling; `None` means the default, TCP.
+    pub fn parse(s: Option<&str>) -> Result<Self, String> {
+        match s.unwrap_or("TCP") {
+            "TCP" => Ok(Protocol::Tcp),
+            "UDP" => Ok(Protocol::Udp),
+            "SCTP" => {
+                Err("protocol SCTP is not supported by Sluice's socket load balancing".into())
+            }
+            other => Err(format!("unknown protocol {other:?} (TCP or UDP)")),
+        }
+    }
+
+    /// IPPROTO_* number, as the datapath keys it.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+}
+
+/// `namespace/name` of a Service.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ServiceRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The datapath's key for a frontend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FrontendKey {
+    pub addr: SocketAddr,
+    pub protocol: Protocol,
+}
+
+impl std::fmt::Display for FrontendKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{:?}", self.addr, self.protocol)
+    }
+}
+
+/// A backend's part in new connections, from its EndpointSlice conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendState {
+    /// ready: gets new connections.
+    Ready,
+    /// serving but terminating: gets new connections only while the
+    /// frontend has no ready backend (kube-proxy's terminating fallback).
+    ServingTerminating,
+    /// terminating and no longer serving: established connections only.
+    Terminating,
+    /// not ready and not terminating: no new connections.
+    NotReady,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    Random,
+    Maglev,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub state: BackendState,
+    /// On this node (its `nodeName` is ours).
+    pub local: bool,
+    /// Excluded by `internalTrafficPolicy: Local` (a backend of another node).
+    pub excluded_by_policy: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frontend {
+    pub key: FrontendKey,
+    pub service: ServiceRef,
+    /// The ServicePort's name ("" when the service has one unnamed port).
+    pub port_name: String,
+    /// `sessionAffinity: ClientIP` timeout, in seconds.
+    pub affinity_timeout: Option<u32>,
+    pub internal_local: bool,
+    pub selection: Selection,
+    /// Every backend the slices list for this port and family, sorted.
+    pub backends: Vec<Backend>,
+}
+
+impl Frontend {
+    /// The backends new connections may go to: the ready ones; if there
+    /// are none, the serving-terminating ones (as kube-proxy does); never
+    /// one the traffic policy excludes. Empty means connect is refused.
+    pub fn eligible(&self) -> Vec<SocketAddr> {
+        let pick = |s: BackendState| -> Vec<SocketAddr> {
+            self.backends
+                .iter()
+                .filter(|b| b.state == s && !b.excluded_by_policy)
+                .map(|b| b.addr)
+                .collect()
+        };
+        let ready = pick(BackendState::Ready);
+        if ready.is_empty() {
+            pick(BackendState::ServingTerminating)
+        } else {
+            ready
+        }
+    }
+}
+
+/// An object that could not be used, and why. Everything else still is.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Rejection {
+    /// `Service ns/name`, `EndpointSlice ns/name`, or a file.
+    pub object: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.object, self.reason)
+    }
+}
+
+pub fn family_of(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
