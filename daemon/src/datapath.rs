@@ -10,7 +10,7 @@ use crate::config::{Config, TcAttach};
 use aya::maps::{HashMap, MapData, PerCpuArray};
 use aya::programs::links::{CgroupAttachMode, FdLink, LinkOrder};
 use aya::programs::tc::{self, NlOptions, TcAttachOptions, TcAttachType, TcHandle};
-use aya::programs::{CgroupSockAddr, SchedClassifier};
+use aya::programs::{CgroupSock, CgroupSockAddr, SchedClassifier};
 use aya::Ebpf;
 use serde::Serialize;
 use sluice_dataplane::load::{self, LoadError};
@@ -154,9 +154,12 @@ impl TcAttacher {
                             if info.link_type == sys::LINK_TYPE_TCX
                                 && info.tcx_ifindex == ifindex =>
                         {
-                            let outcome =
-                                refresh_program(&pin, info.prog_id, prog.fd().map(|f| f.as_fd()))
-                                    .map_err(|e| attach_err(e.to_string()))?;
+                            let outcome = refresh_program(
+                                &pin,
+                                info.prog_id,
+                                prog.fd().map(|f| f.as_fd()).map_err(|e| error_chain(&e)),
+                            )
+                            .map_err(|e| attach_err(e.to_string()))?;
                             return Ok(TcLink {
                                 mode,
                                 id: Some(info.id),
@@ -554,61 +557,109 @@ fn attach_socket_programs(
         .metadata()
         .map_err(io_err("stat cgroup", cgroup_root))?
         .ino();
+    let attach_err = |name: &str, detail: String| DatapathError::Attach {
+        program: name.into(),
+        target: format!("to cgroup {}", cgroup_root.display()),
+        detail,
+    };
     let mut out = Vec::new();
+    // A bpf_link is multi-attach by nature; BPF_F_ALLOW_MULTI on link
+    // create is EINVAL, so Single it is.
     for name in sluice_dataplane::SOCK_PROGRAMS {
         let prog = load::load_program::<CgroupSockAddr>(obj, "sock", name)?;
-        let pin = links_dir.join(name);
-        let attach_err = |detail: String| DatapathError::Attach {
-            program: name.into(),
-            target: format!("to cgroup {}", cgroup_root.display()),
-            detail,
-        };
-        if pin.exists() {
-            match sys::pinned_link_info(&pin) {
-                Ok(info)
-                    if info.link_type == sys::LINK_TYPE_CGROUP && info.cgroup_id == cgroup_id =>
-                {
-                    let outcome = refresh_program(&pin, info.prog_id, prog.fd().map(|f| f.as_fd()))
-                        .map_err(|e| attach_err(e.to_string()))?;
-                    out.push(LinkState {
-                        program: name.into(),
-                        id: info.id,
-                        prog_id: sys::pinned_link_info(&pin)
-                            .map(|i| i.prog_id)
-                            .unwrap_or(info.prog_id),
-                        pin,
-                        outcome,
-                    });
-                    continue;
-                }
-                Ok(info) => {
-                    warn!(pin = %pin.display(), cgroup_id = info.cgroup_id, "pinned link is on another cgroup; replacing it");
-                    std::fs::remove_file(&pin).map_err(io_err("remove stale link pin", &pin))?;
-                }
-                Err(e) => {
-                    warn!(pin = %pin.display(), "pinned link unreadable ({e}); replacing it");
-                    std::fs::remove_file(&pin).map_err(io_err("remove stale link pin", &pin))?;
-                }
+        let own = owned_fd(prog.fd());
+        let state = keep_or_attach(
+            name,
+            &links_dir.join(name),
+            cgroup_id,
+            own.as_ref().map(|f| f.as_fd()).map_err(String::clone),
+            || {
+                let id = prog
+                    .attach(&cgroup, CgroupAttachMode::Single)
+                    .map_err(|e| error_chain(&e))?;
+                let link = prog.take_link(id).map_err(|e| error_chain(&e))?;
+                pin_link(link, &links_dir.join(name))
+            },
+        )
+        .map_err(|e| attach_err(name, e))?;
+        out.push(state);
+    }
+    let name = sluice_dataplane::SOCK_RELEASE;
+    let prog = load::load_program::<CgroupSock>(obj, "sock", name)?;
+    let own = owned_fd(prog.fd());
+    let state = keep_or_attach(
+        name,
+        &links_dir.join(name),
+        cgroup_id,
+        own.as_ref().map(|f| f.as_fd()).map_err(String::clone),
+        || {
+            let id = prog
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(|e| error_chain(&e))?;
+            let link = prog.take_link(id).map_err(|e| error_chain(&e))?;
+            pin_link(link, &links_dir.join(name))
+        },
+    )
+    .map_err(|e| attach_err(name, e))?;
+    out.push(state);
+    Ok(out)
+}
+
+/// A program's fd of our own, so the program can be attached (a mutable
+/// borrow) while its fd is compared with a pinned link's program.
+fn owned_fd(
+    fd: Result<&aya::programs::ProgramFd, aya::programs::ProgramError>,
+) -> Result<std::os::fd::OwnedFd, String> {
+    fd.map_err(|e| error_chain(&e))?
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| format!("duplicating a program fd: {e}"))
+}
+
+/// Keeps the cgroup link pinned at `pin` if it is on this cgroup (swapping
+/// in `prog` when its instructions differ); otherwise replaces the pin with
+/// a fresh attachment made by `attach`.
+fn keep_or_attach(
+    name: &str,
+    pin: &Path,
+    cgroup_id: u64,
+    prog: Result<std::os::fd::BorrowedFd<'_>, String>,
+    attach: impl FnOnce() -> Result<sys::LinkInfo, String>,
+) -> Result<LinkState, String> {
+    if pin.exists() {
+        match sys::pinned_link_info(pin) {
+            Ok(info) if info.link_type == sys::LINK_TYPE_CGROUP && info.cgroup_id == cgroup_id => {
+                let outcome = refresh_program(pin, info.prog_id, prog)?;
+                return Ok(LinkState {
+                    program: name.into(),
+                    id: info.id,
+                    prog_id: sys::pinned_link_info(pin)
+                        .map(|i| i.prog_id)
+                        .unwrap_or(info.prog_id),
+                    pin: pin.into(),
+                    outcome,
+                });
+            }
+            Ok(info) => {
+                warn!(pin = %pin.display(), cgroup_id = info.cgroup_id, "pinned link is on another cgroup; replacing it");
+                std::fs::remove_file(pin)
+                    .map_err(|e| format!("removing stale pin {}: {e}", pin.display()))?;
+            }
+            Err(e) => {
+                warn!(pin = %pin.display(), "pinned link unreadable ({e}); replacing it");
+                std::fs::remove_file(pin)
+                    .map_err(|e| format!("removing stale pin {}: {e}", pin.display()))?;
             }
         }
-        // A bpf_link is multi-attach by nature; BPF_F_ALLOW_MULTI on link
-        // create is EINVAL, so Single it is.
-        let id = prog
-            .attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(|e| attach_err(error_chain(&e)))?;
-        let link = prog
-            .take_link(id)
-            .map_err(|e| attach_err(error_chain(&e)))?;
-        let info = pin_link(link, &pin).map_err(attach_err)?;
-        out.push(LinkState {
-            program: name.into(),
-            id: info.id,
-            prog_id: info.prog_id,
-            pin,
-            outcome: LinkOutcome::Created,
-        });
     }
-    Ok(out)
+    let info = attach()?;
+    Ok(LinkState {
+        program: name.into(),
+        id: info.id,
+        prog_id: info.prog_id,
+        pin: pin.into(),
+        outcome: LinkOutcome::Created,
+    })
 }
 
 /// Pins a freshly attached link and returns what the kernel says about it.
@@ -628,9 +679,9 @@ where
 fn refresh_program(
     pin: &Path,
     old_prog_id: u32,
-    new: Result<std::os::fd::BorrowedFd<'_>, aya::programs::ProgramError>,
+    new: Result<std::os::fd::BorrowedFd<'_>, String>,
 ) -> Result<LinkOutcome, String> {
-    let new = new.map_err(|e| error_chain(&e))?;
+    let new = new?;
     let old =
         sys::prog_fd_by_id(old_prog_id).map_err(|e| format!("open program {old_prog_id}: {e}"))?;
     let tag = |fd| sys::prog_tag(fd).map_err(|e| format!("read a program tag: {e}"));

@@ -14,11 +14,14 @@ pub static TC_POD: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// cgroup sock_addr programs attached at the cgroup v2 root.
 pub static SOCK: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock.o"));
 
-/// Test fixtures, not datapath: a program the verifier refuses, and a
-/// connect4 program standing in for an older build's.
+/// Test fixtures, not datapath: a program the verifier refuses, the
+/// service selection logic in an XDP program, and a connect4 program
+/// standing in for an older build's.
 #[doc(hidden)]
 pub static TEST_REJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/test_reject.o"));
+#[doc(hidden)]
+pub static TEST_LB: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/test_lb.o"));
 #[doc(hidden)]
 pub static TEST_CONNECT4_OLD: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/test_connect4_old.o"));
@@ -26,7 +29,11 @@ pub static TEST_CONNECT4_OLD: &[u8] =
 /// The tc entry point in [`TC_POD`].
 pub const TC_POD_INGRESS: &str = "sluice_pod_ingress";
 
-/// The entry points in [`SOCK`], in `enum sock_hook` order.
+/// The `cgroup/sock_release` entry point in [`SOCK`]: drops a closing
+/// socket's reverse translation.
+pub const SOCK_RELEASE: &str = "sluice_sock_release";
+
+/// The sock_addr entry points in [`SOCK`], in `enum sock_hook` order.
 pub const SOCK_PROGRAMS: [&str; 8] = [
     "sluice_connect4",
     "sluice_connect6",

@@ -100,6 +100,7 @@ fn map_type_number(info: &MapInfo) -> Option<u32> {
         MapType::PerCpuHash => Some(5),
         MapType::PerCpuArray => Some(6),
         MapType::LruHash => Some(9),
+        MapType::HashOfMaps => Some(13),
         _ => None,
     }
 }
@@ -225,4 +226,16 @@ pub fn ensure_bpffs(mount_point: &Path) -> std::io::Result<bool> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(true)
+}
+
+impl Loadable for aya::programs::Xdp {
+    fn load_into_kernel(&mut self) -> Result<(), ProgramError> {
+        self.load()
+    }
+}
+
+impl Loadable for aya::programs::CgroupSock {
+    fn load_into_kernel(&mut self) -> Result<(), ProgramError> {
+        self.load()
+    }
 }

@@ -23,7 +23,16 @@ pub struct MapSpec {
 }
 
 const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
 const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+const BPF_MAP_TYPE_HASH_OF_MAPS: u32 = 13;
+
+/// `BPF_F_INNER_MAP`: inner maps of one outer map may differ in size.
+pub const BPF_F_INNER_MAP: u32 = 1 << 12;
+/// What a selection table (inner map of [`LB_TABLES`]) is created as.
+pub const LB_TABLE_TYPE: u32 = BPF_MAP_TYPE_ARRAY;
 
 /// netns cookie → [`Endpoint`].
 pub const ENDPOINTS: MapSpec = MapSpec {
@@ -65,8 +74,83 @@ pub const SOCKSTAT: MapSpec = MapSpec {
     what: "socket operations of known endpoints, per hook",
 };
 
+/// [`SvcKey`] → [`SvcValue`]: service frontends.
+pub const SVC: MapSpec = MapSpec {
+    name: "sluice_svc",
+    map_type: BPF_MAP_TYPE_HASH,
+    key_size: size_of::<SvcKey>() as u32,
+    value_size: size_of::<SvcValue>() as u32,
+    max_entries: 65536,
+    what: "service frontends",
+};
+
+/// backend id → [`Backend`].
+pub const BACKENDS: MapSpec = MapSpec {
+    name: "sluice_backends",
+    map_type: BPF_MAP_TYPE_HASH,
+    key_size: 4,
+    value_size: size_of::<Backend>() as u32,
+    max_entries: 262144,
+    what: "service backends by id",
+};
+
+/// svc_id → selection table (an inner array: slot 0 the length, then
+/// backend ids).
+pub const LB_TABLES: MapSpec = MapSpec {
+    name: "sluice_lbtables",
+    map_type: BPF_MAP_TYPE_HASH_OF_MAPS,
+    key_size: 4,
+    value_size: 4,
+    max_entries: 65536,
+    what: "selection table per service",
+};
+
+/// [`SvcBackendKey`] → 1 while the backend is in the service's table.
+pub const SVC_BES: MapSpec = MapSpec {
+    name: "sluice_svc_bes",
+    map_type: BPF_MAP_TYPE_HASH,
+    key_size: size_of::<SvcBackendKey>() as u32,
+    value_size: 1,
+    max_entries: 262144,
+    what: "backends in each service's table",
+};
+
+/// [`AffinityKey`] → [`AffinityValue`].
+pub const AFFINITY: MapSpec = MapSpec {
+    name: "sluice_affinity",
+    map_type: BPF_MAP_TYPE_LRU_HASH,
+    key_size: size_of::<AffinityKey>() as u32,
+    value_size: size_of::<AffinityValue>() as u32,
+    max_entries: 65536,
+    what: "ClientIP session affinity per pod and service",
+};
+
+/// backend id → new connections, per CPU.
+pub const BE_CONNS: MapSpec = MapSpec {
+    name: "sluice_be_conns",
+    map_type: BPF_MAP_TYPE_PERCPU_HASH,
+    key_size: 4,
+    value_size: 8,
+    max_entries: 262144,
+    what: "new connections per backend",
+};
+
+/// [`RevnatKey`] → [`RevnatValue`]: the service a socket's backend peer
+/// stands for.
+pub const REVNAT: MapSpec = MapSpec {
+    name: "sluice_revnat",
+    map_type: BPF_MAP_TYPE_LRU_HASH,
+    key_size: size_of::<RevnatKey>() as u32,
+    value_size: size_of::<RevnatValue>() as u32,
+    max_entries: 262144,
+    what: "reverse translation per socket and backend",
+};
+
 /// Every pinned map.
-pub const ALL: [MapSpec; 4] = [ENDPOINTS, SRC, SRC_DROP, SOCKSTAT];
+pub const ALL: [MapSpec; 11] = [
+    ENDPOINTS, SRC, SRC_DROP, SOCKSTAT, SVC, BACKENDS, LB_TABLES, SVC_BES, AFFINITY, BE_CONNS,
+    REVNAT,
+];
 
 /// `enum sock_hook`, in order.
 pub const SOCK_HOOKS: [&str; 8] = [
@@ -84,6 +168,7 @@ pub const SOCK_HOOKS: [&str; 8] = [
 pub const EP_F_HOST: u32 = 1 << 0;
 pub const EP_F_IPV4: u32 = 1 << 1;
 pub const EP_F_IPV6: u32 = 1 << 2;
+pub const EP_F_NO_SOCK_LB: u32 = 1 << 3;
 
 /// `struct endpoint`, keyed by netns cookie.
 #[repr(C)]
@@ -202,6 +287,190 @@ pub struct EpCounters {
 // SAFETY: plain old data, no implicit padding (asserted below).
 unsafe impl aya::Pod for EpCounters {}
 
+/// Writes an address as the datapath keys it: IPv4 in the first 4 bytes.
+pub fn addr_bytes(ip: IpAddr) -> ([u8; 16], u8) {
+    let mut a = [0u8; 16];
+    match ip {
+        IpAddr::V4(v4) => {
+            a[..4].copy_from_slice(&v4.octets());
+            (a, AF_INET)
+        }
+        IpAddr::V6(v6) => (v6.octets(), AF_INET6),
+    }
+}
+
+/// The inverse of [`addr_bytes`].
+pub fn addr_from(addr: [u8; 16], family: u8) -> Option<IpAddr> {
+    match family {
+        AF_INET => Some(IpAddr::V4(Ipv4Addr::new(
+            addr[0], addr[1], addr[2], addr[3],
+        ))),
+        AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(addr))),
+        _ => None,
+    }
+}
+
+/// `SLUICE_SVC_F_MAGLEV`.
+pub const SVC_F_MAGLEV: u32 = 1 << 0;
+/// `SLUICE_LB_TABLE_HEADER`: slots before the backend ids in a table.
+pub const LB_TABLE_HEADER: u32 = 1;
+
+/// `struct svc_key`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct SvcKey {
+    pub addr: [u8; 16],
+    /// Network order.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+// SAFETY: plain old data, no implicit padding (asserted below).
+unsafe impl aya::Pod for SvcKey {}
+
+impl SvcKey {
+    pub fn new(addr: std::net::SocketAddr, proto: u8) -> Self {
+        let (a, family) = addr_bytes(addr.ip());
+        SvcKey {
+            addr: a,
+            port: addr.port().to_be(),
+            proto,
+            family,
+        }
+    }
+}
+
+/// `struct svc_value`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SvcValue {
+    pub svc_id: u32,
+    pub affinity_timeout: u32,
+    pub flags: u32,
+    pub pad: u32,
+}
+// SAFETY: plain old data, no implicit padding (asserted below).
+unsafe impl aya::Pod for SvcValue {}
+
+/// `struct backend`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct Backend {
+    pub addr: [u8; 16],
+    /// Network order.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub pad: u32,
+}
+// SAFETY: plain old data, no implicit padding (asserted below).
+unsafe impl aya::Pod for Backend {}
+
+impl Backend {
+    pub fn new(addr: std::net::SocketAddr, proto: u8) -> Self {
+        let (a, family) = addr_bytes(addr.ip());
+        Backend {
+            addr: a,
+            port: addr.port().to_be(),
+            proto,
+            family,
+            pad: 0,
+        }
+    }
+
+    pub fn socket_addr(&self) -> Option<std::net::SocketAddr> {
+        Some(std::net::SocketAddr::new(
+            addr_from(self.addr, self.family)?,
+            u16::from_be(self.port),
+        ))
+    }
+}
+
+/// `struct svc_backend_key`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct SvcBackendKey {
+    pub svc_id: u32,
+    pub backend_id: u32,
+}
+// SAFETY: plain old data, no implicit padding (asserted below).
+unsafe impl aya::Pod for SvcBackendKey {}
+
+/// `struct revnat_key`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct RevnatKey {
+    pub cookie: u64,
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub family: u8,
+    pub pad: [u8; 5],
+}
+// SAFETY: plain old data, no implicit padding (asserted below).
+unsafe impl aya::Pod for RevnatKey {}
+
+/// `struct revnat_value`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RevnatValue {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub family: u8,
+    pub pad: u8,
+    pub svc_id: u32,
+}
+// SAFETY: plain old data, no implicit padding (asserted below).
+unsafe impl aya::Pod for RevnatValue {}
+
+/// `struct affinity_key`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct AffinityKey {
+    pub netns_cookie: u64,
+    pub svc_id: u32,
+    pub pad: u32,
+}
+// SAFETY: plain old data, no implicit padding (asserted below).
+unsafe impl aya::Pod for AffinityKey {}
+
+/// `struct affinity_value`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AffinityValue {
+    pub last_used_ns: u64,
+    pub backend_id: u32,
+    pub pad: u32,
+}
+// SAFETY: plain old data, no implicit padding (asserted below).
+unsafe impl aya::Pod for AffinityValue {}
+
+/// `enum lb_verdict`.
+pub const LB_PASS: u32 = 0;
+pub const LB_XLATE: u32 = 1;
+pub const LB_REFUSE: u32 = 2;
+
+/// `struct lb_req`: one translation's input and output.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LbReq {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub rnd: u32,
+    pub hash: u32,
+    pub pad: u32,
+    pub netns_cookie: u64,
+    pub now_ns: u64,
+    pub verdict: u32,
+    pub svc_id: u32,
+    pub backend_id: u32,
+    pub pad2: u32,
+    pub be: Backend,
+}
+// SAFETY: plain old data, no implicit padding (asserted below).
+unsafe impl aya::Pod for LbReq {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +484,89 @@ mod tests {
         assert_eq!(offset_of!(Endpoint, ipv4), 8);
         assert_eq!(offset_of!(Endpoint, pad), 12);
         assert_eq!(offset_of!(Endpoint, ipv6), 16);
+    }
+
+    #[test]
+    fn service_types_match_c() {
+        assert_eq!(size_of::<SvcKey>(), 20);
+        assert_eq!(
+            (
+                offset_of!(SvcKey, port),
+                offset_of!(SvcKey, proto),
+                offset_of!(SvcKey, family)
+            ),
+            (16, 18, 19)
+        );
+        assert_eq!(size_of::<SvcValue>(), 16);
+        assert_eq!(
+            (
+                offset_of!(SvcValue, svc_id),
+                offset_of!(SvcValue, affinity_timeout),
+                offset_of!(SvcValue, flags),
+                offset_of!(SvcValue, pad)
+            ),
+            (0, 4, 8, 12)
+        );
+        assert_eq!(size_of::<Backend>(), 24);
+        assert_eq!(
+            (
+                offset_of!(Backend, port),
+                offset_of!(Backend, proto),
+                offset_of!(Backend, family),
+                offset_of!(Backend, pad)
+            ),
+            (16, 18, 19, 20)
+        );
+        assert_eq!(size_of::<SvcBackendKey>(), 8);
+        assert_eq!(offset_of!(SvcBackendKey, backend_id), 4);
+        assert_eq!(size_of::<RevnatKey>(), 32);
+        assert_eq!(
+            (
+                offset_of!(RevnatKey, addr),
+                offset_of!(RevnatKey, port),
+                offset_of!(RevnatKey, family),
+                offset_of!(RevnatKey, pad)
+            ),
+            (8, 24, 26, 27)
+        );
+        assert_eq!(size_of::<RevnatValue>(), 24);
+        assert_eq!(
+            (
+                offset_of!(RevnatValue, port),
+                offset_of!(RevnatValue, family),
+                offset_of!(RevnatValue, svc_id)
+            ),
+            (16, 18, 20)
+        );
+        assert_eq!(size_of::<AffinityKey>(), 16);
+        assert_eq!(
+            (
+                offset_of!(AffinityKey, svc_id),
+                offset_of!(AffinityKey, pad)
+            ),
+            (8, 12)
+        );
+        assert_eq!(size_of::<AffinityValue>(), 16);
+        assert_eq!(offset_of!(AffinityValue, backend_id), 8);
+        assert_eq!(size_of::<LbReq>(), 88);
+        assert_eq!(
+            [
+                offset_of!(LbReq, port),
+                offset_of!(LbReq, proto),
+                offset_of!(LbReq, family),
+                offset_of!(LbReq, rnd),
+                offset_of!(LbReq, hash),
+                offset_of!(LbReq, pad),
+                offset_of!(LbReq, netns_cookie),
+                offset_of!(LbReq, now_ns),
+                offset_of!(LbReq, verdict),
+                offset_of!(LbReq, svc_id),
+                offset_of!(LbReq, backend_id),
+                offset_of!(LbReq, pad2),
+                offset_of!(LbReq, be)
+            ],
+            [16, 18, 19, 20, 24, 28, 32, 40, 48, 52, 56, 60, 64]
+        );
     }
 
     #[test]
@@ -241,6 +593,14 @@ mod tests {
         assert!(h.contains("#define SLUICE_EP_F_HOST (1U << 0)"));
         assert!(h.contains("#define SLUICE_EP_F_IPV4 (1U << 1)"));
         assert!(h.contains("#define SLUICE_EP_F_IPV6 (1U << 2)"));
+        assert!(h.contains("#define SLUICE_EP_F_NO_SOCK_LB (1U << 3)"));
+        assert!(h.contains("#define SLUICE_SVC_F_MAGLEV (1U << 0)"));
+        assert!(h.contains("#define SLUICE_LB_TABLE_HEADER 1"));
+        assert!(
+            h.contains("LB_PASS = 0,")
+                && h.contains("LB_XLATE = 1,")
+                && h.contains("LB_REFUSE = 2,")
+        );
         assert!(h.contains("#define SLUICE_AF_INET 4"));
         assert!(h.contains("#define SLUICE_AF_INET6 6"));
         let hooks: Vec<String> = h
@@ -258,6 +618,7 @@ mod tests {
             include_str!("../bpf/include/endpoints.h"),
             include_str!("../bpf/include/src_check.h"),
             include_str!("../bpf/include/sock.h"),
+            include_str!("../bpf/include/lb.h"),
         ]
         .concat();
         for m in ALL {

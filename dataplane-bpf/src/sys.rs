@@ -142,6 +142,13 @@ pub fn link_update(
 /// Runs a tc/XDP program once on `frame` (BPF_PROG_TEST_RUN) and returns its
 /// verdict. tc programs run on an skb of the loopback device (ifindex 1).
 pub fn prog_test_run(prog: BorrowedFd<'_>, frame: &[u8]) -> io::Result<u32> {
+    let mut out = vec![0u8; frame.len() + 256];
+    prog_test_run_out(prog, frame, &mut out)
+}
+
+/// Like [`prog_test_run`], and `out` receives the packet as the program
+/// left it.
+pub fn prog_test_run_out(prog: BorrowedFd<'_>, frame: &[u8], out: &mut [u8]) -> io::Result<u32> {
     #[repr(C)]
     #[derive(Default)]
     struct Attr {
@@ -162,7 +169,6 @@ pub fn prog_test_run(prog: BorrowedFd<'_>, frame: &[u8]) -> io::Result<u32> {
         batch_size: u32,
         _pad: u32,
     }
-    let mut out = vec![0u8; frame.len() + 256];
     let mut attr = Attr {
         prog_fd: prog.as_raw_fd() as u32,
         data_size_in: frame.len() as u32,
@@ -216,4 +222,105 @@ pub fn prog_tag(prog: BorrowedFd<'_>) -> io::Result<[u8; 8]> {
     };
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
     Ok(buf[8..16].try_into().expect("8 bytes"))
+}
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+
+/// Creates a map that belongs to nobody but its fd (for selection tables,
+/// which live on as values of an outer map once inserted there).
+pub fn map_create(
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    flags: u32,
+    name: &str,
+) -> io::Result<OwnedFd> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct Attr {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+        inner_map_fd: u32,
+        numa_node: u32,
+        map_name: [u8; 16],
+    }
+    let mut attr = Attr {
+        map_type,
+        key_size,
+        value_size,
+        max_entries,
+        map_flags: flags,
+        ..Default::default()
+    };
+    for (d, s) in attr.map_name.iter_mut().zip(name.bytes().take(15)) {
+        *d = s;
+    }
+    let fd = bpf(BPF_MAP_CREATE, &mut attr)?;
+    // SAFETY: the kernel returned a new descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+#[repr(C)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// BPF_MAP_UPDATE_ELEM with raw key and value bytes (for an outer map the
+/// value is the inner map's fd as a u32).
+pub fn map_update(map: BorrowedFd<'_>, key: &[u8], value: &[u8], flags: u64) -> io::Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: key.as_ptr() as u64,
+        value: value.as_ptr() as u64,
+        flags,
+    };
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+}
+
+/// BPF_MAP_DELETE_ELEM; a missing key is not an error.
+pub fn map_delete(map: BorrowedFd<'_>, key: &[u8]) -> io::Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: key.as_ptr() as u64,
+        value: 0,
+        flags: 0,
+    };
+    match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Builds a selection table: slot 0 = `ids.len()`, then the ids.
+pub fn lb_table(ids: &[u32], name: &str) -> io::Result<OwnedFd> {
+    use crate::maps::{BPF_F_INNER_MAP, LB_TABLE_HEADER, LB_TABLE_TYPE};
+    let n = ids.len() as u32;
+    let fd = map_create(
+        LB_TABLE_TYPE,
+        4,
+        4,
+        n + LB_TABLE_HEADER,
+        BPF_F_INNER_MAP,
+        name,
+    )?;
+    use std::os::fd::AsFd;
+    map_update(fd.as_fd(), &0u32.to_ne_bytes(), &n.to_ne_bytes(), 0)?;
+    for (i, id) in ids.iter().enumerate() {
+        let slot = i as u32 + LB_TABLE_HEADER;
+        map_update(fd.as_fd(), &slot.to_ne_bytes(), &id.to_ne_bytes(), 0)?;
+    }
+    Ok(fd)
 }

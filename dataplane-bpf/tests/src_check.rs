@@ -2,12 +2,14 @@
 //! (root only), with maps pinned in a private bpffs directory; and the
 //! loader's handling of pinned maps.
 
+mod common;
+
 use aya::maps::HashMap;
 use aya::programs::{CgroupSockAddr, SchedClassifier};
+use common::{root, PinDir};
 use sluice_dataplane::load::{load_object, load_program, open_pinned, LoadError};
 use sluice_dataplane::maps::{self, EpCounters, SrcKey};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::path::{Path, PathBuf};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -17,32 +19,6 @@ const LO: u32 = 1;
 fn run(fd: BorrowedFd<'_>, frame: &[u8]) -> u32 {
     sluice_dataplane::sys::prog_test_run(fd, frame)
         .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on {} bytes: {e}", frame.len()))
-}
-
-/// A pin directory of its own on /sys/fs/bpf, removed on drop.
-struct PinDir(PathBuf);
-
-impl PinDir {
-    fn new(tag: &str) -> Self {
-        sluice_dataplane::load::ensure_bpffs(Path::new("/sys/fs/bpf")).expect("mount bpffs");
-        let p = PathBuf::from(format!("/sys/fs/bpf/sluice-t{}-{tag}", std::process::id()));
-        PinDir(p)
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: loading BPF programs needs root");
-    }
-    root
 }
 
 fn eth(proto: u16) -> Vec<u8> {
@@ -128,6 +104,8 @@ fn socket_programs_pass_the_verifier() {
     for p in sluice_dataplane::SOCK_PROGRAMS {
         load_program::<CgroupSockAddr>(&mut ebpf, "sock", p).unwrap_or_else(|e| panic!("{e}"));
     }
+    load_program::<aya::programs::CgroupSock>(&mut ebpf, "sock", sluice_dataplane::SOCK_RELEASE)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         pins.0.join(maps::ENDPOINTS.name).exists(),
         "endpoint map pinned by name"

@@ -25,6 +25,7 @@ _Static_assert(sizeof(struct src_key) == 24, "src_key layout");
 #define SLUICE_EP_F_HOST (1U << 0) /* the node's own netns */
 #define SLUICE_EP_F_IPV4 (1U << 1) /* ipv4 is set */
 #define SLUICE_EP_F_IPV6 (1U << 2) /* ipv6 is set */
+#define SLUICE_EP_F_NO_SOCK_LB (1U << 3) /* pod opted out of socket LB */
 
 struct endpoint {
 	__u32 host_ifindex; /* 0 for the node's own entry */
@@ -55,5 +56,113 @@ struct ep_counters {
 	__u64 spoof_bytes;
 };
 _Static_assert(sizeof(struct ep_counters) == 16, "ep_counters layout");
+
+/* A service frontend: cluster IP, port, protocol. */
+struct svc_key {
+	__u8 addr[16]; /* IPv4 in the first 4 bytes, network order */
+	__u16 port;    /* network order */
+	__u8 proto;    /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 family;   /* SLUICE_AF_INET or SLUICE_AF_INET6 */
+};
+_Static_assert(sizeof(struct svc_key) == 20, "svc_key layout");
+
+#define SLUICE_SVC_F_MAGLEV (1U << 0) /* select through the Maglev table */
+
+struct svc_value {
+	__u32 svc_id;		/* key of its selection table and affinity */
+	__u32 affinity_timeout; /* seconds; 0: no session affinity */
+	__u32 flags;		/* SLUICE_SVC_F_* */
+	__u32 pad;
+};
+_Static_assert(sizeof(struct svc_value) == 16, "svc_value layout");
+
+/* A backend a frontend translates to, keyed by backend id. */
+struct backend {
+	__u8 addr[16];
+	__u16 port; /* network order */
+	__u8 proto;
+	__u8 family;
+	__u32 pad;
+};
+_Static_assert(sizeof(struct backend) == 24, "backend layout");
+
+/* Selection table of a service (an inner array map per svc_id):
+ * slot 0 holds n, slots 1..n the backend ids new connections may go to
+ * (n is the Maglev table size for Maglev services). A table is swapped
+ * whole, so a connect never sees half of an update. */
+#define SLUICE_LB_TABLE_HEADER 1
+
+/* Which backends are members of a service's table now: checked before an
+ * affinity entry is honoured, so affinity never sticks to a backend that
+ * left. */
+struct svc_backend_key {
+	__u32 svc_id;
+	__u32 backend_id;
+};
+_Static_assert(sizeof(struct svc_backend_key) == 8, "svc_backend_key layout");
+
+/* Reverse translation for recvmsg/getpeername: which service address a
+ * socket's backend peer stands for. */
+struct revnat_key {
+	__u64 cookie;	/* socket cookie */
+	__u8 addr[16];	/* backend */
+	__u16 port;	/* network order */
+	__u8 family;
+	__u8 pad[5];
+};
+_Static_assert(sizeof(struct revnat_key) == 32, "revnat_key layout");
+
+struct revnat_value {
+	__u8 addr[16]; /* service */
+	__u16 port;    /* network order */
+	__u8 family;
+	__u8 pad;
+	__u32 svc_id;
+};
+_Static_assert(sizeof(struct revnat_value) == 24, "revnat_value layout");
+
+/* Session affinity, per pod (netns cookie) and service. */
+struct affinity_key {
+	__u64 netns_cookie;
+	__u32 svc_id;
+	__u32 pad;
+};
+_Static_assert(sizeof(struct affinity_key) == 16, "affinity_key layout");
+
+struct affinity_value {
+	__u64 last_used_ns; /* bpf_ktime_get_ns() */
+	__u32 backend_id;
+	__u32 pad;
+};
+_Static_assert(sizeof(struct affinity_value) == 16, "affinity_value layout");
+
+/* One translation, in and out: what the connect/sendmsg logic reads and
+ * decides. A struct of its own so BPF_PROG_TEST_RUN tests can feed it
+ * through a test program and read the answer back. */
+enum lb_verdict {
+	LB_PASS = 0,   /* not a service: leave the address alone */
+	LB_XLATE = 1,  /* be holds the backend */
+	LB_REFUSE = 2, /* a service with no backend: fail at once */
+};
+
+struct lb_req {
+	/* in */
+	__u8 addr[16];
+	__u16 port; /* network order */
+	__u8 proto;
+	__u8 family;
+	__u32 rnd;  /* random, for random selection */
+	__u32 hash; /* flow hash, for Maglev */
+	__u32 pad;
+	__u64 netns_cookie;
+	__u64 now_ns;
+	/* out */
+	__u32 verdict; /* enum lb_verdict */
+	__u32 svc_id;
+	__u32 backend_id;
+	__u32 pad2;
+	struct backend be;
+};
+_Static_assert(sizeof(struct lb_req) == 88, "lb_req layout");
 
 #endif

@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Socket-level hooks attached at the cgroup v2 root. Every hook first finds
  * the socket's endpoint by netns cookie; a socket of a netns this daemon
- * does not know is returned untouched. What a hook does for a known
- * endpoint lives in sock_xlate_*() (service translation comes with the
- * services issue); today it counts, so operators and tests can see which
- * sockets the datapath scopes in. */
+ * does not know is returned untouched. For a known endpoint (a pod, or the
+ * node itself) the hook counts the operation and translates service
+ * addresses: sock_xlate_fwd() on the way out, sock_xlate_rev() on the way
+ * back. */
 #ifndef SLUICE_SOCK_H
 #define SLUICE_SOCK_H
 
@@ -12,6 +12,7 @@
 #include <bpf/bpf_helpers.h>
 #include "sluice_maps.h"
 #include "endpoints.h"
+#include "lb.h"
 
 /* cgroup sock_addr programs: 1 lets the operation proceed. */
 #define SOCK_ALLOW 1
@@ -32,42 +33,169 @@ static __always_inline void sock_count(__u32 hook)
 		*n += 1;
 }
 
-/* Forward translation (connect, sendmsg) for a known endpoint. */
-static __always_inline int sock_xlate_fwd(struct bpf_sock_addr *ctx,
-					  const struct endpoint *ep)
+/* connect/sendmsg to a service with no backend fail with this at once. */
+#define SLUICE_ECONNREFUSED 111
+
+/* Reverse translation entries, by socket cookie and backend. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct revnat_key);
+	__type(value, struct revnat_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_revnat SEC(".maps");
+
+static __always_inline __u32 sock_mix32(__u64 x)
 {
-	(void)ctx;
-	(void)ep;
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdULL;
+	x ^= x >> 33;
+	x *= 0xc4ceb9fe1a85ec53ULL;
+	x ^= x >> 33;
+	return (__u32)x;
+}
+
+/* The address a sock_addr hook sees, in the datapath's form. */
+static __always_inline void sock_read_addr(struct bpf_sock_addr *ctx, int v6, __u8 addr[16])
+{
+	if (v6) {
+		__u32 a[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3] };
+
+		__builtin_memcpy(addr, a, 16);
+	} else {
+		__u32 a = ctx->user_ip4;
+
+		__builtin_memset(addr, 0, 16);
+		__builtin_memcpy(addr, &a, 4);
+	}
+}
+
+static __always_inline void sock_write_addr(struct bpf_sock_addr *ctx, int v6, const __u8 addr[16],
+					    __u16 port)
+{
+	if (v6) {
+		__u32 a[4];
+
+		__builtin_memcpy(a, addr, 16);
+		ctx->user_ip6[0] = a[0];
+		ctx->user_ip6[1] = a[1];
+		ctx->user_ip6[2] = a[2];
+		ctx->user_ip6[3] = a[3];
+	} else {
+		__u32 a;
+
+		__builtin_memcpy(&a, addr, 4);
+		ctx->user_ip4 = a;
+	}
+	ctx->user_port = port;
+}
+
+/* Forward translation (connect, sendmsg): a service address becomes one of
+ * its backends, chosen once per connection (per datagram for unconnected
+ * UDP), and the socket remembers which service it stands for. */
+static __always_inline int sock_xlate_fwd(struct bpf_sock_addr *ctx, const struct endpoint *ep,
+					  __u64 netns_cookie, int v6)
+{
+	struct lb_req r = {};
+	struct revnat_key rk = {};
+	struct revnat_value rv = {};
+	__u64 sock_cookie;
+
+	if (ep->flags & SLUICE_EP_F_NO_SOCK_LB)
+		return SOCK_ALLOW;
+	sock_read_addr(ctx, v6, r.addr);
+	r.port = (__u16)ctx->user_port;
+	r.proto = (__u8)ctx->protocol;
+	r.family = v6 ? SLUICE_AF_INET6 : SLUICE_AF_INET;
+	sock_cookie = bpf_get_socket_cookie(ctx);
+	r.rnd = bpf_get_prandom_u32();
+	r.hash = sock_mix32(sock_cookie ^ netns_cookie);
+	r.netns_cookie = netns_cookie;
+	r.now_ns = bpf_ktime_get_ns();
+	switch (lb_select(&r)) {
+	case LB_PASS:
+		return SOCK_ALLOW;
+	case LB_REFUSE:
+		bpf_set_retval(-SLUICE_ECONNREFUSED);
+		return 0;
+	}
+	rk.cookie = sock_cookie;
+	__builtin_memcpy(rk.addr, r.be.addr, 16);
+	rk.port = r.be.port;
+	rk.family = r.family;
+	__builtin_memcpy(rv.addr, r.addr, 16);
+	rv.port = r.port;
+	rv.family = r.family;
+	rv.svc_id = r.svc_id;
+	bpf_map_update_elem(&sluice_revnat, &rk, &rv, BPF_ANY);
+	sock_write_addr(ctx, v6, r.be.addr, r.be.port);
 	return SOCK_ALLOW;
 }
 
-/* Reverse translation (recvmsg, getpeername) for a known endpoint. */
-static __always_inline int sock_xlate_rev(struct bpf_sock_addr *ctx,
-					  const struct endpoint *ep)
+/* Reverse translation (recvmsg, getpeername): a backend peer is shown as
+ * the service address the application asked for. */
+static __always_inline int sock_xlate_rev(struct bpf_sock_addr *ctx, const struct endpoint *ep,
+					  int v6)
 {
-	(void)ctx;
-	(void)ep;
+	struct revnat_key rk = {};
+	struct revnat_value *rv;
+
+	if (ep->flags & SLUICE_EP_F_NO_SOCK_LB)
+		return SOCK_ALLOW;
+	rk.cookie = bpf_get_socket_cookie(ctx);
+	sock_read_addr(ctx, v6, rk.addr);
+	rk.port = (__u16)ctx->user_port;
+	rk.family = v6 ? SLUICE_AF_INET6 : SLUICE_AF_INET;
+	rv = bpf_map_lookup_elem(&sluice_revnat, &rk);
+	if (rv)
+		sock_write_addr(ctx, v6, rv->addr, rv->port);
 	return SOCK_ALLOW;
 }
 
-static __always_inline int sock_fwd(struct bpf_sock_addr *ctx, __u32 hook)
+static __always_inline int sock_fwd(struct bpf_sock_addr *ctx, __u32 hook, int v6)
+{
+	__u64 cookie = bpf_get_netns_cookie(ctx);
+	const struct endpoint *ep = bpf_map_lookup_elem(&sluice_eps, &cookie);
+
+	if (!ep)
+		return SOCK_ALLOW;
+	sock_count(hook);
+	return sock_xlate_fwd(ctx, ep, cookie, v6);
+}
+
+static __always_inline int sock_rev(struct bpf_sock_addr *ctx, __u32 hook, int v6)
 {
 	const struct endpoint *ep = endpoint_of_netns(ctx);
 
 	if (!ep)
 		return SOCK_ALLOW;
 	sock_count(hook);
-	return sock_xlate_fwd(ctx, ep);
+	return sock_xlate_rev(ctx, ep, v6);
 }
 
-static __always_inline int sock_rev(struct bpf_sock_addr *ctx, __u32 hook)
+/* A closing socket's reverse entry goes with it (connected sockets; the
+ * entries of unconnected UDP peers age out of the LRU). */
+static __always_inline int sock_release(struct bpf_sock *sk)
 {
-	const struct endpoint *ep = endpoint_of_netns(ctx);
+	struct revnat_key rk = {};
 
-	if (!ep)
-		return SOCK_ALLOW;
-	sock_count(hook);
-	return sock_xlate_rev(ctx, ep);
+	if (!endpoint_of_netns(sk))
+		return 1;
+	rk.cookie = bpf_get_socket_cookie(sk);
+	if (sk->family == 10 /* AF_INET6 */) {
+		__u32 a[4] = { sk->dst_ip6[0], sk->dst_ip6[1], sk->dst_ip6[2], sk->dst_ip6[3] };
+
+		__builtin_memcpy(rk.addr, a, 16);
+		rk.family = SLUICE_AF_INET6;
+	} else {
+		__u32 a = sk->dst_ip4;
+
+		__builtin_memcpy(rk.addr, &a, 4);
+		rk.family = SLUICE_AF_INET;
+	}
+	rk.port = (__u16)sk->dst_port;
+	bpf_map_delete_elem(&sluice_revnat, &rk);
+	return 1;
 }
 
 #endif

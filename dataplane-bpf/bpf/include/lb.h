@@ -1,0 +1,169 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Service load balancing: frontend lookup, backend selection (random or
+ * Maglev, with per-pod session affinity), and the maps behind it. The
+ * decision is lb_select() over a struct lb_req, with no program context,
+ * so a test program can run it through BPF_PROG_TEST_RUN. */
+#ifndef SLUICE_LB_H
+#define SLUICE_LB_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "sluice_maps.h"
+
+/* frontend -> service */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct svc_key);
+	__type(value, struct svc_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_svc SEC(".maps");
+
+/* backend id -> backend */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, __u32);
+	__type(value, struct backend);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_backends SEC(".maps");
+
+/* The template of every selection table; BPF_F_INNER_MAP lets the real
+ * ones differ in size (a random table holds the backends, a Maglev one
+ * the table size). */
+struct lb_table {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_INNER_MAP);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+};
+
+/* svc_id -> its selection table */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct lb_table); /* must come last */
+} sluice_lbtables SEC(".maps");
+
+/* (svc_id, backend_id) present while the backend is in the table */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct svc_backend_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_svc_bes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct affinity_key);
+	__type(value, struct affinity_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_affinity SEC(".maps");
+
+/* New connections (and unconnected datagrams) sent to each backend. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_be_conns SEC(".maps");
+
+static __always_inline void lb_count(__u32 backend_id)
+{
+	__u64 *n = bpf_map_lookup_elem(&sluice_be_conns, &backend_id);
+
+	if (n) {
+		*n += 1;
+	} else {
+		__u64 one = 1;
+
+		bpf_map_update_elem(&sluice_be_conns, &backend_id, &one, BPF_NOEXIST);
+	}
+}
+
+static __always_inline int lb_refuse(struct lb_req *r)
+{
+	r->verdict = LB_REFUSE;
+	return LB_REFUSE;
+}
+
+/* Decides one translation. */
+static __always_inline int lb_select(struct lb_req *r)
+{
+	struct svc_key k = {};
+	struct svc_value *sv;
+	void *table;
+	__u32 zero = 0, *n, slot, *id, backend_id = 0;
+	struct backend *be;
+	struct affinity_key ak = {};
+	int sticky = 0;
+
+	__builtin_memcpy(k.addr, r->addr, 16);
+	k.port = r->port;
+	k.proto = r->proto;
+	k.family = r->family;
+	sv = bpf_map_lookup_elem(&sluice_svc, &k);
+	if (!sv) {
+		r->verdict = LB_PASS;
+		return LB_PASS;
+	}
+	r->svc_id = sv->svc_id;
+	table = bpf_map_lookup_elem(&sluice_lbtables, &sv->svc_id);
+	if (!table)
+		return lb_refuse(r);
+	n = bpf_map_lookup_elem(table, &zero);
+	if (!n || *n == 0)
+		return lb_refuse(r);
+
+	ak.netns_cookie = r->netns_cookie;
+	ak.svc_id = sv->svc_id;
+	if (sv->affinity_timeout) {
+		struct affinity_value *av = bpf_map_lookup_elem(&sluice_affinity, &ak);
+
+		if (av && r->now_ns - av->last_used_ns <
+				  (__u64)sv->affinity_timeout * 1000000000ULL) {
+			struct svc_backend_key mk = {
+				.svc_id = sv->svc_id,
+				.backend_id = av->backend_id,
+			};
+
+			if (bpf_map_lookup_elem(&sluice_svc_bes, &mk)) {
+				backend_id = av->backend_id;
+				sticky = 1;
+			}
+		}
+	}
+	if (!sticky) {
+		__u32 pick = (sv->flags & SLUICE_SVC_F_MAGLEV) ? r->hash : r->rnd;
+
+		slot = SLUICE_LB_TABLE_HEADER + pick % *n;
+		id = bpf_map_lookup_elem(table, &slot);
+		if (!id)
+			return lb_refuse(r);
+		backend_id = *id;
+	}
+	be = bpf_map_lookup_elem(&sluice_backends, &backend_id);
+	if (!be)
+		return lb_refuse(r);
+	if (sv->affinity_timeout) {
+		struct affinity_value nv = {
+			.last_used_ns = r->now_ns,
+			.backend_id = backend_id,
+		};
+
+		bpf_map_update_elem(&sluice_affinity, &ak, &nv, BPF_ANY);
+	}
+	lb_count(backend_id);
+	r->backend_id = backend_id;
+	__builtin_memcpy(&r->be, be, sizeof(r->be));
+	r->verdict = LB_XLATE;
+	return LB_XLATE;
+}
+
+#endif
