@@ -30,6 +30,10 @@ struct Raw {
     api_allowed_uids: Option<Vec<u32>>,
     tc_attach: Option<TcAttach>,
     reconcile_interval_seconds: Option<u64>,
+    services_dir: Option<PathBuf>,
+    node_name: Option<String>,
+    maglev_table_size: Option<u32>,
+    maglev_seed: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +55,15 @@ pub struct Config {
     pub tc_attach: TcAttach,
     /// How often records and the kernel are compared again after start.
     pub reconcile_interval: Duration,
+    /// Standalone service source: a directory of Service and EndpointSlice
+    /// manifests, watched. `None`: service maps are left alone.
+    pub services_dir: Option<PathBuf>,
+    /// This node's name (for `internalTrafficPolicy: Local`); default the
+    /// hostname.
+    pub node_name: Option<String>,
+    /// Maglev table size (a prime) and seed: the same on every node.
+    pub maglev_table_size: u32,
+    pub maglev_seed: u64,
 }
 
 impl Default for Config {
@@ -66,6 +79,10 @@ impl Default for Config {
             api_allowed_uids: vec![0],
             tc_attach: TcAttach::Auto,
             reconcile_interval: Duration::from_secs(30),
+            services_dir: None,
+            node_name: None,
+            maglev_table_size: crate::maglev::DEFAULT_TABLE_SIZE,
+            maglev_seed: crate::maglev::DEFAULT_SEED,
         }
     }
 }
@@ -131,7 +148,17 @@ impl Config {
                 raw.reconcile_interval_seconds
                     .unwrap_or(d.reconcile_interval.as_secs()),
             ),
+            services_dir: raw.services_dir,
+            node_name: raw.node_name,
+            maglev_table_size: raw.maglev_table_size.unwrap_or(d.maglev_table_size),
+            maglev_seed: raw.maglev_seed.unwrap_or(d.maglev_seed),
         };
+        if !crate::maglev::is_prime(c.maglev_table_size) || c.maglev_table_size < 101 {
+            return Err(format!(
+                "maglev_table_size {} must be a prime of at least 101 (default 16381; 65521 for services with several hundred backends)",
+                c.maglev_table_size
+            ));
+        }
         for (key, p) in [
             ("state_dir", &c.state_dir),
             ("socket", &c.socket),
@@ -227,6 +254,7 @@ mod tests {
             ("tc_attach = \"xdp\"", "unknown variant"),
             ("typo = 1", "unknown field"),
             ("reconcile_interval_seconds = 0", "at least 1"),
+            ("maglev_table_size = 16380", "must be a prime"),
         ] {
             let e = Config::parse(text).unwrap_err();
             assert!(e.contains(needle), "{text}: {e}");

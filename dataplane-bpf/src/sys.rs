@@ -317,10 +317,51 @@ pub fn lb_table(ids: &[u32], name: &str) -> io::Result<OwnedFd> {
         name,
     )?;
     use std::os::fd::AsFd;
-    map_update(fd.as_fd(), &0u32.to_ne_bytes(), &n.to_ne_bytes(), 0)?;
-    for (i, id) in ids.iter().enumerate() {
-        let slot = i as u32 + LB_TABLE_HEADER;
-        map_update(fd.as_fd(), &slot.to_ne_bytes(), &id.to_ne_bytes(), 0)?;
-    }
+    let keys: Vec<u32> = (0..n + LB_TABLE_HEADER).collect();
+    let mut values = Vec::with_capacity(keys.len());
+    values.push(n);
+    values.extend_from_slice(ids);
+    map_update_batch(fd.as_fd(), &keys, &values)?;
     Ok(fd)
+}
+
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// Writes `keys[i] -> values[i]` in one BPF_MAP_UPDATE_BATCH call (arrays
+/// and hashes of plain values; a Maglev table is one call, not 16381).
+pub fn map_update_batch(map: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> io::Result<()> {
+    #[repr(C)]
+    struct Attr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    assert_eq!(keys.len(), values.len());
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut attr = Attr {
+        in_batch: 0,
+        out_batch: 0,
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: keys.len() as u32,
+        map_fd: map.as_raw_fd() as u32,
+        elem_flags: 0,
+        flags: 0,
+    };
+    bpf(BPF_MAP_UPDATE_BATCH, &mut attr)?;
+    if attr.count as usize != keys.len() {
+        return Err(io::Error::other(format!(
+            "batch update wrote {} of {} entries",
+            attr.count,
+            keys.len()
+        )));
+    }
+    Ok(())
 }

@@ -3,6 +3,8 @@
 
 pub mod manifest;
 pub mod model;
+pub mod program;
+pub mod source;
 pub mod translate;
 
 pub use model::*;

@@ -1,0 +1,495 @@
+//! Writes a [`Translation`] into the service maps, changing only what
+//! differs from what is programmed.
+//!
+//! Ordering keeps every connect consistent:
+//! - a new frontend becomes visible (its `sluice_svc` entry) only after its
+//!   backends and its whole selection table are in place;
+//! - a changed frontend gets a new table, built aside and swapped in with
+//!   one update of the outer map; backends joining are members before the
+//!   swap, backends leaving stop being members after it;
+//! - a removed frontend disappears from `sluice_svc` first, then its table,
+//!   members, reverse translations and affinities.
+//!
+//! After a restart the maps are adopted, not flushed: frontends keep their
+//! svc_ids and backends their ids, and entries no translation explains are
+//! removed only by the first [`Programmer::apply`] (made once the source has
+//! read everything).
+
+use super::model::{Frontend, FrontendKey, Protocol, Selection};
+use super::translate::Translation;
+use crate::maglev;
+use aya::maps::{HashMap, MapData, PerCpuHashMap};
+use serde::{Deserialize, Serialize};
+use sluice_dataplane::load::{open_pinned, LoadError};
+use sluice_dataplane::maps::{
+    self, AffinityKey, AffinityValue, Backend, RevnatKey, RevnatValue, SvcBackendKey, SvcKey,
+    SvcValue, SVC_F_MAGLEV,
+};
+use sluice_dataplane::sys;
+use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProgramError {
+    #[error(transparent)]
+    Open(#[from] LoadError),
+    #[error("service map {map}: cannot {op}: {detail}")]
+    Map {
+        map: &'static str,
+        op: &'static str,
+        detail: String,
+    },
+    #[error("service {service} ({frontend}): {source}")]
+    Maglev {
+        service: String,
+        frontend: FrontendKey,
+        source: maglev::MaglevError,
+    },
+}
+
+fn merr(map: &'static str, op: &'static str) -> impl Fn(String) -> ProgramError {
+    move |detail| ProgramError::Map { map, op, detail }
+}
+
+/// What is programmed for one frontend.
+#[derive(Debug, Clone)]
+struct Programmed {
+    frontend: Option<Frontend>,
+    svc_id: u32,
+    value: SvcValue,
+    /// The table as written (backend ids, in slot order).
+    table: Vec<u32>,
+    members: BTreeSet<u32>,
+}
+
+/// What one apply changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyReport {
+    pub added: usize,
+    pub changed: usize,
+    pub removed: usize,
+    pub unchanged: usize,
+    pub backends_added: usize,
+    pub backends_removed: usize,
+}
+
+/// Maglev settings shared by every node of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaglevConfig {
+    pub table_size: u32,
+    pub seed: u64,
+}
+
+impl Default for MaglevConfig {
+    fn default() -> Self {
+        MaglevConfig {
+            table_size: maglev::DEFAULT_TABLE_SIZE,
+            seed: maglev::DEFAULT_SEED,
+        }
+    }
+}
+
+pub struct Programmer {
+    svc: HashMap<MapData, SvcKey, SvcValue>,
+    backends: HashMap<MapData, u32, Backend>,
+    members: HashMap<MapData, SvcBackendKey, u8>,
+    affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    revnat: HashMap<MapData, RevnatKey, RevnatValue>,
+    conns: PerCpuHashMap<MapData, u32, u64>,
+    tables: OwnedFd,
+    maglev: MaglevConfig,
+    current: BTreeMap<FrontendKey, Programmed>,
+    backend_ids: StdHashMap<(SocketAddr, Protocol), u32>,
+    next_backend_id: u32,
+    next_svc_id: u32,
+    /// Set by the first apply: adopted entries no translation explains
+    /// have been removed.
+    synced: bool,
+}
+
+impl std::fmt::Debug for Programmer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Programmer")
+            .field("frontends", &self.current.len())
+            .field("backends", &self.backend_ids.len())
+            .field("synced", &self.synced)
+            .finish_non_exhaustive()
+    }
+}
+
+fn proto_of(n: u8) -> Option<Protocol> {
+    match n {
+        6 => Some(Protocol::Tcp),
+        17 => Some(Protocol::Udp),
+        _ => None,
+    }
+}
+
+impl Programmer {
+    /// Opens the pinned service maps (the daemon has loaded the objects, so
+    /// they exist) and adopts what they hold.
+    pub fn open(maps_dir: &Path, maglev: MaglevConfig) -> Result<Self, ProgramError> {
+        let open = |m: &maps::MapSpec| open_pinned(maps_dir, m);
+        let typed = |name: &'static str| merr(name, "open");
+        let svc: HashMap<_, SvcKey, SvcValue> = HashMap::try_from(open(&maps::SVC)?)
+            .map_err(|e| typed(maps::SVC.name)(e.to_string()))?;
+        let backends: HashMap<_, u32, Backend> = HashMap::try_from(open(&maps::BACKENDS)?)
+            .map_err(|e| typed(maps::BACKENDS.name)(e.to_string()))?;
+        let members: HashMap<_, SvcBackendKey, u8> = HashMap::try_from(open(&maps::SVC_BES)?)
+            .map_err(|e| typed(maps::SVC_BES.name)(e.to_string()))?;
+        let affinity = HashMap::try_from(open(&maps::AFFINITY)?)
+            .map_err(|e| typed(maps::AFFINITY.name)(e.to_string()))?;
+        let revnat = HashMap::try_from(open(&maps::REVNAT)?)
+            .map_err(|e| typed(maps::REVNAT.name)(e.to_string()))?;
+        let conns = PerCpuHashMap::try_from(open(&maps::BE_CONNS)?)
+            .map_err(|e| typed(maps::BE_CONNS.name)(e.to_string()))?;
+        let tables = sys::obj_get(&maps_dir.join(maps::LB_TABLES.name))
+            .map_err(|e| typed(maps::LB_TABLES.name)(e.to_string()))?;
+
+        let mut current = BTreeMap::new();
+        let mut next_svc_id = 1;
+        for (k, v) in svc.iter().filter_map(Result::ok) {
+            let (Some(ip), Some(protocol)) = (maps::addr_from(k.addr, k.family), proto_of(k.proto))
+            else {
+                continue;
+            };
+            let key = FrontendKey {
+                addr: SocketAddr::new(ip, u16::from_be(k.port)),
+                protocol,
+            };
+            next_svc_id = next_svc_id.max(v.svc_id + 1);
+            current.insert(
+                key,
+                Programmed {
+                    frontend: None,
+                    svc_id: v.svc_id,
+                    value: v,
+                    table: Vec::new(),
+                    members: BTreeSet::new(),
+                },
+            );
+        }
+        let mut backend_ids = StdHashMap::new();
+        let mut next_backend_id = 1;
+        for (id, b) in backends.iter().filter_map(Result::ok) {
+            next_backend_id = next_backend_id.max(id + 1);
+            if let (Some(addr), Some(p)) = (b.socket_addr(), proto_of(b.proto)) {
+                backend_ids.insert((addr, p), id);
+            }
+        }
+        for (k, _) in members.iter().filter_map(Result::ok) {
+            if let Some(p) = current.values_mut().find(|p| p.svc_id == k.svc_id) {
+                p.members.insert(k.backend_id);
+            }
+        }
+        Ok(Programmer {
+            svc,
+            backends,
+            members,
+            affinity,
+            revnat,
+            conns,
+            tables,
+            maglev,
+            current,
+            backend_ids,
+            next_backend_id,
+            next_svc_id,
+            synced: false,
+        })
+    }
+
+    pub fn frontends(&self) -> usize {
+        self.current.len()
+    }
+
+    /// Programs `t`, changing only what differs.
+    pub fn apply(&mut self, t: &Translation) -> Result<ApplyReport, ProgramError> {
+        let mut rep = ApplyReport::default();
+        for (key, f) in &t.frontends {
+            let prev = self.current.get(key).cloned();
+            let eligible = f.eligible();
+            let mut ids = Vec::with_capacity(eligible.len());
+            for addr in &eligible {
+                let (id, new) = self.backend_id(*addr, key.protocol)?;
+                rep.backends_added += usize::from(new);
+                ids.push(id);
+            }
+            let table = match f.selection {
+                Selection::Random => ids.clone(),
+                Selection::Maglev => self.maglev_table(f, &eligible, &ids)?,
+            };
+            let svc_id = match &prev {
+                Some(p) => p.svc_id,
+                None => {
+                    let id = self.next_svc_id;
+                    self.next_svc_id += 1;
+                    id
+                }
+            };
+            let value = SvcValue {
+                svc_id,
+                affinity_timeout: f.affinity_timeout.unwrap_or(0),
+                flags: if f.selection == Selection::Maglev {
+                    SVC_F_MAGLEV
+                } else {
+                    0
+                },
+                pad: 0,
+            };
+            let members: BTreeSet<u32> = ids.iter().copied().collect();
+            let same_table = prev
+                .as_ref()
+                .is_some_and(|p| p.table == table && p.frontend.is_some());
+            let same_value = prev.as_ref().is_some_and(|p| p.value == value);
+            if same_table && same_value {
+                if let Some(p) = self.current.get_mut(key) {
+                    p.frontend = Some(f.clone());
+                }
+                rep.unchanged += 1;
+                continue;
+            }
+            if !same_table {
+                let old_members = prev.as_ref().map(|p| p.members.clone()).unwrap_or_default();
+                for id in members.difference(&old_members) {
+                    self.members
+                        .insert(
+                            SvcBackendKey {
+                                svc_id,
+                                backend_id: *id,
+                            },
+                            1,
+                            0,
+                        )
+                        .map_err(|e| merr(maps::SVC_BES.name, "insert")(e.to_string()))?;
+                }
+                self.swap_table(svc_id, &table)?;
+                for id in old_members.difference(&members) {
+                    let _ = self.members.remove(&SvcBackendKey {
+                        svc_id,
+                        backend_id: *id,
+                    });
+                }
+            }
+            if !same_value {
+                self.svc
+                    .insert(SvcKey::new(key.addr, key.protocol.number()), value, 0)
+                    .map_err(|e| merr(maps::SVC.name, "insert")(e.to_string()))?;
+            }
+            if prev.is_some() {
+                rep.changed += 1;
+            } else {
+                rep.added += 1;
+            }
+            self.current.insert(
+                *key,
+                Programmed {
+                    frontend: Some(f.clone()),
+                    svc_id,
+                    value,
+                    table,
+                    members,
+                },
+            );
+        }
+
+        let gone: Vec<FrontendKey> = self
+            .current
+            .keys()
+            .filter(|k| !t.frontends.contains_key(k))
+            .copied()
+            .collect();
+        let mut gone_ids = BTreeSet::new();
+        for key in gone {
+            let p = self.current.remove(&key).expect("listed above");
+            let _ = self
+                .svc
+                .remove(&SvcKey::new(key.addr, key.protocol.number()));
+            let _ = sys::map_delete(self.tables.as_fd(), &p.svc_id.to_ne_bytes());
+            for id in &p.members {
+                let _ = self.members.remove(&SvcBackendKey {
+                    svc_id: p.svc_id,
+                    backend_id: *id,
+                });
+            }
+            gone_ids.insert(p.svc_id);
+            rep.removed += 1;
+        }
+        if !gone_ids.is_empty() {
+            self.forget_sockets_of(&gone_ids);
+        }
+        rep.backends_removed = self.release_unused_backends();
+        self.synced = true;
+        Ok(rep)
+    }
+
+    /// The id of a backend, allocating (and writing) it if it is new.
+    fn backend_id(&mut self, addr: SocketAddr, p: Protocol) -> Result<(u32, bool), ProgramError> {
+        if let Some(id) = self.backend_ids.get(&(addr, p)) {
+            return Ok((*id, false));
+        }
+        let id = self.next_backend_id;
+        self.next_backend_id += 1;
+        self.backends
+            .insert(id, Backend::new(addr, p.number()), 0)
+            .map_err(|e| merr(maps::BACKENDS.name, "insert")(e.to_string()))?;
+        // A reused id starts with no connections counted.
+        let _ = self.conns.remove(&id);
+        self.backend_ids.insert((addr, p), id);
+        Ok((id, true))
+    }
+
+    fn maglev_table(
+        &self,
+        f: &Frontend,
+        eligible: &[SocketAddr],
+        ids: &[u32],
+    ) -> Result<Vec<u32>, ProgramError> {
+        let keys: Vec<String> = eligible
+            .iter()
+            .map(|a| format!("{a}/{:?}", f.key.protocol))
+            .collect();
+        let bes: Vec<maglev::MaglevBackend<'_>> = keys
+            .iter()
+            .map(|k| maglev::MaglevBackend { key: k, weight: 1 })
+            .collect();
+        let t =
+            maglev::table(&bes, self.maglev.table_size, self.maglev.seed).map_err(|source| {
+                ProgramError::Maglev {
+                    service: f.service.to_string(),
+                    frontend: f.key,
+                    source,
+                }
+            })?;
+        Ok(t.into_iter().map(|i| ids[i as usize]).collect())
+    }
+
+    /// Builds the table aside and swaps it in with one outer-map update.
+    fn swap_table(&mut self, svc_id: u32, table: &[u32]) -> Result<(), ProgramError> {
+        let inner = sys::lb_table(table, "sluice_lb_tbl")
+            .map_err(|e| merr("selection table", "create")(e.to_string()))?;
+        sys::map_update(
+            self.tables.as_fd(),
+            &svc_id.to_ne_bytes(),
+            &(inner.as_raw_fd() as u32).to_ne_bytes(),
+            0,
+        )
+        .map_err(|e| merr(maps::LB_TABLES.name, "swap in a table")(e.to_string()))
+    }
+
+    /// Drops the reverse translations and affinities of removed services.
+    fn forget_sockets_of(&mut self, svc_ids: &BTreeSet<u32>) {
+        let revnat: Vec<RevnatKey> = self
+            .revnat
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| svc_ids.contains(&v.svc_id))
+            .map(|(k, _)| k)
+            .collect();
+        for k in revnat {
+            let _ = self.revnat.remove(&k);
+        }
+        let aff: Vec<AffinityKey> = self
+            .affinity
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| svc_ids.contains(&k.svc_id))
+            .collect();
+        for k in aff {
+            let _ = self.affinity.remove(&k);
+        }
+    }
+
+    /// Removes backends no table uses any more. Returns how many.
+    fn release_unused_backends(&mut self) -> usize {
+        let used: BTreeSet<u32> = self
+            .current
+            .values()
+            .flat_map(|p| p.members.iter().copied())
+            .collect();
+        let unused: Vec<((SocketAddr, Protocol), u32)> = self
+            .backend_ids
+            .iter()
+            .filter(|(_, id)| !used.contains(id))
+            .map(|(k, id)| (*k, *id))
+            .collect();
+        for (k, id) in &unused {
+            let _ = self.backends.remove(id);
+            let _ = self.conns.remove(id);
+            self.backend_ids.remove(k);
+        }
+        unused.len()
+    }
+
+    /// New connections counted per backend (summed over CPUs).
+    pub fn connections(&self, addr: SocketAddr, p: Protocol) -> Option<u64> {
+        let id = self.backend_ids.get(&(addr, p))?;
+        Some(self.conns.get(id, 0).map(|v| v.iter().sum()).unwrap_or(0))
+    }
+
+    /// Every programmed frontend, with what the datapath counted.
+    pub fn views(&self) -> Vec<ServiceView> {
+        self.current
+            .iter()
+            .map(|(k, p)| {
+                let f = p.frontend.as_ref();
+                ServiceView {
+                    frontend: k.to_string(),
+                    service: f.map(|f| f.service.to_string()).unwrap_or_default(),
+                    port_name: f.map(|f| f.port_name.clone()).unwrap_or_default(),
+                    svc_id: p.svc_id,
+                    selection: f.map(|f| f.selection),
+                    affinity_timeout: f.and_then(|f| f.affinity_timeout),
+                    internal_local: f.is_some_and(|f| f.internal_local),
+                    table_size: p.table.len(),
+                    backends: f
+                        .map(|f| {
+                            f.backends
+                                .iter()
+                                .map(|b| BackendView {
+                                    addr: b.addr,
+                                    state: b.state,
+                                    local: b.local,
+                                    excluded_by_policy: b.excluded_by_policy,
+                                    in_table: self
+                                        .backend_ids
+                                        .get(&(b.addr, k.protocol))
+                                        .is_some_and(|id| p.members.contains(id)),
+                                    connections: self.connections(b.addr, k.protocol).unwrap_or(0),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendView {
+    pub addr: SocketAddr,
+    pub state: super::model::BackendState,
+    pub local: bool,
+    pub excluded_by_policy: bool,
+    /// Gets new connections now.
+    pub in_table: bool,
+    pub connections: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub frontend: String,
+    /// Empty for a frontend adopted from the maps at start and not yet
+    /// confirmed by the source.
+    pub service: String,
+    pub port_name: String,
+    pub svc_id: u32,
+    pub selection: Option<Selection>,
+    pub affinity_timeout: Option<u32>,
+    pub internal_local: bool,
+    pub table_size: usize,
+    pub backends: Vec<BackendView>,
+}
