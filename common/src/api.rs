@@ -31,6 +31,9 @@ pub enum Request {
         ifname: String,
     },
     ListEndpoints,
+    /// Programmed service frontends with their backends and counters, and
+    /// the objects the service source rejected.
+    ListServices,
     Status,
 }
 

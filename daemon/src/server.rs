@@ -26,6 +26,8 @@ const IDLE: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct Daemon {
     state: Arc<Mutex<State>>,
+    /// The service source and programmer, if `services_dir` is set.
+    services: Option<Arc<crate::services::runner::Services>>,
     /// Wakes the tc attach thread.
     attach_kick: std::sync::mpsc::Sender<()>,
     metrics: Arc<Metrics>,
@@ -72,7 +74,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _lock = lock_instance(&cfg)?;
     let cookies = CookieReader::spawn().context("starting the netns thread")?;
     let cfg2 = cfg.clone();
-    let (state, report) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+    let (state, report, services) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let dp = Datapath::open(&cfg2)?;
         info!(
             pin_path = %cfg2.pin_path.display(),
@@ -82,10 +84,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             links = ?dp.cgroup_links.iter().map(|l| (l.program.as_str(), l.id, l.outcome)).collect::<Vec<_>>(),
             "datapath open"
         );
+        let services = crate::services::runner::Services::start(&cfg2, dp.maps_dir())?;
         let mut st = State::new(cfg2, dp, cookies)?;
         st.put_host_entry()?;
         let report = st.reconcile(true);
-        Ok((st, report))
+        Ok((st, report, services))
     })
     .await??;
     let maps_reused = state.dp.maps_reused.iter().map(|s| s.to_string()).collect();
@@ -109,6 +112,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     metrics.restore_seconds.set(t0.elapsed().as_secs_f64());
     let attach_kick = spawn_attacher(state.clone())?;
     let daemon = Arc::new(Daemon {
+        services,
         attach_kick,
         state,
         metrics,
@@ -331,6 +335,7 @@ async fn handle(line: &[u8], d: &Arc<Daemon>) -> Vec<u8> {
         Request::Register { .. } => "register",
         Request::Unregister { .. } => "unregister",
         Request::ListEndpoints => "list_endpoints",
+        Request::ListServices => "list_services",
         Request::Status => "status",
     };
     let t = Instant::now();
@@ -383,6 +388,10 @@ fn answer(req: Request, d: &Daemon) -> Result<serde_json::Value, String> {
         Request::ListEndpoints => {
             Ok(serde_json::to_value(lock(&d.state).views()).expect("views serialize"))
         }
+        Request::ListServices => match &d.services {
+            Some(s) => Ok(json!({ "services": s.views(), "source": s.last_pass() })),
+            None => Err("no service source: set services_dir in the daemon's config".into()),
+        },
         Request::Status => {
             let st = lock(&d.state);
             let s = StatusView {

@@ -8,6 +8,8 @@ use sluice_common::api::{self, Request};
 use sluice_common::endpoint::EndpointRecord;
 use sluice_daemon::config::{Config, DEFAULT_CONFIG};
 use sluice_daemon::datapath::{map_summary, MapSummary};
+use sluice_daemon::services::program::ServiceView;
+use sluice_daemon::services::runner::Pass;
 use sluice_daemon::views::{EndpointView, StatusView};
 use sluice_dataplane::load::open_pinned;
 use sluice_dataplane::maps::{self, Endpoint, EpCounters};
@@ -48,6 +50,9 @@ enum Cmd {
     Status,
     /// Registered pod interfaces with their netns cookie and counters.
     Endpoints,
+    /// Service frontends, their backends with state and new-connection
+    /// counts, and what the service source rejected.
+    Services,
     /// BPF objects.
     Bpf {
         #[command(subcommand)]
@@ -129,6 +134,18 @@ fn run(args: &Args) -> anyhow::Result<i32> {
                 Output::Table => print_endpoints(&eps),
             }
             Ok(0)
+        }
+        Cmd::Services => {
+            let r = ask(Request::ListServices)?;
+            let views: Vec<ServiceView> = serde_json::from_value(r.data["services"].clone())
+                .context("reading the service list")?;
+            let pass: Pass = serde_json::from_value(r.data["source"].clone())
+                .context("reading the source state")?;
+            match args.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&r.data)?),
+                Output::Table => print_services(&views, &pass),
+            }
+            Ok(if pass.rejected.is_empty() { 0 } else { 1 })
         }
         Cmd::Bpf { what: BpfCmd::Maps } => {
             let maps = map_summary(&cfg.maps_dir());
@@ -404,4 +421,68 @@ fn print_status(s: &StatusView) {
     );
     println!();
     print_maps(&s.maps);
+}
+
+fn print_services(views: &[ServiceView], pass: &Pass) {
+    let mut rows = Vec::new();
+    for v in views {
+        let head = [
+            if v.service.is_empty() {
+                "(adopted)".to_string()
+            } else {
+                v.service.clone()
+            },
+            v.frontend.clone(),
+            v.selection
+                .map(|s| format!("{s:?}").to_lowercase())
+                .unwrap_or_else(|| "-".into()),
+            v.affinity_timeout
+                .map(|t| format!("ClientIP {t}s"))
+                .unwrap_or_else(|| "-".into()),
+        ];
+        if v.backends.is_empty() {
+            let mut r = head.to_vec();
+            r.extend(["(none: refused)".into(), "-".into(), "-".into(), "-".into()]);
+            rows.push(r);
+        }
+        for (i, b) in v.backends.iter().enumerate() {
+            let mut r = if i == 0 {
+                head.to_vec()
+            } else {
+                vec![String::new(); 4]
+            };
+            let mut state = format!("{:?}", b.state).to_lowercase();
+            if b.excluded_by_policy {
+                state.push_str(" (other node, policy Local)");
+            }
+            r.extend([
+                b.addr.to_string(),
+                state,
+                if b.in_table { "yes" } else { "no" }.into(),
+                b.connections.to_string(),
+            ]);
+            rows.push(r);
+        }
+    }
+    table(
+        &[
+            "SERVICE",
+            "FRONTEND",
+            "SELECTION",
+            "AFFINITY",
+            "BACKEND",
+            "STATE",
+            "NEW CONNS",
+            "CONNECTIONS",
+        ],
+        rows,
+    );
+    println!();
+    println!(
+        "source {}: {} frontends, last change programmed in {:.1} ms",
+        pass.dir, pass.frontends, pass.last_duration_ms
+    );
+    for r in &pass.rejected {
+        println!("rejected  {r}");
+    }
 }

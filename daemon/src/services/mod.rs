@@ -4,6 +4,7 @@
 pub mod manifest;
 pub mod model;
 pub mod program;
+pub mod runner;
 pub mod source;
 pub mod translate;
 

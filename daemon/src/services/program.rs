@@ -205,6 +205,15 @@ impl Programmer {
         self.current.len()
     }
 
+    /// Who holds each programmed frontend (the translation's conflict rule
+    /// keeps it with its holder).
+    pub fn owners(&self) -> BTreeMap<FrontendKey, super::model::ServiceRef> {
+        self.current
+            .iter()
+            .filter_map(|(k, p)| Some((*k, p.frontend.as_ref()?.service.clone())))
+            .collect()
+    }
+
     /// Programs `t`, changing only what differs.
     pub fn apply(&mut self, t: &Translation) -> Result<ApplyReport, ProgramError> {
         let mut rep = ApplyReport::default();

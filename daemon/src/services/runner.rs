@@ -1,0 +1,150 @@
+//! Keeps the service maps equal to the manifest directory: scan, translate
+//! the whole set, apply the difference; again on every change the watch
+//! reports (and every 10 s, in case an event was missed).
+
+use super::model::Rejection;
+use super::program::{ApplyReport, MaglevConfig, Programmer, ServiceView};
+use super::source::{watch, ManifestDir};
+use super::translate::{translate, Context};
+use crate::config::Config;
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// The last pass, for the API and metrics.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Pass {
+    pub dir: String,
+    pub frontends: usize,
+    pub rejected: Vec<Rejection>,
+    pub last_apply: Option<ApplyReport>,
+    /// Scan, translation and apply of the last pass that changed anything.
+    pub last_duration_ms: f64,
+    pub passes: u64,
+}
+
+#[derive(Debug)]
+pub struct Services {
+    programmer: Mutex<Programmer>,
+    dir: Mutex<ManifestDir>,
+    ctx: Context,
+    pass: Mutex<Pass>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Services {
+    /// Opens the maps, makes the directory if needed and runs the first
+    /// pass (so the daemon is ready with its services programmed).
+    pub fn start(cfg: &Config, maps_dir: &std::path::Path) -> anyhow::Result<Option<Arc<Self>>> {
+        let Some(dir) = &cfg.services_dir else {
+            return Ok(None);
+        };
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("creating services_dir {}: {e}", dir.display()))?;
+        let programmer = Programmer::open(
+            maps_dir,
+            MaglevConfig {
+                table_size: cfg.maglev_table_size,
+                seed: cfg.maglev_seed,
+            },
+        )?;
+        let node_name = cfg.node_name.clone().or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+        });
+        let s = Arc::new(Services {
+            programmer: Mutex::new(programmer),
+            dir: Mutex::new(ManifestDir::new(dir)),
+            ctx: Context {
+                node_name,
+                ..Default::default()
+            },
+            pass: Mutex::new(Pass {
+                dir: dir.display().to_string(),
+                ..Default::default()
+            }),
+        });
+        s.pass(true);
+        let rx = watch(dir).map_err(|e| anyhow::anyhow!(e))?;
+        let s2 = s.clone();
+        std::thread::Builder::new()
+            .name("sluiced-services".into())
+            .spawn(move || loop {
+                match rx.recv_timeout(Duration::from_secs(10)) {
+                    Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+                while rx.try_recv().is_ok() {}
+                s2.pass(false);
+            })?;
+        Ok(Some(s))
+    }
+
+    /// One scan, translation and apply.
+    fn pass(&self, force: bool) {
+        let t0 = Instant::now();
+        let mut dir = lock(&self.dir);
+        let changed = match dir.scan() {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("{e}");
+                return;
+            }
+        };
+        if !changed && !force {
+            return;
+        }
+        let (services, slices, mut rejected) = dir.objects();
+        drop(dir);
+        let mut programmer = lock(&self.programmer);
+        let mut ctx = self.ctx.clone();
+        ctx.previous_owners = programmer.owners();
+        let t = translate(&services, &slices, &ctx);
+        rejected.extend(t.rejected.iter().cloned());
+        rejected.sort();
+        let report = match programmer.apply(&t) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                warn!("programming services: {e}");
+                None
+            }
+        };
+        let frontends = programmer.frontends();
+        drop(programmer);
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        let mut pass = lock(&self.pass);
+        for r in rejected.iter().filter(|r| !pass.rejected.contains(r)) {
+            warn!(object = %r.object, "rejected: {}", r.reason);
+        }
+        if let Some(r) = &report {
+            info!(
+                frontends,
+                added = r.added,
+                changed = r.changed,
+                removed = r.removed,
+                rejected = rejected.len(),
+                ms = format!("{ms:.1}"),
+                "services programmed"
+            );
+        }
+        debug!(?report, "services pass");
+        pass.frontends = frontends;
+        pass.rejected = rejected;
+        pass.last_apply = report;
+        pass.last_duration_ms = ms;
+        pass.passes += 1;
+    }
+
+    pub fn views(&self) -> Vec<ServiceView> {
+        lock(&self.programmer).views()
+    }
+
+    pub fn last_pass(&self) -> Pass {
+        lock(&self.pass).clone()
+    }
+}

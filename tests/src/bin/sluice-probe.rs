@@ -1,0 +1,124 @@
+//! A tiny client and server for the service tests, run inside pod and node
+//! namespaces: what a connect or a datagram to a service address reaches,
+//! and what the application sees as its peer.
+//!
+//! serve tcp|udp PORT NAME   answer each connection (then echo lines) or
+//!                           datagram with NAME, on [::]:PORT (v4 too)
+//! tcp ADDR                  connect, print {"peer","reply"} as JSON
+//! tcp-hold ADDR SECS        connect, read the name, wait SECS, then check
+//!                           the connection still echoes
+//! udp ADDR                  unconnected sendto/recvfrom: {"from","reply"}
+//! udp-connected ADDR        connect, send, recv: {"peer","from","reply"}
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+
+fn fail(what: &str, e: std::io::Error) -> ! {
+    println!(
+        "{{\"error\":\"{what}: {e}\",\"errno\":{}}}",
+        e.raw_os_error().unwrap_or(0)
+    );
+    std::process::exit(1);
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap_or_else(|_| {
+        eprintln!("{s:?} is not ip:port");
+        std::process::exit(2)
+    })
+}
+
+fn main() {
+    let a: Vec<String> = std::env::args().skip(1).collect();
+    let t = Duration::from_secs(3);
+    match a.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["serve", "tcp", port, name] => {
+            let l = TcpListener::bind(format!("[::]:{port}")).unwrap_or_else(|e| fail("bind", e));
+            for s in l.incoming().flatten() {
+                let name = name.to_string();
+                std::thread::spawn(move || {
+                    let mut w = &s;
+                    let _ = writeln!(w, "{name}");
+                    for line in BufReader::new(&s).lines() {
+                        let Ok(line) = line else { return };
+                        if writeln!(w, "{line}").is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+        ["serve", "udp", port, name] => {
+            let s = UdpSocket::bind(format!("[::]:{port}")).unwrap_or_else(|e| fail("bind", e));
+            let mut buf = [0u8; 1500];
+            while let Ok((_, from)) = s.recv_from(&mut buf) {
+                let _ = s.send_to(name.as_bytes(), from);
+            }
+        }
+        ["tcp", dst] => {
+            let s =
+                TcpStream::connect_timeout(&addr(dst), t).unwrap_or_else(|e| fail("connect", e));
+            s.set_read_timeout(Some(t)).unwrap();
+            let peer = s.peer_addr().unwrap_or_else(|e| fail("getpeername", e));
+            let mut line = String::new();
+            BufReader::new(&s)
+                .read_line(&mut line)
+                .unwrap_or_else(|e| fail("read", e));
+            println!("{{\"peer\":\"{peer}\",\"reply\":\"{}\"}}", line.trim());
+        }
+        ["tcp-hold", dst, secs] => {
+            let s =
+                TcpStream::connect_timeout(&addr(dst), t).unwrap_or_else(|e| fail("connect", e));
+            s.set_read_timeout(Some(t)).unwrap();
+            let mut r = BufReader::new(&s);
+            let mut name = String::new();
+            r.read_line(&mut name).unwrap_or_else(|e| fail("read", e));
+            std::thread::sleep(Duration::from_secs_f64(secs.parse().unwrap_or(1.0)));
+            let mut w = &s;
+            writeln!(w, "still-there").unwrap_or_else(|e| fail("write", e));
+            let mut echo = String::new();
+            r.read_line(&mut echo)
+                .unwrap_or_else(|e| fail("read after wait", e));
+            println!(
+                "{{\"reply\":\"{}\",\"echo\":\"{}\"}}",
+                name.trim(),
+                echo.trim()
+            );
+        }
+        ["udp", dst] => {
+            let d = addr(dst);
+            let s = UdpSocket::bind(if d.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })
+                .unwrap_or_else(|e| fail("bind", e));
+            s.set_read_timeout(Some(t)).unwrap();
+            s.send_to(b"hi", d).unwrap_or_else(|e| fail("sendto", e));
+            let mut buf = [0u8; 1500];
+            let (n, from) = s
+                .recv_from(&mut buf)
+                .unwrap_or_else(|e| fail("recvfrom", e));
+            println!(
+                "{{\"from\":\"{from}\",\"reply\":\"{}\"}}",
+                String::from_utf8_lossy(&buf[..n])
+            );
+        }
+        ["udp-connected", dst] => {
+            let d = addr(dst);
+            let s = UdpSocket::bind(if d.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })
+                .unwrap_or_else(|e| fail("bind", e));
+            s.set_read_timeout(Some(t)).unwrap();
+            s.connect(d).unwrap_or_else(|e| fail("connect", e));
+            let peer = s.peer_addr().unwrap_or_else(|e| fail("getpeername", e));
+            s.send(b"hi").unwrap_or_else(|e| fail("send", e));
+            let mut buf = [0u8; 1500];
+            let (n, from) = s.recv_from(&mut buf).unwrap_or_else(|e| fail("recv", e));
+            println!(
+                "{{\"peer\":\"{peer}\",\"from\":\"{from}\",\"reply\":\"{}\"}}",
+                String::from_utf8_lossy(&buf[..n])
+            );
+        }
+        _ => {
+            eprintln!("usage: sluice-probe serve tcp|udp PORT NAME | tcp ADDR | tcp-hold ADDR SECS | udp ADDR | udp-connected ADDR");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! Services through the real daemon and plugin: a manifest directory, pods
+//! running a probe server, and clients in a pod, the node, and namespaces
+//! the daemon does not know.
+
+use serde_json::Value;
+use sluice_tests::daemon::{eventually, Daemon};
+use sluice_tests::{bin, require_root, Node, Ns, Pod};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A probe server in a netns, killed on drop.
+struct Server(Child);
+
+impl Server {
+    fn start(ns: &Ns, proto: &str, port: u16, name: &str) -> Self {
+        let c = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(bin("sluice-probe"))
+            .args(["serve", proto, &port.to_string(), name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start probe server");
+        Server(c)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the probe client in `ns`; its JSON line.
+fn probe(ns: &Ns, args: &[&str]) -> Value {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(bin("sluice-probe"))
+        .args(args)
+        .output()
+        .expect("run probe");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "probe {args:?}: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Connects until the server answers (servers take a moment to bind).
+fn probe_ok(ns: &Ns, args: &[&str]) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = probe(ns, args);
+        if v["error"].is_null() || Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+const RANGES: &str = r#"[[{"subnet":"10.230.0.0/24","gateway":"10.230.0.1"}],[{"subnet":"fd00:230::/64","gateway":"fd00:230::1"}]]"#;
+
+struct Cluster<'a> {
+    node: &'a Node,
+    d: Daemon<'a>,
+    web: Vec<Pod<'a>>,
+    client: Pod<'a>,
+    _servers: Vec<Server>,
+    dir: std::path::PathBuf,
+}
+
+fn ip_of(p: &Pod<'_>, v6: bool) -> String {
+    p.ips().into_iter().find(|i| i.contains(':') == v6).unwrap()
+}
+
+/// The manifests for service `web` over the given backends; each backend
+/// is (pod, ready, serving, terminating).
+fn manifests(backends: &[(&Pod<'_>, bool, bool, bool)], extra_spec: &str) -> String {
+    let eps = |v6: bool| -> String {
+        backends
+            .iter()
+            .map(|(p, r, s, t)| {
+                format!(
+                    "- addresses: [\"{}\"]\n  conditions: {{ready: {r}, serving: {s}, terminating: {t}}}\n  nodeName: node-a\n",
+                    ip_of(p, v6)
+                )
+            })
+            .collect()
+    };
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: demo}}
+spec:
+  clusterIPs: [10.96.10.10, "fd00:96::10"]
+  {extra_spec}
+  ports:
+  - {{name: http, port: 80, targetPort: http}}
+  - {{name: dns, port: 53, protocol: UDP, targetPort: 5353}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: empty, namespace: demo}}
+spec:
+  clusterIP: 10.96.10.20
+  ports: [{{port: 80}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-4, namespace: demo, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080}}, {{name: dns, port: 5353, protocol: UDP}}]
+endpoints:
+{}---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-6, namespace: demo, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv6
+ports: [{{name: http, port: 8080}}, {{name: dns, port: 5353, protocol: UDP}}]
+endpoints:
+{}"#,
+        eps(false),
+        eps(true)
+    )
+}
+
+impl<'a> Cluster<'a> {
+    fn new(node: &'a Node, extra_spec: &str) -> Self {
+        let dir = node.dir.path().join("services");
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = node.conf("1.0.0", RANGES);
+        // The daemon starts first, so the pods register; the manifest
+        // comes once the pods have addresses.
+        let d = Daemon::start_with(
+            node,
+            &format!(
+                "services_dir = \"{}\"\nnode_name = \"node-a\"\n",
+                dir.display()
+            ),
+        );
+        let web: Vec<Pod<'a>> = (0..2).map(|_| Pod::add(node, &conf)).collect();
+        let client = Pod::add(node, &conf);
+        let mut servers = Vec::new();
+        for (i, p) in web.iter().enumerate() {
+            servers.push(Server::start(&p.ns, "tcp", 8080, &format!("web-{i}")));
+            servers.push(Server::start(&p.ns, "udp", 5353, &format!("web-{i}")));
+        }
+        let c = Cluster {
+            node,
+            d,
+            web,
+            client,
+            _servers: servers,
+            dir,
+        };
+        let all: Vec<_> = c.web.iter().map(|p| (p, true, true, false)).collect();
+        c.write(&manifests(&all, extra_spec));
+        c.wait_programmed(|v| v["services"].as_array().unwrap().len() == 5);
+        c
+    }
+
+    /// Replaces the manifest file the way an editor saves: temp, then rename.
+    fn write(&self, text: &str) {
+        let tmp = self.dir.join(".web.yaml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.dir.join("web.yaml")).unwrap();
+    }
+
+    fn services(&self) -> Value {
+        self.d
+            .call(sluice_common::api::Request::ListServices)
+            .expect("list_services")
+            .data
+    }
+
+    fn wait_programmed(&self, f: impl Fn(&Value) -> bool) {
+        let mut last = Value::Null;
+        let ok = eventually(10, || {
+            last = self.services();
+            f(&last)
+        });
+        assert!(ok, "services not programmed as expected: {last:#}");
+    }
+
+    fn frontend(&self, v: &Value, fe: &str) -> Value {
+        v["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["frontend"] == fe)
+            .cloned()
+            .unwrap_or_else(|| panic!("no frontend {fe}: {v:#}"))
+    }
+
+    fn in_table(&self, fe: &str) -> Vec<String> {
+        let v = self.services();
+        self.frontend(&v, fe)["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["in_table"] == true)
+            .map(|b| b["addr"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+#[test]
+fn tcp_and_udp_to_a_cluster_ip_from_a_pod_and_from_the_node() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let c = Cluster::new(&node, "");
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let v = probe_ok(&c.client.ns, &["tcp", "10.96.10.10:80"]);
+        assert_eq!(
+            v["peer"], "10.96.10.10:80",
+            "getpeername shows the service: {v}"
+        );
+        seen.insert(v["reply"].as_str().unwrap().to_string());
+    }
+    assert_eq!(seen.len(), 2, "both backends get connections: {seen:?}");
+
+    let v = probe_ok(&c.client.ns, &["udp", "10.96.10.10:53"]);
+    assert_eq!(
+        v["from"], "10.96.10.10:53",
+        "an unconnected reply comes from the service: {v}"
+    );
+    assert!(v["reply"].as_str().unwrap().starts_with("web-"));
+    let v = probe_ok(&c.client.ns, &["udp-connected", "10.96.10.10:53"]);
+    assert_eq!(v["peer"], "10.96.10.10:53", "{v}");
+    assert_eq!(v["from"], "10.96.10.10:53", "{v}");
+
+    // The node's own netns is translated too.
+    let v = probe_ok(&c.node.ns, &["tcp", "10.96.10.10:80"]);
+    assert_eq!(v["peer"], "10.96.10.10:80", "{v}");
+    assert!(v["reply"].as_str().unwrap().starts_with("web-"));
+
+    // v6 frontend of the dual-stack service.
+    let v = probe_ok(&c.client.ns, &["tcp", "[fd00:96::10]:80"]);
+    assert_eq!(v["peer"], "[fd00:96::10]:80", "{v}");
+    let v = probe_ok(&c.client.ns, &["udp", "[fd00:96::10]:53"]);
+    assert_eq!(v["from"], "[fd00:96::10]:53", "{v}");
+
+    // The datapath counted the connections per backend.
+    let s = c.services();
+    let total: u64 = c.frontend(&s, "10.96.10.10:80/Tcp")["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["connections"].as_u64().unwrap())
+        .sum();
+    assert!(total >= 31, "connections counted: {total}");
+    let out = c.d.ctl(&["services"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("demo/web") && table.contains("10.96.10.10:80/Tcp"),
+        "{table}"
+    );
+}
+
+#[test]
+fn a_service_with_no_backend_refuses_at_once() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let c = Cluster::new(&node, "");
+    let t = Instant::now();
+    let v = probe(&c.client.ns, &["tcp", "10.96.10.20:80"]);
+    assert_eq!(v["errno"], 111, "ECONNREFUSED: {v}");
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "refused at once, not a timeout"
+    );
+}
+
+#[test]
+fn namespaces_the_daemon_does_not_know_are_not_translated() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let c = Cluster::new(&node, "");
+    // A namespace of no daemon that happens to serve the cluster IP itself:
+    // untranslated, its connect reaches its own server.
+    let stranger = Ns::new("x");
+    stranger.ip(&["addr", "add", "10.96.10.10/32", "dev", "lo"]);
+    let _s = Server::start(&stranger, "tcp", 80, "stranger");
+    let v = probe_ok(&stranger, &["tcp", "10.96.10.10:80"]);
+    assert_eq!(v["reply"], "stranger", "{v}");
+    // The same from a pod of another node (another daemon, no services).
+    let node2 = Node::new();
+    let _d2 = Daemon::start(&node2);
+    let p2 = Pod::add(
+        &node2,
+        &node2.conf(
+            "1.0.0",
+            r#"[[{"subnet":"10.231.0.0/24","gateway":"10.231.0.1"}]]"#,
+        ),
+    );
+    p2.ns.ip(&["addr", "add", "10.96.10.10/32", "dev", "lo"]);
+    let _s2 = Server::start(&p2.ns, "tcp", 80, "node2-pod");
+    let v = probe_ok(&p2.ns, &["tcp", "10.96.10.10:80"]);
+    assert_eq!(v["reply"], "node2-pod", "{v}");
+    // And the known pod still is translated.
+    let v = probe_ok(&c.client.ns, &["tcp", "10.96.10.10:80"]);
+    assert!(v["reply"].as_str().unwrap().starts_with("web-"), "{v}");
+}
+
+#[test]
+fn a_removed_backend_gets_no_new_connections_and_a_terminating_one_keeps_its_own() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let c = Cluster::new(&node, "");
+    let web1 = format!("{}:8080", ip_of(&c.web[1], false));
+    let web1_conns = || {
+        let s = c.services();
+        c.frontend(&s, "10.96.10.10:80/Tcp")["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["addr"] == web1.as_str())
+            .map(|b| b["connections"].as_u64().unwrap())
+            .unwrap_or(0)
+    };
+    // Hold a connection that landed on web-1: start one, and keep it only
+    // if web-1's counter moved.
+    let hold = loop {
+        let before = web1_conns();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &c.client.ns.name])
+            .arg(bin("sluice-probe"))
+            .args(["tcp-hold", "10.96.10.10:80", "2"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        if web1_conns() > before {
+            break child;
+        }
+        let _ = child.wait_with_output();
+    };
+    // web-1 starts terminating: it leaves the table for new connections.
+    c.write(&manifests(
+        &[
+            (&c.web[0], true, true, false),
+            (&c.web[1], false, false, true),
+        ],
+        "",
+    ));
+    c.wait_programmed(|_| c.in_table("10.96.10.10:80/Tcp").len() == 1);
+    for _ in 0..20 {
+        let v = probe_ok(&c.client.ns, &["tcp", "10.96.10.10:80"]);
+        assert_eq!(
+            v["reply"], "web-0",
+            "no new connection to a terminating backend: {v}"
+        );
+    }
+    let out = hold.wait_with_output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["reply"], "web-1", "{v}");
+    assert_eq!(
+        v["echo"], "still-there",
+        "the established connection lives on: {v}"
+    );
+    // Removed entirely: same for new connections.
+    c.write(&manifests(&[(&c.web[0], true, true, false)], ""));
+    c.wait_programmed(|_| {
+        c.in_table("10.96.10.10:80/Tcp") == vec![format!("{}:8080", ip_of(&c.web[0], false))]
+    });
+    let v = probe_ok(&c.client.ns, &["tcp", "10.96.10.10:80"]);
+    assert_eq!(v["reply"], "web-0");
+}
+
+#[test]
+fn client_ip_affinity_holds_then_expires() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let c = Cluster::new(
+        &node,
+        "sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 2}}",
+    );
+    let first = probe_ok(&c.client.ns, &["tcp", "10.96.10.10:80"])["reply"].clone();
+    for _ in 0..15 {
+        let v = probe_ok(&c.client.ns, &["tcp", "10.96.10.10:80"]);
+        assert_eq!(v["reply"], first, "affinity holds within the timeout");
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    // After expiry the choice is random again: the other backend shows up.
+    let other = (0..40).any(|_| {
+        std::thread::sleep(Duration::from_millis(2100));
+        probe_ok(&c.client.ns, &["tcp", "10.96.10.10:80"])["reply"] != first
+    });
+    assert!(other, "affinity expired");
+}
