@@ -143,4 +143,33 @@ mod shipped_conflist {
             assert_eq!(ipam.range_sets.len(), 2, "dual-stack by default");
         }
     }
+
+    /// The entry asks CRI runtimes for the pod's annotations, and the config
+    /// libcni then sends parses: libcni keeps `capabilities` in the entry
+    /// as written and adds `runtimeConfig` with each declared capability
+    /// the runtime supplied.
+    #[test]
+    fn conf_conflist_asks_for_pod_annotations() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../conf/10-sluice.conflist");
+        let list: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        let mut plugin = list["plugins"][0].clone();
+        assert_eq!(
+            plugin["capabilities"][sluice_common::endpoint::POD_ANNOTATIONS_CAPABILITY],
+            true
+        );
+        plugin["cniVersion"] = list["cniVersion"].clone();
+        plugin["name"] = list["name"].clone();
+        plugin["runtimeConfig"] = serde_json::json!({
+            "io.kubernetes.cri.pod-annotations": {"sluice.dev/socket-lb": "false"}
+        });
+        let (conf, _) = NetConf::parse(plugin.to_string().as_bytes()).unwrap();
+        PluginConf::from_netconf(&conf).unwrap();
+        let a =
+            sluice_common::endpoint::annotations_from_runtime_config(conf.runtime_config.as_ref());
+        assert_eq!(
+            a.get("sluice.dev/socket-lb").map(String::as_str),
+            Some("false")
+        );
+    }
 }

@@ -14,7 +14,9 @@ use sluice_common::cni::{
     codes, CniError, CniResult, CniVersion, Command, Env, Interface, IpConfig, NetConf,
     Request as CniRequest, Route,
 };
-use sluice_common::endpoint::{EndpointRecord, PodIdentity, RECORD_VERSION};
+use sluice_common::endpoint::{
+    annotations_from_runtime_config, EndpointRecord, PodIdentity, RECORD_VERSION,
+};
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -347,6 +349,9 @@ fn add_steps(
         mtu,
         runtime_config: inv.conf.runtime_config.clone(),
         extra_args: env.args.other.clone(),
+        // Present when the conflist declares the pod-annotations capability
+        // and the runtime is a CRI one (containerd, CRI-O).
+        annotations: annotations_from_runtime_config(inv.conf.runtime_config.as_ref()),
         created_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())

@@ -6,12 +6,23 @@
 use crate::fsutil;
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 /// Bumped when a field changes meaning; readers reject newer records.
+/// Adding an optional field does not bump it: older readers ignore it.
 pub const RECORD_VERSION: u32 = 1;
+
+/// The key under which CRI runtimes (containerd, CRI-O) pass the pod's
+/// annotations in `runtimeConfig`, to plugins whose conflist entry declares
+/// the capability of the same name.
+pub const POD_ANNOTATIONS_CAPABILITY: &str = "io.kubernetes.cri.pod-annotations";
+
+/// The pod annotation that opts a pod out of the socket-level service load
+/// balancing: exactly `"false"` opts out; any other value, or none, keeps it.
+pub const SOCKET_LB_ANNOTATION: &str = "sluice.dev/socket-lb";
 
 /// The pod's Kubernetes identity, from `CNI_ARGS`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +61,11 @@ pub struct EndpointRecord {
     /// `CNI_ARGS` keys we do not interpret.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_args: Vec<(String, String)>,
+    /// The pod's annotations, from `runtimeConfig`'s
+    /// [`POD_ANNOTATIONS_CAPABILITY`] (string values only). Empty when the
+    /// runtime sent none; absent in records written before this field.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
     /// Seconds since the epoch when ADD wrote the record.
     pub created_unix: u64,
 }
@@ -77,7 +93,32 @@ pub enum RecordError {
     Invalid { path: PathBuf, reason: String },
 }
 
+/// The pod annotations out of a `runtimeConfig`: the string values of its
+/// [`POD_ANNOTATIONS_CAPABILITY`] object; anything else is ignored.
+pub fn annotations_from_runtime_config(
+    runtime_config: Option<&serde_json::Value>,
+) -> BTreeMap<String, String> {
+    runtime_config
+        .and_then(|rc| rc.get(POD_ANNOTATIONS_CAPABILITY))
+        .and_then(|a| a.as_object())
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 impl EndpointRecord {
+    /// True when the pod asked, with `sluice.dev/socket-lb: "false"`, that
+    /// its connects to service addresses go out untranslated (a sidecar
+    /// proxy in the pod then sees the service address).
+    pub fn socket_lb_opt_out(&self) -> bool {
+        self.annotations
+            .get(SOCKET_LB_ANNOTATION)
+            .is_some_and(|v| v == "false")
+    }
+
     pub fn path(&self, state_dir: &Path) -> PathBuf {
         record_path(state_dir, &self.container_id, &self.ifname)
     }
@@ -208,6 +249,7 @@ pub(crate) mod tests {
             mtu: 1500,
             runtime_config: None,
             extra_args: vec![],
+            annotations: BTreeMap::new(),
             created_unix: 1,
         }
     }
@@ -241,5 +283,91 @@ pub(crate) mod tests {
             EndpointRecord::read(&p),
             Err(RecordError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn a_record_without_annotations_reads_and_writes_none() {
+        let mut v = serde_json::to_value(sample("abc")).unwrap();
+        assert!(v.get("annotations").is_none(), "empty: not written");
+        v.as_object_mut().unwrap().remove("annotations");
+        let r: EndpointRecord = serde_json::from_value(v).unwrap();
+        assert!(r.annotations.is_empty());
+        assert!(!r.socket_lb_opt_out());
+        // A version-1 record as written before the field existed.
+        let old = r#"{"version":1,"network":"n","container_id":"c","ifname":"eth0",
+            "netns":"/var/run/netns/p","pod":{},"addresses":["10.0.0.2/32"],
+            "gateways":["10.0.0.1"],"host_ifname":"sl0","host_ifindex":3,
+            "host_mac":"02:00:00:00:00:01","pod_mac":"02:00:00:00:00:02","mtu":1500,
+            "created_unix":1}"#;
+        let r: EndpointRecord = serde_json::from_str(old).unwrap();
+        assert!(r.annotations.is_empty());
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(endpoints_dir(d.path())).unwrap();
+        let p = r.path(d.path());
+        std::fs::write(&p, old).unwrap();
+        assert_eq!(EndpointRecord::read(&p).unwrap(), r);
+    }
+
+    #[test]
+    fn annotations_round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let mut r = sample("abc");
+        r.annotations
+            .insert(SOCKET_LB_ANNOTATION.into(), "false".into());
+        let p = r.write(d.path()).unwrap();
+        assert_eq!(EndpointRecord::read(&p).unwrap(), r);
+    }
+
+    #[test]
+    fn socket_lb_opt_out_truth_table() {
+        let with = |v: Option<&str>| {
+            let mut r = sample("abc");
+            r.annotations.insert("other".into(), "false".into());
+            if let Some(v) = v {
+                r.annotations.insert(SOCKET_LB_ANNOTATION.into(), v.into());
+            }
+            r.socket_lb_opt_out()
+        };
+        assert!(with(Some("false")));
+        for v in [
+            None,
+            Some("true"),
+            Some(""),
+            Some("False"),
+            Some("no"),
+            Some("0"),
+            Some(" false"),
+        ] {
+            assert!(!with(v), "{v:?} keeps the socket LB");
+        }
+    }
+
+    #[test]
+    fn annotations_from_runtime_config_keeps_string_values_only() {
+        let rc = serde_json::json!({
+            "portMappings": [],
+            "io.kubernetes.cri.pod-annotations": {
+                "sluice.dev/socket-lb": "false",
+                "a": "b",
+                "n": 1,
+                "o": {"x": "y"},
+                "z": null
+            }
+        });
+        let a = annotations_from_runtime_config(Some(&rc));
+        assert_eq!(
+            a.into_iter().collect::<Vec<_>>(),
+            vec![
+                ("a".to_string(), "b".to_string()),
+                ("sluice.dev/socket-lb".to_string(), "false".to_string())
+            ]
+        );
+        assert!(annotations_from_runtime_config(None).is_empty());
+        assert!(annotations_from_runtime_config(Some(&serde_json::json!({}))).is_empty());
+        assert!(annotations_from_runtime_config(Some(&serde_json::json!({
+            "io.kubernetes.cri.pod-annotations": ["sluice.dev/socket-lb"]
+        })))
+        .is_empty());
+        assert!(annotations_from_runtime_config(Some(&serde_json::json!("x"))).is_empty());
     }
 }

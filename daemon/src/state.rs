@@ -9,7 +9,7 @@ use crate::datapath::{Datapath, DatapathError, TcLink};
 use crate::netns::{CookieError, CookieReader};
 use crate::views::{EndpointView, ReconcileReport};
 use sluice_common::endpoint::EndpointRecord;
-use sluice_dataplane::maps::Endpoint;
+use sluice_dataplane::maps::{Endpoint, EP_F_NO_SOCK_LB};
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
@@ -81,6 +81,22 @@ impl Registered {
 
 fn addrs(rec: &EndpointRecord) -> Vec<IpAddr> {
     rec.addresses.iter().map(|n| n.ip()).collect()
+}
+
+/// The endpoint map entry of a record: the pod's host veth and addresses,
+/// and `EP_F_NO_SOCK_LB` when the pod opted out of the socket-level
+/// service load balancing (`sluice.dev/socket-lb: "false"`).
+pub fn endpoint_entry(rec: &EndpointRecord) -> Endpoint {
+    let mut e = Endpoint::pod(rec.host_ifindex, addrs(rec));
+    if rec.socket_lb_opt_out() {
+        e.flags |= EP_F_NO_SOCK_LB;
+    }
+    e
+}
+
+/// Whether an endpoint map entry leaves the socket-level LB on.
+pub fn socket_lb_of(e: &Endpoint) -> bool {
+    e.flags & EP_F_NO_SOCK_LB == 0
 }
 
 type Key = (String, String);
@@ -175,10 +191,8 @@ impl State {
             // a restore keeps what the datapath counted meanwhile.
             self.dp.reset_counters(rec.host_ifindex);
         }
-        let a = addrs(rec);
-        self.dp.put_sources(rec.host_ifindex, &a)?;
-        self.dp
-            .put_endpoint(cookie, &Endpoint::pod(rec.host_ifindex, a))?;
+        self.dp.put_sources(rec.host_ifindex, &addrs(rec))?;
+        self.dp.put_endpoint(cookie, &endpoint_entry(rec))?;
         let tc = match (kept_tc, attach_now) {
             (Some(tc), _) => Some(tc),
             (None, true) => Some(self.dp.attach_tc(&rec.host_ifname, rec.host_ifindex)?),
@@ -208,8 +222,7 @@ impl State {
         });
         match shared {
             Some(o) => {
-                let ep = Endpoint::pod(o.record.host_ifindex, o.addrs());
-                if let Err(e) = self.dp.put_endpoint(o.cookie, &ep) {
+                if let Err(e) = self.dp.put_endpoint(o.cookie, &endpoint_entry(&o.record)) {
                     warn!("cannot restore the endpoint entry of a sibling interface: {e}");
                 }
             }
@@ -443,6 +456,7 @@ impl State {
             .values()
             .map(|r| {
                 let c = self.dp.counters(r.record.host_ifindex);
+                let entry = self.dp.get_endpoint(r.cookie);
                 EndpointView {
                     container_id: r.record.container_id.clone(),
                     ifname: r.record.ifname.clone(),
@@ -455,7 +469,12 @@ impl State {
                     host_ifindex: r.record.host_ifindex,
                     tc_mode: r.tc.as_ref().map(|t| t.mode),
                     tc_link_id: r.tc.as_ref().and_then(|t| t.id),
-                    in_endpoint_map: self.dp.get_endpoint(r.cookie).is_some(),
+                    in_endpoint_map: entry.is_some(),
+                    // What the datapath does; the record's wish while the
+                    // entry is missing.
+                    socket_lb: entry
+                        .as_ref()
+                        .map_or(!r.record.socket_lb_opt_out(), socket_lb_of),
                     spoof_drops: c.spoof_drops,
                     spoof_bytes: c.spoof_bytes,
                 }
@@ -501,4 +520,50 @@ fn ifname_of(index: u32) -> std::io::Result<Option<String>> {
     // SAFETY: on success buf holds a NUL-terminated name.
     let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
     Ok(Some(name.to_string_lossy().into_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_dataplane::maps::{EP_F_HOST, EP_F_IPV4, EP_F_IPV6};
+
+    fn record(annotations: serde_json::Value) -> EndpointRecord {
+        serde_json::from_value(serde_json::json!({
+            "version": 1, "network": "n", "container_id": "c", "ifname": "eth0",
+            "netns": "/var/run/netns/p", "pod": {},
+            "addresses": ["10.0.0.2/32", "fd00::2/128"], "gateways": [],
+            "host_ifname": "sl0", "host_ifindex": 9,
+            "host_mac": "02:00:00:00:00:01", "pod_mac": "02:00:00:00:00:02",
+            "mtu": 1500, "created_unix": 1, "annotations": annotations
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_entry_carries_the_socket_lb_opt_out() {
+        let plain = endpoint_entry(&record(serde_json::json!({})));
+        assert_eq!(plain.host_ifindex, 9);
+        assert_eq!(plain.flags, EP_F_IPV4 | EP_F_IPV6);
+        assert!(socket_lb_of(&plain));
+        let kept = endpoint_entry(&record(serde_json::json!({"sluice.dev/socket-lb": "true"})));
+        assert_eq!(kept, plain);
+        let out = endpoint_entry(&record(
+            serde_json::json!({"sluice.dev/socket-lb": "false"}),
+        ));
+        assert_eq!(out.flags, EP_F_IPV4 | EP_F_IPV6 | EP_F_NO_SOCK_LB);
+        assert_eq!(out.flags & EP_F_HOST, 0);
+        assert_eq!((out.ipv4, out.ipv6), (plain.ipv4, plain.ipv6));
+        assert!(!socket_lb_of(&out));
+    }
+
+    #[test]
+    fn a_view_without_socket_lb_reads_as_on() {
+        let v = serde_json::json!({
+            "container_id": "c", "ifname": "eth0", "netns": "/p", "cookie": 1,
+            "addresses": [], "host_ifname": "sl0", "host_ifindex": 9,
+            "in_endpoint_map": true, "spoof_drops": 0, "spoof_bytes": 0
+        });
+        let e: EndpointView = serde_json::from_value(v).unwrap();
+        assert!(e.socket_lb);
+    }
 }

@@ -23,8 +23,17 @@ pub struct EndpointView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tc_link_id: Option<u32>,
     pub in_endpoint_map: bool,
+    /// False when the pod opted out of the socket-level service load
+    /// balancing (`sluice.dev/socket-lb: "false"`): its connects to service
+    /// addresses go out untranslated. Absent (older daemons): true.
+    #[serde(default = "yes")]
+    pub socket_lb: bool,
     pub spoof_drops: u64,
     pub spoof_bytes: u64,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// What one reconcile pass did.

@@ -94,7 +94,17 @@ pub const BACKENDS: MapSpec = MapSpec {
     what: "service backends by id",
 };
 
-/// svc_id → selection table (an inner array: slot 0 the length, then
+/// [`LbSlotKey`] → backend id: random selection's slots.
+pub const LB_SLOTS: MapSpec = MapSpec {
+    name: "sluice_lb_slots",
+    map_type: BPF_MAP_TYPE_HASH,
+    key_size: size_of::<LbSlotKey>() as u32,
+    value_size: 4,
+    max_entries: 1048576,
+    what: "random-selection slots per service generation",
+};
+
+/// svc_id → Maglev table (an inner array: slot 0 the length, then
 /// backend ids).
 pub const LB_TABLES: MapSpec = MapSpec {
     name: "sluice_lbtables",
@@ -102,7 +112,7 @@ pub const LB_TABLES: MapSpec = MapSpec {
     key_size: 4,
     value_size: 4,
     max_entries: 65536,
-    what: "selection table per service",
+    what: "Maglev table per service",
 };
 
 /// [`SvcBackendKey`] → 1 while the backend is in the service's table.
@@ -147,9 +157,9 @@ pub const REVNAT: MapSpec = MapSpec {
 };
 
 /// Every pinned map.
-pub const ALL: [MapSpec; 11] = [
-    ENDPOINTS, SRC, SRC_DROP, SOCKSTAT, SVC, BACKENDS, LB_TABLES, SVC_BES, AFFINITY, BE_CONNS,
-    REVNAT,
+pub const ALL: [MapSpec; 12] = [
+    ENDPOINTS, SRC, SRC_DROP, SOCKSTAT, SVC, BACKENDS, LB_SLOTS, LB_TABLES, SVC_BES, AFFINITY,
+    BE_CONNS, REVNAT,
 ];
 
 /// `enum sock_hook`, in order.
@@ -347,8 +357,21 @@ pub struct SvcValue {
     pub svc_id: u32,
     pub affinity_timeout: u32,
     pub flags: u32,
-    pub pad: u32,
+    /// Random selection: slots `0..count` of generation `gen`.
+    pub count: u16,
+    pub gen: u16,
 }
+
+/// `struct lb_slot_key`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct LbSlotKey {
+    pub svc_id: u32,
+    pub gen: u16,
+    pub slot: u16,
+}
+// SAFETY: plain old data, no implicit padding (asserted below).
+unsafe impl aya::Pod for LbSlotKey {}
 // SAFETY: plain old data, no implicit padding (asserted below).
 unsafe impl aya::Pod for SvcValue {}
 
@@ -503,9 +526,15 @@ mod tests {
                 offset_of!(SvcValue, svc_id),
                 offset_of!(SvcValue, affinity_timeout),
                 offset_of!(SvcValue, flags),
-                offset_of!(SvcValue, pad)
+                offset_of!(SvcValue, count),
+                offset_of!(SvcValue, gen)
             ),
-            (0, 4, 8, 12)
+            (0, 4, 8, 12, 14)
+        );
+        assert_eq!(size_of::<LbSlotKey>(), 8);
+        assert_eq!(
+            (offset_of!(LbSlotKey, gen), offset_of!(LbSlotKey, slot)),
+            (4, 6)
         );
         assert_eq!(size_of::<Backend>(), 24);
         assert_eq!(

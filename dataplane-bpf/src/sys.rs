@@ -365,3 +365,68 @@ pub fn map_update_batch(map: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> io
     }
     Ok(())
 }
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
+
+/// BPF_MAP_LOOKUP_ELEM with raw bytes; `Ok(false)` if the key is absent.
+/// For a map of maps the value is the inner map's id.
+pub fn map_lookup(map: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
+    let mut attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: key.as_ptr() as u64,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens a map by id (an inner map found through its outer map).
+pub fn map_fd_by_id(id: u32) -> io::Result<OwnedFd> {
+    #[repr(C)]
+    struct Attr {
+        id: u32,
+        next_id: u32,
+        open_flags: u32,
+        _pad: u32,
+    }
+    let mut attr = Attr {
+        id,
+        next_id: 0,
+        open_flags: 0,
+        _pad: 0,
+    };
+    let fd = bpf(BPF_MAP_GET_FD_BY_ID, &mut attr)?;
+    // SAFETY: the kernel returned a new descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The backend ids in service `svc_id`'s selection table, read through the
+/// outer map `tables` (`None`: the service has no table).
+pub fn lb_table_ids(tables: BorrowedFd<'_>, svc_id: u32) -> io::Result<Option<Vec<u32>>> {
+    use crate::maps::LB_TABLE_HEADER;
+    use std::os::fd::AsFd;
+    let mut id = [0u8; 4];
+    if !map_lookup(tables, &svc_id.to_ne_bytes(), &mut id)? {
+        return Ok(None);
+    }
+    let inner = map_fd_by_id(u32::from_ne_bytes(id))?;
+    let mut n = [0u8; 4];
+    if !map_lookup(inner.as_fd(), &0u32.to_ne_bytes(), &mut n)? {
+        return Ok(Some(Vec::new()));
+    }
+    let n = u32::from_ne_bytes(n);
+    let mut out = Vec::with_capacity(n as usize);
+    for slot in LB_TABLE_HEADER..LB_TABLE_HEADER + n {
+        let mut v = [0u8; 4];
+        if map_lookup(inner.as_fd(), &slot.to_ne_bytes(), &mut v)? {
+            out.push(u32::from_ne_bytes(v));
+        }
+    }
+    Ok(Some(out))
+}

@@ -22,6 +22,9 @@ struct Lb {
     _pins: PinDir,
     ebpf: aya::Ebpf,
     svc: HashMap<MapData, SvcKey, SvcValue>,
+    slots: HashMap<MapData, LbSlotKey, u32>,
+    /// svc_id -> its frontend, as written.
+    frontends: std::collections::HashMap<u32, (SvcKey, SvcValue)>,
     backends: HashMap<MapData, u32, Backend>,
     members: HashMap<MapData, SvcBackendKey, u8>,
     tables: OwnedFd,
@@ -37,6 +40,8 @@ impl Lb {
         let open = |m: &MapSpec| open_pinned(&pins.0, m).unwrap_or_else(|e| panic!("{e}"));
         Lb {
             svc: HashMap::try_from(open(&SVC)).unwrap(),
+            slots: HashMap::try_from(open(&LB_SLOTS)).unwrap(),
+            frontends: Default::default(),
             backends: HashMap::try_from(open(&BACKENDS)).unwrap(),
             members: HashMap::try_from(open(&SVC_BES)).unwrap(),
             tables: sys::obj_get(&pins.0.join(LB_TABLES.name)).unwrap(),
@@ -50,11 +55,12 @@ impl Lb {
             svc_id,
             affinity_timeout: affinity,
             flags,
-            pad: 0,
+            count: 0,
+            gen: 0,
         };
-        self.svc
-            .insert(SvcKey::new(addr.parse().unwrap(), proto), v, 0)
-            .unwrap();
+        let k = SvcKey::new(addr.parse().unwrap(), proto);
+        self.svc.insert(k, v, 0).unwrap();
+        self.frontends.insert(svc_id, (k, v));
     }
 
     fn backend(&mut self, id: u32, addr: &str, proto: u8) {
@@ -63,18 +69,36 @@ impl Lb {
             .unwrap();
     }
 
-    /// Swaps in a whole new selection table for `svc_id`.
+    /// Replaces the backends of `svc_id` the way the daemon does: a new
+    /// generation of slots and one update of the frontend (random), or a
+    /// whole new table swapped into the outer map (Maglev).
     fn table(&mut self, svc_id: u32, ids: &[u32]) {
-        let t = sys::lb_table(ids, "test_table").unwrap();
-        let fd = t.as_fd();
-        use std::os::fd::AsRawFd;
-        sys::map_update(
-            self.tables.as_fd(),
-            &svc_id.to_ne_bytes(),
-            &(fd.as_raw_fd() as u32).to_ne_bytes(),
-            0,
-        )
-        .unwrap();
+        let (k, mut v) = self.frontends[&svc_id];
+        if v.flags & SVC_F_MAGLEV != 0 {
+            let t = sys::lb_table(ids, "test_table").unwrap();
+            use std::os::fd::AsRawFd;
+            sys::map_update(
+                self.tables.as_fd(),
+                &svc_id.to_ne_bytes(),
+                &(t.as_fd().as_raw_fd() as u32).to_ne_bytes(),
+                0,
+            )
+            .unwrap();
+        } else {
+            let gen = v.gen.wrapping_add(1);
+            for (i, id) in ids.iter().enumerate() {
+                let key = LbSlotKey {
+                    svc_id,
+                    gen,
+                    slot: i as u16,
+                };
+                self.slots.insert(key, *id, 0).unwrap();
+            }
+            v.gen = gen;
+            v.count = ids.len() as u16;
+            self.svc.insert(k, v, 0).unwrap();
+            self.frontends.insert(svc_id, (k, v));
+        }
         for id in ids {
             self.members
                 .insert(
@@ -281,7 +305,7 @@ fn affinity_holds_per_pod_until_timeout_or_backend_leaves() {
 }
 
 #[test]
-fn a_swapped_table_takes_effect_whole() {
+fn a_new_generation_takes_effect_whole() {
     if !root() {
         return;
     }
@@ -292,8 +316,15 @@ fn a_swapped_table_takes_effect_whole() {
     }
     lb.table(6, &[61, 62]);
     lb.table(6, &[63, 64]);
+    // The old generation's slots are still there (the daemon deletes them
+    // later), yet only the new one is read.
     for rnd in 0..8 {
         let id = lb.run(req("10.96.0.50:80", TCP, rnd)).backend_id;
-        assert!(id == 63 || id == 64, "only the new table: {id}");
+        assert!(id == 63 || id == 64, "only the new generation: {id}");
+    }
+    // A shorter generation: the slot index wraps on its count.
+    lb.table(6, &[62]);
+    for rnd in 0..4 {
+        assert_eq!(lb.run(req("10.96.0.50:80", TCP, rnd)).backend_id, 62);
     }
 }

@@ -501,6 +501,23 @@ impl Drop for Pod<'_> {
     }
 }
 
+/// `conf` as libcni hands it to a plugin whose conflist entry declares the
+/// `io.kubernetes.cri.pod-annotations` capability, for a pod with
+/// `annotations`: the entry keeps its `capabilities` and gains a
+/// `runtimeConfig` carrying the pod's annotations (as containerd and CRI-O
+/// send them).
+pub fn with_pod_annotations(conf: &str, annotations: &[(&str, &str)]) -> String {
+    let mut v: Value = serde_json::from_str(conf).expect("conf is JSON");
+    let key = "io.kubernetes.cri.pod-annotations";
+    v["capabilities"] = serde_json::json!({ key: true });
+    let a: serde_json::Map<String, Value> = annotations
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::from(*v)))
+        .collect();
+    v["runtimeConfig"] = serde_json::json!({ key: a });
+    v.to_string()
+}
+
 /// Range sets for a family name: "v4", "v6" or "dual".
 pub fn ranges(family: &str) -> &'static str {
     match family {

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 use sluice_tests::daemon::{eventually, Daemon};
-use sluice_tests::{bin, require_root, Node, Ns, Pod};
+use sluice_tests::{bin, require_root, with_pod_annotations, Node, Ns, Pod};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -401,4 +401,84 @@ fn client_ip_affinity_holds_then_expires() {
         probe_ok(&c.client.ns, &["tcp", "10.96.10.10:80"])["reply"] != first
     });
     assert!(other, "affinity expired");
+}
+
+#[test]
+fn a_pod_annotated_socket_lb_false_connects_to_the_service_address_untranslated() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let mut c = Cluster::new(&node, "");
+    let conf = with_pod_annotations(
+        &node.conf("1.0.0", RANGES),
+        &[("sluice.dev/socket-lb", "false"), ("team", "mesh")],
+    );
+    let opted = Pod::add(&node, &conf);
+    // Both the opted-out pod and the ordinary client serve the cluster IP
+    // themselves: only a connect that is not translated reaches that server.
+    let mut servers = Vec::new();
+    for (p, name) in [(&opted, "opted-out"), (&c.client, "client-local")] {
+        p.ns.ip(&["addr", "add", "10.96.10.10/32", "dev", "lo"]);
+        p.ns.ip(&["addr", "add", "fd00:96::10/128", "dev", "lo", "nodad"]);
+        servers.push(Server::start(&p.ns, "tcp", 80, name));
+        servers.push(Server::start(&p.ns, "udp", 53, name));
+    }
+    let check = |c: &Cluster<'_>| {
+        for dst in ["10.96.10.10:80", "[fd00:96::10]:80"] {
+            let v = probe_ok(&opted.ns, &["tcp", dst]);
+            assert_eq!(v["reply"], "opted-out", "untranslated: {v}");
+            assert_eq!(v["peer"], dst, "{v}");
+            let v = probe_ok(&c.client.ns, &["tcp", dst]);
+            assert!(
+                v["reply"].as_str().unwrap().starts_with("web-"),
+                "an ordinary pod is still translated: {v}"
+            );
+        }
+        let v = probe_ok(&opted.ns, &["udp", "10.96.10.10:53"]);
+        assert_eq!(v["reply"], "opted-out", "untranslated sendmsg: {v}");
+        let v = probe_ok(&c.client.ns, &["udp", "10.96.10.10:53"]);
+        assert!(v["reply"].as_str().unwrap().starts_with("web-"), "{v}");
+    };
+    check(&c);
+
+    // The record keeps the annotations; the API and sluicectl show the
+    // opt-out.
+    let rec = sluice_common::endpoint::EndpointRecord::load(&node.state_dir(), &opted.cid, "eth0")
+        .unwrap()
+        .unwrap();
+    assert!(rec.socket_lb_opt_out());
+    assert_eq!(
+        rec.annotations.get("team").map(String::as_str),
+        Some("mesh")
+    );
+    let eps = c.d.endpoints();
+    assert_eq!(eps[&opted.cid]["socket_lb"], false, "{:#}", eps[&opted.cid]);
+    assert_eq!(eps[&c.client.cid]["socket_lb"], true);
+    let opted_row = |out: &std::process::Output| {
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let head = text.lines().next().unwrap_or("").to_string();
+        let col = head.find("SOCKET LB").unwrap_or_else(|| panic!("{text}"));
+        let row = text
+            .lines()
+            .find(|l| l.contains(&opted.cid[..12]))
+            .unwrap_or_else(|| panic!("{text}"))
+            .to_string();
+        (
+            row[col..].split_whitespace().next().unwrap().to_string(),
+            text,
+        )
+    };
+    let (cell, text) = opted_row(&c.d.ctl(&["endpoints"]));
+    assert_eq!(cell, "no", "{text}");
+
+    // With the daemon down, sluicectl reads it from the pinned entry; a
+    // restarted daemon rebuilds the entry from the record with the flag.
+    c.d.kill9();
+    let (cell, text) = opted_row(&c.d.ctl(&["endpoints"]));
+    assert_eq!(cell, "no", "{text}");
+    check(&c);
+    c.d.spawn();
+    assert_eq!(c.d.endpoints()[&opted.cid]["socket_lb"], false);
+    check(&c);
 }

@@ -221,11 +221,11 @@ fn endpoints_from_pins(cfg: &Config) -> anyhow::Result<Vec<EndpointView>> {
         HashMap::try_from(open_pinned(&cfg.maps_dir(), &maps::ENDPOINTS)?)?;
     let drops: HashMap<_, u32, EpCounters> =
         HashMap::try_from(open_pinned(&cfg.maps_dir(), &maps::SRC_DROP)?)?;
-    let by_ifindex: std::collections::HashMap<u32, u64> = eps
+    let by_ifindex: std::collections::HashMap<u32, (u64, Endpoint)> = eps
         .iter()
         .filter_map(Result::ok)
         .filter(|(_, e)| !e.is_host())
-        .map(|(c, e)| (e.host_ifindex, c))
+        .map(|(c, e)| (e.host_ifindex, (c, e)))
         .collect();
     let (records, bad) = EndpointRecord::list(&cfg.state_dir);
     for b in bad {
@@ -234,7 +234,8 @@ fn endpoints_from_pins(cfg: &Config) -> anyhow::Result<Vec<EndpointView>> {
     Ok(records
         .into_iter()
         .map(|r| {
-            let cookie = by_ifindex.get(&r.host_ifindex).copied();
+            let entry = by_ifindex.get(&r.host_ifindex);
+            let cookie = entry.map(|(c, _)| *c);
             let c = drops.get(&r.host_ifindex, 0).unwrap_or_default();
             let tc =
                 sys::pinned_link_info(&cfg.tc_links_dir().join(r.host_ifindex.to_string())).ok();
@@ -249,6 +250,11 @@ fn endpoints_from_pins(cfg: &Config) -> anyhow::Result<Vec<EndpointView>> {
                 tc_mode: None,
                 tc_link_id: tc.map(|i| i.id),
                 in_endpoint_map: cookie.is_some(),
+                // The map entry says what the datapath does; without one,
+                // the record's wish.
+                socket_lb: entry.map_or(!r.socket_lb_opt_out(), |(_, e)| {
+                    sluice_daemon::state::socket_lb_of(e)
+                }),
                 spoof_drops: c.spoof_drops,
                 spoof_bytes: c.spoof_bytes,
                 container_id: r.container_id,
@@ -298,6 +304,7 @@ fn print_endpoints(eps: &[EndpointView]) {
             "COOKIE",
             "TC LINK",
             "IN MAP",
+            "SOCKET LB",
             "SPOOF DROPS",
         ],
         eps.iter()
@@ -321,6 +328,7 @@ fn print_endpoints(eps: &[EndpointView]) {
                         .map(|i| i.to_string())
                         .unwrap_or_else(|| "-".into()),
                     if e.in_endpoint_map { "yes" } else { "NO" }.into(),
+                    if e.socket_lb { "yes" } else { "no" }.into(),
                     e.spoof_drops.to_string(),
                 ]
             })

@@ -55,6 +55,7 @@ pub fn parse(file: &str, text: &str) -> Result<Objects, String> {
                 Err(e) => out.rejected.push(Rejection {
                     object,
                     reason: e.to_string(),
+                    service: None,
                 }),
             },
             ("EndpointSlice", "discovery.k8s.io/v1") => {
@@ -63,6 +64,7 @@ pub fn parse(file: &str, text: &str) -> Result<Objects, String> {
                     Err(e) => out.rejected.push(Rejection {
                         object,
                         reason: e.to_string(),
+                        service: None,
                     }),
                 }
             }
@@ -71,6 +73,7 @@ pub fn parse(file: &str, text: &str) -> Result<Objects, String> {
                 reason: format!(
                     "apiVersion {api:?} is not served (Service: v1, EndpointSlice: discovery.k8s.io/v1)"
                 ),
+                service: None,
             }),
             // Deployments, ConfigMaps, …: not ours.
             _ => {}

@@ -134,6 +134,10 @@ pub struct Rejection {
     /// `Service ns/name`, `EndpointSlice ns/name`, or a file.
     pub object: String,
     pub reason: String,
+    /// The service the object belongs to, when known (so an incremental
+    /// pass can replace just that service's rejections).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceRef>,
 }
 
 impl std::fmt::Display for Rejection {

@@ -22,8 +22,8 @@ use aya::maps::{HashMap, MapData, PerCpuHashMap};
 use serde::{Deserialize, Serialize};
 use sluice_dataplane::load::{open_pinned, LoadError};
 use sluice_dataplane::maps::{
-    self, AffinityKey, AffinityValue, Backend, RevnatKey, RevnatValue, SvcBackendKey, SvcKey,
-    SvcValue, SVC_F_MAGLEV,
+    self, AffinityKey, AffinityValue, Backend, LbSlotKey, RevnatKey, RevnatValue, SvcBackendKey,
+    SvcKey, SvcValue, SVC_F_MAGLEV,
 };
 use sluice_dataplane::sys;
 use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap};
@@ -99,9 +99,21 @@ pub struct Programmer {
     revnat: HashMap<MapData, RevnatKey, RevnatValue>,
     conns: PerCpuHashMap<MapData, u32, u64>,
     tables: OwnedFd,
+    slots: HashMap<MapData, LbSlotKey, u32>,
+    /// Replaced selection state waiting to be deleted: when, which slots,
+    /// which Maglev table.
+    retired: Vec<(std::time::Instant, Vec<LbSlotKey>, Option<u32>)>,
     maglev: MaglevConfig,
     current: BTreeMap<FrontendKey, Programmed>,
+    /// Who holds each frontend, shared with the translation (cloned only
+    /// when written while a translation still reads it).
+    owners: std::sync::Arc<BTreeMap<FrontendKey, super::model::ServiceRef>>,
+    /// The frontends of each service (the inverse of `owners`).
+    by_service: StdHashMap<super::model::ServiceRef, BTreeSet<FrontendKey>>,
     backend_ids: StdHashMap<(SocketAddr, Protocol), u32>,
+    backend_addrs: StdHashMap<u32, (SocketAddr, Protocol)>,
+    /// How many frontends' tables hold each backend.
+    backend_refs: StdHashMap<u32, u32>,
     next_backend_id: u32,
     next_svc_id: u32,
     /// Set by the first apply: adopted entries no translation explains
@@ -145,6 +157,8 @@ impl Programmer {
             .map_err(|e| typed(maps::REVNAT.name)(e.to_string()))?;
         let conns = PerCpuHashMap::try_from(open(&maps::BE_CONNS)?)
             .map_err(|e| typed(maps::BE_CONNS.name)(e.to_string()))?;
+        let slots: HashMap<_, LbSlotKey, u32> = HashMap::try_from(open(&maps::LB_SLOTS)?)
+            .map_err(|e| typed(maps::LB_SLOTS.name)(e.to_string()))?;
         let tables = sys::obj_get(&maps_dir.join(maps::LB_TABLES.name))
             .map_err(|e| typed(maps::LB_TABLES.name)(e.to_string()))?;
 
@@ -179,11 +193,17 @@ impl Programmer {
                 backend_ids.insert((addr, p), id);
             }
         }
+        let by_svc_id: StdHashMap<u32, FrontendKey> =
+            current.iter().map(|(k, p)| (p.svc_id, *k)).collect();
+        let mut backend_refs: StdHashMap<u32, u32> = StdHashMap::new();
         for (k, _) in members.iter().filter_map(Result::ok) {
-            if let Some(p) = current.values_mut().find(|p| p.svc_id == k.svc_id) {
-                p.members.insert(k.backend_id);
+            if let Some(p) = by_svc_id.get(&k.svc_id).and_then(|f| current.get_mut(f)) {
+                if p.members.insert(k.backend_id) {
+                    *backend_refs.entry(k.backend_id).or_default() += 1;
+                }
             }
         }
+        let backend_addrs = backend_ids.iter().map(|(k, id)| (*id, *k)).collect();
         Ok(Programmer {
             svc,
             backends,
@@ -192,9 +212,15 @@ impl Programmer {
             revnat,
             conns,
             tables,
+            slots,
+            retired: Vec::new(),
             maglev,
             current,
+            owners: Default::default(),
+            by_service: StdHashMap::new(),
             backend_ids,
+            backend_addrs,
+            backend_refs,
             next_backend_id,
             next_svc_id,
             synced: false,
@@ -207,16 +233,26 @@ impl Programmer {
 
     /// Who holds each programmed frontend (the translation's conflict rule
     /// keeps it with its holder).
-    pub fn owners(&self) -> BTreeMap<FrontendKey, super::model::ServiceRef> {
-        self.current
-            .iter()
-            .filter_map(|(k, p)| Some((*k, p.frontend.as_ref()?.service.clone())))
-            .collect()
+    pub fn owners(&self) -> std::sync::Arc<BTreeMap<FrontendKey, super::model::ServiceRef>> {
+        self.owners.clone()
     }
 
     /// Programs `t`, changing only what differs.
     pub fn apply(&mut self, t: &Translation) -> Result<ApplyReport, ProgramError> {
+        self.apply_scoped(t, None)
+    }
+
+    /// Programs `t` as the whole truth about the services in `scope` (all
+    /// services if `None`): frontends of other services are left alone.
+    pub fn apply_scoped(
+        &mut self,
+        t: &Translation,
+        scope: Option<&BTreeSet<super::model::ServiceRef>>,
+    ) -> Result<ApplyReport, ProgramError> {
+        self.collect();
         let mut rep = ApplyReport::default();
+        // Backends that left some table: freed below if no table holds them.
+        let mut released: Vec<u32> = Vec::new();
         for (key, f) in &t.frontends {
             let prev = self.current.get(key).cloned();
             let eligible = f.eligible();
@@ -238,20 +274,26 @@ impl Programmer {
                     id
                 }
             };
-            let value = SvcValue {
-                svc_id,
-                affinity_timeout: f.affinity_timeout.unwrap_or(0),
-                flags: if f.selection == Selection::Maglev {
-                    SVC_F_MAGLEV
-                } else {
-                    0
-                },
-                pad: 0,
-            };
+            let maglev = f.selection == Selection::Maglev;
             let members: BTreeSet<u32> = ids.iter().copied().collect();
             let same_table = prev
                 .as_ref()
                 .is_some_and(|p| p.table == table && p.frontend.is_some());
+            // Random selection: a changed table is a new generation of
+            // slots; an unchanged one keeps its generation.
+            let (count, gen) = match (&prev, maglev, same_table) {
+                (_, true, _) => (0, 0),
+                (Some(p), false, true) => (p.value.count, p.value.gen),
+                (Some(p), false, false) => (table.len() as u16, p.value.gen.wrapping_add(1)),
+                (None, false, _) => (table.len() as u16, 1),
+            };
+            let value = SvcValue {
+                svc_id,
+                affinity_timeout: f.affinity_timeout.unwrap_or(0),
+                flags: if maglev { SVC_F_MAGLEV } else { 0 },
+                count,
+                gen,
+            };
             let same_value = prev.as_ref().is_some_and(|p| p.value == value);
             if same_table && same_value {
                 if let Some(p) = self.current.get_mut(key) {
@@ -260,8 +302,8 @@ impl Programmer {
                 rep.unchanged += 1;
                 continue;
             }
+            let old_members = prev.as_ref().map(|p| p.members.clone()).unwrap_or_default();
             if !same_table {
-                let old_members = prev.as_ref().map(|p| p.members.clone()).unwrap_or_default();
                 for id in members.difference(&old_members) {
                     self.members
                         .insert(
@@ -274,18 +316,42 @@ impl Programmer {
                         )
                         .map_err(|e| merr(maps::SVC_BES.name, "insert")(e.to_string()))?;
                 }
-                self.swap_table(svc_id, &table)?;
-                for id in old_members.difference(&members) {
-                    let _ = self.members.remove(&SvcBackendKey {
-                        svc_id,
-                        backend_id: *id,
-                    });
+                if maglev {
+                    self.swap_table(svc_id, &table)?;
+                } else {
+                    self.write_slots(svc_id, gen, &table)?;
                 }
             }
             if !same_value {
                 self.svc
                     .insert(SvcKey::new(key.addr, key.protocol.number()), value, 0)
                     .map_err(|e| merr(maps::SVC.name, "insert")(e.to_string()))?;
+            }
+            // Only now is the old state unreachable for new connects.
+            if !same_table {
+                for id in members.difference(&old_members) {
+                    *self.backend_refs.entry(*id).or_default() += 1;
+                }
+                for id in old_members.difference(&members) {
+                    let _ = self.members.remove(&SvcBackendKey {
+                        svc_id,
+                        backend_id: *id,
+                    });
+                    released.push(*id);
+                }
+            }
+            let before = std::sync::Arc::make_mut(&mut self.owners).insert(*key, f.service.clone());
+            if let Some(old) = before.filter(|o| *o != f.service) {
+                if let Some(set) = self.by_service.get_mut(&old) {
+                    set.remove(key);
+                }
+            }
+            self.by_service
+                .entry(f.service.clone())
+                .or_default()
+                .insert(*key);
+            if let Some(p) = &prev {
+                self.retire(p, maglev);
             }
             if prev.is_some() {
                 rep.changed += 1;
@@ -304,12 +370,22 @@ impl Programmer {
             );
         }
 
-        let gone: Vec<FrontendKey> = self
-            .current
-            .keys()
-            .filter(|k| !t.frontends.contains_key(k))
-            .copied()
-            .collect();
+        let gone: Vec<FrontendKey> = match scope {
+            None => self
+                .current
+                .keys()
+                .filter(|k| !t.frontends.contains_key(k))
+                .copied()
+                .collect(),
+            // Only the scope's frontends can go: found through the index.
+            Some(s) => s
+                .iter()
+                .filter_map(|r| self.by_service.get(r))
+                .flatten()
+                .filter(|k| !t.frontends.contains_key(k))
+                .copied()
+                .collect(),
+        };
         let mut gone_ids = BTreeSet::new();
         for key in gone {
             let p = self.current.remove(&key).expect("listed above");
@@ -322,6 +398,15 @@ impl Programmer {
                     svc_id: p.svc_id,
                     backend_id: *id,
                 });
+                released.push(*id);
+            }
+            if let Some(owner) = std::sync::Arc::make_mut(&mut self.owners).remove(&key) {
+                if let Some(set) = self.by_service.get_mut(&owner) {
+                    set.remove(&key);
+                    if set.is_empty() {
+                        self.by_service.remove(&owner);
+                    }
+                }
             }
             gone_ids.insert(p.svc_id);
             rep.removed += 1;
@@ -329,8 +414,10 @@ impl Programmer {
         if !gone_ids.is_empty() {
             self.forget_sockets_of(&gone_ids);
         }
-        rep.backends_removed = self.release_unused_backends();
-        self.synced = true;
+        rep.backends_removed = self.release_unused_backends(released, scope.is_none());
+        if scope.is_none() {
+            self.synced = true;
+        }
         Ok(rep)
     }
 
@@ -347,6 +434,7 @@ impl Programmer {
         // A reused id starts with no connections counted.
         let _ = self.conns.remove(&id);
         self.backend_ids.insert((addr, p), id);
+        self.backend_addrs.insert(id, (addr, p));
         Ok((id, true))
     }
 
@@ -373,6 +461,64 @@ impl Programmer {
                 }
             })?;
         Ok(t.into_iter().map(|i| ids[i as usize]).collect())
+    }
+
+    /// Writes one generation of random-selection slots.
+    fn write_slots(&mut self, svc_id: u32, gen: u16, ids: &[u32]) -> Result<(), ProgramError> {
+        for (i, id) in ids.iter().enumerate() {
+            let k = LbSlotKey {
+                svc_id,
+                gen,
+                slot: i as u16,
+            };
+            self.slots
+                .insert(k, *id, 0)
+                .map_err(|e| merr(maps::LB_SLOTS.name, "insert")(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Queues the selection state `p` used, now replaced, for deletion once
+    /// no connect can still be reading it (see [`Programmer::collect`]).
+    fn retire(&mut self, p: &Programmed, now_maglev: bool) {
+        let was_maglev = p.value.flags & SVC_F_MAGLEV != 0;
+        let mut keys = Vec::new();
+        if !was_maglev && (p.value.count > 0 || p.value.gen > 0) {
+            // An adopted frontend's old count is what the map said.
+            let n = p.value.count;
+            keys.extend((0..n).map(|slot| LbSlotKey {
+                svc_id: p.svc_id,
+                gen: p.value.gen,
+                slot,
+            }));
+        }
+        let drop_table = was_maglev && !now_maglev;
+        if !keys.is_empty() || drop_table {
+            self.retired.push((
+                std::time::Instant::now(),
+                keys,
+                drop_table.then_some(p.svc_id),
+            ));
+        }
+    }
+
+    /// Deletes retired slots and tables older than a second: a connect
+    /// reads its frontend and then its slots within microseconds, so by
+    /// then nothing can still use them.
+    pub fn collect(&mut self) {
+        let now = std::time::Instant::now();
+        let (old, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retired)
+            .into_iter()
+            .partition(|(t, _, _)| now.duration_since(*t) >= std::time::Duration::from_secs(1));
+        self.retired = keep;
+        for (_, keys, table) in old {
+            for k in keys {
+                let _ = self.slots.remove(&k);
+            }
+            if let Some(svc_id) = table {
+                let _ = sys::map_delete(self.tables.as_fd(), &svc_id.to_ne_bytes());
+            }
+        }
     }
 
     /// Builds the table aside and swaps it in with one outer-map update.
@@ -411,25 +557,42 @@ impl Programmer {
         }
     }
 
-    /// Removes backends no table uses any more. Returns how many.
-    fn release_unused_backends(&mut self) -> usize {
-        let used: BTreeSet<u32> = self
-            .current
-            .values()
-            .flat_map(|p| p.members.iter().copied())
-            .collect();
-        let unused: Vec<((SocketAddr, Protocol), u32)> = self
-            .backend_ids
-            .iter()
-            .filter(|(_, id)| !used.contains(id))
-            .map(|(k, id)| (*k, *id))
-            .collect();
-        for (k, id) in &unused {
-            let _ = self.backends.remove(id);
-            let _ = self.conns.remove(id);
-            self.backend_ids.remove(k);
+    /// Drops one reference of each `released` backend and removes those no
+    /// table holds any more; `sweep` (a full apply) also removes every
+    /// other unreferenced one (adopted leftovers). Returns how many went.
+    fn release_unused_backends(&mut self, released: Vec<u32>, sweep: bool) -> usize {
+        let mut gone = Vec::new();
+        for id in released {
+            let r = self.backend_refs.entry(id).or_default();
+            *r = r.saturating_sub(1);
+            if *r == 0 {
+                gone.push(id);
+            }
         }
-        unused.len()
+        if sweep {
+            gone.extend(
+                self.backend_addrs
+                    .keys()
+                    .filter(|id| self.backend_refs.get(id).copied().unwrap_or(0) == 0)
+                    .copied(),
+            );
+        }
+        gone.sort_unstable();
+        gone.dedup();
+        let mut n = 0;
+        for id in gone {
+            if self.backend_refs.get(&id).copied().unwrap_or(0) > 0 {
+                continue;
+            }
+            self.backend_refs.remove(&id);
+            if let Some(k) = self.backend_addrs.remove(&id) {
+                self.backend_ids.remove(&k);
+                let _ = self.backends.remove(&id);
+                let _ = self.conns.remove(&id);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// New connections counted per backend (summed over CPUs).

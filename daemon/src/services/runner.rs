@@ -30,6 +30,9 @@ pub struct Services {
     dir: Mutex<ManifestDir>,
     ctx: Context,
     pass: Mutex<Pass>,
+    /// The translation's rejections, kept per service across incremental
+    /// passes.
+    translation_rejected: Mutex<Vec<Rejection>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -68,6 +71,7 @@ impl Services {
                 dir: dir.display().to_string(),
                 ..Default::default()
             }),
+            translation_rejected: Mutex::new(Vec::new()),
         });
         s.pass(true);
         let rx = watch(dir).map_err(|e| anyhow::anyhow!(e))?;
@@ -75,18 +79,24 @@ impl Services {
         std::thread::Builder::new()
             .name("sluiced-services".into())
             .spawn(move || loop {
-                match rx.recv_timeout(Duration::from_secs(10)) {
-                    Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                match rx.recv_timeout(Duration::from_secs(30)) {
+                    Ok(mut names) => {
+                        while let Ok(more) = rx.try_recv() {
+                            names.extend(more);
+                        }
+                        s2.changed(&names);
+                    }
+                    // A full rescan now and then, in case an event was lost.
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => s2.pass(false),
                     Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
                 }
-                while rx.try_recv().is_ok() {}
-                s2.pass(false);
             })?;
         Ok(Some(s))
     }
 
     /// One scan, translation and apply.
     fn pass(&self, force: bool) {
+        lock(&self.programmer).collect();
         let t0 = Instant::now();
         let mut dir = lock(&self.dir);
         let changed = match dir.scan() {
@@ -99,12 +109,20 @@ impl Services {
         if !changed && !force {
             return;
         }
+        let t_scan = t0.elapsed();
         let (services, slices, mut rejected) = dir.objects();
         drop(dir);
+        let t_objects = t0.elapsed();
         let mut programmer = lock(&self.programmer);
-        let mut ctx = self.ctx.clone();
-        ctx.previous_owners = programmer.owners();
-        let t = translate(&services, &slices, &ctx);
+        // The context (and its share of the owners map) is dropped before
+        // apply writes the map, so the write does not copy it.
+        let t = {
+            let mut ctx = self.ctx.clone();
+            ctx.previous_owners = programmer.owners();
+            translate(&services, &slices, &ctx)
+        };
+        let t_translate = t0.elapsed();
+        *lock(&self.translation_rejected) = t.rejected.clone();
         rejected.extend(t.rejected.iter().cloned());
         rejected.sort();
         let report = match programmer.apply(&t) {
@@ -116,6 +134,13 @@ impl Services {
         };
         let frontends = programmer.frontends();
         drop(programmer);
+        debug!(
+            scan_ms = t_scan.as_secs_f64() * 1e3,
+            objects_ms = (t_objects - t_scan).as_secs_f64() * 1e3,
+            translate_ms = (t_translate - t_objects).as_secs_f64() * 1e3,
+            apply_ms = (t0.elapsed() - t_translate).as_secs_f64() * 1e3,
+            "services pass phases"
+        );
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         let mut pass = lock(&self.pass);
         for r in rejected.iter().filter(|r| !pass.rejected.contains(r)) {
@@ -137,6 +162,73 @@ impl Services {
         pass.rejected = rejected;
         pass.last_apply = report;
         pass.last_duration_ms = ms;
+        pass.passes += 1;
+    }
+
+    /// An incremental pass for the files the watch named: only the services
+    /// they touch are translated and applied.
+    fn changed(&self, names: &[std::ffi::OsString]) {
+        let t0 = Instant::now();
+        let mut dir = lock(&self.dir);
+        let refs = dir.refresh(names);
+        let t_refresh = t0.elapsed();
+        let (services, slices) = dir.objects_for(&refs);
+        let t_objects = t0.elapsed();
+        let file_rejected = dir.file_rejections();
+        drop(dir);
+        let t_rej = t0.elapsed();
+        let mut programmer = lock(&self.programmer);
+        let report = if refs.is_empty() {
+            None
+        } else {
+            let t = {
+                let mut ctx = self.ctx.clone();
+                ctx.previous_owners = programmer.owners();
+                ctx.partial = true;
+                translate(&services, &slices, &ctx)
+            };
+            let mut tr = lock(&self.translation_rejected);
+            tr.retain(|r| r.service.as_ref().is_none_or(|s| !refs.contains(s)));
+            tr.extend(t.rejected.iter().cloned());
+            match programmer.apply_scoped(&t, Some(&refs)) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    warn!("programming services: {e}");
+                    None
+                }
+            }
+        };
+        let frontends = programmer.frontends();
+        drop(programmer);
+        debug!(
+            refresh_ms = t_refresh.as_secs_f64() * 1e3,
+            objects_ms = (t_objects - t_refresh).as_secs_f64() * 1e3,
+            file_rejections_ms = (t_rej - t_objects).as_secs_f64() * 1e3,
+            translate_apply_ms = (t0.elapsed() - t_rej).as_secs_f64() * 1e3,
+            "incremental phases"
+        );
+        let mut rejected = file_rejected;
+        rejected.extend(lock(&self.translation_rejected).iter().cloned());
+        rejected.sort();
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        let mut pass = lock(&self.pass);
+        for r in rejected.iter().filter(|r| !pass.rejected.contains(r)) {
+            warn!(object = %r.object, "rejected: {}", r.reason);
+        }
+        if let Some(r) = &report {
+            debug!(
+                services = refs.len(),
+                added = r.added,
+                changed = r.changed,
+                removed = r.removed,
+                ms = format!("{ms:.2}"),
+                "services updated"
+            );
+            pass.last_apply = Some(r.clone());
+            pass.last_duration_ms = ms;
+        }
+        pass.frontends = frontends;
+        pass.rejected = rejected;
         pass.passes += 1;
     }
 

@@ -5,10 +5,10 @@
 //! reported until the file is fixed.
 
 use super::manifest::{self, Objects};
-use super::model::Rejection;
+use super::model::{Rejection, ServiceRef};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -32,6 +32,43 @@ struct FileEntry {
 pub struct ManifestDir {
     dir: PathBuf,
     files: BTreeMap<PathBuf, FileEntry>,
+    /// Which files hold objects of each service.
+    index: std::collections::HashMap<ServiceRef, BTreeSet<PathBuf>>,
+}
+
+fn service_ref(s: &Service) -> Option<ServiceRef> {
+    Some(ServiceRef {
+        namespace: s
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        name: s.metadata.name.clone()?,
+    })
+}
+
+fn slice_ref(s: &EndpointSlice) -> Option<ServiceRef> {
+    Some(ServiceRef {
+        namespace: s
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        name: s
+            .metadata
+            .labels
+            .as_ref()?
+            .get(super::translate::SERVICE_NAME_LABEL)?
+            .clone(),
+    })
+}
+
+fn refs_of(o: &Objects) -> Vec<ServiceRef> {
+    o.services
+        .iter()
+        .filter_map(service_ref)
+        .chain(o.slices.iter().filter_map(slice_ref))
+        .collect()
 }
 
 fn is_manifest(p: &Path) -> bool {
@@ -48,6 +85,7 @@ impl ManifestDir {
         ManifestDir {
             dir: dir.into(),
             files: BTreeMap::new(),
+            index: Default::default(),
         }
     }
 
@@ -60,7 +98,7 @@ impl ManifestDir {
     pub fn scan(&mut self) -> Result<bool, String> {
         let entries = std::fs::read_dir(&self.dir)
             .map_err(|e| format!("cannot read services directory {}: {e}", self.dir.display()))?;
-        let mut seen = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         let mut changed = false;
         for e in entries.flatten() {
             let path = e.path();
@@ -73,42 +111,138 @@ impl ManifestDir {
             if !md.is_file() {
                 continue;
             }
-            seen.push(path.clone());
-            let stamp = Stamp {
-                ino: md.ino(),
-                mtime_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
-                size: md.size(),
-            };
-            if self.files.get(&path).is_some_and(|f| f.stamp == stamp) {
+            seen.insert(path.clone());
+            changed |= self.load(&path, &md);
+        }
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !seen.contains(*p))
+            .cloned()
+            .collect();
+        for p in &gone {
+            self.forget(p);
+        }
+        Ok(changed || !gone.is_empty())
+    }
+
+    /// Rereads one file if its stamp changed (`md` its metadata). Returns
+    /// whether it did.
+    fn load(&mut self, path: &Path, md: &std::fs::Metadata) -> bool {
+        let stamp = Stamp {
+            ino: md.ino(),
+            mtime_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
+            size: md.size(),
+        };
+        if self.files.get(path).is_some_and(|f| f.stamp == stamp) {
+            return false;
+        }
+        let name = path.display().to_string();
+        let parsed = std::fs::read_to_string(path)
+            .map_err(|e| format!("{name}: {e}"))
+            .and_then(|text| manifest::parse(&name, &text));
+        let previous = self.forget(path).unwrap_or_default();
+        let entry = match parsed {
+            Ok(objects) => FileEntry {
+                stamp,
+                objects,
+                error: None,
+            },
+            Err(error) => FileEntry {
+                stamp,
+                objects: previous,
+                error: Some(error),
+            },
+        };
+        for r in refs_of(&entry.objects) {
+            self.index.entry(r).or_default().insert(path.into());
+        }
+        self.files.insert(path.into(), entry);
+        true
+    }
+
+    /// Drops a file and its index entries; returns its objects.
+    fn forget(&mut self, path: &Path) -> Option<Objects> {
+        let f = self.files.remove(path)?;
+        for r in refs_of(&f.objects) {
+            if let Some(set) = self.index.get_mut(&r) {
+                set.remove(path);
+                if set.is_empty() {
+                    self.index.remove(&r);
+                }
+            }
+        }
+        Some(f.objects)
+    }
+
+    /// Rereads just the named files (from the watch) and returns the
+    /// services whose objects may have changed: those of the files' old
+    /// and new contents.
+    pub fn refresh(&mut self, names: &[std::ffi::OsString]) -> BTreeSet<ServiceRef> {
+        let mut touched = BTreeSet::new();
+        let mut seen = std::collections::HashSet::new();
+        for n in names {
+            let path = self.dir.join(n);
+            if !seen.insert(path.clone()) || !is_manifest(&path) {
                 continue;
             }
-            changed = true;
-            let name = path.display().to_string();
-            let parsed = std::fs::read_to_string(&path)
-                .map_err(|e| format!("{name}: {e}"))
-                .and_then(|text| manifest::parse(&name, &text));
-            let previous = self
-                .files
-                .remove(&path)
-                .map(|f| f.objects)
-                .unwrap_or_default();
-            let entry = match parsed {
-                Ok(objects) => FileEntry {
-                    stamp,
-                    objects,
-                    error: None,
-                },
-                Err(error) => FileEntry {
-                    stamp,
-                    objects: previous,
-                    error: Some(error),
-                },
-            };
-            self.files.insert(path, entry);
+            if let Some(f) = self.files.get(&path) {
+                touched.extend(refs_of(&f.objects));
+            }
+            match std::fs::metadata(&path) {
+                Ok(md) if md.is_file() => {
+                    self.load(&path, &md);
+                }
+                _ => {
+                    self.forget(&path);
+                }
+            }
+            if let Some(f) = self.files.get(&path) {
+                touched.extend(refs_of(&f.objects));
+            }
         }
-        let before = self.files.len();
-        self.files.retain(|p, _| seen.contains(p));
-        Ok(changed || self.files.len() != before)
+        touched
+    }
+
+    /// The Services and EndpointSlices of the given services only.
+    pub fn objects_for(&self, refs: &BTreeSet<ServiceRef>) -> (Vec<Service>, Vec<EndpointSlice>) {
+        let mut services = Vec::new();
+        let mut slices = Vec::new();
+        let paths: BTreeSet<&PathBuf> = refs
+            .iter()
+            .filter_map(|r| self.index.get(r))
+            .flatten()
+            .collect();
+        for f in paths.into_iter().filter_map(|p| self.files.get(p)) {
+            for s in &f.objects.services {
+                if service_ref(s).is_some_and(|r| refs.contains(&r)) {
+                    services.push(s.clone());
+                }
+            }
+            for s in &f.objects.slices {
+                if slice_ref(s).is_some_and(|r| refs.contains(&r)) {
+                    slices.push(s.clone());
+                }
+            }
+        }
+        (services, slices)
+    }
+
+    /// What the files themselves could not give (broken files, bad
+    /// documents).
+    pub fn file_rejections(&self) -> Vec<Rejection> {
+        let mut out = Vec::new();
+        for (path, f) in &self.files {
+            out.extend(f.objects.rejected.iter().cloned());
+            if let Some(e) = &f.error {
+                out.push(Rejection {
+                    object: path.display().to_string(),
+                    reason: format!("{e}; keeping what the file held before"),
+                    service: None,
+                });
+            }
+        }
+        out
     }
 
     /// Everything the files hold, and everything that could not be used.
@@ -124,6 +258,7 @@ impl ManifestDir {
                 rejected.push(Rejection {
                     object: path.display().to_string(),
                     reason: format!("{e}; keeping what the file held before"),
+                    service: None,
                 });
             }
         }
@@ -131,9 +266,9 @@ impl ManifestDir {
     }
 }
 
-/// Wakes the caller (one `()` per batch of events) when a file in `dir` is
-/// written, moved in or out, or deleted. Runs on a thread of its own.
-pub fn watch(dir: &Path) -> Result<std::sync::mpsc::Receiver<()>, String> {
+/// Sends the names of the files in `dir` that were written, moved in or
+/// out, or deleted (one batch per read). Runs on a thread of its own.
+pub fn watch(dir: &Path) -> Result<std::sync::mpsc::Receiver<Vec<std::ffi::OsString>>, String> {
     use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
     let ino = Inotify::init(InitFlags::IN_CLOEXEC).map_err(|e| format!("inotify: {e}"))?;
     ino.add_watch(
@@ -149,8 +284,9 @@ pub fn watch(dir: &Path) -> Result<std::sync::mpsc::Receiver<()>, String> {
     std::thread::Builder::new()
         .name("sluiced-watch".into())
         .spawn(move || {
-            while let Ok(_events) = ino.read_events() {
-                if tx.send(()).is_err() {
+            while let Ok(events) = ino.read_events() {
+                let names = events.into_iter().filter_map(|e| e.name).collect();
+                if tx.send(names).is_err() {
                     return;
                 }
             }

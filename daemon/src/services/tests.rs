@@ -24,11 +24,13 @@ fn run_after(yaml: &str, previous: &Translation) -> Translation {
     let o = objects(yaml);
     assert!(o.rejected.is_empty(), "{:?}", o.rejected);
     let mut c = ctx();
-    c.previous_owners = previous
-        .frontends
-        .iter()
-        .map(|(k, f)| (*k, f.service.clone()))
-        .collect();
+    c.previous_owners = std::sync::Arc::new(
+        previous
+            .frontends
+            .iter()
+            .map(|(k, f)| (*k, f.service.clone()))
+            .collect(),
+    );
     translate(&o.services, &o.slices, &c)
 }
 

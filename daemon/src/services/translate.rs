@@ -28,7 +28,10 @@ pub struct Context {
     /// services claim one frontend (manifests can; the API server cannot),
     /// the holder keeps it, so adding a conflicting object never takes
     /// away what is programmed; otherwise the first by namespace/name wins.
-    pub previous_owners: BTreeMap<FrontendKey, ServiceRef>,
+    pub previous_owners: std::sync::Arc<BTreeMap<FrontendKey, ServiceRef>>,
+    /// The objects given are only some services (with all their slices):
+    /// frontends held by other services stay theirs.
+    pub partial: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -284,8 +287,13 @@ fn parse_slice(s: &EndpointSlice) -> Result<Option<(ServiceRef, ParsedSlice)>, S
 /// give the same frontends and the same rejections.
 pub fn translate(services: &[Service], slices: &[EndpointSlice], ctx: &Context) -> Translation {
     let mut out = Translation::default();
-    let mut reject =
-        |object: String, reason: String| out.rejected.push(Rejection { object, reason });
+    let mut reject = |object: String, reason: String, service: Option<ServiceRef>| {
+        out.rejected.push(Rejection {
+            object,
+            reason,
+            service,
+        })
+    };
 
     let mut parsed: BTreeMap<ServiceRef, ParsedService> = BTreeMap::new();
     let mut seen: BTreeSet<ServiceRef> = BTreeSet::new();
@@ -300,7 +308,12 @@ pub fn translate(services: &[Service], slices: &[EndpointSlice], ctx: &Context) 
         match parse_service(s) {
             Ok(Some(p)) => {
                 if !seen.insert(p.svc.clone()) {
-                    reject(label, "defined twice; the first definition is kept".into());
+                    let r = p.svc.clone();
+                    reject(
+                        label,
+                        "defined twice; the first definition is kept".into(),
+                        Some(r),
+                    );
                     continue;
                 }
                 parsed.insert(p.svc.clone(), p);
@@ -310,7 +323,7 @@ pub fn translate(services: &[Service], slices: &[EndpointSlice], ctx: &Context) 
                     seen.insert(r);
                 }
             }
-            Err(reason) => reject(label, reason),
+            Err(reason) => reject(label, reason, meta_ref(&s.metadata).ok()),
         }
     }
 
@@ -326,13 +339,32 @@ pub fn translate(services: &[Service], slices: &[EndpointSlice], ctx: &Context) 
         match parse_slice(s) {
             Ok(Some((svc, slice))) => {
                 if !seen.contains(&svc) {
-                    reject(label, format!("its service {svc} does not exist"));
+                    reject(
+                        label,
+                        format!("its service {svc} does not exist"),
+                        Some(svc),
+                    );
                     continue;
                 }
                 by_service.entry(svc).or_default().push(slice);
             }
             Ok(None) => {}
-            Err(reason) => reject(label, reason),
+            Err(reason) => {
+                let owner = s
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                    .map(|n| ServiceRef {
+                        namespace: s
+                            .metadata
+                            .namespace
+                            .clone()
+                            .unwrap_or_else(|| "default".into()),
+                        name: n.clone(),
+                    });
+                reject(label, reason, owner)
+            }
         }
     }
 
@@ -360,11 +392,22 @@ pub fn translate(services: &[Service], slices: &[EndpointSlice], ctx: &Context) 
                 })
             })
             .collect();
-        if let Some(k) = keys.iter().find(|k| out.frontends.contains_key(k)) {
-            let owner = &out.frontends[k].service;
+        // In a partial translation, a frontend held by a service outside
+        // the subset is taken too.
+        let taken_outside = |k: &FrontendKey| -> Option<ServiceRef> {
+            let o = ctx.previous_owners.get(k)?;
+            (ctx.partial && o != svc && !parsed.contains_key(o)).then(|| o.clone())
+        };
+        if let Some((k, owner)) = keys.iter().find_map(|k| {
+            out.frontends
+                .get(k)
+                .map(|f| (k, f.service.clone()))
+                .or_else(|| taken_outside(k).map(|o| (k, o)))
+        }) {
             out.rejected.push(Rejection {
                 object: format!("Service {svc}"),
                 reason: format!("frontend {k} already belongs to service {owner}"),
+                service: Some(svc.clone()),
             });
             continue;
         }

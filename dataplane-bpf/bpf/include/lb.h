@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* Service load balancing: frontend lookup, backend selection (random or
- * Maglev, with per-pod session affinity), and the maps behind it. The
+/* Service load balancing: frontend lookup, backend selection (random over
+ * generation slots, or Maglev through a per-service table, with per-pod
+ * session affinity), and the maps behind it. The
  * decision is lb_select() over a struct lb_req, with no program context,
  * so a test program can run it through BPF_PROG_TEST_RUN. */
 #ifndef SLUICE_LB_H
@@ -28,7 +29,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_backends SEC(".maps");
 
-/* The template of every selection table; BPF_F_INNER_MAP lets the real
+/* (svc_id, gen, slot) -> backend id, for random selection */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1048576);
+	__type(key, struct lb_slot_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_lb_slots SEC(".maps");
+
+/* The template of every Maglev table; BPF_F_INNER_MAP lets the real
  * ones differ in size (a random table holds the backends, a Maglev one
  * the table size). */
 struct lb_table {
@@ -39,7 +49,7 @@ struct lb_table {
 	__type(value, __u32);
 };
 
-/* svc_id -> its selection table */
+/* svc_id -> its Maglev table */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
 	__uint(max_entries, 65536);
@@ -114,12 +124,19 @@ static __always_inline int lb_select(struct lb_req *r)
 		return LB_PASS;
 	}
 	r->svc_id = sv->svc_id;
-	table = bpf_map_lookup_elem(&sluice_lbtables, &sv->svc_id);
-	if (!table)
-		return lb_refuse(r);
-	n = bpf_map_lookup_elem(table, &zero);
-	if (!n || *n == 0)
-		return lb_refuse(r);
+	if (sv->flags & SLUICE_SVC_F_MAGLEV) {
+		table = bpf_map_lookup_elem(&sluice_lbtables, &sv->svc_id);
+		if (!table)
+			return lb_refuse(r);
+		n = bpf_map_lookup_elem(table, &zero);
+		if (!n || *n == 0)
+			return lb_refuse(r);
+	} else {
+		if (sv->count == 0)
+			return lb_refuse(r);
+		table = NULL;
+		n = NULL;
+	}
 
 	ak.netns_cookie = r->netns_cookie;
 	ak.svc_id = sv->svc_id;
@@ -140,10 +157,18 @@ static __always_inline int lb_select(struct lb_req *r)
 		}
 	}
 	if (!sticky) {
-		__u32 pick = (sv->flags & SLUICE_SVC_F_MAGLEV) ? r->hash : r->rnd;
+		if (table && n) {
+			slot = SLUICE_LB_TABLE_HEADER + r->hash % *n;
+			id = bpf_map_lookup_elem(table, &slot);
+		} else {
+			struct lb_slot_key sk = {
+				.svc_id = sv->svc_id,
+				.gen = sv->gen,
+				.slot = (__u16)(r->rnd % sv->count),
+			};
 
-		slot = SLUICE_LB_TABLE_HEADER + pick % *n;
-		id = bpf_map_lookup_elem(table, &slot);
+			id = bpf_map_lookup_elem(&sluice_lb_slots, &sk);
+		}
 		if (!id)
 			return lb_refuse(r);
 		backend_id = *id;

@@ -69,10 +69,11 @@ _Static_assert(sizeof(struct svc_key) == 20, "svc_key layout");
 #define SLUICE_SVC_F_MAGLEV (1U << 0) /* select through the Maglev table */
 
 struct svc_value {
-	__u32 svc_id;		/* key of its selection table and affinity */
+	__u32 svc_id;		/* key of its slots, table and affinity */
 	__u32 affinity_timeout; /* seconds; 0: no session affinity */
 	__u32 flags;		/* SLUICE_SVC_F_* */
-	__u32 pad;
+	__u16 count;		/* random selection: slots 0..count-1 of gen */
+	__u16 gen;		/* which generation of slots is current */
 };
 _Static_assert(sizeof(struct svc_value) == 16, "svc_value layout");
 
@@ -86,10 +87,21 @@ struct backend {
 };
 _Static_assert(sizeof(struct backend) == 24, "backend layout");
 
-/* Selection table of a service (an inner array map per svc_id):
- * slot 0 holds n, slots 1..n the backend ids new connections may go to
- * (n is the Maglev table size for Maglev services). A table is swapped
- * whole, so a connect never sees half of an update. */
+/* Random selection: the backend ids of a service as slots of one
+ * generation. An update writes the next generation's slots, then switches
+ * svc_value (count, gen) in one element update, then (later) deletes the
+ * old slots: a connect sees one whole generation, never a mix, and no
+ * update waits for an RCU grace period. */
+struct lb_slot_key {
+	__u32 svc_id;
+	__u16 gen;
+	__u16 slot;
+};
+_Static_assert(sizeof(struct lb_slot_key) == 8, "lb_slot_key layout");
+
+/* Maglev selection: a table per service (an inner array map per svc_id):
+ * slot 0 holds n (the table size), slots 1..n the backend ids. A table is
+ * swapped whole with one update of the outer map. */
 #define SLUICE_LB_TABLE_HEADER 1
 
 /* Which backends are members of a service's table now: checked before an

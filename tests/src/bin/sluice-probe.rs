@@ -9,6 +9,8 @@
 //!                           the connection still echoes
 //! udp ADDR                  unconnected sendto/recvfrom: {"from","reply"}
 //! udp-connected ADDR        connect, send, recv: {"peer","from","reply"}
+//! rate ADDR COUNT           COUNT times: connect, read the answer, close;
+//!                           {"count","secs","per_sec"}
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -114,6 +116,27 @@ fn main() {
             println!(
                 "{{\"peer\":\"{peer}\",\"from\":\"{from}\",\"reply\":\"{}\"}}",
                 String::from_utf8_lossy(&buf[..n])
+            );
+        }
+        ["rate", dst, count] => {
+            let d = addr(dst);
+            let n: u32 = count.parse().unwrap_or(1000);
+            let t0 = std::time::Instant::now();
+            let mut buf = [0u8; 256];
+            for _ in 0..n {
+                let mut s =
+                    TcpStream::connect_timeout(&d, t).unwrap_or_else(|e| fail("connect", e));
+                s.set_read_timeout(Some(t)).unwrap();
+                use std::io::Read;
+                let got = s.read(&mut buf).unwrap_or_else(|e| fail("read", e));
+                if got == 0 {
+                    fail("read", std::io::Error::other("closed before answering"));
+                }
+            }
+            let secs = t0.elapsed().as_secs_f64();
+            println!(
+                "{{\"count\":{n},\"secs\":{secs},\"per_sec\":{}}}",
+                n as f64 / secs
             );
         }
         _ => {

@@ -1,0 +1,485 @@
+//! svc-bench: what a service costs a new connection, against connecting to
+//! the backend directly and against the same services programmed the way
+//! kube-proxy's iptables mode programs them, all in one run; plus the time
+//! to program 10,000 services and the latency of one endpoint change.
+//!
+//! A node namespace runs a real `sluiced` with a manifest directory (one
+//! file per service, as a GitOps checkout would hold them); a backend pod
+//! runs a TCP server; a client pod measures connect → one answer → close.
+//! The iptables variant uses other cluster IPs (10.97/16) that Sluice does
+//! not know, DNAT'ed in the node's nat table through KUBE-SERVICES →
+//! KUBE-SVC-* → KUBE-SEP-* chains loaded with `iptables-restore`.
+//!
+//! Needs root, iptables and release builds next to this binary.
+
+#[path = "cleanup.rs"]
+mod cleanup;
+#[path = "stats.rs"]
+#[allow(dead_code)]
+mod stats;
+
+use aya::maps::{HashMap, MapData};
+use cleanup::Track;
+use serde_json::{json, Value};
+use sluice_dataplane::load::open_pinned;
+use sluice_dataplane::maps::{self, Backend, LbSlotKey, SvcKey, SvcValue};
+use sluice_tests::daemon::Daemon;
+use sluice_tests::{bin, Node, Ns, Pod};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "\
+usage: svc-bench [--sizes 1,1000,10000] [--conns 1000] [--rounds 3] [--events 200] [--json]
+
+  --sizes   numbers of services to measure at (the last is also the size
+            for the programming and event figures)
+  --conns   connections per sample
+  --rounds  samples per variant and size (variants interleaved)
+  --events  endpoint changes timed at the largest size
+
+Runs as root. Build first: cargo build --release --workspace --bins";
+
+const ENDPOINTS: usize = 10;
+const PORT: u16 = 80;
+const BACKEND_PORT: u16 = 8080;
+
+/// Cluster IP of service `i` for Sluice (10.96/16) or iptables (10.97/16).
+fn cluster_ip(i: usize, iptables: bool) -> Ipv4Addr {
+    let base = if iptables { 97 } else { 96 };
+    Ipv4Addr::new(10, base, (i / 250) as u8, (i % 250 + 1) as u8)
+}
+
+/// The endpoints of service `i`: the real backend for the measured one
+/// (`last`), otherwise ten addresses nothing is ever sent to.
+fn endpoints(i: usize, last: usize, backend: Ipv4Addr) -> Vec<Ipv4Addr> {
+    if i == last {
+        return vec![backend];
+    }
+    (0..ENDPOINTS)
+        .map(|e| {
+            let n = i * ENDPOINTS + e;
+            Ipv4Addr::new(10, 240 + (n >> 16) as u8, (n >> 8) as u8, n as u8)
+        })
+        .collect()
+}
+
+fn manifest(i: usize, eps: &[Ipv4Addr]) -> String {
+    let mut s = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: bench}}\nspec:\n  clusterIP: {}\n  ports: [{{name: http, port: {PORT}}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: svc-{i}-1, namespace: bench, labels: {{kubernetes.io/service-name: svc-{i}}}}}\naddressType: IPv4\nports: [{{name: http, port: {BACKEND_PORT}}}]\nendpoints:\n",
+        cluster_ip(i, false)
+    );
+    for e in eps {
+        s.push_str(&format!(
+            "- addresses: [\"{e}\"]\n  conditions: {{ready: true}}\n"
+        ));
+    }
+    s
+}
+
+fn write_atomic(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).expect("write manifest");
+    std::fs::rename(&tmp, dir.join(name)).expect("rename manifest");
+}
+
+/// kube-proxy's iptables layout for `n` services, as one restore file.
+///
+/// Only connections of the iptables client pod enter KUBE-SERVICES, so the
+/// direct and Sluice samples do not pay for the chains.
+fn iptables_rules(n: usize, last: usize, backend: Ipv4Addr, client: Ipv4Addr) -> String {
+    let mut chains = String::from("*nat\n:KUBE-SERVICES - [0:0]\n");
+    let mut rules = String::new();
+    for i in 0..n {
+        let svc = format!("KUBE-SVC-{i:012X}");
+        chains.push_str(&format!(":{svc} - [0:0]\n"));
+        rules.push_str(&format!(
+            "-A KUBE-SERVICES -d {}/32 -p tcp -m comment --comment \"bench/svc-{i}:http cluster IP\" -m tcp --dport {PORT} -j {svc}\n",
+            cluster_ip(i, true)
+        ));
+        let eps = endpoints(i, last, backend);
+        for (e, ip) in eps.iter().enumerate() {
+            let sep = format!("KUBE-SEP-{i:08X}{e:04X}");
+            chains.push_str(&format!(":{sep} - [0:0]\n"));
+            let left = eps.len() - e;
+            if left > 1 {
+                rules.push_str(&format!(
+                    "-A {svc} -m comment --comment \"bench/svc-{i}:http\" -m statistic --mode random --probability {:.10} -j {sep}\n",
+                    1.0 / left as f64
+                ));
+            } else {
+                rules.push_str(&format!(
+                    "-A {svc} -m comment --comment \"bench/svc-{i}:http\" -j {sep}\n"
+                ));
+            }
+            rules.push_str(&format!(
+                "-A {sep} -p tcp -m comment --comment \"bench/svc-{i}:http\" -m tcp -j DNAT --to-destination {ip}:{BACKEND_PORT}\n"
+            ));
+        }
+    }
+    rules.push_str(&format!(
+        "-A PREROUTING -s {client}/32 -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n"
+    ));
+    format!("{chains}{rules}COMMIT\n")
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> std::process::Output {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .expect("ip netns exec")
+}
+
+/// New connections per second from the client pod to `dst`.
+fn rate(client: &Ns, dst: SocketAddr, conns: usize) -> f64 {
+    let probe = bin("sluice-probe");
+    let out = in_ns(
+        &client.name,
+        &[
+            probe.to_str().unwrap(),
+            "rate",
+            &dst.to_string(),
+            &conns.to_string(),
+        ],
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "rate to {dst}: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    v["per_sec"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("rate to {dst}: {v}"))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+struct Maps {
+    svc: HashMap<MapData, SvcKey, SvcValue>,
+    backends: HashMap<MapData, u32, Backend>,
+    tables: std::os::fd::OwnedFd,
+    slots: HashMap<MapData, LbSlotKey, u32>,
+}
+
+impl Maps {
+    fn open(d: &Daemon<'_>) -> Self {
+        let dir = d.pin_path.join("maps");
+        let open = |m: &maps::MapSpec| open_pinned(&dir, m).unwrap_or_else(|e| panic!("{e}"));
+        Maps {
+            svc: HashMap::try_from(open(&maps::SVC)).unwrap(),
+            backends: HashMap::try_from(open(&maps::BACKENDS)).unwrap(),
+            tables: sluice_dataplane::sys::obj_get(&dir.join(maps::LB_TABLES.name)).unwrap(),
+            slots: HashMap::try_from(open(&maps::LB_SLOTS)).unwrap(),
+        }
+    }
+
+    /// Whether backend `ip` is in service `i`'s table.
+    fn in_table(&self, i: usize, ip: Ipv4Addr) -> bool {
+        use std::os::fd::AsFd;
+        let k = SvcKey::new(SocketAddr::new(cluster_ip(i, false).into(), PORT), 6);
+        let Ok(v) = self.svc.get(&k, 0) else {
+            return false;
+        };
+        let want = SocketAddr::new(ip.into(), BACKEND_PORT);
+        let ids: Vec<u32> = if v.flags & maps::SVC_F_MAGLEV != 0 {
+            sluice_dataplane::sys::lb_table_ids(self.tables.as_fd(), v.svc_id)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        } else {
+            (0..v.count)
+                .filter_map(|slot| {
+                    let key = LbSlotKey {
+                        svc_id: v.svc_id,
+                        gen: v.gen,
+                        slot,
+                    };
+                    self.slots.get(&key, 0).ok()
+                })
+                .collect()
+        };
+        ids.iter()
+            .any(|id| self.backends.get(id, 0).ok().and_then(|b| b.socket_addr()) == Some(want))
+    }
+}
+
+struct Server(Child);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn main() -> ExitCode {
+    let mut sizes = vec![1usize, 1000, 10000];
+    let mut conns = 1000usize;
+    let mut rounds = 3usize;
+    let mut events = 200usize;
+    let mut as_json = false;
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut val = || it.next().unwrap_or_default();
+        match a.as_str() {
+            "--sizes" => {
+                sizes = val().split(',').filter_map(|x| x.parse().ok()).collect();
+            }
+            "--conns" => conns = val().parse().unwrap_or(0),
+            "--rounds" => rounds = val().parse().unwrap_or(0),
+            "--events" => events = val().parse().unwrap_or(0),
+            "--json" => as_json = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            _ => {
+                eprintln!("unknown argument {a:?}\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if sizes.is_empty()
+        || sizes.windows(2).any(|w| w[0] >= w[1])
+        || sizes[0] == 0
+        || conns == 0
+        || rounds == 0
+    {
+        eprintln!("svc-bench: --sizes must be increasing and positive, --conns and --rounds at least 1\n{USAGE}");
+        return ExitCode::from(2);
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("svc-bench: needs root (namespaces, BPF, iptables)");
+        return ExitCode::from(2);
+    }
+    if Command::new("iptables-restore")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("svc-bench: iptables-restore is missing; install iptables (.ci/setup does)");
+        return ExitCode::from(2);
+    }
+    if let Err(e) = cleanup::install() {
+        eprintln!("svc-bench: {e}");
+        return ExitCode::from(2);
+    }
+
+    let node = Node::new();
+    let _node_track = Track::new(Some(&node.ns.name), &[node.dir.path()]);
+    let dir = node.dir.path().join("services");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut d = Daemon::configure(
+        &node,
+        &format!(
+            "services_dir = \"{}\"\nnode_name = \"bench\"\n",
+            dir.display()
+        ),
+    );
+    let _pin_track = Track::new(None, &[&d.pin_path]);
+    d.spawn();
+    let _daemon_track = Track::process(d.pid().unwrap());
+    let conf = node.conf(
+        "1.0.0",
+        r#"[[{"subnet":"10.232.0.0/24","gateway":"10.232.0.1"}]]"#,
+    );
+    let backend_pod = Pod::add(&node, &conf);
+    let _bt = Track::new(Some(&backend_pod.ns.name), &[]);
+    let client = Pod::add(&node, &conf);
+    let _ct = Track::new(Some(&client.ns.name), &[]);
+    // The iptables variant's client: the same kind of pod on the same node.
+    let ipt_client = Pod::add(&node, &conf);
+    let _it = Track::new(Some(&ipt_client.ns.name), &[]);
+    let ipt_client_ip: Ipv4Addr = ipt_client.ips()[0].parse().unwrap();
+    let backend: Ipv4Addr = backend_pod.ips()[0].parse().unwrap();
+    let server = Server(
+        Command::new("ip")
+            .args(["netns", "exec", &backend_pod.ns.name])
+            .arg(bin("sluice-probe"))
+            .args(["serve", "tcp", &BACKEND_PORT.to_string(), "backend"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the backend server"),
+    );
+    let _server_track = Track::process(server.0.id());
+    in_ns(
+        &client.ns.name,
+        &["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"],
+    );
+    let direct = SocketAddr::new(backend.into(), BACKEND_PORT);
+    // Warm up and wait for the server.
+    let t = Instant::now();
+    while in_ns(
+        &client.ns.name,
+        &[
+            bin("sluice-probe").to_str().unwrap(),
+            "tcp",
+            &direct.to_string(),
+        ],
+    )
+    .status
+    .code()
+        != Some(0)
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "backend server not answering"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let maps = Maps::open(&d);
+
+    let mut rows = Vec::new();
+    let mut written = 0usize;
+    let mut program = json!(null);
+    for &n in &sizes {
+        let last = n - 1;
+        eprintln!("svc-bench: {n} services");
+        // Sluice: one manifest file per service; the measured one is last.
+        let t0 = Instant::now();
+        for i in written..n {
+            let eps = endpoints(i, last, backend);
+            write_atomic(&dir, &format!("svc-{i}.yaml"), &manifest(i, &eps));
+        }
+        // The previously measured service goes back to ten fake endpoints.
+        if written > 0 && written - 1 != last {
+            let i = written - 1;
+            write_atomic(
+                &dir,
+                &format!("svc-{i}.yaml"),
+                &manifest(i, &endpoints(i, last, backend)),
+            );
+        }
+        written = n;
+        while !maps.in_table(last, backend) || maps.svc.keys().count() < n {
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "services not programmed after 2 min"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let sluice_ms = stats::ms(t0.elapsed());
+        // kube-proxy's iptables mode, same services, other cluster IPs.
+        let rules = iptables_rules(n, last, backend, ipt_client_ip);
+        let path = node.dir.path().join("iptables.rules");
+        std::fs::write(&path, &rules).unwrap();
+        let t1 = Instant::now();
+        let out = in_ns(&node.ns.name, &["iptables-restore", path.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "iptables-restore: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let iptables_ms = stats::ms(t1.elapsed());
+        if n == *sizes.last().unwrap() {
+            program = json!({
+                "services": n,
+                "endpoints_per_service": ENDPOINTS,
+                "sluice_ms": sluice_ms,
+                "iptables_restore_ms": iptables_ms,
+            });
+        }
+
+        let svc = SocketAddr::new(cluster_ip(last, false).into(), PORT);
+        let ipt = SocketAddr::new(cluster_ip(last, true).into(), PORT);
+        let (mut rd, mut rs, mut ri) = (Vec::new(), Vec::new(), Vec::new());
+        for r in 0..rounds {
+            // Rotate which variant goes first.
+            for v in 0..3 {
+                match (r + v) % 3 {
+                    0 => rd.push(rate(&client.ns, direct, conns)),
+                    1 => rs.push(rate(&client.ns, svc, conns)),
+                    _ => ri.push(rate(&ipt_client.ns, ipt, conns)),
+                }
+            }
+        }
+        let (d_, s_, i_) = (median(rd), median(rs), median(ri));
+        rows.push(json!({
+            "services": n, "direct_per_sec": d_, "sluice_per_sec": s_, "iptables_per_sec": i_,
+            "sluice_vs_direct": s_ / d_, "iptables_vs_direct": i_ / d_,
+            "sluice_program_ms": sluice_ms, "iptables_restore_ms": iptables_ms,
+        }));
+    }
+
+    // One endpoint changed at a time, at the largest size.
+    let n = *sizes.last().unwrap();
+    let mut lat = Vec::new();
+    for e in 0..events {
+        let i = (e * 7919) % (n.max(2) - 1);
+        let mut eps = endpoints(i, n - 1, backend);
+        let fresh = Ipv4Addr::new(10, 250, (e >> 8) as u8, e as u8);
+        eps[0] = fresh;
+        let t = Instant::now();
+        write_atomic(&dir, &format!("svc-{i}.yaml"), &manifest(i, &eps));
+        while !maps.in_table(i, fresh) {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "change {e} never reached the datapath"
+            );
+        }
+        lat.push(stats::ms(t.elapsed()));
+        // Put it back, untimed.
+        write_atomic(
+            &dir,
+            &format!("svc-{i}.yaml"),
+            &manifest(i, &endpoints(i, n - 1, backend)),
+        );
+        let t = Instant::now();
+        while maps.in_table(i, fresh) {
+            assert!(t.elapsed() < Duration::from_secs(10));
+        }
+    }
+    let mut sorted = lat.clone();
+    sorted.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        sorted[(((p / 100.0) * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
+    };
+    let event =
+        json!({"changes": lat.len(), "p50_ms": pct(50.0), "p99_ms": pct(99.0), "services": n});
+
+    let figures = json!({"rates": rows, "program": program, "event": event, "conns_per_sample": conns, "rounds": rounds});
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&figures).unwrap());
+    } else {
+        println!("New connections per second from a pod (connect, one answer, close; median of {rounds} x {conns})");
+        println!(
+            "{:>9} {:>12} {:>12} {:>12} {:>14} {:>16}",
+            "services", "direct", "sluice", "iptables", "sluice/direct", "iptables/direct"
+        );
+        for r in figures["rates"].as_array().unwrap() {
+            println!(
+                "{:>9} {:>12.0} {:>12.0} {:>12.0} {:>14.3} {:>16.3}",
+                r["services"].as_u64().unwrap(),
+                r["direct_per_sec"].as_f64().unwrap(),
+                r["sluice_per_sec"].as_f64().unwrap(),
+                r["iptables_per_sec"].as_f64().unwrap(),
+                r["sluice_vs_direct"].as_f64().unwrap(),
+                r["iptables_vs_direct"].as_f64().unwrap()
+            );
+        }
+        println!();
+        println!(
+            "programming {} services x {} endpoints: sluiced {:.0} ms from manifests to datapath (iptables-restore of the same: {:.0} ms)  target < 2000 ms",
+            n, ENDPOINTS, program["sluice_ms"].as_f64().unwrap_or(f64::NAN), program["iptables_restore_ms"].as_f64().unwrap_or(f64::NAN)
+        );
+        println!(
+            "one endpoint change, file written -> datapath, {} changes among {} services: p50 {:.2} ms, p99 {:.2} ms  target p99 < 20 ms",
+            lat.len(), n, pct(50.0), pct(99.0)
+        );
+    }
+    if let Some(to) = std::env::var_os("SVC_BENCH_DAEMON_LOG") {
+        let _ = std::fs::copy(&d.log, to);
+    }
+    drop(server);
+    drop(ipt_client);
+    drop(client);
+    drop(backend_pod);
+    drop(d);
+    ExitCode::SUCCESS
+}
