@@ -15,8 +15,12 @@ use std::time::{Duration, Instant};
 
 pub const API_VERSION: u32 = 1;
 
-/// Largest request or response line either side accepts.
+/// Largest request line the daemon accepts.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+/// Largest response line the client reads: a list of 10,000 services with
+/// their backends is a few MiB.
+pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -143,7 +147,7 @@ pub fn call(
 
 trait TakeBounded: io::Read + Sized {
     fn take_bounded(self) -> io::Take<Self> {
-        self.take(MAX_MESSAGE_BYTES as u64)
+        self.take(MAX_RESPONSE_BYTES as u64)
     }
 }
 impl<R: io::Read> TakeBounded for R {}

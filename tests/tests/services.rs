@@ -270,13 +270,12 @@ fn a_service_with_no_backend_refuses_at_once() {
     }
     let node = Node::new();
     let c = Cluster::new(&node, "");
-    let t = Instant::now();
     let v = probe(&c.client.ns, &["tcp", "10.96.10.20:80"]);
     assert_eq!(v["errno"], 111, "ECONNREFUSED: {v}");
-    assert!(
-        t.elapsed() < Duration::from_secs(1),
-        "refused at once, not a timeout"
-    );
+    // Timed inside the probe around connect(2) alone: the refusal comes
+    // from the hook, not from a timeout or a reset.
+    let ms = v["connect_ms"].as_f64().unwrap();
+    assert!(ms < 100.0, "refused at once, not after a timeout: {ms} ms");
 }
 
 #[test]

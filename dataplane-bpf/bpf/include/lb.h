@@ -26,6 +26,8 @@ struct {
 	__uint(max_entries, 262144);
 	__type(key, __u32);
 	__type(value, struct backend);
+	/* Sized for large clusters; allocated as used, not up front. */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_backends SEC(".maps");
 
@@ -35,6 +37,8 @@ struct {
 	__uint(max_entries, 1048576);
 	__type(key, struct lb_slot_key);
 	__type(value, __u32);
+	/* Sized for large clusters; allocated as used, not up front. */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_lb_slots SEC(".maps");
 
@@ -64,6 +68,8 @@ struct {
 	__uint(max_entries, 262144);
 	__type(key, struct svc_backend_key);
 	__type(value, __u8);
+	/* Sized for large clusters; allocated as used, not up front. */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_svc_bes SEC(".maps");
 
@@ -81,6 +87,8 @@ struct {
 	__uint(max_entries, 262144);
 	__type(key, __u32);
 	__type(value, __u64);
+	/* Sized for large clusters; allocated as used, not up front. */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_be_conns SEC(".maps");
 

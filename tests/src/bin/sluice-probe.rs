@@ -59,8 +59,15 @@ fn main() {
             }
         }
         ["tcp", dst] => {
-            let s =
-                TcpStream::connect_timeout(&addr(dst), t).unwrap_or_else(|e| fail("connect", e));
+            let t0 = std::time::Instant::now();
+            let s = TcpStream::connect_timeout(&addr(dst), t).unwrap_or_else(|e| {
+                println!(
+                    "{{\"error\":\"connect: {e}\",\"errno\":{},\"connect_ms\":{}}}",
+                    e.raw_os_error().unwrap_or(0),
+                    t0.elapsed().as_secs_f64() * 1e3
+                );
+                std::process::exit(1)
+            });
             s.set_read_timeout(Some(t)).unwrap();
             let peer = s.peer_addr().unwrap_or_else(|e| fail("getpeername", e));
             let mut line = String::new();
