@@ -418,12 +418,18 @@ fn main() -> ExitCode {
         let dir2 = node2.dir.path().join("services");
         std::fs::create_dir_all(&dir2).unwrap();
         for i in 0..n {
-            std::fs::write(dir2.join(format!("svc-{i}.yaml")), manifest(i, &endpoints(i, n - 1, backend)))
-                .unwrap();
+            std::fs::write(
+                dir2.join(format!("svc-{i}.yaml")),
+                manifest(i, &endpoints(i, n - 1, backend)),
+            )
+            .unwrap();
         }
         let mut d2 = Daemon::configure(
             &node2,
-            &format!("services_dir = \"{}\"\nnode_name = \"bench2\"\n", dir2.display()),
+            &format!(
+                "services_dir = \"{}\"\nnode_name = \"bench2\"\n",
+                dir2.display()
+            ),
         );
         let _p2 = Track::new(None, &[&d2.pin_path]);
         let wall = d2.spawn();

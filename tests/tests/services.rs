@@ -481,3 +481,100 @@ fn a_pod_annotated_socket_lb_false_connects_to_the_service_address_untranslated(
     assert_eq!(c.d.endpoints()[&opted.cid]["socket_lb"], false);
     check(&c);
 }
+
+/// A Maglev service, a broken save, and a daemon restart: connects keep
+/// working throughout, nothing programmed is lost, and the restarted daemon
+/// adopts the same frontends.
+#[test]
+fn maglev_broken_manifests_and_restart_lose_nothing() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let mut c = Cluster::new(&node, "");
+    // Switch web to Maglev.
+    let all: Vec<_> = c.web.iter().map(|p| (p, true, true, false)).collect();
+    let maglev = manifests(&all, "").replace(
+        "metadata: {name: web, namespace: demo}",
+        "metadata: {name: web, namespace: demo, annotations: {sluice.dev/load-balancing: maglev}}",
+    );
+    c.write(&maglev);
+    c.wait_programmed(|v| c.frontend(v, "10.96.10.10:80/Tcp")["selection"] == "maglev");
+    let fe = c.frontend(&c.services(), "10.96.10.10:80/Tcp");
+    assert_eq!(fe["table_size"], 16381, "{fe}");
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let v = probe_ok(&c.client.ns, &["tcp", "10.96.10.10:80"]);
+        assert_eq!(v["peer"], "10.96.10.10:80");
+        seen.insert(v["reply"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "Maglev spreads new connections too: {seen:?}"
+    );
+
+    // A half-written save (cut inside a flow mapping, so not YAML):
+    // rejected with its reason, the service stays.
+    let cut = maglev.find("labels: {kube").unwrap() + "labels: {kube".len();
+    std::fs::write(c.dir.join("web.yaml"), &maglev[..cut]).unwrap();
+    let mut last = Value::Null;
+    assert!(
+        eventually(5, || {
+            last = c.services();
+            last["source"]["rejected"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| {
+                    r["reason"]
+                        .as_str()
+                        .unwrap()
+                        .contains("keeping what the file held before")
+                })
+        }),
+        "the broken file is reported: {last:#}"
+    );
+    assert_eq!(
+        c.in_table("10.96.10.10:80/Tcp").len(),
+        2,
+        "nothing programmed was lost"
+    );
+    assert!(probe_ok(&c.client.ns, &["tcp", "10.96.10.10:80"])["reply"]
+        .as_str()
+        .unwrap()
+        .starts_with("web-"));
+    c.write(&maglev);
+
+    // kill -9: connects keep being translated; the restart adopts the
+    // same frontends (same svc_id) and backends.
+    let ids = |v: &Value| -> Vec<(String, u64)> {
+        v["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["frontend"].as_str().unwrap().to_string(),
+                    s["svc_id"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    c.wait_programmed(|v| v["source"]["rejected"].as_array().unwrap().is_empty());
+    let before = ids(&c.services());
+    c.d.kill9();
+    let v = probe_ok(&c.client.ns, &["tcp", "10.96.10.10:80"]);
+    assert!(
+        v["reply"].as_str().unwrap().starts_with("web-"),
+        "served with the daemon down: {v}"
+    );
+    c.d.spawn();
+    assert_eq!(
+        ids(&c.services()),
+        before,
+        "frontends adopted with their ids"
+    );
+    let v = probe_ok(&c.client.ns, &["udp", "10.96.10.10:53"]);
+    assert_eq!(v["from"], "10.96.10.10:53", "{v}");
+}
