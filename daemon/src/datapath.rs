@@ -484,9 +484,10 @@ pub fn map_summary(maps_dir: &Path) -> Vec<MapSummary> {
         .map(|spec| {
             let pin = maps_dir.join(spec.name);
             let id = aya::maps::MapInfo::from_pin(&pin).ok().map(|i| i.id());
-            let entries = load::open_pinned(maps_dir, spec)
+            let entries = load::check_pinned_maps(maps_dir, std::slice::from_ref(spec))
                 .ok()
-                .map(|m| count_entries(spec, m));
+                .filter(|_| pin.exists())
+                .and_then(|_| count_entries(spec, &pin));
             MapSummary {
                 name: spec.name.into(),
                 what: spec.what.into(),
@@ -499,20 +500,16 @@ pub fn map_summary(maps_dir: &Path) -> Vec<MapSummary> {
         .collect()
 }
 
-fn count_entries(spec: &maps::MapSpec, m: aya::maps::Map) -> usize {
-    match *spec {
-        s if s == maps::ENDPOINTS => HashMap::<_, u64, Endpoint>::try_from(m)
-            .map(|h| h.keys().count())
-            .unwrap_or(0),
-        s if s == maps::SRC => HashMap::<_, SrcKey, u8>::try_from(m)
-            .map(|h| h.keys().count())
-            .unwrap_or(0),
-        s if s == maps::SRC_DROP => HashMap::<_, u32, EpCounters>::try_from(m)
-            .map(|h| h.keys().count())
-            .unwrap_or(0),
-        // An array always holds max_entries.
-        s => s.max_entries as usize,
+/// Entries in a pinned map: arrays always hold `max_entries`; hash maps
+/// are walked key by key.
+fn count_entries(spec: &maps::MapSpec, pin: &Path) -> Option<usize> {
+    const ARRAY: u32 = 2;
+    const PERCPU_ARRAY: u32 = 6;
+    if matches!(spec.map_type, ARRAY | PERCPU_ARRAY) {
+        return Some(spec.max_entries as usize);
     }
+    let fd = sys::obj_get(pin).ok()?;
+    sys::count_keys(fd.as_fd(), spec.key_size as usize).ok()
 }
 
 fn tcx_supported() -> bool {

@@ -430,3 +430,31 @@ pub fn lb_table_ids(tables: BorrowedFd<'_>, svc_id: u32) -> io::Result<Option<Ve
     }
     Ok(Some(out))
 }
+
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+
+/// Counts the keys of a hash-type map by walking them (BPF_MAP_GET_NEXT_KEY).
+pub fn count_keys(map: BorrowedFd<'_>, key_size: usize) -> io::Result<usize> {
+    let mut key = vec![0u8; key_size];
+    let mut next = vec![0u8; key_size];
+    let mut n = 0;
+    let mut first = true;
+    loop {
+        let mut attr = ElemAttr {
+            map_fd: map.as_raw_fd() as u32,
+            _pad: 0,
+            key: if first { 0 } else { key.as_ptr() as u64 },
+            value: next.as_mut_ptr() as u64,
+            flags: 0,
+        };
+        match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+            Ok(_) => {
+                n += 1;
+                first = false;
+                std::mem::swap(&mut key, &mut next);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(n),
+            Err(e) => return Err(e),
+        }
+    }
+}

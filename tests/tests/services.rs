@@ -261,6 +261,28 @@ fn tcp_and_udp_to_a_cluster_ip_from_a_pod_and_from_the_node() {
         table.contains("demo/web") && table.contains("10.96.10.10:80/Tcp"),
         "{table}"
     );
+    // `bpf maps` counts the service maps' entries from the pins.
+    let out = c.d.ctl(&["bpf", "maps", "-o", "json"]);
+    let m: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entries = |name: &str| {
+        m["maps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == name)
+            .unwrap()["entries"]
+            .clone()
+    };
+    assert_eq!(
+        entries("sluice_svc"),
+        5,
+        "4 frontends of web, 1 of empty: {m}"
+    );
+    assert_eq!(
+        entries("sluice_backends"),
+        8,
+        "2 pods x TCP/UDP x v4/v6: {m}"
+    );
 }
 
 #[test]
