@@ -235,6 +235,14 @@ fn tcp_and_udp_to_a_cluster_ip_from_a_pod_and_from_the_node() {
     assert_eq!(v["peer"], "10.96.10.10:53", "{v}");
     assert_eq!(v["from"], "10.96.10.10:53", "{v}");
 
+    // A dual-stack socket connecting to the v4-mapped cluster IP reaches
+    // the IPv4 service and sees that address as its peer.
+    let v = probe_ok(&c.client.ns, &["tcp", "[::ffff:10.96.10.10]:80"]);
+    assert_eq!(v["peer"], "[::ffff:10.96.10.10]:80", "{v}");
+    assert!(v["reply"].as_str().unwrap().starts_with("web-"), "{v}");
+    let v = probe_ok(&c.client.ns, &["udp", "[::ffff:10.96.10.10]:53"]);
+    assert_eq!(v["from"], "[::ffff:10.96.10.10]:53", "{v}");
+
     // The node's own netns is translated too.
     let v = probe_ok(&c.node.ns, &["tcp", "10.96.10.10:80"]);
     assert_eq!(v["peer"], "10.96.10.10:80", "{v}");

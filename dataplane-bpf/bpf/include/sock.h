@@ -10,6 +10,7 @@
 
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
 #include "sluice_maps.h"
 #include "endpoints.h"
 #include "lb.h"
@@ -90,6 +91,41 @@ static __always_inline void sock_write_addr(struct bpf_sock_addr *ctx, int v6, c
 	ctx->user_port = port;
 }
 
+/* ::ffff:a.b.c.d, an IPv4 address on an AF_INET6 socket. */
+static __always_inline int sock_v4mapped(const __u8 a[16])
+{
+	__u32 w[4];
+
+	__builtin_memcpy(w, a, 16);
+	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0x0000ffff);
+}
+
+/* A v4-mapped address in the datapath's IPv4 form, in place. */
+static __always_inline void sock_unmap(__u8 a[16])
+{
+	__u32 w[4];
+
+	__builtin_memcpy(w, a, 16);
+	w[0] = w[3];
+	w[1] = 0;
+	w[2] = 0;
+	w[3] = 0;
+	__builtin_memcpy(a, w, 16);
+}
+
+/* An IPv4 address in v4-mapped form, in place. */
+static __always_inline void sock_map4(__u8 a[16])
+{
+	__u32 w[4];
+
+	__builtin_memcpy(w, a, 16);
+	w[3] = w[0];
+	w[0] = 0;
+	w[1] = 0;
+	w[2] = bpf_htonl(0x0000ffff);
+	__builtin_memcpy(a, w, 16);
+}
+
 /* Forward translation (connect, sendmsg): a service address becomes one of
  * its backends, chosen once per connection (per datagram for unconnected
  * UDP), and the socket remembers which service it stands for. */
@@ -100,6 +136,7 @@ static __always_inline int sock_xlate_fwd(struct bpf_sock_addr *ctx, const struc
 	struct revnat_key rk = {};
 	struct revnat_value rv = {};
 	__u64 sock_cookie;
+	int mapped;
 
 	if (ep->flags & SLUICE_EP_F_NO_SOCK_LB)
 		return SOCK_ALLOW;
@@ -107,6 +144,13 @@ static __always_inline int sock_xlate_fwd(struct bpf_sock_addr *ctx, const struc
 	r.port = (__u16)ctx->user_port;
 	r.proto = (__u8)ctx->protocol;
 	r.family = v6 ? SLUICE_AF_INET6 : SLUICE_AF_INET;
+	/* A dual-stack socket connecting to ::ffff:<ClusterIP> means the
+	 * IPv4 service. */
+	mapped = v6 && sock_v4mapped(r.addr);
+	if (mapped) {
+		sock_unmap(r.addr);
+		r.family = SLUICE_AF_INET;
+	}
 	sock_cookie = bpf_get_socket_cookie(ctx);
 	r.rnd = bpf_get_prandom_u32();
 	r.hash = sock_mix32(sock_cookie ^ netns_cookie);
@@ -128,6 +172,8 @@ static __always_inline int sock_xlate_fwd(struct bpf_sock_addr *ctx, const struc
 	rv.family = r.family;
 	rv.svc_id = r.svc_id;
 	bpf_map_update_elem(&sluice_revnat, &rk, &rv, BPF_ANY);
+	if (mapped)
+		sock_map4(r.be.addr);
 	sock_write_addr(ctx, v6, r.be.addr, r.be.port);
 	return SOCK_ALLOW;
 }
@@ -139,6 +185,7 @@ static __always_inline int sock_xlate_rev(struct bpf_sock_addr *ctx, const struc
 {
 	struct revnat_key rk = {};
 	struct revnat_value *rv;
+	int mapped;
 
 	if (ep->flags & SLUICE_EP_F_NO_SOCK_LB)
 		return SOCK_ALLOW;
@@ -146,9 +193,20 @@ static __always_inline int sock_xlate_rev(struct bpf_sock_addr *ctx, const struc
 	sock_read_addr(ctx, v6, rk.addr);
 	rk.port = (__u16)ctx->user_port;
 	rk.family = v6 ? SLUICE_AF_INET6 : SLUICE_AF_INET;
+	mapped = v6 && sock_v4mapped(rk.addr);
+	if (mapped) {
+		sock_unmap(rk.addr);
+		rk.family = SLUICE_AF_INET;
+	}
 	rv = bpf_map_lookup_elem(&sluice_revnat, &rk);
-	if (rv)
-		sock_write_addr(ctx, v6, rv->addr, rv->port);
+	if (rv) {
+		__u8 svc[16];
+
+		__builtin_memcpy(svc, rv->addr, 16);
+		if (mapped)
+			sock_map4(svc);
+		sock_write_addr(ctx, v6, svc, rv->port);
+	}
 	return SOCK_ALLOW;
 }
 
@@ -187,6 +245,10 @@ static __always_inline int sock_release(struct bpf_sock *sk)
 
 		__builtin_memcpy(rk.addr, a, 16);
 		rk.family = SLUICE_AF_INET6;
+		if (sock_v4mapped(rk.addr)) {
+			sock_unmap(rk.addr);
+			rk.family = SLUICE_AF_INET;
+		}
 	} else {
 		__u32 a = sk->dst_ip4;
 
