@@ -608,3 +608,90 @@ fn maglev_broken_manifests_and_restart_lose_nothing() {
     let v = probe_ok(&c.client.ns, &["udp", "10.96.10.10:53"]);
     assert_eq!(v["from"], "10.96.10.10:53", "{v}");
 }
+
+/// Incremental passes keep services whole: an affinity-only change keeps
+/// the live slots; a service renamed with its cluster IP in one save moves
+/// over; a conflict's loser takes the frontend once its holder goes.
+#[test]
+fn incremental_changes_keep_services_whole() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let c = Cluster::new(&node, "");
+    let all: Vec<_> = c.web.iter().map(|p| (p, true, true, false)).collect();
+    let connect_ok = |what: &str| {
+        let v = probe_ok(&c.client.ns, &["tcp", "10.96.10.10:80"]);
+        assert!(
+            v["reply"].as_str().unwrap_or("").starts_with("web-"),
+            "{what}: {v}"
+        );
+    };
+
+    // Affinity only: same table, new frontend value.
+    c.write(&manifests(&all, "sessionAffinity: ClientIP"));
+    c.wait_programmed(|v| c.frontend(v, "10.96.10.10:80/Tcp")["affinity_timeout"] == 10800);
+    std::thread::sleep(Duration::from_millis(1500));
+    // Another change makes the programmer collect what it retired.
+    std::fs::write(c.dir.join("other.yaml"), "apiVersion: v1\nkind: Service\nmetadata: {name: other, namespace: demo}\nspec: {clusterIP: 10.96.10.30, ports: [{port: 80}]}\n").unwrap();
+    c.wait_programmed(|v| v["services"].as_array().unwrap().len() == 6);
+    for _ in 0..5 {
+        connect_ok("after an affinity-only change");
+    }
+
+    // Renamed in one save, same cluster IPs.
+    let renamed = manifests(&all, "")
+        .replace(
+            "metadata: {name: web, namespace: demo}",
+            "metadata: {name: web2, namespace: demo}",
+        )
+        .replace(
+            "kubernetes.io/service-name: web}",
+            "kubernetes.io/service-name: web2}",
+        );
+    c.write(&renamed);
+    c.wait_programmed(|v| {
+        v["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["frontend"] == "10.96.10.10:80/Tcp" && s["service"] == "demo/web2")
+    });
+    connect_ok("after the rename");
+
+    // demo/dup claims empty's frontend and loses; when empty goes, dup
+    // gets it without a restart.
+    std::fs::write(
+        c.dir.join("dup.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: dup, namespace: demo}}\nspec: {{clusterIP: 10.96.10.20, ports: [{{name: http, port: 80}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: dup-1, namespace: demo, labels: {{kubernetes.io/service-name: dup}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{{addresses: [\"{}\"]}}]\n",
+            ip_of(&c.web[0], false)
+        ),
+    )
+    .unwrap();
+    c.wait_programmed(|v| {
+        v["source"]["rejected"].as_array().unwrap().iter().any(|r| {
+            r["reason"]
+                .as_str()
+                .unwrap()
+                .contains("already belongs to service demo/empty")
+        })
+    });
+    let without_empty = renamed[..renamed
+        .find("---\napiVersion: v1\nkind: Service\nmetadata: {name: empty")
+        .unwrap()]
+        .to_string()
+        + &renamed[renamed
+            .find("---\napiVersion: discovery.k8s.io/v1")
+            .unwrap()..];
+    c.write(&without_empty);
+    c.wait_programmed(|v| {
+        v["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["frontend"] == "10.96.10.20:80/Tcp" && s["service"] == "demo/dup")
+    });
+    let v = probe_ok(&c.client.ns, &["tcp", "10.96.10.20:80"]);
+    assert_eq!(v["reply"], "web-0", "the loser now serves: {v}");
+}

@@ -33,6 +33,11 @@ use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProgramError {
+    #[error("frontend {frontend} has {backends} eligible backends; random selection holds at most 65535 per frontend (use Maglev or split the service)")]
+    TooManyBackends {
+        frontend: FrontendKey,
+        backends: usize,
+    },
     #[error(transparent)]
     Open(#[from] LoadError),
     #[error("service map {map}: cannot {op}: {detail}")]
@@ -67,6 +72,10 @@ struct Programmed {
 /// What one apply changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyReport {
+    /// Frontends that could not be programmed, with the reason; the rest
+    /// were.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<String>,
     pub added: usize,
     pub changed: usize,
     pub removed: usize,
@@ -253,122 +262,15 @@ impl Programmer {
         let mut rep = ApplyReport::default();
         // Backends that left some table: freed below if no table holds them.
         let mut released: Vec<u32> = Vec::new();
+        let mut failed = Vec::new();
         for (key, f) in &t.frontends {
-            let prev = self.current.get(key).cloned();
-            let eligible = f.eligible();
-            let mut ids = Vec::with_capacity(eligible.len());
-            for addr in &eligible {
-                let (id, new) = self.backend_id(*addr, key.protocol)?;
-                rep.backends_added += usize::from(new);
-                ids.push(id);
+            // One frontend's failure (a Maglev table that cannot be built, a
+            // full map) must not stop the others or the removals below.
+            if let Err(e) = self.apply_one(key, f, &mut rep, &mut released) {
+                failed.push(format!("{} ({key}): {e}", f.service));
             }
-            let table = match f.selection {
-                Selection::Random => ids.clone(),
-                Selection::Maglev => self.maglev_table(f, &eligible, &ids)?,
-            };
-            let svc_id = match &prev {
-                Some(p) => p.svc_id,
-                None => {
-                    let id = self.next_svc_id;
-                    self.next_svc_id += 1;
-                    id
-                }
-            };
-            let maglev = f.selection == Selection::Maglev;
-            let members: BTreeSet<u32> = ids.iter().copied().collect();
-            let same_table = prev
-                .as_ref()
-                .is_some_and(|p| p.table == table && p.frontend.is_some());
-            // Random selection: a changed table is a new generation of
-            // slots; an unchanged one keeps its generation.
-            let (count, gen) = match (&prev, maglev, same_table) {
-                (_, true, _) => (0, 0),
-                (Some(p), false, true) => (p.value.count, p.value.gen),
-                (Some(p), false, false) => (table.len() as u16, p.value.gen.wrapping_add(1)),
-                (None, false, _) => (table.len() as u16, 1),
-            };
-            let value = SvcValue {
-                svc_id,
-                affinity_timeout: f.affinity_timeout.unwrap_or(0),
-                flags: if maglev { SVC_F_MAGLEV } else { 0 },
-                count,
-                gen,
-            };
-            let same_value = prev.as_ref().is_some_and(|p| p.value == value);
-            if same_table && same_value {
-                if let Some(p) = self.current.get_mut(key) {
-                    p.frontend = Some(f.clone());
-                }
-                rep.unchanged += 1;
-                continue;
-            }
-            let old_members = prev.as_ref().map(|p| p.members.clone()).unwrap_or_default();
-            if !same_table {
-                for id in members.difference(&old_members) {
-                    self.members
-                        .insert(
-                            SvcBackendKey {
-                                svc_id,
-                                backend_id: *id,
-                            },
-                            1,
-                            0,
-                        )
-                        .map_err(|e| merr(maps::SVC_BES.name, "insert")(e.to_string()))?;
-                }
-                if maglev {
-                    self.swap_table(svc_id, &table)?;
-                } else {
-                    self.write_slots(svc_id, gen, &table)?;
-                }
-            }
-            if !same_value {
-                self.svc
-                    .insert(SvcKey::new(key.addr, key.protocol.number()), value, 0)
-                    .map_err(|e| merr(maps::SVC.name, "insert")(e.to_string()))?;
-            }
-            // Only now is the old state unreachable for new connects.
-            if !same_table {
-                for id in members.difference(&old_members) {
-                    *self.backend_refs.entry(*id).or_default() += 1;
-                }
-                for id in old_members.difference(&members) {
-                    let _ = self.members.remove(&SvcBackendKey {
-                        svc_id,
-                        backend_id: *id,
-                    });
-                    released.push(*id);
-                }
-            }
-            let before = std::sync::Arc::make_mut(&mut self.owners).insert(*key, f.service.clone());
-            if let Some(old) = before.filter(|o| *o != f.service) {
-                if let Some(set) = self.by_service.get_mut(&old) {
-                    set.remove(key);
-                }
-            }
-            self.by_service
-                .entry(f.service.clone())
-                .or_default()
-                .insert(*key);
-            if let Some(p) = &prev {
-                self.retire(p, maglev);
-            }
-            if prev.is_some() {
-                rep.changed += 1;
-            } else {
-                rep.added += 1;
-            }
-            self.current.insert(
-                *key,
-                Programmed {
-                    frontend: Some(f.clone()),
-                    svc_id,
-                    value,
-                    table,
-                    members,
-                },
-            );
         }
+        rep.failed = failed;
 
         let gone: Vec<FrontendKey> = match scope {
             None => self
@@ -392,7 +294,10 @@ impl Programmer {
             let _ = self
                 .svc
                 .remove(&SvcKey::new(key.addr, key.protocol.number()));
-            let _ = sys::map_delete(self.tables.as_fd(), &p.svc_id.to_ne_bytes());
+            // Its slots (or Maglev table) go a second later, like any
+            // replaced selection state.
+            let was_maglev = p.value.flags & SVC_F_MAGLEV != 0;
+            self.retire(&p, !was_maglev);
             for id in &p.members {
                 let _ = self.members.remove(&SvcBackendKey {
                     svc_id: p.svc_id,
@@ -419,6 +324,147 @@ impl Programmer {
             self.synced = true;
         }
         Ok(rep)
+    }
+
+    /// Programs one frontend (see the module doc for the order).
+    fn apply_one(
+        &mut self,
+        key: &FrontendKey,
+        f: &Frontend,
+        rep: &mut ApplyReport,
+        released: &mut Vec<u32>,
+    ) -> Result<(), ProgramError> {
+        let prev = self.current.get(key).cloned();
+        let eligible = f.eligible();
+        let mut ids = Vec::with_capacity(eligible.len());
+        for addr in &eligible {
+            let (id, new) = self.backend_id(*addr, key.protocol)?;
+            rep.backends_added += usize::from(new);
+            ids.push(id);
+        }
+        if f.selection == Selection::Random && ids.len() > u16::MAX as usize {
+            return Err(ProgramError::TooManyBackends {
+                frontend: *key,
+                backends: ids.len(),
+            });
+        }
+        let table = match f.selection {
+            Selection::Random => ids.clone(),
+            Selection::Maglev => self.maglev_table(f, &eligible, &ids)?,
+        };
+        let svc_id = match &prev {
+            Some(p) => p.svc_id,
+            None => {
+                let id = self.next_svc_id;
+                self.next_svc_id += 1;
+                id
+            }
+        };
+        let maglev = f.selection == Selection::Maglev;
+        let members: BTreeSet<u32> = ids.iter().copied().collect();
+        let same_table = prev
+            .as_ref()
+            .is_some_and(|p| p.table == table && p.frontend.is_some());
+        // Random selection: a changed table is a new generation of
+        // slots; an unchanged one keeps its generation.
+        let (count, gen) = match (&prev, maglev, same_table) {
+            // Generations only move forward, also across a switch to Maglev
+            // and back, so a retired generation is never live again.
+            (_, true, _) => (0, prev.as_ref().map_or(0, |p| p.value.gen)),
+            (Some(p), false, true) => (p.value.count, p.value.gen),
+            (Some(p), false, false) => (table.len() as u16, p.value.gen.wrapping_add(1)),
+            (None, false, _) => (table.len() as u16, 1),
+        };
+        let value = SvcValue {
+            svc_id,
+            affinity_timeout: f.affinity_timeout.unwrap_or(0),
+            flags: if maglev { SVC_F_MAGLEV } else { 0 },
+            count,
+            gen,
+        };
+        let same_value = prev.as_ref().is_some_and(|p| p.value == value);
+        if same_table && same_value {
+            self.set_owner(key, &f.service);
+            if let Some(p) = self.current.get_mut(key) {
+                p.frontend = Some(f.clone());
+            }
+            rep.unchanged += 1;
+            return Ok(());
+        }
+        let old_members = prev.as_ref().map(|p| p.members.clone()).unwrap_or_default();
+        if !same_table {
+            for id in members.difference(&old_members) {
+                self.members
+                    .insert(
+                        SvcBackendKey {
+                            svc_id,
+                            backend_id: *id,
+                        },
+                        1,
+                        0,
+                    )
+                    .map_err(|e| merr(maps::SVC_BES.name, "insert")(e.to_string()))?;
+            }
+            if maglev {
+                self.swap_table(svc_id, &table)?;
+            } else {
+                self.write_slots(svc_id, gen, &table)?;
+            }
+        }
+        if !same_value {
+            self.svc
+                .insert(SvcKey::new(key.addr, key.protocol.number()), value, 0)
+                .map_err(|e| merr(maps::SVC.name, "insert")(e.to_string()))?;
+        }
+        // Only now is the old state unreachable for new connects.
+        if !same_table {
+            for id in members.difference(&old_members) {
+                *self.backend_refs.entry(*id).or_default() += 1;
+            }
+            for id in old_members.difference(&members) {
+                let _ = self.members.remove(&SvcBackendKey {
+                    svc_id,
+                    backend_id: *id,
+                });
+                released.push(*id);
+            }
+        }
+        self.set_owner(key, &f.service);
+        // Only a replaced selection state is retired: with the table
+        // unchanged (an affinity change) the live slots stay.
+        if let Some(p) = prev.as_ref().filter(|_| !same_table) {
+            self.retire(p, maglev);
+        }
+        if prev.is_some() {
+            rep.changed += 1;
+        } else {
+            rep.added += 1;
+        }
+        self.current.insert(
+            *key,
+            Programmed {
+                frontend: Some(f.clone()),
+                svc_id,
+                value,
+                table,
+                members,
+            },
+        );
+        Ok(())
+    }
+
+    /// Records that `service` holds `key` (and no longer its previous owner).
+    fn set_owner(&mut self, key: &FrontendKey, service: &super::model::ServiceRef) {
+        let before = std::sync::Arc::make_mut(&mut self.owners).insert(*key, service.clone());
+        if let Some(old) = before.filter(|o| o != service) {
+            if let Some(set) = self.by_service.get_mut(&old) {
+                set.remove(key);
+            }
+        }
+        self.by_service
+            .entry(service.clone())
+            .or_default()
+            .insert(*key);
     }
 
     /// The id of a backend, allocating (and writing) it if it is new.
@@ -511,12 +557,28 @@ impl Programmer {
             .into_iter()
             .partition(|(t, _, _)| now.duration_since(*t) >= std::time::Duration::from_secs(1));
         self.retired = keep;
+        if old.is_empty() {
+            return;
+        }
+        // What is live now must survive, whatever was queued before it.
+        let live: StdHashMap<u32, (u16, bool)> = self
+            .current
+            .values()
+            .map(|p| (p.svc_id, (p.value.gen, p.value.flags & SVC_F_MAGLEV != 0)))
+            .collect();
         for (_, keys, table) in old {
             for k in keys {
-                let _ = self.slots.remove(&k);
+                let is_live = live
+                    .get(&k.svc_id)
+                    .is_some_and(|(gen, maglev)| !maglev && *gen == k.gen);
+                if !is_live {
+                    let _ = self.slots.remove(&k);
+                }
             }
             if let Some(svc_id) = table {
-                let _ = sys::map_delete(self.tables.as_fd(), &svc_id.to_ne_bytes());
+                if !live.get(&svc_id).is_some_and(|(_, maglev)| *maglev) {
+                    let _ = sys::map_delete(self.tables.as_fd(), &svc_id.to_ne_bytes());
+                }
             }
         }
     }

@@ -12,6 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
+/// How often everything is read, translated and applied again.
+const FULL_EVERY: Duration = Duration::from_secs(30);
+
 /// The last pass, for the API and metrics.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Pass {
@@ -33,6 +36,10 @@ pub struct Services {
     /// The translation's rejections, kept per service across incremental
     /// passes.
     translation_rejected: Mutex<Vec<Rejection>>,
+    /// When a full pass is owed sooner than the periodic one (after an
+    /// incremental pass freed a frontend another service may claim, or
+    /// failed to program one).
+    full_due: Mutex<Option<Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -72,30 +79,53 @@ impl Services {
                 ..Default::default()
             }),
             translation_rejected: Mutex::new(Vec::new()),
+            full_due: Mutex::new(None),
         });
-        s.pass(true);
+        // Watch first: a change made during the first pass is not missed.
         let rx = watch(dir).map_err(|e| anyhow::anyhow!(e))?;
+        s.pass(true);
         let s2 = s.clone();
         std::thread::Builder::new()
             .name("sluiced-services".into())
-            .spawn(move || loop {
-                match rx.recv_timeout(Duration::from_secs(30)) {
-                    Ok(mut names) => {
-                        while let Ok(more) = rx.try_recv() {
-                            names.extend(more);
+            .spawn(move || {
+                let mut last_full = Instant::now();
+                loop {
+                    // A full pass every 30 s whatever else happens (a lost
+                    // event, a retry), sooner when one is due.
+                    let due = s2.full_due().unwrap_or(last_full + FULL_EVERY);
+                    let wait = due.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(wait) {
+                        Ok(mut names) => {
+                            while let Ok(more) = rx.try_recv() {
+                                names.extend(more);
+                            }
+                            if names.is_empty() {
+                                // An overflowed queue names nothing.
+                                s2.pass(true);
+                                last_full = Instant::now();
+                            } else {
+                                s2.changed(&names);
+                            }
                         }
-                        s2.changed(&names);
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
                     }
-                    // A full rescan now and then, in case an event was lost.
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => s2.pass(false),
-                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                    if Instant::now() >= s2.full_due().unwrap_or(last_full + FULL_EVERY) {
+                        s2.pass(true);
+                        last_full = Instant::now();
+                    }
                 }
             })?;
         Ok(Some(s))
     }
 
+    fn full_due(&self) -> Option<Instant> {
+        *lock(&self.full_due)
+    }
+
     /// One scan, translation and apply.
     fn pass(&self, force: bool) {
+        *lock(&self.full_due) = None;
         lock(&self.programmer).collect();
         let t0 = Instant::now();
         let mut dir = lock(&self.dir);
@@ -124,7 +154,6 @@ impl Services {
         let t_translate = t0.elapsed();
         *lock(&self.translation_rejected) = t.rejected.clone();
         rejected.extend(t.rejected.iter().cloned());
-        rejected.sort();
         let report = match programmer.apply(&t) {
             Ok(r) => Some(r),
             Err(e) => {
@@ -132,6 +161,18 @@ impl Services {
                 None
             }
         };
+        if let Some(r) = &report {
+            rejected.extend(r.failed.iter().map(|f| Rejection {
+                object: "datapath".into(),
+                reason: format!("cannot program {f}; retried on the next full pass"),
+                service: None,
+            }));
+            if !r.failed.is_empty() {
+                let soon = Instant::now() + Duration::from_secs(5);
+                lock(&self.full_due).get_or_insert(soon);
+            }
+        }
+        rejected.sort();
         let frontends = programmer.frontends();
         drop(programmer);
         debug!(
@@ -185,13 +226,27 @@ impl Services {
                 let mut ctx = self.ctx.clone();
                 ctx.previous_owners = programmer.owners();
                 ctx.partial = true;
+                ctx.scope = refs.clone();
                 translate(&services, &slices, &ctx)
             };
-            let mut tr = lock(&self.translation_rejected);
-            tr.retain(|r| r.service.as_ref().is_none_or(|s| !refs.contains(s)));
-            tr.extend(t.rejected.iter().cloned());
+            {
+                let mut tr = lock(&self.translation_rejected);
+                tr.retain(|r| r.service.as_ref().is_none_or(|s| !refs.contains(s)));
+                tr.extend(t.rejected.iter().cloned());
+            }
             match programmer.apply_scoped(&t, Some(&refs)) {
-                Ok(r) => Some(r),
+                Ok(r) => {
+                    // A freed frontend may be claimed by a service outside
+                    // this pass (a conflict's loser); a failure is retried.
+                    let conflicts = lock(&self.translation_rejected)
+                        .iter()
+                        .any(|x| x.reason.contains("already belongs to"));
+                    if (r.removed > 0 && conflicts) || !r.failed.is_empty() {
+                        let soon = Instant::now() + Duration::from_secs(1);
+                        lock(&self.full_due).get_or_insert(soon);
+                    }
+                    Some(r)
+                }
                 Err(e) => {
                     warn!("programming services: {e}");
                     None
@@ -209,6 +264,13 @@ impl Services {
         );
         let mut rejected = file_rejected;
         rejected.extend(lock(&self.translation_rejected).iter().cloned());
+        if let Some(r) = &report {
+            rejected.extend(r.failed.iter().map(|f| Rejection {
+                object: "datapath".into(),
+                reason: format!("cannot program {f}; retried on the next full pass"),
+                service: None,
+            }));
+        }
         rejected.sort();
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         let mut pass = lock(&self.pass);

@@ -32,6 +32,9 @@ pub struct Context {
     /// The objects given are only some services (with all their slices):
     /// frontends held by other services stay theirs.
     pub partial: bool,
+    /// In a partial translation, the services it covers (given or gone):
+    /// a frontend held by one of them is free to take.
+    pub scope: BTreeSet<ServiceRef>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -396,7 +399,7 @@ pub fn translate(services: &[Service], slices: &[EndpointSlice], ctx: &Context) 
         // the subset is taken too.
         let taken_outside = |k: &FrontendKey| -> Option<ServiceRef> {
             let o = ctx.previous_owners.get(k)?;
-            (ctx.partial && o != svc && !parsed.contains_key(o)).then(|| o.clone())
+            (ctx.partial && o != svc && !ctx.scope.contains(o)).then(|| o.clone())
         };
         if let Some((k, owner)) = keys.iter().find_map(|k| {
             out.frontends

@@ -17,6 +17,10 @@ struct {
 	__uint(max_entries, 65536);
 	__type(key, struct svc_key);
 	__type(value, struct svc_value);
+	/* Not preallocated: a replaced element is freed after an RCU grace
+	 * period, so a connect holding it never reads another frontend's
+	 * value (a preallocated hash recycles it at once). */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_svc SEC(".maps");
 
@@ -115,7 +119,7 @@ static __always_inline int lb_refuse(struct lb_req *r)
 static __always_inline int lb_select(struct lb_req *r)
 {
 	struct svc_key k = {};
-	struct svc_value *sv;
+	struct svc_value *svp, svc, *sv = &svc;
 	void *table;
 	__u32 zero = 0, *n, slot, *id, backend_id = 0;
 	struct backend *be;
@@ -126,11 +130,13 @@ static __always_inline int lb_select(struct lb_req *r)
 	k.port = r->port;
 	k.proto = r->proto;
 	k.family = r->family;
-	sv = bpf_map_lookup_elem(&sluice_svc, &k);
-	if (!sv) {
+	svp = bpf_map_lookup_elem(&sluice_svc, &k);
+	if (!svp) {
 		r->verdict = LB_PASS;
 		return LB_PASS;
 	}
+	/* One read of the frontend: count and gen come from one version. */
+	__builtin_memcpy(&svc, svp, sizeof(svc));
 	r->svc_id = sv->svc_id;
 	if (sv->flags & SLUICE_SVC_F_MAGLEV) {
 		table = bpf_map_lookup_elem(&sluice_lbtables, &sv->svc_id);
