@@ -100,6 +100,15 @@ impl Default for MaglevConfig {
     }
 }
 
+/// Selection state and backends replaced at `at`, deleted a second later.
+#[derive(Debug)]
+struct Retired {
+    at: std::time::Instant,
+    slots: Vec<LbSlotKey>,
+    table: Option<u32>,
+    backends: Vec<u32>,
+}
+
 pub struct Programmer {
     svc: HashMap<MapData, SvcKey, SvcValue>,
     backends: HashMap<MapData, u32, Backend>,
@@ -111,7 +120,7 @@ pub struct Programmer {
     slots: HashMap<MapData, LbSlotKey, u32>,
     /// Replaced selection state waiting to be deleted: when, which slots,
     /// which Maglev table.
-    retired: Vec<(std::time::Instant, Vec<LbSlotKey>, Option<u32>)>,
+    retired: Vec<Retired>,
     maglev: MaglevConfig,
     current: BTreeMap<FrontendKey, Programmed>,
     /// Who holds each frontend, shared with the translation (cloned only
@@ -540,11 +549,12 @@ impl Programmer {
         }
         let drop_table = was_maglev && !now_maglev;
         if !keys.is_empty() || drop_table {
-            self.retired.push((
-                std::time::Instant::now(),
-                keys,
-                drop_table.then_some(p.svc_id),
-            ));
+            self.retired.push(Retired {
+                at: std::time::Instant::now(),
+                slots: keys,
+                table: drop_table.then_some(p.svc_id),
+                backends: Vec::new(),
+            });
         }
     }
 
@@ -555,7 +565,7 @@ impl Programmer {
         let now = std::time::Instant::now();
         let (old, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retired)
             .into_iter()
-            .partition(|(t, _, _)| now.duration_since(*t) >= std::time::Duration::from_secs(1));
+            .partition(|r| now.duration_since(r.at) >= std::time::Duration::from_secs(1));
         self.retired = keep;
         if old.is_empty() {
             return;
@@ -566,7 +576,18 @@ impl Programmer {
             .values()
             .map(|p| (p.svc_id, (p.value.gen, p.value.flags & SVC_F_MAGLEV != 0)))
             .collect();
-        for (_, keys, table) in old {
+        for Retired {
+            slots: keys,
+            table,
+            backends,
+            ..
+        } in old
+        {
+            // Backend ids are never reused, so these are nobody's now.
+            for id in backends {
+                let _ = self.backends.remove(&id);
+                let _ = self.conns.remove(&id);
+            }
             for k in keys {
                 let is_live = live
                     .get(&k.svc_id)
@@ -642,6 +663,7 @@ impl Programmer {
         gone.sort_unstable();
         gone.dedup();
         let mut n = 0;
+        let mut retired = Vec::new();
         for id in gone {
             if self.backend_refs.get(&id).copied().unwrap_or(0) > 0 {
                 continue;
@@ -649,10 +671,19 @@ impl Programmer {
             self.backend_refs.remove(&id);
             if let Some(k) = self.backend_addrs.remove(&id) {
                 self.backend_ids.remove(&k);
-                let _ = self.backends.remove(&id);
-                let _ = self.conns.remove(&id);
+                retired.push(id);
                 n += 1;
             }
+        }
+        // The map entries go a second later: a connect that read the old
+        // slots a moment ago still finds its backend.
+        if !retired.is_empty() {
+            self.retired.push(Retired {
+                at: std::time::Instant::now(),
+                slots: Vec::new(),
+                table: None,
+                backends: retired,
+            });
         }
         n
     }

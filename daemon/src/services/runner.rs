@@ -12,6 +12,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
+/// How long a file that disappeared keeps its services, in case it is
+/// being replaced (editors move the old file away first).
+const MISSING_GRACE: Duration = Duration::from_millis(200);
+
 /// How often everything is read, translated and applied again.
 const FULL_EVERY: Duration = Duration::from_secs(30);
 
@@ -40,6 +44,10 @@ pub struct Services {
     /// incremental pass freed a frontend another service may claim, or
     /// failed to program one).
     full_due: Mutex<Option<Instant>>,
+    /// Files the watch named that were missing: forgotten after
+    /// [`MISSING_GRACE`] if still missing.
+    deferred: Mutex<Vec<std::ffi::OsString>>,
+    dir_path: std::path::PathBuf,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -80,6 +88,8 @@ impl Services {
             }),
             translation_rejected: Mutex::new(Vec::new()),
             full_due: Mutex::new(None),
+            deferred: Mutex::new(Vec::new()),
+            dir_path: dir.clone(),
         });
         // Watch first: a change made during the first pass is not missed.
         let rx = watch(dir).map_err(|e| anyhow::anyhow!(e))?;
@@ -92,7 +102,10 @@ impl Services {
                 loop {
                     // A full pass every 30 s whatever else happens (a lost
                     // event, a retry), sooner when one is due.
-                    let due = s2.full_due().unwrap_or(last_full + FULL_EVERY);
+                    let mut due = s2.full_due().unwrap_or(last_full + FULL_EVERY);
+                    if !lock(&s2.deferred).is_empty() {
+                        due = due.min(Instant::now() + MISSING_GRACE);
+                    }
                     let wait = due.saturating_duration_since(Instant::now());
                     match rx.recv_timeout(wait) {
                         Ok(mut names) => {
@@ -104,10 +117,21 @@ impl Services {
                                 s2.pass(true);
                                 last_full = Instant::now();
                             } else {
-                                s2.changed(&names);
+                                s2.changed(&names, false);
+                                // A file gone now may be an editor's save
+                                // in progress: look again shortly.
+                                let gone = super::source::missing(s2.dir_path(), &names);
+                                if !gone.is_empty() {
+                                    lock(&s2.deferred).extend(gone);
+                                }
                             }
                         }
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                            let gone = std::mem::take(&mut *lock(&s2.deferred));
+                            if !gone.is_empty() {
+                                s2.changed(&gone, true);
+                            }
+                        }
                         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
                     }
                     if Instant::now() >= s2.full_due().unwrap_or(last_full + FULL_EVERY) {
@@ -117,6 +141,10 @@ impl Services {
                 }
             })?;
         Ok(Some(s))
+    }
+
+    fn dir_path(&self) -> &std::path::Path {
+        &self.dir_path
     }
 
     fn full_due(&self) -> Option<Instant> {
@@ -208,10 +236,10 @@ impl Services {
 
     /// An incremental pass for the files the watch named: only the services
     /// they touch are translated and applied.
-    fn changed(&self, names: &[std::ffi::OsString]) {
+    fn changed(&self, names: &[std::ffi::OsString], forget_missing: bool) {
         let t0 = Instant::now();
         let mut dir = lock(&self.dir);
-        let refs = dir.refresh(names);
+        let refs = dir.refresh(names, forget_missing);
         let t_refresh = t0.elapsed();
         let (services, slices) = dir.objects_for(&refs);
         let t_objects = t0.elapsed();

@@ -112,7 +112,7 @@ impl ManifestDir {
                 continue;
             }
             seen.insert(path.clone());
-            changed |= self.load(&path, &md);
+            changed |= self.load(&path, &md, false);
         }
         let gone: Vec<PathBuf> = self
             .files
@@ -128,13 +128,16 @@ impl ManifestDir {
 
     /// Rereads one file if its stamp changed (`md` its metadata). Returns
     /// whether it did.
-    fn load(&mut self, path: &Path, md: &std::fs::Metadata) -> bool {
+    /// `force`: reread even with an unchanged stamp (the watch said the
+    /// file was written: two same-size writes within one mtime tick look
+    /// alike).
+    fn load(&mut self, path: &Path, md: &std::fs::Metadata, force: bool) -> bool {
         let stamp = Stamp {
             ino: md.ino(),
             mtime_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
             size: md.size(),
         };
-        if self.files.get(path).is_some_and(|f| f.stamp == stamp) {
+        if !force && self.files.get(path).is_some_and(|f| f.stamp == stamp) {
             return false;
         }
         let name = path.display().to_string();
@@ -178,7 +181,15 @@ impl ManifestDir {
     /// Rereads just the named files (from the watch) and returns the
     /// services whose objects may have changed: those of the files' old
     /// and new contents.
-    pub fn refresh(&mut self, names: &[std::ffi::OsString]) -> BTreeSet<ServiceRef> {
+    ///
+    /// A named file that is missing is forgotten only if `forget_missing`:
+    /// an editor that moves the old file away before writing the new one
+    /// would otherwise make its services vanish for a moment.
+    pub fn refresh(
+        &mut self,
+        names: &[std::ffi::OsString],
+        forget_missing: bool,
+    ) -> BTreeSet<ServiceRef> {
         let mut touched = BTreeSet::new();
         let mut seen = std::collections::HashSet::new();
         for n in names {
@@ -191,11 +202,12 @@ impl ManifestDir {
             }
             match std::fs::metadata(&path) {
                 Ok(md) if md.is_file() => {
-                    self.load(&path, &md);
+                    self.load(&path, &md, true);
                 }
-                _ => {
+                _ if forget_missing => {
                     self.forget(&path);
                 }
+                _ => {}
             }
             if let Some(f) = self.files.get(&path) {
                 touched.extend(refs_of(&f.objects));
@@ -293,6 +305,18 @@ pub fn watch(dir: &Path) -> Result<std::sync::mpsc::Receiver<Vec<std::ffi::OsStr
         })
         .map_err(|e| format!("starting the watch thread: {e}"))?;
     Ok(rx)
+}
+
+/// Of `names`, those that name a manifest file that does not exist now.
+pub fn missing(dir: &Path, names: &[std::ffi::OsString]) -> Vec<std::ffi::OsString> {
+    names
+        .iter()
+        .filter(|n| {
+            let p = dir.join(n);
+            is_manifest(&p) && !p.exists()
+        })
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]
