@@ -694,4 +694,36 @@ fn incremental_changes_keep_services_whole() {
     });
     let v = probe_ok(&c.client.ns, &["tcp", "10.96.10.20:80"]);
     assert_eq!(v["reply"], "web-0", "the loser now serves: {v}");
+
+    // Nothing leaks: once replaced state has been collected (a second, then
+    // any change), the slots map holds exactly the live tables.
+    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::remove_file(c.dir.join("other.yaml")).unwrap();
+    c.wait_programmed(|v| {
+        !v["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["frontend"] == "10.96.10.30:80/Tcp")
+    });
+    let live: u64 = c.services()["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["table_size"].as_u64().unwrap())
+        .sum();
+    let out = c.d.ctl(&["bpf", "maps", "-o", "json"]);
+    let m: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let slots = m["maps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "sluice_lb_slots")
+        .unwrap()["entries"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        slots, live,
+        "slots of replaced and removed tables are gone: {m}"
+    );
 }
