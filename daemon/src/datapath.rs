@@ -252,6 +252,7 @@ pub struct Datapath {
     src: HashMap<MapData, SrcKey, u8>,
     drops: HashMap<MapData, u32, EpCounters>,
     sockstat: PerCpuArray<MapData, u64>,
+    lbstat: PerCpuArray<MapData, u64>,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -309,6 +310,8 @@ impl Datapath {
             .map_err(map_err(maps::ENDPOINTS.name, "open"))?;
         let sockstat = PerCpuArray::try_from(take(&mut sock_obj, maps::SOCKSTAT.name)?)
             .map_err(map_err(maps::SOCKSTAT.name, "open"))?;
+        let lbstat = PerCpuArray::try_from(take(&mut sock_obj, maps::LBSTAT.name)?)
+            .map_err(map_err(maps::LBSTAT.name, "open"))?;
         let src = HashMap::try_from(take(&mut tc_obj, maps::SRC.name)?)
             .map_err(map_err(maps::SRC.name, "open"))?;
         let drops = HashMap::try_from(take(&mut tc_obj, maps::SRC_DROP.name)?)
@@ -341,6 +344,7 @@ impl Datapath {
             src,
             drops,
             sockstat,
+            lbstat,
         })
     }
 
@@ -457,6 +461,22 @@ impl Datapath {
                     .map(|v| v.iter().sum())
                     .unwrap_or(0);
                 (*h, n)
+            })
+            .collect()
+    }
+
+    /// Service translations by outcome, summed over CPUs.
+    pub fn lb_stats(&self) -> Vec<(&'static str, u64)> {
+        maps::LB_STATS
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let n = self
+                    .lbstat
+                    .get(&(i as u32), 0)
+                    .map(|v| v.iter().sum())
+                    .unwrap_or(0);
+                (*name, n)
             })
             .collect()
     }

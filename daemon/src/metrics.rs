@@ -106,6 +106,11 @@ struct EndpointLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HookLabels {
     hook: String,
 }
@@ -135,6 +140,19 @@ impl Collector for DatapathCollector {
                     pod: v.pod.clone().unwrap_or_default(),
                 };
                 ConstCounter::new(v.spoof_drops).encode(m.encode_family(&l)?)?;
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                "lb_connects",
+                "Service connects and unconnected datagrams by outcome: translated, refused for want of a backend, refused because the maps disagree (should stay 0)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (result, n) in st.dp.lb_stats() {
+                ConstCounter::new(n).encode(m.encode_family(&ResultLabels {
+                    result: result.into(),
+                })?)?;
             }
         }
         let mut m = encoder.encode_descriptor(

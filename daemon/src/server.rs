@@ -415,6 +415,12 @@ fn answer(req: Request, d: &Daemon) -> Result<serde_json::Value, String> {
                     .into_iter()
                     .map(|(h, n)| (h.to_string(), n))
                     .collect(),
+                lb_stats: st
+                    .dp
+                    .lb_stats()
+                    .into_iter()
+                    .map(|(h, n)| (h.to_string(), n))
+                    .collect(),
                 maps: st.dp.map_summary(),
             };
             Ok(serde_json::to_value(s).expect("status serializes"))

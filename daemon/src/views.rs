@@ -76,5 +76,8 @@ pub struct StatusView {
     pub restore: RestoreView,
     pub socket_links: Vec<LinkState>,
     pub sock_ops: Vec<(String, u64)>,
+    /// Service translations by outcome.
+    #[serde(default)]
+    pub lb_stats: Vec<(String, u64)>,
     pub maps: Vec<MapSummary>,
 }

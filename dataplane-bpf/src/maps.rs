@@ -156,10 +156,23 @@ pub const REVNAT: MapSpec = MapSpec {
     what: "reverse translation per socket and backend",
 };
 
+/// `enum lb_stat`, in order: service translations by outcome.
+pub const LB_STATS: [&str; 3] = ["translated", "no_backend", "inconsistent"];
+
+/// `enum lb_stat` → u64 per CPU.
+pub const LBSTAT: MapSpec = MapSpec {
+    name: "sluice_lbstat",
+    map_type: BPF_MAP_TYPE_PERCPU_ARRAY,
+    key_size: 4,
+    value_size: 8,
+    max_entries: LB_STATS.len() as u32,
+    what: "service translations by outcome",
+};
+
 /// Every pinned map.
-pub const ALL: [MapSpec; 12] = [
+pub const ALL: [MapSpec; 13] = [
     ENDPOINTS, SRC, SRC_DROP, SOCKSTAT, SVC, BACKENDS, LB_SLOTS, LB_TABLES, SVC_BES, AFFINITY,
-    BE_CONNS, REVNAT,
+    BE_CONNS, REVNAT, LBSTAT,
 ];
 
 /// `enum sock_hook`, in order.

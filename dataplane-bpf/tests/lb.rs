@@ -131,6 +131,13 @@ impl Lb {
         unsafe { std::ptr::read_unaligned(out.as_ptr() as *const LbReq) }
     }
 
+    /// `sluice_lbstat[i]`, summed over CPUs.
+    fn stat(&self, i: u32) -> u64 {
+        let m: aya::maps::PerCpuArray<_, u64> =
+            aya::maps::PerCpuArray::try_from(open_pinned(&self._pins.0, &LBSTAT).unwrap()).unwrap();
+        m.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+
     fn conns(&self, id: u32) -> u64 {
         let m: PerCpuHashMap<_, u32, u64> =
             PerCpuHashMap::try_from(open_pinned(&self._pins.0, &BE_CONNS).unwrap()).unwrap();

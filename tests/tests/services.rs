@@ -286,6 +286,20 @@ fn tcp_and_udp_to_a_cluster_ip_from_a_pod_and_from_the_node() {
         5,
         "4 frontends of web, 1 of empty: {m}"
     );
+    // Every translation accounted for, none refused for an inconsistency.
+    let st = c.d.status();
+    let stat = |k: &str| {
+        st["lb_stats"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x[0] == k)
+            .unwrap()[1]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(stat("translated") >= 35, "{st}");
+    assert_eq!(stat("inconsistent"), 0, "{st}");
     assert_eq!(
         entries("sluice_backends"),
         8,
@@ -306,6 +320,18 @@ fn a_service_with_no_backend_refuses_at_once() {
     // from the hook, not from a timeout or a reset.
     let ms = v["connect_ms"].as_f64().unwrap();
     assert!(ms < 100.0, "refused at once, not after a timeout: {ms} ms");
+    let st = c.d.status();
+    let no_backend = st["lb_stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x[0] == "no_backend")
+        .unwrap()[1]
+        .clone();
+    assert_eq!(
+        no_backend, 1,
+        "counted as a refusal for want of a backend: {st}"
+    );
 }
 
 #[test]

@@ -394,6 +394,10 @@ fn print_status(s: &StatusView) {
     println!("cgroup root  {}", s.cgroup_root.display());
     println!("tc attach    {}", format!("{:?}", s.tc_mode).to_lowercase());
     println!("node netns   cookie {}", s.host_cookie);
+    if !s.lb_stats.is_empty() {
+        let parts: Vec<String> = s.lb_stats.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        println!("services     connects: {}", parts.join(", "));
+    }
     let r = &s.restore.report;
     println!(
         "last start   ready in {:.1} ms: {} endpoints restored, {} cleaned, {} failed, {} stale entries removed, {} maps reused",

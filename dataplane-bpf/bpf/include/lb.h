@@ -96,6 +96,22 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_be_conns SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LB_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_lbstat SEC(".maps");
+
+static __always_inline void lb_stat(__u32 what)
+{
+	__u64 *n = bpf_map_lookup_elem(&sluice_lbstat, &what);
+
+	if (n)
+		*n += 1;
+}
+
 static __always_inline void lb_count(__u32 backend_id)
 {
 	__u64 *n = bpf_map_lookup_elem(&sluice_be_conns, &backend_id);
@@ -109,8 +125,9 @@ static __always_inline void lb_count(__u32 backend_id)
 	}
 }
 
-static __always_inline int lb_refuse(struct lb_req *r)
+static __always_inline int lb_refuse(struct lb_req *r, __u32 why)
 {
+	lb_stat(why);
 	r->verdict = LB_REFUSE;
 	return LB_REFUSE;
 }
@@ -141,13 +158,13 @@ static __always_inline int lb_select(struct lb_req *r)
 	if (sv->flags & SLUICE_SVC_F_MAGLEV) {
 		table = bpf_map_lookup_elem(&sluice_lbtables, &sv->svc_id);
 		if (!table)
-			return lb_refuse(r);
+			return lb_refuse(r, LB_STAT_NO_BACKEND);
 		n = bpf_map_lookup_elem(table, &zero);
 		if (!n || *n == 0)
-			return lb_refuse(r);
+			return lb_refuse(r, LB_STAT_NO_BACKEND);
 	} else {
 		if (sv->count == 0)
-			return lb_refuse(r);
+			return lb_refuse(r, LB_STAT_NO_BACKEND);
 		table = NULL;
 		n = NULL;
 	}
@@ -184,12 +201,12 @@ static __always_inline int lb_select(struct lb_req *r)
 			id = bpf_map_lookup_elem(&sluice_lb_slots, &sk);
 		}
 		if (!id)
-			return lb_refuse(r);
+			return lb_refuse(r, LB_STAT_INCONSISTENT);
 		backend_id = *id;
 	}
 	be = bpf_map_lookup_elem(&sluice_backends, &backend_id);
 	if (!be)
-		return lb_refuse(r);
+		return lb_refuse(r, LB_STAT_INCONSISTENT);
 	if (sv->affinity_timeout) {
 		struct affinity_value nv = {
 			.last_used_ns = r->now_ns,
@@ -199,6 +216,7 @@ static __always_inline int lb_select(struct lb_req *r)
 		bpf_map_update_elem(&sluice_affinity, &ak, &nv, BPF_ANY);
 	}
 	lb_count(backend_id);
+	lb_stat(LB_STAT_XLATE);
 	r->backend_id = backend_id;
 	__builtin_memcpy(&r->be, be, sizeof(r->be));
 	r->verdict = LB_XLATE;

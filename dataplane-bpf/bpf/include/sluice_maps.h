@@ -148,6 +148,16 @@ struct affinity_value {
 };
 _Static_assert(sizeof(struct affinity_value) == 16, "affinity_value layout");
 
+/* Per-CPU counters of service translations (sluice_lbstat), by outcome:
+ * an inconsistent refusal (slot or backend missing) should stay at 0; if
+ * it moves, the maps disagree with each other. */
+enum lb_stat {
+	LB_STAT_XLATE = 0,	/* translated to a backend */
+	LB_STAT_NO_BACKEND,	/* refused: the service has no backend */
+	LB_STAT_INCONSISTENT,	/* refused: a slot, table or backend missing */
+	LB_STAT_MAX,
+};
+
 /* One translation, in and out: what the connect/sendmsg logic reads and
  * decides. A struct of its own so BPF_PROG_TEST_RUN tests can feed it
  * through a test program and read the answer back. */
