@@ -238,12 +238,31 @@ fn a_service_without_backends_refuses() {
         LB_REFUSE,
         "empty table"
     );
+    lb.frontend("10.96.0.21:80", TCP, 7, 0, SVC_F_MAGLEV);
+    assert_eq!(
+        lb.run(req("10.96.0.21:80", TCP, 0)).verdict,
+        LB_REFUSE,
+        "Maglev, no table"
+    );
+    lb.table(7, &[]);
+    assert_eq!(
+        lb.run(req("10.96.0.21:80", TCP, 0)).verdict,
+        LB_REFUSE,
+        "Maglev, empty table"
+    );
+    assert_eq!(
+        (lb.stat(1), lb.stat(2)),
+        (4, 0),
+        "refused for want of a backend"
+    );
     lb.table(2, &[99]);
     assert_eq!(
         lb.run(req("10.96.0.20:80", TCP, 0)).verdict,
         LB_REFUSE,
         "unknown backend id"
     );
+    assert_eq!(lb.stat(2), 1, "an inconsistency is counted apart");
+    assert_eq!(lb.stat(0), 0, "nothing translated");
 }
 
 #[test]
