@@ -73,21 +73,26 @@ pub struct LinkInfo {
     pub cgroup_id: u64,
 }
 
-pub fn link_info(fd: BorrowedFd<'_>) -> io::Result<LinkInfo> {
+/// BPF_OBJ_GET_INFO_BY_FD into `buf` (the kernel fills at most its length).
+fn obj_info(fd: BorrowedFd<'_>, buf: &mut [u64]) -> io::Result<()> {
     #[repr(C)]
     struct Attr {
         bpf_fd: u32,
         info_len: u32,
         info: u64,
     }
-    // struct bpf_link_info: type, id, prog_id, then an 8-byte aligned union.
-    let mut buf = [0u64; 16];
     let mut attr = Attr {
         bpf_fd: fd.as_raw_fd() as u32,
-        info_len: std::mem::size_of_val(&buf) as u32,
+        info_len: std::mem::size_of_val(buf) as u32,
         info: buf.as_mut_ptr() as u64,
     };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).map(|_| ())
+}
+
+pub fn link_info(fd: BorrowedFd<'_>) -> io::Result<LinkInfo> {
+    // struct bpf_link_info: type, id, prog_id, then an 8-byte aligned union.
+    let mut buf = [0u64; 16];
+    obj_info(fd, &mut buf)?;
     let word = |i: usize| buf[i / 2].to_ne_bytes()[(i % 2) * 4..(i % 2) * 4 + 4].to_vec();
     let u32_at = |i: usize| u32::from_ne_bytes(word(i).try_into().unwrap());
     let link_type = u32_at(0);
@@ -186,6 +191,11 @@ const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 
 /// Opens a loaded program by its ID.
 pub fn prog_fd_by_id(id: u32) -> io::Result<OwnedFd> {
+    fd_by_id(BPF_PROG_GET_FD_BY_ID, id)
+}
+
+/// BPF_PROG_GET_FD_BY_ID / BPF_MAP_GET_FD_BY_ID.
+fn fd_by_id(cmd: libc::c_long, id: u32) -> io::Result<OwnedFd> {
     #[repr(C)]
     struct Attr {
         id: u32,
@@ -199,7 +209,7 @@ pub fn prog_fd_by_id(id: u32) -> io::Result<OwnedFd> {
         open_flags: 0,
         _pad: 0,
     };
-    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr)?;
+    let fd = bpf(cmd, &mut attr)?;
     // SAFETY: the kernel returned a new descriptor that we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -207,21 +217,10 @@ pub fn prog_fd_by_id(id: u32) -> io::Result<OwnedFd> {
 /// A program's tag: a hash of its instructions with map references
 /// blanked, so the same program loaded twice has the same tag.
 pub fn prog_tag(prog: BorrowedFd<'_>) -> io::Result<[u8; 8]> {
-    #[repr(C)]
-    struct Attr {
-        bpf_fd: u32,
-        info_len: u32,
-        info: u64,
-    }
     // struct bpf_prog_info starts with type, id, tag[8].
-    let mut buf = [0u8; 16];
-    let mut attr = Attr {
-        bpf_fd: prog.as_raw_fd() as u32,
-        info_len: buf.len() as u32,
-        info: buf.as_mut_ptr() as u64,
-    };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok(buf[8..16].try_into().expect("8 bytes"))
+    let mut buf = [0u64; 2];
+    obj_info(prog, &mut buf)?;
+    Ok(buf[1].to_ne_bytes())
 }
 
 const BPF_MAP_CREATE: libc::c_long = 0;
@@ -388,22 +387,7 @@ pub fn map_lookup(map: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Resu
 
 /// Opens a map by id (an inner map found through its outer map).
 pub fn map_fd_by_id(id: u32) -> io::Result<OwnedFd> {
-    #[repr(C)]
-    struct Attr {
-        id: u32,
-        next_id: u32,
-        open_flags: u32,
-        _pad: u32,
-    }
-    let mut attr = Attr {
-        id,
-        next_id: 0,
-        open_flags: 0,
-        _pad: 0,
-    };
-    let fd = bpf(BPF_MAP_GET_FD_BY_ID, &mut attr)?;
-    // SAFETY: the kernel returned a new descriptor that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    fd_by_id(BPF_MAP_GET_FD_BY_ID, id)
 }
 
 /// The backend ids in service `svc_id`'s selection table, read through the

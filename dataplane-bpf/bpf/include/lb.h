@@ -10,6 +10,7 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include "sluice_maps.h"
+#include "stat.h"
 
 /* frontend -> service */
 struct {
@@ -106,10 +107,7 @@ struct {
 
 static __always_inline void lb_stat(__u32 what)
 {
-	__u64 *n = bpf_map_lookup_elem(&sluice_lbstat, &what);
-
-	if (n)
-		*n += 1;
+	stat_inc(&sluice_lbstat, what);
 }
 
 static __always_inline void lb_count(__u32 backend_id)

@@ -12,6 +12,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "sluice_maps.h"
+#include "stat.h"
 #include "endpoints.h"
 #include "lb.h"
 
@@ -28,10 +29,7 @@ struct {
 
 static __always_inline void sock_count(__u32 hook)
 {
-	__u64 *n = bpf_map_lookup_elem(&sluice_sockstat, &hook);
-
-	if (n)
-		*n += 1;
+	stat_inc(&sluice_sockstat, hook);
 }
 
 /* connect/sendmsg to a service with no backend fail with this at once. */
