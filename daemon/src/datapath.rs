@@ -147,7 +147,7 @@ impl TcAttacher {
         };
         match mode {
             TcMode::Tcx => {
-                let pin = self.links_dir.join(ifindex.to_string());
+                let pin = tc_pin(&self.links_dir, ifindex);
                 if pin.exists() {
                     match sys::pinned_link_info(&pin) {
                         Ok(info)
@@ -233,6 +233,11 @@ impl TcAttacher {
             }
         }
     }
+}
+
+/// Where the tcx link of the pod veth `ifindex` is pinned.
+pub fn tc_pin(links_dir: &Path, ifindex: u32) -> PathBuf {
+    links_dir.join(ifindex.to_string())
 }
 
 /// clsact filter priority and handle of Sluice's pod program.
@@ -352,10 +357,6 @@ impl Datapath {
         &self.maps_dir
     }
 
-    fn tc_pin(&self, ifindex: u32) -> PathBuf {
-        self.tc_links_dir.join(ifindex.to_string())
-    }
-
     /// Puts the source-check program on a pod's host-side veth now (the
     /// restore path); see [`TcAttacher::attach`].
     pub fn attach_tc(&self, ifname: &str, ifindex: u32) -> Result<TcLink, DatapathError> {
@@ -368,7 +369,7 @@ impl Datapath {
     /// Removes the pod program's pin (tcx): the link detaches. A clsact
     /// filter goes away with its device.
     pub fn detach_tc(&mut self, ifindex: u32) {
-        let pin = self.tc_pin(ifindex);
+        let pin = tc_pin(&self.tc_links_dir, ifindex);
         if let Err(e) = std::fs::remove_file(&pin) {
             if e.kind() != io::ErrorKind::NotFound {
                 warn!(pin = %pin.display(), "cannot remove tc link pin: {e}");
@@ -384,12 +385,6 @@ impl Datapath {
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse().ok())
             .collect()
-    }
-
-    pub fn tc_link_id(&self, ifindex: u32) -> Option<u32> {
-        sys::pinned_link_info(&self.tc_pin(ifindex))
-            .ok()
-            .map(|i| i.id)
     }
 
     pub fn put_endpoint(&mut self, cookie: u64, ep: &Endpoint) -> Result<(), DatapathError> {
@@ -579,46 +574,39 @@ fn attach_socket_programs(
         target: format!("to cgroup {}", cgroup_root.display()),
         detail,
     };
-    let mut out = Vec::new();
-    // A bpf_link is multi-attach by nature; BPF_F_ALLOW_MULTI on link
+    // Both program types attach the same way but are different types; a
+    // bpf_link is multi-attach by nature and BPF_F_ALLOW_MULTI on link
     // create is EINVAL, so Single it is.
-    for name in sluice_dataplane::SOCK_PROGRAMS {
-        let prog = load::load_program::<CgroupSockAddr>(obj, "sock", name)?;
-        let own = owned_fd(prog.fd());
-        let state = keep_or_attach(
-            name,
-            &links_dir.join(name),
-            cgroup_id,
-            own.as_ref().map(|f| f.as_fd()).map_err(String::clone),
-            || {
-                let id = prog
-                    .attach(&cgroup, CgroupAttachMode::Single)
-                    .map_err(|e| error_chain(&e))?;
-                let link = prog.take_link(id).map_err(|e| error_chain(&e))?;
-                pin_link(link, &links_dir.join(name))
-            },
-        )
-        .map_err(|e| attach_err(name, e))?;
-        out.push(state);
+    macro_rules! keep_or_attach_as {
+        ($ty:ty, $name:expr) => {{
+            let name = $name;
+            let pin = links_dir.join(name);
+            let prog = load::load_program::<$ty>(obj, "sock", name)?;
+            let own = owned_fd(prog.fd());
+            keep_or_attach(
+                name,
+                &pin,
+                cgroup_id,
+                own.as_ref().map(|f| f.as_fd()).map_err(String::clone),
+                || {
+                    let id = prog
+                        .attach(&cgroup, CgroupAttachMode::Single)
+                        .map_err(|e| error_chain(&e))?;
+                    let link = prog.take_link(id).map_err(|e| error_chain(&e))?;
+                    pin_link(link, &pin)
+                },
+            )
+            .map_err(|e| attach_err(name, e))?
+        }};
     }
-    let name = sluice_dataplane::SOCK_RELEASE;
-    let prog = load::load_program::<CgroupSock>(obj, "sock", name)?;
-    let own = owned_fd(prog.fd());
-    let state = keep_or_attach(
-        name,
-        &links_dir.join(name),
-        cgroup_id,
-        own.as_ref().map(|f| f.as_fd()).map_err(String::clone),
-        || {
-            let id = prog
-                .attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(|e| error_chain(&e))?;
-            let link = prog.take_link(id).map_err(|e| error_chain(&e))?;
-            pin_link(link, &links_dir.join(name))
-        },
-    )
-    .map_err(|e| attach_err(name, e))?;
-    out.push(state);
+    let mut out = Vec::new();
+    for name in sluice_dataplane::SOCK_PROGRAMS {
+        out.push(keep_or_attach_as!(CgroupSockAddr, name));
+    }
+    out.push(keep_or_attach_as!(
+        CgroupSock,
+        sluice_dataplane::SOCK_RELEASE
+    ));
     Ok(out)
 }
 

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use sluice_common::api::{self, Request};
 use sluice_common::endpoint::EndpointRecord;
 use sluice_daemon::config::{Config, DEFAULT_CONFIG};
-use sluice_daemon::datapath::{map_summary, MapSummary};
+use sluice_daemon::datapath::{map_summary, tc_pin, MapSummary};
 use sluice_daemon::services::program::ServiceView;
 use sluice_daemon::services::runner::Pass;
 use sluice_daemon::views::{EndpointView, StatusView};
@@ -237,8 +237,7 @@ fn endpoints_from_pins(cfg: &Config) -> anyhow::Result<Vec<EndpointView>> {
             let entry = by_ifindex.get(&r.host_ifindex);
             let cookie = entry.map(|(c, _)| *c);
             let c = drops.get(&r.host_ifindex, 0).unwrap_or_default();
-            let tc =
-                sys::pinned_link_info(&cfg.tc_links_dir().join(r.host_ifindex.to_string())).ok();
+            let tc = sys::pinned_link_info(&tc_pin(&cfg.tc_links_dir(), r.host_ifindex)).ok();
             EndpointView {
                 namespace: r.pod.namespace.clone(),
                 pod: r.pod.name.clone(),

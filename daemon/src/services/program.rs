@@ -134,9 +134,6 @@ pub struct Programmer {
     backend_refs: StdHashMap<u32, u32>,
     next_backend_id: u32,
     next_svc_id: u32,
-    /// Set by the first apply: adopted entries no translation explains
-    /// have been removed.
-    synced: bool,
 }
 
 impl std::fmt::Debug for Programmer {
@@ -144,7 +141,6 @@ impl std::fmt::Debug for Programmer {
         f.debug_struct("Programmer")
             .field("frontends", &self.current.len())
             .field("backends", &self.backend_ids.len())
-            .field("synced", &self.synced)
             .finish_non_exhaustive()
     }
 }
@@ -241,7 +237,6 @@ impl Programmer {
             backend_refs,
             next_backend_id,
             next_svc_id,
-            synced: false,
         })
     }
 
@@ -329,9 +324,6 @@ impl Programmer {
             self.forget_sockets_of(&gone_ids);
         }
         rep.backends_removed = self.release_unused_backends(released, scope.is_none());
-        if scope.is_none() {
-            self.synced = true;
-        }
         Ok(rep)
     }
 

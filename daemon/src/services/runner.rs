@@ -50,6 +50,11 @@ pub struct Services {
     dir_path: std::path::PathBuf,
 }
 
+/// An apply's report, or its error logged (the next full pass retries).
+fn apply_logged(r: Result<ApplyReport, super::program::ProgramError>) -> Option<ApplyReport> {
+    r.map_err(|e| warn!("programming services: {e}")).ok()
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -167,10 +172,8 @@ impl Services {
         if !changed && !force {
             return;
         }
-        let t_scan = t0.elapsed();
-        let (services, slices, mut rejected) = dir.objects();
+        let (services, slices, rejected) = dir.objects();
         drop(dir);
-        let t_objects = t0.elapsed();
         let mut programmer = lock(&self.programmer);
         // The context (and its share of the owners map) is dropped before
         // apply writes the map, so the write does not copy it.
@@ -179,59 +182,22 @@ impl Services {
             ctx.previous_owners = programmer.owners();
             translate(&services, &slices, &ctx)
         };
-        let t_translate = t0.elapsed();
         *lock(&self.translation_rejected) = t.rejected.clone();
-        rejected.extend(t.rejected.iter().cloned());
-        let report = match programmer.apply(&t) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                warn!("programming services: {e}");
-                None
-            }
-        };
-        if let Some(r) = &report {
-            rejected.extend(r.failed.iter().map(|f| Rejection {
-                object: "datapath".into(),
-                reason: format!("cannot program {f}; retried on the next full pass"),
-                service: None,
-            }));
-            if !r.failed.is_empty() {
-                let soon = Instant::now() + Duration::from_secs(5);
-                lock(&self.full_due).get_or_insert(soon);
-            }
-        }
-        rejected.sort();
+        let report = apply_logged(programmer.apply(&t));
         let frontends = programmer.frontends();
         drop(programmer);
-        debug!(
-            scan_ms = t_scan.as_secs_f64() * 1e3,
-            objects_ms = (t_objects - t_scan).as_secs_f64() * 1e3,
-            translate_ms = (t_translate - t_objects).as_secs_f64() * 1e3,
-            apply_ms = (t0.elapsed() - t_translate).as_secs_f64() * 1e3,
-            "services pass phases"
-        );
-        let ms = t0.elapsed().as_secs_f64() * 1e3;
-        let mut pass = lock(&self.pass);
-        for r in rejected.iter().filter(|r| !pass.rejected.contains(r)) {
-            warn!(object = %r.object, "rejected: {}", r.reason);
-        }
+        let ms = self.record(rejected, report.as_ref(), frontends, t0);
         if let Some(r) = &report {
             info!(
                 frontends,
                 added = r.added,
                 changed = r.changed,
                 removed = r.removed,
-                rejected = rejected.len(),
+                rejected = lock(&self.pass).rejected.len(),
                 ms = format!("{ms:.1}"),
                 "services programmed"
             );
         }
-        debug!(?report, "services pass");
-        pass.frontends = frontends;
-        pass.rejected = rejected;
-        pass.last_apply = report;
-        pass.last_duration_ms = ms;
-        pass.passes += 1;
     }
 
     /// An incremental pass for the files the watch named: only the services
@@ -240,12 +206,9 @@ impl Services {
         let t0 = Instant::now();
         let mut dir = lock(&self.dir);
         let refs = dir.refresh(names, forget_missing);
-        let t_refresh = t0.elapsed();
         let (services, slices) = dir.objects_for(&refs);
-        let t_objects = t0.elapsed();
-        let file_rejected = dir.file_rejections();
+        let rejected = dir.file_rejections();
         drop(dir);
-        let t_rej = t0.elapsed();
         let mut programmer = lock(&self.programmer);
         let report = if refs.is_empty() {
             None
@@ -257,54 +220,28 @@ impl Services {
                 ctx.scope = refs.clone();
                 translate(&services, &slices, &ctx)
             };
-            {
+            let conflicts = {
                 let mut tr = lock(&self.translation_rejected);
                 tr.retain(|r| r.service.as_ref().is_none_or(|s| !refs.contains(s)));
                 tr.extend(t.rejected.iter().cloned());
+                tr.iter().any(|x| x.reason.contains("already belongs to"))
+            };
+            let report = apply_logged(programmer.apply_scoped(&t, Some(&refs)));
+            // A freed frontend may be claimed by a service outside this
+            // pass (a conflict's loser), and a failure is retried: a full
+            // pass comes soon.
+            if report
+                .as_ref()
+                .is_some_and(|r| (r.removed > 0 && conflicts) || !r.failed.is_empty())
+            {
+                let soon = Instant::now() + Duration::from_secs(1);
+                lock(&self.full_due).get_or_insert(soon);
             }
-            match programmer.apply_scoped(&t, Some(&refs)) {
-                Ok(r) => {
-                    // A freed frontend may be claimed by a service outside
-                    // this pass (a conflict's loser); a failure is retried.
-                    let conflicts = lock(&self.translation_rejected)
-                        .iter()
-                        .any(|x| x.reason.contains("already belongs to"));
-                    if (r.removed > 0 && conflicts) || !r.failed.is_empty() {
-                        let soon = Instant::now() + Duration::from_secs(1);
-                        lock(&self.full_due).get_or_insert(soon);
-                    }
-                    Some(r)
-                }
-                Err(e) => {
-                    warn!("programming services: {e}");
-                    None
-                }
-            }
+            report
         };
         let frontends = programmer.frontends();
         drop(programmer);
-        debug!(
-            refresh_ms = t_refresh.as_secs_f64() * 1e3,
-            objects_ms = (t_objects - t_refresh).as_secs_f64() * 1e3,
-            file_rejections_ms = (t_rej - t_objects).as_secs_f64() * 1e3,
-            translate_apply_ms = (t0.elapsed() - t_rej).as_secs_f64() * 1e3,
-            "incremental phases"
-        );
-        let mut rejected = file_rejected;
-        rejected.extend(lock(&self.translation_rejected).iter().cloned());
-        if let Some(r) = &report {
-            rejected.extend(r.failed.iter().map(|f| Rejection {
-                object: "datapath".into(),
-                reason: format!("cannot program {f}; retried on the next full pass"),
-                service: None,
-            }));
-        }
-        rejected.sort();
-        let ms = t0.elapsed().as_secs_f64() * 1e3;
-        let mut pass = lock(&self.pass);
-        for r in rejected.iter().filter(|r| !pass.rejected.contains(r)) {
-            warn!(object = %r.object, "rejected: {}", r.reason);
-        }
+        let ms = self.record(rejected, report.as_ref(), frontends, t0);
         if let Some(r) = &report {
             debug!(
                 services = refs.len(),
@@ -314,12 +251,46 @@ impl Services {
                 ms = format!("{ms:.2}"),
                 "services updated"
             );
+        }
+    }
+
+    /// Records a pass for the API: the rejections (the files' own, the
+    /// translation's and frontends that could not be programmed, which a
+    /// full pass retries soon), logging the new ones. Returns the pass's
+    /// duration in ms.
+    fn record(
+        &self,
+        mut rejected: Vec<Rejection>,
+        report: Option<&ApplyReport>,
+        frontends: usize,
+        t0: Instant,
+    ) -> f64 {
+        rejected.extend(lock(&self.translation_rejected).iter().cloned());
+        if let Some(r) = report {
+            rejected.extend(r.failed.iter().map(|f| Rejection {
+                object: "datapath".into(),
+                reason: format!("cannot program {f}; retried on the next full pass"),
+                service: None,
+            }));
+            if !r.failed.is_empty() {
+                let soon = Instant::now() + Duration::from_secs(5);
+                lock(&self.full_due).get_or_insert(soon);
+            }
+        }
+        rejected.sort();
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        let mut pass = lock(&self.pass);
+        for r in rejected.iter().filter(|r| !pass.rejected.contains(r)) {
+            warn!(object = %r.object, "rejected: {}", r.reason);
+        }
+        if let Some(r) = report {
             pass.last_apply = Some(r.clone());
             pass.last_duration_ms = ms;
         }
         pass.frontends = frontends;
         pass.rejected = rejected;
         pass.passes += 1;
+        ms
     }
 
     pub fn views(&self) -> Vec<ServiceView> {

@@ -6,6 +6,7 @@
 
 use super::manifest::{self, Objects};
 use super::model::{Rejection, ServiceRef};
+use super::translate::{service_ref, slice_service};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,38 +37,11 @@ pub struct ManifestDir {
     index: std::collections::HashMap<ServiceRef, BTreeSet<PathBuf>>,
 }
 
-fn service_ref(s: &Service) -> Option<ServiceRef> {
-    Some(ServiceRef {
-        namespace: s
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        name: s.metadata.name.clone()?,
-    })
-}
-
-fn slice_ref(s: &EndpointSlice) -> Option<ServiceRef> {
-    Some(ServiceRef {
-        namespace: s
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        name: s
-            .metadata
-            .labels
-            .as_ref()?
-            .get(super::translate::SERVICE_NAME_LABEL)?
-            .clone(),
-    })
-}
-
 fn refs_of(o: &Objects) -> Vec<ServiceRef> {
     o.services
         .iter()
         .filter_map(service_ref)
-        .chain(o.slices.iter().filter_map(slice_ref))
+        .chain(o.slices.iter().filter_map(slice_service))
         .collect()
 }
 
@@ -87,10 +61,6 @@ impl ManifestDir {
             files: BTreeMap::new(),
             index: Default::default(),
         }
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Rereads the files whose inode, mtime or size changed and forgets the
@@ -232,7 +202,7 @@ impl ManifestDir {
                 }
             }
             for s in &f.objects.slices {
-                if slice_ref(s).is_some_and(|r| refs.contains(&r)) {
+                if slice_service(s).is_some_and(|r| refs.contains(&r)) {
                     slices.push(s.clone());
                 }
             }
@@ -259,22 +229,17 @@ impl ManifestDir {
 
     /// Everything the files hold, and everything that could not be used.
     pub fn objects(&self) -> (Vec<Service>, Vec<EndpointSlice>, Vec<Rejection>) {
-        let mut services = Vec::new();
-        let mut slices = Vec::new();
-        let mut rejected = Vec::new();
-        for (path, f) in &self.files {
-            services.extend(f.objects.services.iter().cloned());
-            slices.extend(f.objects.slices.iter().cloned());
-            rejected.extend(f.objects.rejected.iter().cloned());
-            if let Some(e) = &f.error {
-                rejected.push(Rejection {
-                    object: path.display().to_string(),
-                    reason: format!("{e}; keeping what the file held before"),
-                    service: None,
-                });
-            }
-        }
-        (services, slices, rejected)
+        let services = self
+            .files
+            .values()
+            .flat_map(|f| f.objects.services.iter().cloned())
+            .collect();
+        let slices = self
+            .files
+            .values()
+            .flat_map(|f| f.objects.slices.iter().cloned())
+            .collect();
+        (services, slices, self.file_rejections())
     }
 }
 

@@ -91,8 +91,26 @@ fn meta_ref(
         .filter(|n| !n.is_empty())
         .ok_or("metadata.name is missing")?;
     Ok(ServiceRef {
-        namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+        namespace: namespace_of(meta),
         name,
+    })
+}
+
+/// The namespace of an object; a manifest without one means "default".
+fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    meta.namespace.clone().unwrap_or_else(|| "default".into())
+}
+
+/// The service a Service object defines, if it is named.
+pub(super) fn service_ref(s: &Service) -> Option<ServiceRef> {
+    meta_ref(&s.metadata).ok()
+}
+
+/// The service an EndpointSlice belongs to, by its service-name label.
+pub(super) fn slice_service(s: &EndpointSlice) -> Option<ServiceRef> {
+    Some(ServiceRef {
+        namespace: namespace_of(&s.metadata),
+        name: s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?.clone(),
     })
 }
 
@@ -218,17 +236,8 @@ fn parse_service(s: &Service) -> Result<Option<ParsedService>, String> {
 
 /// `None`: an FQDN slice, which the datapath has no use for.
 fn parse_slice(s: &EndpointSlice) -> Result<Option<(ServiceRef, ParsedSlice)>, String> {
-    let me = meta_ref(&s.metadata)?;
-    let owner = s
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        .ok_or_else(|| format!("label {SERVICE_NAME_LABEL} is missing"))?;
-    let svc = ServiceRef {
-        namespace: me.namespace,
-        name: owner.clone(),
-    };
+    meta_ref(&s.metadata)?;
+    let svc = slice_service(s).ok_or_else(|| format!("label {SERVICE_NAME_LABEL} is missing"))?;
     let ipv4 = match s.address_type.as_str() {
         "IPv4" => true,
         "IPv6" => false,
@@ -322,11 +331,11 @@ pub fn translate(services: &[Service], slices: &[EndpointSlice], ctx: &Context) 
                 parsed.insert(p.svc.clone(), p);
             }
             Ok(None) => {
-                if let Ok(r) = meta_ref(&s.metadata) {
+                if let Some(r) = service_ref(s) {
                     seen.insert(r);
                 }
             }
-            Err(reason) => reject(label, reason, meta_ref(&s.metadata).ok()),
+            Err(reason) => reject(label, reason, service_ref(s)),
         }
     }
 
@@ -352,22 +361,7 @@ pub fn translate(services: &[Service], slices: &[EndpointSlice], ctx: &Context) 
                 by_service.entry(svc).or_default().push(slice);
             }
             Ok(None) => {}
-            Err(reason) => {
-                let owner = s
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                    .map(|n| ServiceRef {
-                        namespace: s
-                            .metadata
-                            .namespace
-                            .clone()
-                            .unwrap_or_else(|| "default".into()),
-                        name: n.clone(),
-                    });
-                reject(label, reason, owner)
-            }
+            Err(reason) => reject(label, reason, slice_service(s)),
         }
     }
 
