@@ -24,10 +24,10 @@ use serde_json::{json, Value};
 use sluice_dataplane::load::open_pinned;
 use sluice_dataplane::maps::{self, Backend, LbSlotKey, SvcKey, SvcValue};
 use sluice_tests::daemon::Daemon;
-use sluice_tests::{bin, Node, Ns, Pod};
+use sluice_tests::{bin, Node, Ns, Pod, Server};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "\
@@ -210,14 +210,6 @@ impl Maps {
     }
 }
 
-struct Server(Child);
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn main() -> ExitCode {
     let mut sizes = vec![1usize, 1000, 10000];
     let mut conns = 1000usize;
@@ -298,15 +290,7 @@ fn main() -> ExitCode {
     let _it = Track::new(Some(&ipt_client.ns.name), &[]);
     let ipt_client_ip: Ipv4Addr = ipt_client.ips()[0].parse().unwrap();
     let backend: Ipv4Addr = backend_pod.ips()[0].parse().unwrap();
-    let server = Server(
-        Command::new("ip")
-            .args(["netns", "exec", &backend_pod.ns.name])
-            .arg(bin("sluice-probe"))
-            .args(["serve", "tcp", &BACKEND_PORT.to_string(), "backend"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the backend server"),
-    );
+    let server = Server::start(&backend_pod.ns, "tcp", BACKEND_PORT, "backend");
     let _server_track = Track::process(server.0.id());
     in_ns(
         &client.ns.name,

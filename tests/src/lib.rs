@@ -527,3 +527,29 @@ pub fn ranges(family: &str) -> &'static str {
         other => panic!("unknown family {other}"),
     }
 }
+
+/// A `sluice-probe serve` in a netns (TCP or UDP on [::]:port, answering
+/// with `name`), killed on drop.
+#[derive(Debug)]
+pub struct Server(pub std::process::Child);
+
+impl Server {
+    pub fn start(ns: &Ns, proto: &str, port: u16, name: &str) -> Self {
+        let c = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(bin("sluice-probe"))
+            .args(["serve", proto, &port.to_string(), name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start probe server");
+        Server(c)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -4,33 +4,9 @@
 
 use serde_json::Value;
 use sluice_tests::daemon::{eventually, Daemon};
-use sluice_tests::{bin, require_root, with_pod_annotations, Node, Ns, Pod};
-use std::process::{Child, Command, Stdio};
+use sluice_tests::{bin, require_root, with_pod_annotations, Node, Ns, Pod, Server};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A probe server in a netns, killed on drop.
-struct Server(Child);
-
-impl Server {
-    fn start(ns: &Ns, proto: &str, port: u16, name: &str) -> Self {
-        let c = Command::new("ip")
-            .args(["netns", "exec", &ns.name])
-            .arg(bin("sluice-probe"))
-            .args(["serve", proto, &port.to_string(), name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start probe server");
-        Server(c)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Runs the probe client in `ns`; its JSON line.
 fn probe(ns: &Ns, args: &[&str]) -> Value {
