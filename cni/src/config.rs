@@ -11,6 +11,22 @@ pub const DEFAULT_DAEMON_TIMEOUT_MS: u64 = 250;
 pub const MIN_MTU: u32 = 1280;
 pub const MAX_MTU: u32 = 65535;
 pub const DEFAULT_MTU: u32 = 1500;
+/// Where sluiced pins the datapath (its `pin_path`); the plugin finds the
+/// edge program and the maps it writes below it.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/sluice";
+
+/// How the plugin attaches a pod's edge check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcAttach {
+    /// A clsact filter (about 50 µs), except for a pod whose egress a
+    /// chained `bandwidth` plugin will shape: it needs the device's
+    /// ingress qdisc for itself, so that pod gets a tcx link (one RCU grace
+    /// period, Linux 6.6+).
+    Auto,
+    Clsact,
+    Tcx,
+}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -19,6 +35,8 @@ struct Raw {
     state_dir: Option<PathBuf>,
     daemon_socket: Option<PathBuf>,
     daemon_timeout_ms: Option<u64>,
+    pin_path: Option<PathBuf>,
+    tc_attach: Option<TcAttach>,
 }
 
 /// Validated plugin configuration.
@@ -29,9 +47,16 @@ pub struct PluginConf {
     pub state_dir: PathBuf,
     pub daemon_socket: PathBuf,
     pub daemon_timeout: Duration,
+    pub pin_path: PathBuf,
+    pub tc_attach: TcAttach,
 }
 
 impl PluginConf {
+    /// The daemon's pinned objects, as this config names them.
+    pub fn pins(&self) -> sluice_dataplane::pins::Pins {
+        sluice_dataplane::pins::Pins::new(&self.pin_path)
+    }
+
     pub fn from_netconf(conf: &NetConf) -> Result<Self, CniError> {
         let raw: Raw = conf.plugin_config()?;
         if let Some(mtu) = raw.mtu {
@@ -71,11 +96,25 @@ impl PluginConf {
                  at or below 10000 so a stuck daemon cannot stall pod start-up",
             ));
         }
+        let pin_path = raw
+            .pin_path
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_PATH));
+        if !pin_path.is_absolute() {
+            return Err(CniError::config(
+                format!(
+                    "network \"{}\": pinPath {:?} is not an absolute path",
+                    conf.name, pin_path
+                ),
+                "set \"pinPath\" to sluiced's pin_path, such as /sys/fs/bpf/sluice",
+            ));
+        }
         Ok(Self {
             mtu: raw.mtu,
             state_dir,
             daemon_socket,
             daemon_timeout: Duration::from_millis(timeout),
+            pin_path,
+            tc_attach: raw.tc_attach.unwrap_or(TcAttach::Auto),
         })
     }
 }
@@ -100,6 +139,14 @@ mod tests {
         );
         assert_eq!(c.mtu, None);
         assert_eq!(c.daemon_timeout, Duration::from_millis(250));
+        assert_eq!(c.pin_path, PathBuf::from("/sys/fs/bpf/sluice"));
+        assert_eq!(c.tc_attach, TcAttach::Auto);
+        let c = conf(
+            r#"{"cniVersion":"1.0.0","name":"n","type":"sluice","pinPath":"/sys/fs/bpf/x","tcAttach":"tcx"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.pin_path, PathBuf::from("/sys/fs/bpf/x"));
+        assert_eq!(c.tc_attach, TcAttach::Tcx);
     }
 
     #[test]
@@ -110,6 +157,8 @@ mod tests {
             r#"{"cniVersion":"1.0.0","name":"n","type":"sluice","mtu":"big"}"#,
             r#"{"cniVersion":"1.0.0","name":"n","type":"sluice","stateDir":"rel/dir"}"#,
             r#"{"cniVersion":"1.0.0","name":"n","type":"sluice","daemonTimeoutMs":999999}"#,
+            r#"{"cniVersion":"1.0.0","name":"n","type":"sluice","pinPath":"bpf/sluice"}"#,
+            r#"{"cniVersion":"1.0.0","name":"n","type":"sluice","tcAttach":"xdp"}"#,
         ] {
             assert_eq!(conf(bad).unwrap_err().code, codes::INVALID_CONFIG, "{bad}");
         }

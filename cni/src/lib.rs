@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod delegate;
+pub mod edge;
 pub mod ipam;
 pub mod naming;
 pub mod netlink;

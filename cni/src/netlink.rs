@@ -9,8 +9,8 @@
 use crate::netns::Netns;
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REPLACE, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO,
+    NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
@@ -24,6 +24,9 @@ use netlink_packet_route::neighbour::{
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
     RouteType,
+};
+use netlink_packet_route::tc::{
+    TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcMessage, TcOption,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -85,6 +88,50 @@ pub struct RouteEntry {
     pub protocol: u8,
 }
 
+/// One request of a [`Netlink::batch`]: what it does (named in errors),
+/// the message, its extra flags, and errnos that count as success.
+#[derive(Debug)]
+pub struct Op {
+    pub what: String,
+    pub msg: RouteNetlinkMessage,
+    pub flags: u16,
+    pub ok: &'static [i32],
+}
+
+impl Op {
+    pub fn new(what: impl Into<String>, msg: RouteNetlinkMessage, flags: u16) -> Self {
+        Op {
+            what: what.into(),
+            msg,
+            flags,
+            ok: &[],
+        }
+    }
+
+    /// Also succeeds when the kernel answers one of `errnos`.
+    pub fn ok_if(mut self, errnos: &'static [i32]) -> Self {
+        self.ok = errnos;
+        self
+    }
+}
+
+/// A bpf filter on a device's ingress filter list (clsact or ingress qdisc).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BpfFilter {
+    pub prio: u16,
+    pub handle: u32,
+    pub prog_id: Option<u32>,
+    pub name: Option<String>,
+}
+
+/// `TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS)`: the ingress filter list of a
+/// clsact qdisc, which an `ingress` qdisc answers to as well.
+const INGRESS_FILTERS: TcHandle = TcHandle {
+    major: 0xffff,
+    minor: TcHandle::MIN_INGRESS,
+};
+const ETH_P_ALL: u16 = 0x0003;
+
 #[derive(Debug)]
 pub struct Netlink {
     socket: Socket,
@@ -122,14 +169,7 @@ impl Netlink {
         msg: RouteNetlinkMessage,
         flags: u16,
     ) -> Result<Vec<RouteNetlinkMessage>, NlError> {
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | flags;
-        self.seq = self.seq.wrapping_add(1);
-        header.sequence_number = self.seq;
-        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
-        packet.finalize();
-        let mut out = vec![0u8; packet.buffer_len()];
-        packet.serialize(&mut out);
+        let out = self.serialize(msg, flags);
         self.socket
             .send(&out, 0)
             .map_err(|source| NlError::Kernel { op: op(), source })?;
@@ -184,8 +224,120 @@ impl Netlink {
         }
     }
 
+    fn serialize(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Vec<u8> {
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | flags;
+        self.seq = self.seq.wrapping_add(1);
+        header.sequence_number = self.seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+        packet.finalize();
+        // Messages in one buffer start on 4-byte boundaries.
+        let mut out = vec![0u8; (packet.buffer_len() + 3) & !3];
+        packet.serialize(&mut out[..packet.buffer_len()]);
+        out
+    }
+
+    /// Sends every request in one `sendmsg` and collects their ACKs: one
+    /// round trip instead of one per request. The kernel carries out each
+    /// request in order whatever happened to the one before, so a caller
+    /// undoes a failed batch as a whole (ADD deletes the veth, which takes
+    /// every address, route and neighbour on it along). Returns the first
+    /// request's failure, by position.
+    pub fn batch(&mut self, ops: Vec<Op>) -> Result<(), NlError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let first = self.seq.wrapping_add(1);
+        let mut buf = Vec::new();
+        let mut meta = Vec::with_capacity(ops.len());
+        for op in ops {
+            buf.extend(self.serialize(op.msg, NLM_F_ACK | op.flags));
+            meta.push((op.what, op.ok));
+        }
+        let what = |i: usize| meta.get(i).map(|m| m.0.clone()).unwrap_or_default();
+        self.socket
+            .send(&buf, 0)
+            .map_err(|source| NlError::Kernel {
+                op: what(0),
+                source,
+            })?;
+        let mut pending = meta.len();
+        let mut failed: Option<(usize, io::Error)> = None;
+        while pending > 0 {
+            let n = self
+                .socket
+                .recv(&mut &mut self.buf[..], 0)
+                .map_err(|source| NlError::Kernel {
+                    op: what(0),
+                    source,
+                })?;
+            let mut offset = 0;
+            while offset < n {
+                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[offset..n])
+                    .map_err(|e| NlError::Decode {
+                        op: what(0),
+                        reason: e.to_string(),
+                    })?;
+                let len = msg.header.length as usize;
+                if len == 0 {
+                    return Err(NlError::Decode {
+                        op: what(0),
+                        reason: "zero-length message".into(),
+                    });
+                }
+                offset += (len + 3) & !3;
+                let i = msg.header.sequence_number.wrapping_sub(first) as usize;
+                if i >= meta.len() {
+                    continue;
+                }
+                if let NetlinkPayload::Error(e) = msg.payload {
+                    pending -= 1;
+                    if let Some(code) = e.code {
+                        let errno = -code.get();
+                        let err = io::Error::from_raw_os_error(errno);
+                        if !meta[i].1.contains(&errno)
+                            && failed.as_ref().is_none_or(|(j, _)| i < *j)
+                        {
+                            failed = Some((i, err));
+                        }
+                    }
+                }
+            }
+        }
+        match failed {
+            Some((i, source)) => Err(NlError::Kernel {
+                op: what(i),
+                source,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The netns cookie of the namespace this socket was opened in
+    /// (`SO_NETNS_COOKIE`, Linux 5.14).
+    pub fn netns_cookie(&self) -> Result<u64, NlError> {
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NETNS_COOKIE,
+                (&mut cookie as *mut u64).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(NlError::Socket(io::Error::last_os_error()));
+        }
+        Ok(cookie)
+    }
+
     /// Creates a veth pair: `host` here and `peer` directly inside `peer_ns`,
     /// so the pod's end never exists in the node's netns, even for a moment.
+    /// Returns the host end's ifindex when the kernel echoes the new link
+    /// (`NLM_F_ECHO`, Linux 6.2); `None` on older kernels.
     pub fn create_veth(
         &mut self,
         host: &str,
@@ -194,7 +346,7 @@ impl Netlink {
         peer_mac: [u8; 6],
         peer_ns: &Netns,
         mtu: u32,
-    ) -> Result<(), NlError> {
+    ) -> Result<Option<u32>, NlError> {
         let mut peer_msg = LinkMessage::default();
         peer_msg.attributes = vec![
             LinkAttribute::IfName(peer.into()),
@@ -212,29 +364,21 @@ impl Netlink {
                 LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
             ]),
         ];
-        self.request(
+        let replies = self.request(
             || format!("creating veth {host} <-> {peer}"),
             RouteNetlinkMessage::NewLink(msg),
-            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-        )
-        .map(drop)
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO,
+        )?;
+        Ok(replies
+            .into_iter()
+            .filter_map(to_link)
+            .find(|l| l.name == host)
+            .map(|l| l.index))
     }
 
     /// Sets a link up, and its alias when given, in one request.
     pub fn set_up(&mut self, index: u32, alias: Option<&str>) -> Result<(), NlError> {
-        let mut msg = LinkMessage::default();
-        msg.header.index = index;
-        msg.header.flags = LinkFlags::Up;
-        msg.header.change_mask = LinkFlags::Up;
-        if let Some(a) = alias {
-            msg.attributes.push(LinkAttribute::IfAlias(a.into()));
-        }
-        self.request(
-            || format!("setting link {index} up"),
-            RouteNetlinkMessage::SetLink(msg),
-            NLM_F_ACK,
-        )
-        .map(drop)
+        self.batch(vec![set_up_op(index, alias)])
     }
 
     /// Sets a link down.
@@ -335,27 +479,9 @@ impl Netlink {
         }
     }
 
-    /// Adds an address with its exact prefix. IPv6 addresses skip duplicate
-    /// address detection: IPAM already guarantees uniqueness, and DAD would
-    /// keep the address unusable for a second or more after ADD returns.
+    /// Adds an address with its exact prefix (see [`address_op`]).
     pub fn add_address(&mut self, index: u32, addr: IpNetwork) -> Result<(), NlError> {
-        let mut msg = AddressMessage::default();
-        msg.header.family = family(addr.ip());
-        msg.header.prefix_len = addr.prefix();
-        msg.header.index = index;
-        msg.attributes.push(AddressAttribute::Local(addr.ip()));
-        msg.attributes.push(AddressAttribute::Address(addr.ip()));
-        if addr.is_ipv6() {
-            msg.header.flags = AddressHeaderFlags::Nodad;
-            msg.attributes
-                .push(AddressAttribute::Flags(AddressFlags::Nodad));
-        }
-        self.request(
-            || format!("adding address {addr} to link #{index}"),
-            RouteNetlinkMessage::NewAddress(msg),
-            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
-        )
-        .map(drop)
+        self.batch(vec![address_op(index, addr)])
     }
 
     /// The addresses of one link (all families).
@@ -399,37 +525,12 @@ impl Netlink {
         oif: u32,
         scope: RouteScope,
     ) -> Result<(), NlError> {
-        let mut msg = route_message(dst, RouteType::Unicast);
-        msg.header.scope = scope;
-        msg.attributes.push(RouteAttribute::Oif(oif));
-        if let Some(gw) = gateway {
-            msg.attributes
-                .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
-        }
-        self.request(
-            || match gateway {
-                Some(gw) => format!("adding route {dst} via {gw} dev #{oif}"),
-                None => format!("adding route {dst} dev #{oif}"),
-            },
-            RouteNetlinkMessage::NewRoute(msg),
-            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
-        )
-        .map(drop)
+        self.batch(vec![route_op(dst, gateway, oif, scope)])
     }
 
     /// Makes sure an `unreachable` route covers `dst`; an existing one is kept.
     pub fn ensure_unreachable(&mut self, dst: IpNetwork) -> Result<(), NlError> {
-        let mut msg = route_message(dst, RouteType::Unreachable);
-        msg.header.scope = RouteScope::Universe;
-        match self.request(
-            || format!("adding unreachable route {dst}"),
-            RouteNetlinkMessage::NewRoute(msg),
-            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-        ) {
-            Ok(_) => Ok(()),
-            Err(e) if e.is(libc::EEXIST) => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.batch(vec![unreachable_op(dst)])
     }
 
     /// Routes of the main table of one family.
@@ -490,35 +591,65 @@ impl Netlink {
         Ok(out)
     }
 
-    /// A permanent neighbour entry, so the first packet needs no ARP/ND.
+    /// A permanent neighbour entry (see [`neighbour_op`]).
     pub fn add_permanent_neighbour(
         &mut self,
         index: u32,
         ip: IpAddr,
         mac: [u8; 6],
     ) -> Result<(), NlError> {
-        let mut msg = NeighbourMessage::default();
-        msg.header.family = family(ip);
-        msg.header.ifindex = index;
-        msg.header.state = NeighbourState::Permanent;
-        msg.header.kind = RouteType::Unicast;
-        msg.attributes
-            .push(NeighbourAttribute::Destination(match ip {
-                IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
-                IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
-            }));
-        msg.attributes
-            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
-        self.request(
-            || format!("adding neighbour {ip} on link #{index}"),
-            RouteNetlinkMessage::NewNeighbour(msg),
-            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
-        )
-        .map(drop)
+        self.batch(vec![neighbour_op(index, ip, mac)])
     }
 
     /// The MTU of the link that carries the default route, if there is one.
+    /// The kernel is asked which route it would use for an address off the
+    /// node (`RTM_F_FIB_MATCH`), one request per family, so the cost does
+    /// not grow with the routes the node holds (one per pod); only a
+    /// covering route more specific than the default falls back to reading
+    /// the table.
     pub fn default_route_mtu(&mut self) -> Result<Option<u32>, NlError> {
+        const PROBES: [IpAddr; 2] = [
+            IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1)),
+            IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+        ];
+        for probe in PROBES {
+            let mut msg = RouteMessage::default();
+            msg.header.address_family = family(probe);
+            msg.header.destination_prefix_length = if probe.is_ipv4() { 32 } else { 128 };
+            msg.header.flags = RouteFlags::FibMatch;
+            msg.attributes
+                .push(RouteAttribute::Destination(RouteAddress::from(probe)));
+            let replies = match self.request(
+                || format!("looking up the route to {probe}"),
+                RouteNetlinkMessage::GetRoute(msg),
+                0,
+            ) {
+                Ok(r) => r,
+                // No route for this family at all.
+                Err(e) if e.is(libc::ENETUNREACH) || e.is(libc::EHOSTUNREACH) => continue,
+                Err(e) => return Err(e),
+            };
+            let Some(RouteNetlinkMessage::NewRoute(m)) = replies.into_iter().next() else {
+                continue;
+            };
+            if m.header.kind != RouteType::Unicast {
+                continue;
+            }
+            if m.header.destination_prefix_length != 0 {
+                return self.default_route_mtu_from_table();
+            }
+            let oif = m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(o) => Some(*o),
+                _ => None,
+            });
+            if let Some(l) = oif.map(|o| self.link_by_index(o)).transpose()?.flatten() {
+                return Ok(l.mtu);
+            }
+        }
+        Ok(None)
+    }
+
+    fn default_route_mtu_from_table(&mut self) -> Result<Option<u32>, NlError> {
         for v6 in [false, true] {
             let routes = self.routes(v6)?;
             if let Some(oif) = routes
@@ -533,6 +664,225 @@ impl Netlink {
         }
         Ok(None)
     }
+
+    /// The bpf filters on a device's ingress filter list, in priority order.
+    pub fn ingress_bpf_filters(&mut self, ifindex: u32) -> Result<Vec<BpfFilter>, NlError> {
+        let mut msg = TcMessage::default();
+        msg.header.index = ifindex as i32;
+        msg.header.parent = INGRESS_FILTERS;
+        let replies = match self.request(
+            || format!("listing the ingress filters of link #{ifindex}"),
+            RouteNetlinkMessage::GetTrafficFilter(msg),
+            NLM_F_DUMP,
+        ) {
+            Ok(r) => r,
+            // No qdisc with an ingress filter list on the device.
+            Err(e) if e.is(libc::EINVAL) || e.is(libc::ENOENT) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for r in replies {
+            let RouteNetlinkMessage::NewTrafficFilter(m) = r else {
+                continue;
+            };
+            let mut kind_bpf = false;
+            let mut f = BpfFilter {
+                prio: (m.header.info >> 16) as u16,
+                handle: u32::from(m.header.handle),
+                prog_id: None,
+                name: None,
+            };
+            for a in m.attributes {
+                match a {
+                    TcAttribute::Kind(k) => kind_bpf = k == "bpf",
+                    TcAttribute::Options(opts) => {
+                        for o in opts {
+                            match o {
+                                TcOption::Bpf(TcFilterBpfOption::ProgId(id)) => {
+                                    f.prog_id = Some(id)
+                                }
+                                TcOption::Bpf(TcFilterBpfOption::ProgName(n)) => f.name = Some(n),
+                                _ => {}
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            // A dump lists each filter list's head (handle 0) too.
+            if kind_bpf && f.handle != 0 {
+                out.push(f);
+            }
+        }
+        out.sort_by_key(|f| f.prio);
+        Ok(out)
+    }
+
+    /// Removes one bpf filter from a device's ingress filter list; a filter
+    /// that is not there is not an error.
+    pub fn delete_ingress_filter(
+        &mut self,
+        ifindex: u32,
+        prio: u16,
+        handle: u32,
+    ) -> Result<(), NlError> {
+        let mut msg = TcMessage::default();
+        msg.header.index = ifindex as i32;
+        msg.header.parent = INGRESS_FILTERS;
+        msg.header.handle = TcHandle::from(handle);
+        msg.header.info = filter_info(prio);
+        msg.attributes.push(TcAttribute::Kind("bpf".into()));
+        self.batch(vec![Op::new(
+            format!("deleting filter {prio}:{handle:#x} of link #{ifindex}"),
+            RouteNetlinkMessage::DelTrafficFilter(msg),
+            0,
+        )
+        .ok_if(&[libc::ENOENT])])
+    }
+}
+
+/// `up` for a link, and its alias when given, in one request.
+pub fn set_up_op(index: u32, alias: Option<&str>) -> Op {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg.header.flags = LinkFlags::Up;
+    msg.header.change_mask = LinkFlags::Up;
+    if let Some(a) = alias {
+        msg.attributes.push(LinkAttribute::IfAlias(a.into()));
+    }
+    Op::new(
+        format!("setting link #{index} up"),
+        RouteNetlinkMessage::SetLink(msg),
+        0,
+    )
+}
+
+/// An address with its exact prefix. IPv6 addresses skip duplicate address
+/// detection: IPAM already guarantees uniqueness, and DAD would keep the
+/// address unusable for a second or more after ADD returns.
+pub fn address_op(index: u32, addr: IpNetwork) -> Op {
+    let mut msg = AddressMessage::default();
+    msg.header.family = family(addr.ip());
+    msg.header.prefix_len = addr.prefix();
+    msg.header.index = index;
+    msg.attributes.push(AddressAttribute::Local(addr.ip()));
+    msg.attributes.push(AddressAttribute::Address(addr.ip()));
+    if addr.is_ipv6() {
+        msg.header.flags = AddressHeaderFlags::Nodad;
+        msg.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    Op::new(
+        format!("adding address {addr} to link #{index}"),
+        RouteNetlinkMessage::NewAddress(msg),
+        NLM_F_CREATE | NLM_F_REPLACE,
+    )
+}
+
+/// A unicast route in the main table (added or replaced).
+pub fn route_op(dst: IpNetwork, gateway: Option<IpAddr>, oif: u32, scope: RouteScope) -> Op {
+    let mut msg = route_message(dst, RouteType::Unicast);
+    msg.header.scope = scope;
+    msg.attributes.push(RouteAttribute::Oif(oif));
+    if let Some(gw) = gateway {
+        msg.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+    }
+    Op::new(
+        match gateway {
+            Some(gw) => format!("adding route {dst} via {gw} dev #{oif}"),
+            None => format!("adding route {dst} dev #{oif}"),
+        },
+        RouteNetlinkMessage::NewRoute(msg),
+        NLM_F_CREATE | NLM_F_REPLACE,
+    )
+}
+
+/// An `unreachable` route for `dst`; one already there is kept.
+pub fn unreachable_op(dst: IpNetwork) -> Op {
+    let mut msg = route_message(dst, RouteType::Unreachable);
+    msg.header.scope = RouteScope::Universe;
+    Op::new(
+        format!("adding unreachable route {dst}"),
+        RouteNetlinkMessage::NewRoute(msg),
+        NLM_F_CREATE | NLM_F_EXCL,
+    )
+    .ok_if(&[libc::EEXIST])
+}
+
+/// A permanent neighbour entry, so the first packet needs no ARP/ND.
+pub fn neighbour_op(index: u32, ip: IpAddr, mac: [u8; 6]) -> Op {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = family(ip);
+    msg.header.ifindex = index;
+    msg.header.state = NeighbourState::Permanent;
+    msg.header.kind = RouteType::Unicast;
+    msg.attributes
+        .push(NeighbourAttribute::Destination(match ip {
+            IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+            IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+        }));
+    msg.attributes
+        .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+    Op::new(
+        format!("adding neighbour {ip} on link #{index}"),
+        RouteNetlinkMessage::NewNeighbour(msg),
+        NLM_F_CREATE | NLM_F_REPLACE,
+    )
+}
+
+/// A clsact qdisc on a device; one already there (clsact, or the `ingress`
+/// qdisc a chained plugin added, which carries the same filter list) is
+/// kept.
+pub fn clsact_op(ifindex: u32) -> Op {
+    let mut msg = TcMessage::default();
+    msg.header.index = ifindex as i32;
+    msg.header.handle = TcHandle {
+        major: 0xffff,
+        minor: 0,
+    };
+    msg.header.parent = TcHandle::CLSACT;
+    msg.attributes.push(TcAttribute::Kind("clsact".into()));
+    Op::new(
+        format!("adding a clsact qdisc to link #{ifindex}"),
+        RouteNetlinkMessage::NewQueueDiscipline(msg),
+        NLM_F_CREATE | NLM_F_EXCL,
+    )
+    .ok_if(&[libc::EEXIST])
+}
+
+/// `tcm_info` of a filter: priority and protocol (all).
+fn filter_info(prio: u16) -> u32 {
+    ((prio as u32) << 16) | ETH_P_ALL.to_be() as u32
+}
+
+/// A direct-action bpf filter running `prog_fd` on a device's ingress
+/// filter list at (`prio`, `handle`); `replace` swaps the program of the
+/// filter already there in one step, otherwise an existing one is an error.
+pub fn bpf_filter_op(
+    ifindex: u32,
+    prio: u16,
+    handle: u32,
+    prog_fd: std::os::fd::BorrowedFd<'_>,
+    name: &str,
+    replace: bool,
+) -> Op {
+    let mut msg = TcMessage::default();
+    msg.header.index = ifindex as i32;
+    msg.header.parent = INGRESS_FILTERS;
+    msg.header.handle = TcHandle::from(handle);
+    msg.header.info = filter_info(prio);
+    msg.attributes.push(TcAttribute::Kind("bpf".into()));
+    msg.attributes.push(TcAttribute::Options(vec![
+        TcOption::Bpf(TcFilterBpfOption::ProgFd(prog_fd.as_raw_fd() as u32)),
+        TcOption::Bpf(TcFilterBpfOption::ProgName(name.into())),
+        TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
+    ]));
+    Op::new(
+        format!("attaching {name} to the ingress of link #{ifindex}"),
+        RouteNetlinkMessage::NewTrafficFilter(msg),
+        NLM_F_CREATE | if replace { NLM_F_REPLACE } else { NLM_F_EXCL },
+    )
 }
 
 fn family(ip: IpAddr) -> AddressFamily {

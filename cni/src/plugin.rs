@@ -2,10 +2,13 @@
 //! ADD undoes every step it made when a later one fails, DEL and GC carry on
 //! past failures and report them all.
 
-use crate::config::{PluginConf, DEFAULT_MTU};
+use crate::config::{PluginConf, TcAttach, DEFAULT_MTU};
+use crate::edge::{self, EdgeError, EdgeMaps, EdgeProg};
 use crate::ipam::{Ipam, Lease};
 use crate::naming;
-use crate::netlink::{format_mac, Netlink, NlError};
+use crate::netlink::{
+    address_op, format_mac, neighbour_op, route_op, set_up_op, unreachable_op, Netlink, NlError,
+};
 use crate::netns::{Netns, NetnsError};
 use ipnetwork::IpNetwork;
 use netlink_packet_route::route::RouteScope;
@@ -15,7 +18,7 @@ use sluice_common::cni::{
     Request as CniRequest, Route,
 };
 use sluice_common::endpoint::{
-    annotations_from_runtime_config, EndpointRecord, PodIdentity, RECORD_VERSION,
+    annotations_from_runtime_config, EdgeMode, EndpointRecord, PodIdentity, RECORD_VERSION,
 };
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -87,6 +90,24 @@ fn record_err(e: sluice_common::endpoint::RecordError) -> CniError {
     )
 }
 
+fn edge_err(e: EdgeError) -> CniError {
+    let hint = match e {
+        EdgeError::Netlink(n) => return nl_err(n).context("protecting the pod's edge"),
+        EdgeError::MapLayout { .. } => {
+            "upgrade the plugin and sluiced together (the DaemonSet installs both)"
+        }
+        EdgeError::Sysctl { .. } => {
+            "the plugin must run as root in the node's netns with /proc/sys writable"
+        }
+        _ => "the plugin needs CAP_BPF and CAP_NET_ADMIN, and pinPath must be on a bpf filesystem",
+    };
+    CniError::new(
+        codes::NETLINK_FAILURE,
+        format!("protecting the pod's edge: {e}"),
+        hint,
+    )
+}
+
 /// The address a pod holds: the lease's IP as a host route.
 fn host_prefix(ip: IpAddr) -> IpNetwork {
     match ip {
@@ -108,6 +129,10 @@ struct AddUndo<'a> {
     inv: &'a Invocation,
     ipam: Option<&'a mut Ipam>,
     host_link: Option<String>,
+    /// Map entries written for (host ifindex, addresses, netns cookie).
+    edge_entries: Option<(EdgeMaps, u32, Vec<IpAddr>, u64)>,
+    /// A tcx link pinned for this host ifindex.
+    tc_pin: Option<u32>,
     record: bool,
 }
 
@@ -116,6 +141,12 @@ impl AddUndo<'_> {
         let (cid, ifname) = (&self.inv.env.container_id, &self.inv.env.ifname);
         if self.record {
             let _ = EndpointRecord::remove(&self.inv.plugin.state_dir, cid, ifname);
+        }
+        if let Some((maps, ifindex, addrs, cookie)) = self.edge_entries.take() {
+            let _ = maps.remove(ifindex, &addrs, Some(cookie));
+        }
+        if let Some(ifindex) = self.tc_pin.take() {
+            let _ = edge::unpin_tc_link(&self.inv.plugin.pins(), ifindex);
         }
         if let Some(name) = self.host_link.take() {
             if let Ok(mut nl) = Netlink::open() {
@@ -160,14 +191,18 @@ pub fn add(inv: &Invocation) -> Result<serde_json::Value, CniError> {
         inv,
         ipam: Some(&mut ipam),
         host_link: None,
+        edge_entries: None,
+        tc_pin: None,
         record: false,
     };
     match add_steps(inv, &pod_ns, &mut nl, &host_name, &leases, &mut undo) {
         Ok(record) => {
             // Committed: nothing below may undo the ADD.
             undo.ipam = None;
+            undo.edge_entries = None;
+            undo.tc_pin = None;
             drop(undo);
-            notify_daemon(
+            tell_daemon(
                 inv,
                 Request::Register {
                     endpoint: Box::new(record.clone()),
@@ -220,14 +255,8 @@ fn add_steps(
     };
     let (host_mac, pod_mac) = naming::macs(&env.container_id, &env.ifname);
     let alias = naming::host_alias(&inv.conf.name, &env.container_id, &env.ifname);
-    nl.create_veth(
-        host_name,
-        host_mac,
-        &env.ifname,
-        pod_mac,
-        pod_ns,
-        mtu,
-    )
+    let echoed = nl
+        .create_veth(host_name, host_mac, &env.ifname, pod_mac, pod_ns, mtu)
         .map_err(|e| {
             if e.is(libc::EEXIST) {
                 CniError::new(
@@ -244,91 +273,51 @@ fn add_steps(
             }
         })?;
     undo.host_link = Some(host_name.to_string());
-
-    // The pod's side, through a socket bound to its netns.
-    let mut pod_nl = Netlink::open_in(pod_ns).map_err(nl_err)?;
-    let pod_if = pod_nl
-        .link_by_name(&env.ifname)
-        .map_err(nl_err)?
-        .ok_or_else(|| {
-            CniError::new(
-                codes::NETLINK_FAILURE,
-                format!(
-                    "{} vanished from the pod's netns right after creation",
-                    env.ifname
-                ),
-                "something else in the pod's netns removed it; retry the ADD",
-            )
-        })?;
-    for l in leases {
-        pod_nl
-            .add_address(pod_if.index, host_prefix(l.address.ip()))
-            .map_err(nl_err)?;
-    }
-    pod_nl.set_up(pod_if.index, None).map_err(nl_err)?;
-    for l in leases {
-        let gw = l.gateway.expect("checked above");
-        pod_nl
-            .add_permanent_neighbour(pod_if.index, gw, host_mac)
-            .map_err(nl_err)?;
-        pod_nl
-            .add_route(host_prefix(gw), None, pod_if.index, RouteScope::Link)
-            .map_err(nl_err)?;
-        pod_nl
-            .add_route(
-                default_dst(gw.is_ipv6()),
-                Some(gw),
-                pod_if.index,
-                RouteScope::Universe,
-            )
-            .map_err(nl_err)?;
-    }
-
-    // The node's side.
-    let host_if = nl.link_by_name(host_name).map_err(nl_err)?.ok_or_else(|| {
+    let vanished = |side: &str, name: &str| {
         CniError::new(
             codes::NETLINK_FAILURE,
-            format!("host interface {host_name} vanished right after creation"),
-            "something on the node removed it; retry the ADD",
+            format!("{side} interface {name} vanished right after creation"),
+            "something else removed it; retry the ADD",
         )
-    })?;
-    // The kernel ignores IFLA_IFALIAS on creation, so it is set here; a
-    // plugin killed before this line leaves a link without alias, which GC
-    // still recognises by its derived name.
-    nl.set_up(host_if.index, alias.as_deref()).map_err(nl_err)?;
-    let mut gateways = Vec::new();
+    };
+    let host_index = match echoed {
+        Some(i) => i,
+        None => {
+            nl.link_by_name(host_name)
+                .map_err(nl_err)?
+                .ok_or_else(|| vanished("host", host_name))?
+                .index
+        }
+    };
+
+    // The pod's side, through a socket bound to its netns (which also
+    // names the netns by its cookie, the key of its endpoint entry).
+    let mut pod_nl = Netlink::open_in(pod_ns).map_err(nl_err)?;
+    let cookie = pod_nl.netns_cookie().map_err(nl_err)?;
+    let pod_index = pod_nl
+        .link_by_name(&env.ifname)
+        .map_err(nl_err)?
+        .ok_or_else(|| vanished("the pod's", &env.ifname))?
+        .index;
+    let mut ops = Vec::new();
+    for l in leases {
+        ops.push(address_op(pod_index, host_prefix(l.address.ip())));
+    }
+    ops.push(set_up_op(pod_index, None));
     for l in leases {
         let gw = l.gateway.expect("checked above");
-        // The gateway lives on every pod's host veth (as ptp does), so the
-        // node answers for it and a pod can reach the node through it.
-        nl.add_address(host_if.index, host_prefix(gw))
-            .map_err(nl_err)?;
-        nl.add_permanent_neighbour(host_if.index, l.address.ip(), pod_mac)
-            .map_err(nl_err)?;
-        nl.add_route(
-            host_prefix(l.address.ip()),
-            None,
-            host_if.index,
-            RouteScope::Link,
-        )
-        .map_err(nl_err)?;
-        gateways.push(gw);
+        ops.push(neighbour_op(pod_index, gw, host_mac));
+        ops.push(route_op(host_prefix(gw), None, pod_index, RouteScope::Link));
+        ops.push(route_op(
+            default_dst(gw.is_ipv6()),
+            Some(gw),
+            pod_index,
+            RouteScope::Universe,
+        ));
     }
+    pod_nl.batch(ops).map_err(nl_err)?;
 
-    // Both ends must pass packets before the runtime starts the pod.
-    for (sock, index, side) in [
-        (&mut *nl, host_if.index, "node"),
-        (&mut pod_nl, pod_if.index, "pod"),
-    ] {
-        if !sock
-            .wait_oper_up(index, std::time::Duration::from_secs(2))
-            .map_err(nl_err)?
-        {
-            eprintln!("sluice: the {side} end of the veth is not up after 2s; continuing");
-        }
-    }
-
-    let record = EndpointRecord {
+    let mut record = EndpointRecord {
         version: RECORD_VERSION,
         network: inv.conf.name.clone(),
         container_id: env.container_id.clone(),
@@ -341,9 +330,9 @@ fn add_steps(
             infra_container_id: env.args.k8s_pod_infra_container_id.clone(),
         },
         addresses: leases.iter().map(|l| host_prefix(l.address.ip())).collect(),
-        gateways,
+        gateways: leases.iter().filter_map(|l| l.gateway).collect(),
         host_ifname: host_name.to_string(),
-        host_ifindex: host_if.index,
+        host_ifindex: host_index,
         host_mac: format_mac(host_mac),
         pod_mac: format_mac(pod_mac),
         mtu,
@@ -356,10 +345,134 @@ fn add_steps(
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
+        netns_cookie: Some(cookie),
+        edge: None,
     };
+
+    // The node's side. The pod's edge is in place before the device comes
+    // up: from its first packet, the pod sends nothing unchecked.
+    edge::set_backstops(host_name).map_err(edge_err)?;
+    // Held until the record is written: the daemon's sweep of entries no
+    // record explains waits for it (see lock_datapath).
+    let _datapath_lock = sluice_common::endpoint::lock_datapath(&inv.plugin.state_dir, false)
+        .map_err(|e| {
+            CniError::new(
+                codes::IO_FAILURE,
+                format!(
+                    "cannot lock {}/datapath.lock: {e}",
+                    inv.plugin.state_dir.display()
+                ),
+                "make stateDir writable by the plugin (root)",
+            )
+        })?;
+    record.edge = Some(protect_edge(inv, nl, &record, cookie, undo)?);
+    let mut ops = vec![set_up_op(host_index, alias.as_deref())];
+    for l in leases {
+        // The gateway lives on every pod's host veth (as ptp does), so the
+        // node answers for it and a pod can reach the node through it.
+        ops.push(address_op(
+            host_index,
+            host_prefix(l.gateway.expect("checked above")),
+        ));
+        ops.push(neighbour_op(host_index, l.address.ip(), pod_mac));
+        ops.push(route_op(
+            host_prefix(l.address.ip()),
+            None,
+            host_index,
+            RouteScope::Link,
+        ));
+    }
+    // The kernel ignores IFLA_IFALIAS on creation, so it is set with `up`;
+    // a plugin killed before this leaves a link without alias, which GC
+    // still recognises by its derived name.
+    nl.batch(ops).map_err(nl_err)?;
+
+    // Both ends must pass packets before the runtime starts the pod.
+    for (sock, index, side) in [
+        (&mut *nl, host_index, "node"),
+        (&mut pod_nl, pod_index, "pod"),
+    ] {
+        if !sock
+            .wait_oper_up(index, std::time::Duration::from_secs(2))
+            .map_err(nl_err)?
+        {
+            eprintln!("sluice: the {side} end of the veth is not up after 2s; continuing");
+        }
+    }
+
     undo.record = true;
     record.write(&inv.plugin.state_dir).map_err(record_err)?;
     Ok(record)
+}
+
+/// The edge mode for this pod: the configured one, where `auto` means a
+/// clsact filter unless a chained `bandwidth` plugin will shape the pod's
+/// egress (it adds an `ingress` qdisc of its own, which a clsact qdisc
+/// would refuse, so that pod's check goes on a tcx link instead).
+fn edge_mode(inv: &Invocation) -> Result<EdgeMode, CniError> {
+    let tcx = edge::tcx_supported();
+    match inv.plugin.tc_attach {
+        TcAttach::Clsact => Ok(EdgeMode::Clsact),
+        TcAttach::Tcx if tcx => Ok(EdgeMode::Tcx),
+        TcAttach::Tcx => Err(CniError::config(
+            "tcAttach \"tcx\" needs Linux 6.6 or newer; this kernel is older",
+            "set \"tcAttach\" to \"auto\" or \"clsact\"",
+        )),
+        TcAttach::Auto if tcx && shapes_egress(inv.conf.runtime_config.as_ref()) => {
+            Ok(EdgeMode::Tcx)
+        }
+        TcAttach::Auto => Ok(EdgeMode::Clsact),
+    }
+}
+
+/// Whether `runtimeConfig` carries an egress rate for the `bandwidth`
+/// capability (sent to every plugin of the list that declares it).
+fn shapes_egress(rc: Option<&serde_json::Value>) -> bool {
+    rc.and_then(|v| v.get("bandwidth"))
+        .and_then(|b| b.get("egressRate"))
+        .and_then(|r| r.as_u64())
+        .is_some_and(|r| r > 0)
+}
+
+/// Writes the pod's map entries and attaches the edge program to its host
+/// veth: the daemon's pinned check, or, when none is pinned, a program
+/// that drops everything the pod sends until the daemon replaces it.
+fn protect_edge(
+    inv: &Invocation,
+    nl: &mut Netlink,
+    record: &EndpointRecord,
+    cookie: u64,
+    undo: &mut AddUndo<'_>,
+) -> Result<sluice_common::endpoint::EdgeRecord, CniError> {
+    let pins = inv.plugin.pins();
+    let mode = edge_mode(inv)?;
+    let ifindex = record.host_ifindex;
+    let prog = match EdgeMaps::open(&pins).map_err(edge_err)? {
+        Some(maps) => match EdgeProg::pinned(&pins).map_err(edge_err)? {
+            Some(prog) => {
+                let addrs: Vec<IpAddr> = record.addresses.iter().map(|a| a.ip()).collect();
+                let entry = edge::endpoint_entry(record);
+                let put = maps.put(ifindex, &addrs, cookie, &entry);
+                undo.edge_entries = Some((maps, ifindex, addrs, cookie));
+                put.map_err(edge_err)?;
+                prog
+            }
+            None => EdgeProg::isolate().map_err(edge_err)?,
+        },
+        None => EdgeProg::isolate().map_err(edge_err)?,
+    };
+    if prog.program == sluice_common::endpoint::EdgeProgram::Isolate {
+        eprintln!(
+            "sluice: no edge check pinned under {}: the pod is isolated (sends nothing) until \
+             sluiced runs on this node",
+            pins.root().display()
+        );
+    }
+    let rec = edge::attach(nl, &pins, ifindex, mode, &prog, true).map_err(edge_err)?;
+    if mode == EdgeMode::Tcx {
+        undo.tc_pin = Some(ifindex);
+    }
+    Ok(rec)
 }
 
 /// Node-wide settings every pod relies on; idempotent, never undone.
@@ -372,14 +485,15 @@ fn ensure_node_ready(nl: &mut Netlink, leases: &[Lease]) -> Result<(), CniError>
     if v6 {
         ensure_sysctl("/proc/sys/net/ipv6/conf/all/forwarding")?;
     }
+    let mut ops = Vec::new();
     for l in leases {
         // Traffic to an address of the pod range that has no pod dies here
         // instead of following the default route off the node.
         let net = IpNetwork::new(l.address.network(), l.address.prefix())
             .map_err(|e| CniError::config(format!("IPAM returned {}: {e}", l.address), ""))?;
-        nl.ensure_unreachable(net).map_err(nl_err)?;
+        ops.push(unreachable_op(net));
     }
-    Ok(())
+    nl.batch(ops).map_err(nl_err)
 }
 
 fn ensure_sysctl(path: &str) -> Result<(), CniError> {
@@ -435,13 +549,42 @@ fn build_result(record: &EndpointRecord, leases: &[Lease]) -> CniResult {
     result
 }
 
-fn notify_daemon(inv: &Invocation, req: Request) {
-    if let Err(e) = api::call(&inv.plugin.daemon_socket, req, inv.plugin.daemon_timeout) {
+/// Tells the daemon of an ADD or DEL that is already complete on the node
+/// (veth, edge, map entries, record), without waiting for its answer: no
+/// pod waits on the daemon's work, and a daemon that is down or slow
+/// catches up from the record.
+fn tell_daemon(inv: &Invocation, req: Request) {
+    if let Err(e) = api::notify(&inv.plugin.daemon_socket, req, inv.plugin.daemon_timeout) {
         // Not an error for the runtime: the record on disk is the truth and
         // the daemon reconciles it when it (re)starts.
         eprintln!(
             "sluice: daemon not notified ({e}); it will pick the change up from the state dir"
         );
+    }
+}
+
+/// Removes what ADD wrote into the daemon's maps for a record, and its
+/// tcx link pin. Failures are logged, not returned: DEL must not fail for
+/// want of the daemon's maps, and the daemon sweeps leftovers at start.
+fn release_edge(inv: &Invocation, rec: &EndpointRecord) {
+    let pins = inv.plugin.pins();
+    let addrs: Vec<IpAddr> = rec.addresses.iter().map(|a| a.ip()).collect();
+    match EdgeMaps::open(&pins) {
+        Ok(Some(maps)) => {
+            if let Err(e) = maps.remove(rec.host_ifindex, &addrs, rec.netns_cookie) {
+                eprintln!("sluice: {e}; sluiced removes the entries at its next start");
+            }
+        }
+        Ok(None) => {}
+        Err(e) => eprintln!("sluice: {e}; sluiced removes the entries at its next start"),
+    }
+    if rec.edge.is_some_and(|e| e.mode == EdgeMode::Tcx) {
+        if let Err(e) = edge::unpin_tc_link(&pins, rec.host_ifindex) {
+            eprintln!(
+                "sluice: removing the tcx link pin of ifindex {}: {e}",
+                rec.host_ifindex
+            );
+        }
     }
 }
 
@@ -511,10 +654,13 @@ pub fn del(inv: &Invocation) -> Result<(), CniError> {
         }
         Err(e) => errors.push(nl_err(e)),
     }
+    if let Some(r) = &record {
+        release_edge(inv, r);
+    }
     if let Err(e) = EndpointRecord::remove(&inv.plugin.state_dir, &env.container_id, &env.ifname) {
         errors.push(record_err(e));
     }
-    notify_daemon(
+    tell_daemon(
         inv,
         Request::Unregister {
             container_id: env.container_id.clone(),
@@ -779,10 +925,11 @@ pub fn gc(inv: &Invocation) -> Result<(), CniError> {
                 errors.push(nl_err(e).context(format!("deleting {}", r.host_ifname)));
             }
         }
+        release_edge(inv, r);
         if let Err(e) = EndpointRecord::remove(&inv.plugin.state_dir, &r.container_id, &r.ifname) {
             errors.push(record_err(e));
         }
-        notify_daemon(
+        tell_daemon(
             inv,
             Request::Unregister {
                 container_id: r.container_id.clone(),

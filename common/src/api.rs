@@ -72,12 +72,13 @@ pub enum ClientError {
     Refused { path: String, message: String },
 }
 
-/// Sends one request and waits for its response, all within `timeout`.
-pub fn call(
+/// Connects and writes one request line, both before `timeout` runs out;
+/// returns the stream (for the answer) and the bounded error mapper.
+fn send(
     socket: &Path,
     request: Request,
     timeout: Duration,
-) -> Result<ResponseEnvelope, ClientError> {
+) -> Result<(UnixStream, Instant), ClientError> {
     let path = socket.display().to_string();
     let deadline = Instant::now() + timeout;
     let stream = connect_bounded(socket, deadline).map_err(|source| {
@@ -93,44 +94,71 @@ pub fn call(
             }
         }
     })?;
-    let io_err = |source: io::Error| {
-        if matches!(
-            source.kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-        ) {
-            ClientError::Timeout {
-                path: path.clone(),
-                timeout,
-            }
-        } else {
-            ClientError::Io {
-                path: path.clone(),
-                source,
-            }
-        }
-    };
-    let remaining = || {
-        deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-            .ok_or(io::Error::from(io::ErrorKind::TimedOut))
-    };
     let mut line = serde_json::to_vec(&RequestEnvelope {
         version: API_VERSION,
         request,
     })
     .expect("requests always serialize");
     line.push(b'\n');
+    let io_err = bounded_err(&path, timeout);
     stream
-        .set_write_timeout(Some(remaining().map_err(io_err)?))
-        .map_err(io_err)?;
-    (&stream).write_all(&line).map_err(io_err)?;
+        .set_write_timeout(Some(remaining(deadline).map_err(&io_err)?))
+        .map_err(&io_err)?;
+    (&stream).write_all(&line).map_err(&io_err)?;
+    Ok((stream, deadline))
+}
+
+fn remaining(deadline: Instant) -> io::Result<Duration> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+        .ok_or(io::Error::from(io::ErrorKind::TimedOut))
+}
+
+/// Maps an I/O error of a bounded exchange: running out of time is a
+/// timeout, anything else an I/O failure.
+fn bounded_err(path: &str, timeout: Duration) -> impl Fn(io::Error) -> ClientError + '_ {
+    move |source: io::Error| {
+        if matches!(
+            source.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ) {
+            ClientError::Timeout {
+                path: path.to_string(),
+                timeout,
+            }
+        } else {
+            ClientError::Io {
+                path: path.to_string(),
+                source,
+            }
+        }
+    }
+}
+
+/// Sends one request without waiting for its answer: the plugin tells the
+/// daemon of an ADD or DEL it has already carried out in full, so nothing
+/// on the pod's path waits on the daemon's work. Connect and write are
+/// bounded by `timeout`.
+pub fn notify(socket: &Path, request: Request, timeout: Duration) -> Result<(), ClientError> {
+    send(socket, request, timeout).map(drop)
+}
+
+/// Sends one request and waits for its response, all within `timeout`.
+pub fn call(
+    socket: &Path,
+    request: Request,
+    timeout: Duration,
+) -> Result<ResponseEnvelope, ClientError> {
+    let path = socket.display().to_string();
+    let (stream, deadline) = send(socket, request, timeout)?;
+    let io_err = bounded_err(&path, timeout);
     stream
-        .set_read_timeout(Some(remaining().map_err(io_err)?))
-        .map_err(io_err)?;
+        .set_read_timeout(Some(remaining(deadline).map_err(&io_err)?))
+        .map_err(&io_err)?;
     let mut reader = BufReader::new((&stream).take_bounded());
     let mut resp = Vec::new();
-    reader.read_until(b'\n', &mut resp).map_err(io_err)?;
+    reader.read_until(b'\n', &mut resp).map_err(&io_err)?;
     let resp: ResponseEnvelope =
         serde_json::from_slice(&resp).map_err(|e| ClientError::BadResponse {
             path: path.clone(),
@@ -138,7 +166,7 @@ pub fn call(
         })?;
     if !resp.ok {
         return Err(ClientError::Refused {
-            path,
+            path: path.clone(),
             message: resp.error.unwrap_or_default(),
         });
     }

@@ -68,11 +68,96 @@ pub struct EndpointRecord {
     pub annotations: BTreeMap<String, String>,
     /// Seconds since the epoch when ADD wrote the record.
     pub created_unix: u64,
+    /// The pod's netns cookie as ADD read it (the key of its endpoint map
+    /// entry). Absent in records written before the plugin wrote the
+    /// entry itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_cookie: Option<u64>,
+    /// How ADD protected the pod's edge before it returned. Absent in
+    /// records written before the plugin attached the check itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge: Option<EdgeRecord>,
+}
+
+/// How the edge program sits on a pod's host-side veth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EdgeMode {
+    /// A cls_bpf filter on the device's clsact (or ingress) qdisc.
+    Clsact,
+    /// A tcx link (Linux 6.6+), first on the device's ingress hook.
+    Tcx,
+}
+
+impl std::fmt::Display for EdgeMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EdgeMode::Clsact => "clsact",
+            EdgeMode::Tcx => "tcx",
+        })
+    }
+}
+
+/// Which program guards the edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EdgeProgram {
+    /// The daemon's pinned check: the pod's own traffic passes.
+    Check,
+    /// Drops everything the pod sends: no check was pinned yet (the daemon
+    /// has never run on this node); the daemon replaces it when it starts.
+    Isolate,
+}
+
+impl std::fmt::Display for EdgeProgram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EdgeProgram::Check => "check",
+            EdgeProgram::Isolate => "isolate",
+        })
+    }
+}
+
+/// What ADD attached to the pod's host-side veth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeRecord {
+    pub mode: EdgeMode,
+    pub program: EdgeProgram,
+    /// The kernel's ID of the attached program.
+    pub prog_id: u32,
+    /// Milliseconds since the epoch when it was attached.
+    pub since_unix_ms: u64,
 }
 
 /// Where records live under a state dir.
 pub fn endpoints_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("endpoints")
+}
+
+/// Serialises the plugin's datapath writes against the daemon's sweep of
+/// entries no record explains. ADD writes a pod's map entries before its
+/// record, holding this lock shared from the first entry until the record
+/// is on disk; the daemon holds it exclusively while it lists the records
+/// and sweeps, so it never takes a new pod's entries for leftovers.
+pub fn lock_datapath(state_dir: &Path, exclusive: bool) -> io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(state_dir)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(state_dir.join("datapath.lock"))?;
+    let op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    };
+    // SAFETY: flock on a descriptor we own; released when it closes.
+    if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(f)
 }
 
 /// `<container ID>:<ifname>.json`: neither part can contain ':', so the name
@@ -251,7 +336,31 @@ pub(crate) mod tests {
             extra_args: vec![],
             annotations: BTreeMap::new(),
             created_unix: 1,
+            netns_cookie: Some(4096),
+            edge: Some(EdgeRecord {
+                mode: EdgeMode::Clsact,
+                program: EdgeProgram::Check,
+                prog_id: 42,
+                since_unix_ms: 1_700_000_000_000,
+            }),
         }
+    }
+
+    #[test]
+    fn a_record_without_edge_or_cookie_still_reads() {
+        let mut v = serde_json::to_value(sample("old")).unwrap();
+        let o = v.as_object_mut().unwrap();
+        o.remove("edge");
+        o.remove("netns_cookie");
+        let r: EndpointRecord = serde_json::from_value(v).unwrap();
+        assert_eq!(r.edge, None);
+        assert_eq!(r.netns_cookie, None);
+        let edge = serde_json::to_value(sample("new").edge).unwrap();
+        assert_eq!(
+            edge,
+            serde_json::json!({"mode": "clsact", "program": "check", "prog_id": 42,
+                               "since_unix_ms": 1_700_000_000_000u64})
+        );
     }
 
     #[test]

@@ -12,7 +12,8 @@ pub const DEFAULT_CONFIG: &str = "/etc/sluice/sluiced.toml";
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TcAttach {
-    /// tcx links where the kernel has them (6.6+), clsact filters otherwise.
+    /// clsact filters (a tcx attach waits for an RCU grace period; see
+    /// docs/decisions.md).
     Auto,
     Tcx,
     Clsact,
@@ -30,6 +31,7 @@ struct Raw {
     api_allowed_uids: Option<Vec<u32>>,
     tc_attach: Option<TcAttach>,
     reconcile_interval_seconds: Option<u64>,
+    edge_check_interval_seconds: Option<u64>,
     services_dir: Option<PathBuf>,
     node_name: Option<String>,
     maglev_table_size: Option<u32>,
@@ -55,6 +57,8 @@ pub struct Config {
     pub tc_attach: TcAttach,
     /// How often records and the kernel are compared again after start.
     pub reconcile_interval: Duration,
+    /// How often every pod's edge is checked (and repaired).
+    pub edge_check_interval: Duration,
     /// Standalone service source: a directory of Service and EndpointSlice
     /// manifests, watched. `None`: service maps are left alone.
     pub services_dir: Option<PathBuf>,
@@ -79,6 +83,7 @@ impl Default for Config {
             api_allowed_uids: vec![0],
             tc_attach: TcAttach::Auto,
             reconcile_interval: Duration::from_secs(30),
+            edge_check_interval: Duration::from_secs(5),
             services_dir: None,
             node_name: None,
             maglev_table_size: crate::maglev::DEFAULT_TABLE_SIZE,
@@ -148,6 +153,10 @@ impl Config {
                 raw.reconcile_interval_seconds
                     .unwrap_or(d.reconcile_interval.as_secs()),
             ),
+            edge_check_interval: Duration::from_secs(
+                raw.edge_check_interval_seconds
+                    .unwrap_or(d.edge_check_interval.as_secs()),
+            ),
             services_dir: raw.services_dir,
             node_name: raw.node_name,
             maglev_table_size: raw.maglev_table_size.unwrap_or(d.maglev_table_size),
@@ -188,19 +197,26 @@ impl Config {
         if c.reconcile_interval.is_zero() {
             return Err("reconcile_interval_seconds must be at least 1".into());
         }
+        if c.edge_check_interval.is_zero() {
+            return Err("edge_check_interval_seconds must be at least 1".into());
+        }
         Ok(c)
     }
 
+    pub fn pins(&self) -> sluice_dataplane::pins::Pins {
+        sluice_dataplane::pins::Pins::new(&self.pin_path)
+    }
+
     pub fn maps_dir(&self) -> PathBuf {
-        self.pin_path.join("maps")
+        self.pins().maps()
     }
 
     pub fn cgroup_links_dir(&self) -> PathBuf {
-        self.pin_path.join("links").join("cgroup")
+        self.pins().cgroup_links()
     }
 
     pub fn tc_links_dir(&self) -> PathBuf {
-        self.pin_path.join("links").join("tc")
+        self.pins().tc_links()
     }
 
     pub fn lock_file(&self) -> PathBuf {
@@ -236,12 +252,14 @@ mod tests {
             api_allowed_uids = [0, 1000]
             tc_attach = "clsact"
             reconcile_interval_seconds = 5
+            edge_check_interval_seconds = 2
             "#,
         )
         .unwrap();
         assert_eq!(c.tc_attach, TcAttach::Clsact);
         assert_eq!(c.api_allowed_uids, vec![0, 1000]);
         assert_eq!(c.reconcile_interval, Duration::from_secs(5));
+        assert_eq!(c.edge_check_interval, Duration::from_secs(2));
         assert_eq!(c.tc_links_dir(), Path::new("/sys/fs/bpf/node1/links/tc"));
     }
 
@@ -254,6 +272,7 @@ mod tests {
             ("tc_attach = \"xdp\"", "unknown variant"),
             ("typo = 1", "unknown field"),
             ("reconcile_interval_seconds = 0", "at least 1"),
+            ("edge_check_interval_seconds = 0", "at least 1"),
             ("maglev_table_size = 16380", "must be a prime"),
         ] {
             let e = Config::parse(text).unwrap_err();

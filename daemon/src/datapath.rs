@@ -8,18 +8,21 @@
 
 use crate::config::{Config, TcAttach};
 use aya::maps::{HashMap, MapData, PerCpuArray};
-use aya::programs::links::{CgroupAttachMode, FdLink, LinkOrder};
-use aya::programs::tc::{self, NlOptions, TcAttachOptions, TcAttachType, TcHandle};
+use aya::programs::links::{CgroupAttachMode, FdLink};
 use aya::programs::{CgroupSock, CgroupSockAddr, SchedClassifier};
 use aya::Ebpf;
 use serde::Serialize;
+use sluice_cni::edge::EdgeProg;
+use sluice_common::endpoint::{EdgeMode, EdgeProgram};
 use sluice_dataplane::load::{self, LoadError};
-use sluice_dataplane::maps::{self, Endpoint, EpCounters, SrcKey};
+use sluice_dataplane::maps::{self, EdgeStats, Endpoint, SrcKey};
+use sluice_dataplane::pins::Pins;
 use sluice_dataplane::sys;
 use std::collections::HashSet;
 use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tracing::{info, warn};
 
 #[derive(Debug, thiserror::Error)]
@@ -95,167 +98,28 @@ pub struct LinkState {
     pub outcome: LinkOutcome,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TcMode {
-    Tcx,
-    Clsact,
-}
-
-/// The tc program on one pod's host-side veth.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct TcLink {
-    pub mode: TcMode,
-    /// tcx link ID; `None` for clsact filters, which have no link.
-    pub id: Option<u32>,
-    pub outcome: LinkOutcome,
-}
-
-/// The loaded pod program and where its links are pinned. It has a lock of
-/// its own, apart from the daemon's state, because a tcx attach waits for an
-/// RCU grace period in the kernel and nothing else should wait behind it.
-pub struct TcAttacher {
-    tc_obj: Ebpf,
-    pub mode: TcMode,
-    links_dir: PathBuf,
-}
-
-impl std::fmt::Debug for TcAttacher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TcAttacher")
-            .field("mode", &self.mode)
-            .field("links_dir", &self.links_dir)
-            .finish_non_exhaustive()
-    }
-}
-
-impl TcAttacher {
-    /// Puts the source-check program on a pod's host-side veth, or keeps
-    /// the one already there.
-    pub fn attach(&mut self, ifname: &str, ifindex: u32) -> Result<TcLink, DatapathError> {
-        let mode = self.mode;
-        let prog: &mut SchedClassifier = self
-            .tc_obj
-            .program_mut(sluice_dataplane::TC_POD_INGRESS)
-            .expect("loaded at open")
-            .try_into()
-            .expect("a tc program");
-        let attach_err = |detail: String| DatapathError::Attach {
-            program: sluice_dataplane::TC_POD_INGRESS.into(),
-            target: format!("to ingress of {ifname} (ifindex {ifindex})"),
-            detail,
-        };
-        match mode {
-            TcMode::Tcx => {
-                let pin = tc_pin(&self.links_dir, ifindex);
-                if pin.exists() {
-                    match sys::pinned_link_info(&pin) {
-                        Ok(info)
-                            if info.link_type == sys::LINK_TYPE_TCX
-                                && info.tcx_ifindex == ifindex =>
-                        {
-                            let outcome = refresh_program(
-                                &pin,
-                                info.prog_id,
-                                prog.fd().map(|f| f.as_fd()).map_err(|e| error_chain(&e)),
-                            )
-                            .map_err(|e| attach_err(e.to_string()))?;
-                            return Ok(TcLink {
-                                mode,
-                                id: Some(info.id),
-                                outcome,
-                            });
-                        }
-                        // The device it was on is gone (ifindex 0) or the
-                        // pin is not ours: replace it.
-                        _ => {
-                            let _ = std::fs::remove_file(&pin);
-                        }
-                    }
-                }
-                let id = prog
-                    .attach_with_options(
-                        ifname,
-                        TcAttachType::Ingress,
-                        TcAttachOptions::TcxOrder(LinkOrder::default()),
-                    )
-                    .map_err(|e| attach_err(error_chain(&e)))?;
-                let link = prog
-                    .take_link(id)
-                    .map_err(|e| attach_err(error_chain(&e)))?;
-                let info = pin_link(link, &pin).map_err(attach_err)?;
-                Ok(TcLink {
-                    mode,
-                    id: Some(info.id),
-                    outcome: LinkOutcome::Created,
-                })
-            }
-            TcMode::Clsact => {
-                if let Err(e) = tc::qdisc_add_clsact(ifname) {
-                    if !has_errno(&e, libc::EEXIST) {
-                        return Err(attach_err(format!(
-                            "adding the clsact qdisc: {}",
-                            error_chain(&e)
-                        )));
-                    }
-                }
-                let opts = NlOptions {
-                    priority: CLSACT_PRIORITY,
-                    handle: TcHandle::from(CLSACT_HANDLE),
-                    classid: None,
-                };
-                match prog.attach_with_options(
-                    ifname,
-                    TcAttachType::Ingress,
-                    TcAttachOptions::Netlink(opts),
-                ) {
-                    Ok(id) => {
-                        // A clsact filter stays on the device without us:
-                        // never let aya detach it when the program drops.
-                        let link = prog
-                            .take_link(id)
-                            .map_err(|e| attach_err(error_chain(&e)))?;
-                        std::mem::forget(link);
-                        Ok(TcLink {
-                            mode,
-                            id: None,
-                            outcome: LinkOutcome::Created,
-                        })
-                    }
-                    // Our filter from a previous run is still there.
-                    Err(e) if has_errno(&e, libc::EEXIST) => Ok(TcLink {
-                        mode,
-                        id: None,
-                        outcome: LinkOutcome::Reused,
-                    }),
-                    Err(e) => Err(attach_err(error_chain(&e))),
-                }
-            }
-        }
-    }
-}
-
-/// Where the tcx link of the pod veth `ifindex` is pinned.
-pub fn tc_pin(links_dir: &Path, ifindex: u32) -> PathBuf {
-    links_dir.join(ifindex.to_string())
-}
-
-/// clsact filter priority and handle of Sluice's pod program.
-const CLSACT_PRIORITY: u16 = 0x5c;
-const CLSACT_HANDLE: u32 = 0x5c;
-
 pub struct Datapath {
+    pub pins: Pins,
     maps_dir: PathBuf,
     tc_links_dir: PathBuf,
-    pub tc: std::sync::Arc<std::sync::Mutex<TcAttacher>>,
-    pub tc_mode: TcMode,
+    /// The pod edge check, pinned under `progs/` for the plugin, which
+    /// attaches it during ADD; this daemon puts it back where it is missing
+    /// or older.
+    pub edge_prog: Arc<EdgeProg>,
+    /// What happened to the pinned edge program at start.
+    pub edge_prog_outcome: LinkOutcome,
+    /// How this daemon attaches an edge itself (pods whose record names no
+    /// attachment): `tc_attach`, where auto means clsact.
+    pub edge_mode: EdgeMode,
     pub cgroup_root: PathBuf,
     pub cgroup_links: Vec<LinkState>,
     /// Maps that were already pinned when this daemon started.
     pub maps_reused: Vec<&'static str>,
+    /// Maps of older builds folded into their successors at start.
+    pub maps_migrated: Vec<&'static str>,
     eps: HashMap<MapData, u64, Endpoint>,
     src: HashMap<MapData, SrcKey, u8>,
-    drops: HashMap<MapData, u32, EpCounters>,
+    drops: HashMap<MapData, u32, EdgeStats>,
     sockstat: PerCpuArray<MapData, u64>,
     lbstat: PerCpuArray<MapData, u64>,
 }
@@ -264,7 +128,7 @@ impl std::fmt::Debug for Datapath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Datapath")
             .field("maps_dir", &self.maps_dir)
-            .field("tc_mode", &self.tc_mode)
+            .field("edge_mode", &self.edge_mode)
             .field("cgroup_root", &self.cgroup_root)
             .finish_non_exhaustive()
     }
@@ -297,11 +161,6 @@ impl Datapath {
 
         let mut tc_obj =
             load::load_object("tc_pod", sluice_dataplane::TC_POD, &maps_dir, &maps::ALL)?;
-        load::load_program::<SchedClassifier>(
-            &mut tc_obj,
-            "tc_pod",
-            sluice_dataplane::TC_POD_INGRESS,
-        )?;
         let mut sock_obj =
             load::load_object("sock", sluice_dataplane::SOCK, &maps_dir, &maps::ALL)?;
 
@@ -319,32 +178,36 @@ impl Datapath {
             .map_err(map_err(maps::LBSTAT.name, "open"))?;
         let src = HashMap::try_from(take(&mut tc_obj, maps::SRC.name)?)
             .map_err(map_err(maps::SRC.name, "open"))?;
-        let drops = HashMap::try_from(take(&mut tc_obj, maps::SRC_DROP.name)?)
-            .map_err(map_err(maps::SRC_DROP.name, "open"))?;
+        let mut drops = HashMap::try_from(take(&mut tc_obj, maps::EDGE_STATS.name)?)
+            .map_err(map_err(maps::EDGE_STATS.name, "open"))?;
+        let maps_migrated = migrate_obsolete(&maps_dir, &mut drops);
+        let pins = Pins::new(&cfg.pin_path);
+        let (edge_prog, edge_prog_outcome) = pin_edge_program(&mut tc_obj, &pins)?;
 
         let cgroup_root = cgroup_root(cfg)?;
         let cgroup_links =
             attach_socket_programs(&mut sock_obj, &cgroup_root, &cfg.cgroup_links_dir())?;
 
-        let tc_mode = match cfg.tc_attach {
-            TcAttach::Tcx if !tcx_supported() => return Err(DatapathError::NoTcx),
-            TcAttach::Tcx => TcMode::Tcx,
-            TcAttach::Clsact => TcMode::Clsact,
-            TcAttach::Auto if tcx_supported() => TcMode::Tcx,
-            TcAttach::Auto => TcMode::Clsact,
+        let edge_mode = match cfg.tc_attach {
+            TcAttach::Tcx if !sluice_cni::edge::tcx_supported() => {
+                return Err(DatapathError::NoTcx)
+            }
+            TcAttach::Tcx => EdgeMode::Tcx,
+            // A clsact filter attaches in tens of microseconds, a tcx link
+            // waits for an RCU grace period (docs/decisions.md).
+            TcAttach::Clsact | TcAttach::Auto => EdgeMode::Clsact,
         };
         Ok(Datapath {
+            pins,
             maps_dir,
             tc_links_dir: cfg.tc_links_dir(),
-            tc: std::sync::Arc::new(std::sync::Mutex::new(TcAttacher {
-                tc_obj,
-                mode: tc_mode,
-                links_dir: cfg.tc_links_dir(),
-            })),
-            tc_mode,
+            edge_prog: Arc::new(edge_prog),
+            edge_prog_outcome,
+            edge_mode,
             cgroup_root,
             cgroup_links,
             maps_reused,
+            maps_migrated,
             eps,
             src,
             drops,
@@ -357,23 +220,11 @@ impl Datapath {
         &self.maps_dir
     }
 
-    /// Puts the source-check program on a pod's host-side veth now (the
-    /// restore path); see [`TcAttacher::attach`].
-    pub fn attach_tc(&self, ifname: &str, ifindex: u32) -> Result<TcLink, DatapathError> {
-        self.tc
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .attach(ifname, ifindex)
-    }
-
-    /// Removes the pod program's pin (tcx): the link detaches. A clsact
+    /// Removes a pod's tcx link pin (the link detaches with it); a clsact
     /// filter goes away with its device.
     pub fn detach_tc(&mut self, ifindex: u32) {
-        let pin = tc_pin(&self.tc_links_dir, ifindex);
-        if let Err(e) = std::fs::remove_file(&pin) {
-            if e.kind() != io::ErrorKind::NotFound {
-                warn!(pin = %pin.display(), "cannot remove tc link pin: {e}");
-            }
+        if let Err(e) = sluice_cni::edge::unpin_tc_link(&self.pins, ifindex) {
+            warn!(ifindex, "cannot remove tc link pin: {e}");
         }
     }
 
@@ -432,7 +283,7 @@ impl Datapath {
         let _ = self.src.remove(key);
     }
 
-    pub fn counters(&self, ifindex: u32) -> EpCounters {
+    pub fn counters(&self, ifindex: u32) -> EdgeStats {
         self.drops.get(&ifindex, 0).unwrap_or_default()
     }
 
@@ -527,11 +378,94 @@ fn count_entries(spec: &maps::MapSpec, pin: &Path) -> Option<usize> {
     sys::count_keys(fd.as_fd(), spec.key_size as usize).ok()
 }
 
-fn tcx_supported() -> bool {
-    // tcx links arrived in Linux 6.6.
-    aya::util::KernelVersion::current()
-        .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
-        .unwrap_or(false)
+/// Loads the edge program and makes it the pinned one the plugin finds.
+/// A pinned program with the same instructions (a restart) is kept, so the
+/// pods' filters and links keep matching its ID; a different one (an
+/// upgrade) is replaced in one rename, and the pods' attachments follow in
+/// the edge pass.
+fn pin_edge_program(obj: &mut Ebpf, pins: &Pins) -> Result<(EdgeProg, LinkOutcome), DatapathError> {
+    let prog =
+        load::load_program::<SchedClassifier>(obj, "tc_pod", sluice_dataplane::TC_POD_INGRESS)?;
+    let ours = owned_fd(prog.fd()).map_err(|detail| DatapathError::Attach {
+        program: sluice_dataplane::TC_POD_INGRESS.into(),
+        target: "to its pin".into(),
+        detail,
+    })?;
+    let path = pins.pod_program();
+    let pin_err = |source| DatapathError::Io {
+        what: "pin the edge program at",
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(pins.progs()).map_err(io_err("create pin directory", &pins.progs()))?;
+    let to_prog = |fd| {
+        EdgeProg::from_fd(fd, EdgeProgram::Check).map_err(|e| DatapathError::Attach {
+            program: sluice_dataplane::TC_POD_INGRESS.into(),
+            target: "to its pin".into(),
+            detail: e.to_string(),
+        })
+    };
+    let our_tag = sys::prog_tag(ours.as_fd()).map_err(pin_err)?;
+    match sys::obj_get(&path) {
+        Ok(pinned) if sys::prog_tag(pinned.as_fd()).ok() == Some(our_tag) => {
+            Ok((to_prog(pinned)?, LinkOutcome::Reused))
+        }
+        Ok(_) => {
+            sys::obj_pin_replace(ours.as_fd(), &path).map_err(pin_err)?;
+            info!(pin = %path.display(), "pinned a newer edge program; pods move to it in the edge pass");
+            Ok((to_prog(ours)?, LinkOutcome::Updated))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            sys::obj_pin_replace(ours.as_fd(), &path).map_err(pin_err)?;
+            Ok((to_prog(ours)?, LinkOutcome::Created))
+        }
+        Err(e) => Err(pin_err(e)),
+    }
+}
+
+/// Folds the maps an older build pinned under names this one no longer
+/// uses into their successors, then unpins them. Returns their names.
+fn migrate_obsolete(
+    maps_dir: &Path,
+    edge_stats: &mut HashMap<MapData, u32, EdgeStats>,
+) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    for old in maps::OBSOLETE {
+        let path = maps_dir.join(old.spec.name);
+        if !path.exists() {
+            continue;
+        }
+        if old.successor == maps::EDGE_STATS.name {
+            match load::open_pinned(maps_dir, &old.spec) {
+                Ok(m) => {
+                    if let Ok(m) = HashMap::<_, u32, [u64; 2]>::try_from(m) {
+                        for (ifindex, [drops, bytes]) in m.iter().filter_map(Result::ok) {
+                            let mut s = edge_stats.get(&ifindex, 0).unwrap_or_default();
+                            s.drops[maps::EDGE_DROP_SPOOFED] += drops;
+                            s.drop_bytes += bytes;
+                            let _ = edge_stats.insert(ifindex, s, 0);
+                        }
+                    }
+                }
+                Err(e) => warn!(
+                    map = old.spec.name,
+                    "cannot read an obsolete map to migrate it: {e}"
+                ),
+            }
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                info!(
+                    map = old.spec.name,
+                    successor = old.successor,
+                    "migrated and unpinned an older build's map"
+                );
+                out.push(old.spec.name);
+            }
+            Err(e) => warn!(pin = %path.display(), "cannot unpin an obsolete map: {e}"),
+        }
+    }
+    out
 }
 
 const CGROUP2_SUPER_MAGIC: i64 = 0x63677270;
@@ -713,19 +647,6 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
-}
-
-fn has_errno(e: &(dyn std::error::Error + 'static), errno: i32) -> bool {
-    let mut cur = Some(e);
-    while let Some(c) = cur {
-        if let Some(io) = c.downcast_ref::<io::Error>() {
-            if io.raw_os_error() == Some(errno) {
-                return true;
-            }
-        }
-        cur = c.source();
-    }
-    e.to_string().contains(&format!("os error {errno}"))
 }
 
 /// Every (ifindex, address) key a set of endpoints should have.

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod datapath;
+pub mod edge;
 pub mod maglev;
 pub mod metrics;
 pub mod netns;

@@ -33,6 +33,9 @@ pub struct Metrics {
     pub register_seconds: Histogram,
     pub restore_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub reconcile_runs: Counter,
+    pub edge_checks: Counter,
+    pub edge_repairs: Counter,
+    pub edge_failures: Counter,
 }
 
 impl Metrics {
@@ -65,6 +68,24 @@ impl Metrics {
             "Periodic reconcile passes",
             reconcile_runs.clone(),
         );
+        let edge_checks = Counter::default();
+        registry.register(
+            "edge_checks",
+            "Pod edges checked by the edge passes",
+            edge_checks.clone(),
+        );
+        let edge_repairs = Counter::default();
+        registry.register(
+            "edge_repairs",
+            "Pod edge checks put back or replaced after something removed, detached, overtook or changed them",
+            edge_repairs.clone(),
+        );
+        let edge_failures = Counter::default();
+        registry.register(
+            "edge_failures",
+            "Pod edges a pass could not check or repair (see the log)",
+            edge_failures.clone(),
+        );
         registry.register_collector(Box::new(DatapathCollector { state }));
         Metrics {
             registry,
@@ -72,7 +93,16 @@ impl Metrics {
             register_seconds,
             restore_seconds,
             reconcile_runs,
+            edge_checks,
+            edge_repairs,
+            edge_failures,
         }
+    }
+
+    pub fn observe_edge_pass(&self, r: &crate::state::EdgePassReport) {
+        self.edge_checks.inc_by(r.checked as u64);
+        self.edge_repairs.inc_by(r.repaired as u64);
+        self.edge_failures.inc_by(r.failed as u64);
     }
 
     pub fn count(&self, op: &str, ok: bool) {
@@ -103,6 +133,15 @@ struct EndpointLabels {
     ifname: String,
     namespace: String,
     pod: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EdgeDropLabels {
+    container_id: String,
+    ifname: String,
+    namespace: String,
+    pod: String,
+    reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -141,6 +180,38 @@ impl Collector for DatapathCollector {
                 };
                 ConstCounter::new(v.spoof_drops).encode(m.encode_family(&l)?)?;
             }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                "edge_drops",
+                "Frames a pod sent that its edge dropped, by reason (spoofed_source, vlan, protocol, arp, router, link_local, malformed)",
+                None,
+                MetricType::Counter,
+            )?;
+            for v in &views {
+                for (reason, n) in v.edge.iter().flat_map(|e| e.drops.iter()) {
+                    let l = EdgeDropLabels {
+                        container_id: v.container_id.clone(),
+                        ifname: v.ifname.clone(),
+                        namespace: v.namespace.clone().unwrap_or_default(),
+                        pod: v.pod.clone().unwrap_or_default(),
+                        reason: reason.clone(),
+                    };
+                    ConstCounter::new(*n).encode(m.encode_family(&l)?)?;
+                }
+            }
+        }
+        {
+            let protecting = views
+                .iter()
+                .filter(|v| v.edge.as_ref().is_some_and(|e| e.protecting))
+                .count();
+            ConstGauge::new(protecting as i64).encode(encoder.encode_descriptor(
+                "edges_protecting",
+                "Endpoints whose edge check was found in place and passes their own traffic",
+                None,
+                MetricType::Gauge,
+            )?)?;
         }
         {
             let mut m = encoder.encode_descriptor(

@@ -28,8 +28,8 @@ pub struct Daemon {
     state: Arc<Mutex<State>>,
     /// The service source and programmer, if `services_dir` is set.
     services: Option<Arc<crate::services::runner::Services>>,
-    /// Wakes the tc attach thread.
-    attach_kick: std::sync::mpsc::Sender<()>,
+    /// Asks the edge thread to check endpoints now.
+    edge_kick: std::sync::mpsc::Sender<EdgeKick>,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     started: Instant,
@@ -79,7 +79,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         info!(
             pin_path = %cfg2.pin_path.display(),
             cgroup_root = %dp.cgroup_root.display(),
-            tc_mode = ?dp.tc_mode,
+            edge_mode = %dp.edge_mode,
+            edge_program = ?dp.edge_prog_outcome,
             maps_reused = dp.maps_reused.len(),
             links = ?dp.cgroup_links.iter().map(|l| (l.program.as_str(), l.id, l.outcome)).collect::<Vec<_>>(),
             "datapath open"
@@ -110,10 +111,23 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         maps_reused,
     };
     metrics.restore_seconds.set(t0.elapsed().as_secs_f64());
-    let attach_kick = spawn_attacher(state.clone())?;
+    // The first edge pass before ready: pods added while the daemon was
+    // away, isolated ones, and an upgrade's newer program are in place
+    // before the daemon says it is.
+    let edge_report = {
+        let st = state.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut nl = sluice_cni::netlink::Netlink::open()?;
+            Ok::<_, sluice_cni::netlink::NlError>(crate::state::edge_pass(&st, &mut nl, None))
+        })
+        .await?
+        .context("opening a netlink socket for the edge pass")?
+    };
+    metrics.observe_edge_pass(&edge_report);
+    let edge_kick = spawn_edge_keeper(state.clone(), metrics.clone(), cfg.edge_check_interval)?;
     let daemon = Arc::new(Daemon {
         services,
-        attach_kick,
+        edge_kick,
         state,
         metrics,
         ready: ready.clone(),
@@ -128,6 +142,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cleaned = report.cleaned,
         failed = report.failed,
         stale = report.stale_entries,
+        edges_checked = edge_report.checked,
+        edges_repaired = edge_report.repaired,
         ms = format!("{:.1}", t0.elapsed().as_secs_f64() * 1e3),
         "ready"
     );
@@ -159,20 +175,48 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One OS thread attaches the tc programs registrations leave pending, so
-/// a burst of ADDs never ties up the blocking pool behind tcx attaches;
-/// wake-ups that arrive during a pass are folded into the next one.
-fn spawn_attacher(state: Arc<Mutex<State>>) -> anyhow::Result<std::sync::mpsc::Sender<()>> {
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
+/// A request to the edge thread: check these endpoints now.
+type EdgeKick = (String, String);
+
+/// One OS thread keeps every pod's edge: it checks the endpoints a
+/// registration names as they come, and all of them every `interval`,
+/// repairing what it finds missing or older (see [`crate::edge`]). Its
+/// own thread and netlink socket: a tcx attach holds RTNL for an RCU
+/// grace period, and nothing else should wait behind it.
+fn spawn_edge_keeper(
+    state: Arc<Mutex<State>>,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+) -> anyhow::Result<std::sync::mpsc::Sender<EdgeKick>> {
+    use std::sync::mpsc::RecvTimeoutError;
+    let (tx, rx) = std::sync::mpsc::channel::<EdgeKick>();
+    let mut nl = sluice_cni::netlink::Netlink::open()
+        .context("opening a netlink socket for the edge thread")?;
     std::thread::Builder::new()
-        .name("sluiced-tc".into())
+        .name("sluiced-edge".into())
         .spawn(move || {
-            while rx.recv().is_ok() {
-                while rx.try_recv().is_ok() {}
-                crate::state::attach_pending(&state);
+            let mut next_full = Instant::now() + interval;
+            loop {
+                let wait = next_full.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(wait) {
+                    Ok(first) => {
+                        let mut keys = std::collections::HashSet::from([first]);
+                        while let Ok(k) = rx.try_recv() {
+                            keys.insert(k);
+                        }
+                        let rep = crate::state::edge_pass(&state, &mut nl, Some(&keys));
+                        metrics.observe_edge_pass(&rep);
+                    }
+                    Err(RecvTimeoutError::Timeout) => {
+                        let rep = crate::state::edge_pass(&state, &mut nl, None);
+                        metrics.observe_edge_pass(&rep);
+                        next_full = Instant::now() + interval;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
             }
         })
-        .context("starting the tc attach thread")?;
+        .context("starting the edge thread")?;
     Ok(tx)
 }
 
@@ -338,6 +382,12 @@ async fn handle(line: &[u8], d: &Arc<Daemon>) -> Vec<u8> {
         Request::ListServices => "list_services",
         Request::Status => "status",
     };
+    let registered = match &req.request {
+        Request::Register { endpoint } => {
+            Some((endpoint.container_id.clone(), endpoint.ifname.clone()))
+        }
+        _ => None,
+    };
     let t = Instant::now();
     let d2 = d.clone();
     let result = tokio::task::spawn_blocking(move || answer(req.request, &d2)).await;
@@ -352,9 +402,9 @@ async fn handle(line: &[u8], d: &Arc<Daemon>) -> Vec<u8> {
         d.metrics
             .register_seconds
             .observe(t.elapsed().as_secs_f64());
-        if result.is_ok() {
-            // The tc program follows the answer (see state::attach_pending).
-            let _ = d.attach_kick.send(());
+        if let (Ok(_), Some(key)) = (&result, registered) {
+            // The plugin attached the edge; the edge thread checks it.
+            let _ = d.edge_kick.send(key);
         }
     }
     d.metrics.count(op, result.is_ok());
@@ -375,7 +425,6 @@ fn answer(req: Request, d: &Daemon) -> Result<serde_json::Value, String> {
             Ok(json!({
                 "cookie": r.cookie,
                 "host_ifindex": r.record.host_ifindex,
-                "tc": "attaching",
             }))
         }
         Request::Unregister {
@@ -404,7 +453,9 @@ fn answer(req: Request, d: &Daemon) -> Result<serde_json::Value, String> {
                 socket: st.cfg.socket.clone(),
                 pin_path: st.cfg.pin_path.clone(),
                 cgroup_root: st.dp.cgroup_root.clone(),
-                tc_mode: st.dp.tc_mode,
+                edge_mode: st.dp.edge_mode,
+                edge_program_id: st.dp.edge_prog.id,
+                edge_program: st.dp.edge_prog_outcome,
                 host_cookie: st.host_cookie,
                 endpoints: st.endpoints.len(),
                 restore: d.restore.clone(),

@@ -5,10 +5,12 @@
 //! thread (they are syscalls: netlink, bpf, setns on the netns thread).
 
 use crate::config::Config;
-use crate::datapath::{Datapath, DatapathError, TcLink};
+use crate::datapath::{Datapath, DatapathError};
+use crate::edge::{EdgeState, Outcome};
 use crate::netns::{CookieError, CookieReader};
-use crate::views::{EndpointView, ReconcileReport};
-use sluice_common::endpoint::EndpointRecord;
+use crate::views::{EdgeView, EndpointView, ReconcileReport};
+use sluice_cni::edge::endpoint_entry;
+use sluice_common::endpoint::{EdgeMode, EndpointRecord};
 use sluice_dataplane::maps::{Endpoint, EP_F_NO_SOCK_LB};
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
@@ -68,9 +70,10 @@ impl RegisterError {
 pub struct Registered {
     pub record: EndpointRecord,
     pub cookie: u64,
-    /// `None` until the tc program is on the host-side veth (see
-    /// [`State::attach_pending`]).
-    pub tc: Option<TcLink>,
+    /// What protects its edge: what the plugin attached until an edge pass
+    /// has checked it (see [`edge_pass`]); `None` for a record of an older
+    /// plugin until the first pass attaches one.
+    pub edge: Option<EdgeState>,
 }
 
 impl Registered {
@@ -81,17 +84,6 @@ impl Registered {
 
 fn addrs(rec: &EndpointRecord) -> Vec<IpAddr> {
     rec.addresses.iter().map(|n| n.ip()).collect()
-}
-
-/// The endpoint map entry of a record: the pod's host veth and addresses,
-/// and `EP_F_NO_SOCK_LB` when the pod opted out of the socket-level
-/// service load balancing (`sluice.dev/socket-lb: "false"`).
-pub fn endpoint_entry(rec: &EndpointRecord) -> Endpoint {
-    let mut e = Endpoint::pod(rec.host_ifindex, addrs(rec));
-    if rec.socket_lb_opt_out() {
-        e.flags |= EP_F_NO_SOCK_LB;
-    }
-    e
 }
 
 /// Whether an endpoint map entry leaves the socket-level LB on.
@@ -108,7 +100,6 @@ pub struct State {
     cookies: CookieReader,
     pub host_cookie: u64,
     pub endpoints: BTreeMap<Key, Registered>,
-    attaching: HashSet<Key>,
 }
 
 impl State {
@@ -122,7 +113,6 @@ impl State {
             cookies,
             host_cookie,
             endpoints: BTreeMap::new(),
-            attaching: HashSet::new(),
         })
     }
 
@@ -131,21 +121,11 @@ impl State {
         self.dp.put_endpoint(self.host_cookie, &Endpoint::host())
     }
 
-    /// Makes the datapath carry one record: sources, endpoint entry, tc
-    /// program, in that order (so the program never drops the pod's own
-    /// traffic for want of its source entries).
-    ///
-    /// With `attach_now` false the tc program is left for
-    /// [`State::attach_pending`]: a tcx attach waits for an RCU grace period
-    /// in the kernel (about 9 ms here), which must not sit on ADD's path.
-    /// The runtime starts the pod's containers only after ADD returns, so
-    /// the check is in place before the pod can send.
-    fn realize(
-        &mut self,
-        rec: &EndpointRecord,
-        fresh: bool,
-        attach_now: bool,
-    ) -> Result<Registered, RegisterError> {
+    /// Makes the datapath carry one record: its sources and its endpoint
+    /// entry (the plugin wrote both during ADD; writing them again is
+    /// idempotent and repairs a restart after a crash). The edge program
+    /// is the plugin's to attach and [`edge_pass`]'s to keep.
+    fn realize(&mut self, rec: &EndpointRecord, fresh: bool) -> Result<Registered, RegisterError> {
         let host_err = |problem: String| RegisterError::HostLink {
             container_id: rec.container_id.clone(),
             ifname: rec.ifname.clone(),
@@ -160,9 +140,7 @@ impl State {
                 reason: "it has no addresses".into(),
             });
         }
-        let t0 = std::time::Instant::now();
         let cookie = self.cookies.cookie(Path::new(&rec.netns))?;
-        let t_cookie = t0.elapsed();
         // SIOCGIFNAME, not RTM_GETLINK: it does not take the RTNL lock,
         // which a tcx attach holds for an RCU grace period.
         match ifname_of(rec.host_ifindex) {
@@ -178,32 +156,28 @@ impl State {
             }
             Err(e) => return Err(host_err(format!("cannot be read: {e}"))),
         }
+        if rec.netns_cookie.is_some_and(|c| c != cookie) {
+            warn!(container_id = %rec.container_id, recorded = ?rec.netns_cookie, cookie,
+                  "the record's netns cookie is not the netns's; using the netns's");
+        }
         let key = (rec.container_id.clone(), rec.ifname.clone());
-        let mut kept_tc = None;
+        let mut edge = rec.edge.as_ref().map(EdgeState::from_record);
         if let Some(old) = self.endpoints.get(&key).cloned() {
             if old.record.host_ifindex != rec.host_ifindex || old.cookie != cookie {
                 self.forget(&old);
-            } else {
-                kept_tc = old.tc;
+            } else if old.edge.is_some() {
+                edge = old.edge;
             }
-        } else if fresh {
-            // A new interface on this ifindex starts with clean counters;
-            // a restore keeps what the datapath counted meanwhile.
+        } else if fresh && rec.edge.is_none() {
+            // An older plugin's ADD: it did not reset the counters.
             self.dp.reset_counters(rec.host_ifindex);
         }
         self.dp.put_sources(rec.host_ifindex, &addrs(rec))?;
         self.dp.put_endpoint(cookie, &endpoint_entry(rec))?;
-        let tc = match (kept_tc, attach_now) {
-            (Some(tc), _) => Some(tc),
-            (None, true) => Some(self.dp.attach_tc(&rec.host_ifname, rec.host_ifindex)?),
-            (None, false) => None,
-        };
-        tracing::debug!(container_id = %rec.container_id, cookie_us = t_cookie.as_micros() as u64,
-                        total_us = t0.elapsed().as_micros() as u64, "realized");
         let r = Registered {
             record: rec.clone(),
             cookie,
-            tc,
+            edge,
         };
         self.endpoints.insert(key, r.clone());
         Ok(r)
@@ -249,71 +223,10 @@ impl State {
         if &disk != req {
             warn!(container_id = %req.container_id, "register differs from the record on disk; using the record");
         }
-        let r = self.realize(&disk, true, false)?;
+        let r = self.realize(&disk, true)?;
         info!(container_id = %disk.container_id, ifname = %disk.ifname, cookie = r.cookie,
               host = %disk.host_ifname, "endpoint registered");
         Ok(r)
-    }
-
-    /// Endpoints still waiting for their tc program, marked as in flight
-    /// so concurrent callers do not attach the same one twice.
-    fn take_pending(&mut self) -> Vec<(Key, String, u32)> {
-        let pending: Vec<(Key, String, u32)> = self
-            .endpoints
-            .iter()
-            .filter(|(k, r)| r.tc.is_none() && !self.attaching.contains(*k))
-            .map(|(k, r)| {
-                (
-                    k.clone(),
-                    r.record.host_ifname.clone(),
-                    r.record.host_ifindex,
-                )
-            })
-            .collect();
-        self.attaching.extend(pending.iter().map(|p| p.0.clone()));
-        pending
-    }
-
-    /// Records an attach done outside the lock. If the endpoint went away
-    /// (or moved) meanwhile, the attachment is taken down again.
-    fn finish_attach(
-        &mut self,
-        key: &Key,
-        ifindex: u32,
-        res: Result<TcLink, DatapathError>,
-    ) -> bool {
-        self.attaching.remove(key);
-        match (self.endpoints.get_mut(key), res) {
-            (Some(r), Ok(tc)) if r.record.host_ifindex == ifindex => {
-                r.tc = Some(tc);
-                true
-            }
-            (_, Ok(_)) => {
-                if !self
-                    .endpoints
-                    .values()
-                    .any(|r| r.record.host_ifindex == ifindex)
-                {
-                    self.dp.detach_tc(ifindex);
-                }
-                false
-            }
-            (_, Err(e)) => {
-                warn!(container_id = %key.0, ifname = %key.1, "tc attach failed (the periodic reconcile retries): {e}");
-                false
-            }
-        }
-    }
-
-    /// Attaches pending tc programs while holding the state (restore and
-    /// the periodic pass, where nothing waits on it).
-    fn attach_pending_locked(&mut self) -> usize {
-        let mut n = 0;
-        for (key, ifname, ifindex) in self.take_pending() {
-            let res = self.dp.attach_tc(&ifname, ifindex);
-            n += usize::from(self.finish_attach(&key, ifindex, res));
-        }
-        n
     }
 
     /// `unregister`: idempotent; returns whether it was known.
@@ -368,7 +281,7 @@ impl State {
                     }
                 }
             }
-            match self.realize(rec, false, true) {
+            match self.realize(rec, false) {
                 Ok(_) if known.is_none() || full => rep.restored += 1,
                 Ok(_) => {}
                 Err(e) if e.pod_gone() => {
@@ -389,8 +302,20 @@ impl State {
                 }
             }
         }
-        self.attach_pending_locked();
         if full {
+            // Records are listed again under the datapath lock: a pod whose
+            // ADD wrote its entries after the first listing has its record
+            // on disk by the time the lock is ours.
+            let _lock = sluice_common::endpoint::lock_datapath(&self.cfg.state_dir, true)
+                .map_err(|e| warn!("cannot take the datapath lock for the sweep: {e}"))
+                .ok();
+            let (records, _) = EndpointRecord::list(&self.cfg.state_dir);
+            for rec in records {
+                let key = (rec.container_id.clone(), rec.ifname.clone());
+                if !self.endpoints.contains_key(&key) {
+                    keep.insert(rec.host_ifindex);
+                }
+            }
             rep.stale_entries = self.sweep(&keep);
         }
         rep
@@ -467,41 +392,96 @@ impl State {
                     addresses: r.addrs(),
                     host_ifname: r.record.host_ifname.clone(),
                     host_ifindex: r.record.host_ifindex,
-                    tc_mode: r.tc.as_ref().map(|t| t.mode),
-                    tc_link_id: r.tc.as_ref().and_then(|t| t.id),
+                    edge: r.edge.as_ref().map(|e| EdgeView::of(e, &c)),
                     in_endpoint_map: entry.is_some(),
                     // What the datapath does; the record's wish while the
                     // entry is missing.
                     socket_lb: entry
                         .as_ref()
                         .map_or(!r.record.socket_lb_opt_out(), socket_lb_of),
-                    spoof_drops: c.spoof_drops,
-                    spoof_bytes: c.spoof_bytes,
+                    spoof_drops: c.spoofed(),
+                    spoof_bytes: c.drop_bytes,
                 }
             })
             .collect()
     }
 }
 
-/// Attaches the tc programs registrations left pending, holding the state
-/// lock only to pick them up and to record the result: the attach itself
-/// (an RCU grace period for tcx) runs under the attacher's own lock, so
-/// registrations and API reads go on meanwhile. Returns how many attached.
-pub fn attach_pending(state: &std::sync::Mutex<State>) -> usize {
+/// What one edge pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EdgePassReport {
+    pub checked: usize,
+    pub repaired: usize,
+    pub failed: usize,
+}
+
+/// Checks the edge of every endpoint (or of `only`), repairing what is
+/// missing or older (see [`crate::edge::ensure`]). The state lock is held
+/// only to pick the endpoints up and to record the results.
+pub fn edge_pass(
+    state: &std::sync::Mutex<State>,
+    nl: &mut sluice_cni::netlink::Netlink,
+    only: Option<&HashSet<Key>>,
+) -> EdgePassReport {
     let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
-    let (pending, attacher) = {
-        let mut st = lock();
-        (st.take_pending(), st.dp.tc.clone())
+    let (work, pins, prog, default_mode) = {
+        let st = lock();
+        let work: Vec<(Key, u32, String, Option<EdgeState>)> = st
+            .endpoints
+            .iter()
+            .filter(|(k, _)| only.is_none_or(|o| o.contains(*k)))
+            .map(|(k, r)| {
+                (
+                    k.clone(),
+                    r.record.host_ifindex,
+                    r.record.host_ifname.clone(),
+                    r.edge.clone(),
+                )
+            })
+            .collect();
+        (
+            work,
+            st.dp.pins.clone(),
+            st.dp.edge_prog.clone(),
+            st.dp.edge_mode,
+        )
     };
-    let mut n = 0;
-    for (key, ifname, ifindex) in pending {
-        let res = attacher
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .attach(&ifname, ifindex);
-        n += usize::from(lock().finish_attach(&key, ifindex, res));
+    let mut rep = EdgePassReport::default();
+    for (key, ifindex, ifname, known) in work {
+        let mode: EdgeMode = known.as_ref().map_or(default_mode, |k| k.mode);
+        let res = crate::edge::ensure(nl, &pins, &prog, ifindex, &ifname, mode, known.as_ref());
+        rep.checked += 1;
+        let mut st = lock();
+        let Some(r) = st.endpoints.get_mut(&key) else {
+            continue;
+        };
+        if r.record.host_ifindex != ifindex {
+            continue;
+        }
+        match res {
+            Ok((edge, Outcome::Kept)) => r.edge = Some(edge),
+            Ok((edge, Outcome::Repaired(why))) => {
+                let first = known.as_ref().is_none_or(|k| k.verified_unix_ms == 0);
+                if first && edge.repairs == known.as_ref().map_or(0, |k| k.repairs) {
+                    info!(container_id = %key.0, ifname = %key.1, mode = %edge.mode,
+                          "edge check attached by the daemon ({why})");
+                } else {
+                    warn!(container_id = %key.0, ifname = %key.1, mode = %edge.mode,
+                          "edge check repaired: {why}");
+                    rep.repaired += 1;
+                }
+                r.edge = Some(edge);
+            }
+            Err(e) => {
+                rep.failed += 1;
+                warn!(container_id = %key.0, ifname = %key.1, "cannot check or repair the edge: {e}");
+                if let Some(edge) = r.edge.as_mut() {
+                    edge.last_problem = Some(e.to_string());
+                }
+            }
+        }
     }
-    n
+    rep
 }
 
 /// The name of a link of the daemon's netns by index (`if_indextoname`),
@@ -525,36 +505,6 @@ fn ifname_of(index: u32) -> std::io::Result<Option<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_dataplane::maps::{EP_F_HOST, EP_F_IPV4, EP_F_IPV6};
-
-    fn record(annotations: serde_json::Value) -> EndpointRecord {
-        serde_json::from_value(serde_json::json!({
-            "version": 1, "network": "n", "container_id": "c", "ifname": "eth0",
-            "netns": "/var/run/netns/p", "pod": {},
-            "addresses": ["10.0.0.2/32", "fd00::2/128"], "gateways": [],
-            "host_ifname": "sl0", "host_ifindex": 9,
-            "host_mac": "02:00:00:00:00:01", "pod_mac": "02:00:00:00:00:02",
-            "mtu": 1500, "created_unix": 1, "annotations": annotations
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn the_entry_carries_the_socket_lb_opt_out() {
-        let plain = endpoint_entry(&record(serde_json::json!({})));
-        assert_eq!(plain.host_ifindex, 9);
-        assert_eq!(plain.flags, EP_F_IPV4 | EP_F_IPV6);
-        assert!(socket_lb_of(&plain));
-        let kept = endpoint_entry(&record(serde_json::json!({"sluice.dev/socket-lb": "true"})));
-        assert_eq!(kept, plain);
-        let out = endpoint_entry(&record(
-            serde_json::json!({"sluice.dev/socket-lb": "false"}),
-        ));
-        assert_eq!(out.flags, EP_F_IPV4 | EP_F_IPV6 | EP_F_NO_SOCK_LB);
-        assert_eq!(out.flags & EP_F_HOST, 0);
-        assert_eq!((out.ipv4, out.ipv6), (plain.ipv4, plain.ipv6));
-        assert!(!socket_lb_of(&out));
-    }
 
     #[test]
     fn a_view_without_socket_lb_reads_as_on() {

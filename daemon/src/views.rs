@@ -1,7 +1,10 @@
 //! What the API answers with (and `sluicectl` reads back).
 
-use crate::datapath::{LinkState, MapSummary, TcMode};
+use crate::datapath::{LinkOutcome, LinkState, MapSummary};
+use crate::edge::{AttachedBy, EdgeState};
 use serde::{Deserialize, Serialize};
+use sluice_common::endpoint::{EdgeMode, EdgeProgram};
+use sluice_dataplane::maps::EdgeStats;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -18,10 +21,10 @@ pub struct EndpointView {
     pub addresses: Vec<IpAddr>,
     pub host_ifname: String,
     pub host_ifindex: u32,
+    /// What guards the pod's edge; absent while a record of an older
+    /// plugin waits for its first edge pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tc_mode: Option<TcMode>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tc_link_id: Option<u32>,
+    pub edge: Option<EdgeView>,
     pub in_endpoint_map: bool,
     /// False when the pod opted out of the socket-level service load
     /// balancing (`sluice.dev/socket-lb: "false"`): its connects to service
@@ -34,6 +37,50 @@ pub struct EndpointView {
 
 fn yes() -> bool {
     true
+}
+
+/// One pod's edge, as `sluicectl endpoints` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeView {
+    /// `clsact` (a filter) or `tcx` (a link).
+    pub mode: EdgeMode,
+    /// `check`, or `isolate` while no check was pinned at ADD.
+    pub program: EdgeProgram,
+    pub prog_id: u32,
+    /// When the attachment in place was made (ms since the epoch).
+    pub since_unix_ms: u64,
+    pub by: AttachedBy,
+    /// The check is attached, was found in place by a pass, and passes the
+    /// pod's own traffic.
+    pub protecting: bool,
+    /// When a pass last found it in place (0: not yet).
+    pub verified_unix_ms: u64,
+    pub repairs: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_problem: Option<String>,
+    /// Frames dropped at the edge, by reason (reasons with none left out).
+    pub drops: Vec<(String, u64)>,
+}
+
+impl EdgeView {
+    pub fn of(e: &EdgeState, stats: &EdgeStats) -> Self {
+        EdgeView {
+            mode: e.mode,
+            program: e.program,
+            prog_id: e.prog_id,
+            since_unix_ms: e.since_unix_ms,
+            by: e.by,
+            protecting: e.protecting(),
+            verified_unix_ms: e.verified_unix_ms,
+            repairs: e.repairs,
+            last_problem: e.last_problem.clone(),
+            drops: stats
+                .by_reason()
+                .into_iter()
+                .map(|(r, n)| (r.to_string(), n))
+                .collect(),
+        }
+    }
 }
 
 /// What one reconcile pass did.
@@ -70,7 +117,11 @@ pub struct StatusView {
     pub socket: PathBuf,
     pub pin_path: PathBuf,
     pub cgroup_root: PathBuf,
-    pub tc_mode: TcMode,
+    /// How this daemon attaches an edge itself (`tc_attach`).
+    pub edge_mode: EdgeMode,
+    /// The pinned edge program and what happened to it at start.
+    pub edge_program_id: u32,
+    pub edge_program: LinkOutcome,
     pub host_cookie: u64,
     pub endpoints: usize,
     pub restore: RestoreView,

@@ -6,22 +6,29 @@
 
 pub mod load;
 pub mod maps;
+pub mod pins;
 pub mod sys;
 
-/// tc program for a pod's host-side veth (`sluice_pod_ingress`): source check.
+/// tc program for a pod's host-side veth (`sluice_pod_ingress`): the pod
+/// edge (source check, default deny).
 pub static TC_POD: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc_pod.o"));
 
 /// cgroup sock_addr programs attached at the cgroup v2 root.
 pub static SOCK: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock.o"));
 
 /// Test fixtures, not datapath: a program the verifier refuses, the
-/// service selection logic in an XDP program, and a connect4 program
-/// standing in for an older build's.
+/// service selection and edge logic in XDP programs, and connect4 and pod
+/// programs standing in for an older build's.
 #[doc(hidden)]
 pub static TEST_REJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/test_reject.o"));
 #[doc(hidden)]
 pub static TEST_LB: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/test_lb.o"));
+#[doc(hidden)]
+pub static TEST_EDGE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/test_edge.o"));
+#[doc(hidden)]
+pub static TEST_POD_OLD: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/test_pod_old.o"));
 #[doc(hidden)]
 pub static TEST_CONNECT4_OLD: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/test_connect4_old.o"));

@@ -54,15 +54,42 @@ pub const SRC: MapSpec = MapSpec {
     what: "allowed pod source addresses",
 };
 
-/// host ifindex → [`EpCounters`].
-pub const SRC_DROP: MapSpec = MapSpec {
-    name: "sluice_src_drop",
+/// host ifindex → [`EdgeStats`].
+pub const EDGE_STATS: MapSpec = MapSpec {
+    name: "sluice_edgestat",
     map_type: BPF_MAP_TYPE_HASH,
     key_size: 4,
-    value_size: size_of::<EpCounters>() as u32,
+    value_size: size_of::<EdgeStats>() as u32,
     max_entries: 65536,
-    what: "spoofed-source drops per endpoint",
+    what: "pod edge drops per endpoint, by reason",
 };
+
+/// What an older build pinned under a name this build no longer uses, and
+/// how its contents carry over: each is read once, folded into its
+/// successor, then unpinned (programs still holding it keep it alive until
+/// they are replaced).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObsoleteMap {
+    pub spec: MapSpec,
+    pub successor: &'static str,
+}
+
+/// `sluice_src_drop` (host ifindex → spoofed drops, bytes), succeeded by
+/// [`EDGE_STATS`]: its counts become the spoofed-source reason.
+pub const OBSOLETE_SRC_DROP: ObsoleteMap = ObsoleteMap {
+    spec: MapSpec {
+        name: "sluice_src_drop",
+        map_type: BPF_MAP_TYPE_HASH,
+        key_size: 4,
+        value_size: 16,
+        max_entries: 65536,
+        what: "spoofed-source drops per endpoint (before the edge stats)",
+    },
+    successor: "sluice_edgestat",
+};
+
+/// Maps of older builds that a daemon migrates and unpins at start.
+pub const OBSOLETE: [ObsoleteMap; 1] = [OBSOLETE_SRC_DROP];
 
 /// `enum sock_hook` → u64 per CPU.
 pub const SOCKSTAT: MapSpec = MapSpec {
@@ -171,7 +198,7 @@ pub const LBSTAT: MapSpec = MapSpec {
 
 /// Every pinned map.
 pub const ALL: [MapSpec; 13] = [
-    ENDPOINTS, SRC, SRC_DROP, SOCKSTAT, SVC, BACKENDS, LB_SLOTS, LB_TABLES, SVC_BES, AFFINITY,
+    ENDPOINTS, SRC, EDGE_STATS, SOCKSTAT, SVC, BACKENDS, LB_SLOTS, LB_TABLES, SVC_BES, AFFINITY,
     BE_CONNS, REVNAT, LBSTAT,
 ];
 
@@ -299,16 +326,66 @@ impl SrcKey {
     }
 }
 
-/// `struct ep_counters`, keyed by host-side ifindex.
+/// `enum edge_reason`, in order; slot 0 (`EDGE_PASS`) is never counted.
+pub const EDGE_REASONS: [&str; 8] = [
+    "pass",
+    "spoofed_source",
+    "vlan",
+    "protocol",
+    "arp",
+    "router",
+    "link_local",
+    "malformed",
+];
+
+/// `EDGE_DROP_SPOOFED`.
+pub const EDGE_DROP_SPOOFED: usize = 1;
+
+/// `struct edge_stats`, keyed by host-side ifindex.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct EpCounters {
-    pub spoof_drops: u64,
-    pub spoof_bytes: u64,
+pub struct EdgeStats {
+    pub drops: [u64; 8],
+    pub drop_bytes: u64,
 }
 
 // SAFETY: plain old data, no implicit padding (asserted below).
-unsafe impl aya::Pod for EpCounters {}
+unsafe impl aya::Pod for EdgeStats {}
+
+impl EdgeStats {
+    /// Every drop, whatever its reason.
+    pub fn total(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    /// Drops by reason name, reasons with none left out.
+    pub fn by_reason(&self) -> Vec<(&'static str, u64)> {
+        EDGE_REASONS
+            .iter()
+            .zip(self.drops)
+            .skip(1)
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| (*r, n))
+            .collect()
+    }
+
+    pub fn spoofed(&self) -> u64 {
+        self.drops[EDGE_DROP_SPOOFED]
+    }
+}
+
+/// The bytes of a map key or value, as the kernel reads them.
+pub fn bytes_of<T: aya::Pod>(v: &T) -> &[u8] {
+    // SAFETY: T is plain old data without padding (aya::Pod), so every
+    // byte is initialised.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast(), size_of::<T>()) }
+}
+
+/// The bytes of a map value for the kernel to write into.
+pub fn bytes_of_mut<T: aya::Pod>(v: &mut T) -> &mut [u8] {
+    // SAFETY: as above, and any byte pattern is a valid T.
+    unsafe { std::slice::from_raw_parts_mut((v as *mut T).cast(), size_of::<T>()) }
+}
 
 /// Writes an address as the datapath keys it: IPv4 in the first 4 bytes.
 pub fn addr_bytes(ip: IpAddr) -> ([u8; 16], u8) {
@@ -621,10 +698,27 @@ mod tests {
     }
 
     #[test]
-    fn ep_counters_match_c() {
-        assert_eq!(size_of::<EpCounters>(), 16);
-        assert_eq!(offset_of!(EpCounters, spoof_drops), 0);
-        assert_eq!(offset_of!(EpCounters, spoof_bytes), 8);
+    fn edge_stats_match_c() {
+        assert_eq!(size_of::<EdgeStats>(), 72);
+        assert_eq!(offset_of!(EdgeStats, drops), 0);
+        assert_eq!(offset_of!(EdgeStats, drop_bytes), 64);
+        let h = include_str!("../bpf/include/sluice_maps.h");
+        let reasons: Vec<String> = h
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("EDGE_"))
+            .map(|l| l.split([',', ' ', '\t']).next().unwrap().to_lowercase())
+            .filter(|n| n != "reason_max")
+            .collect();
+        let want: Vec<String> = EDGE_REASONS
+            .iter()
+            .map(|r| match *r {
+                "pass" => "pass".to_string(),
+                "spoofed_source" => "drop_spoofed".to_string(),
+                other => format!("drop_{other}"),
+            })
+            .collect();
+        assert_eq!(reasons, want, "EDGE_REASONS follows enum edge_reason");
+        assert_eq!(EDGE_REASONS.len(), EdgeStats::default().drops.len());
     }
 
     /// The C header is the one definition: check the constants Rust
@@ -658,7 +752,7 @@ mod tests {
         }
         let all_c = [
             include_str!("../bpf/include/endpoints.h"),
-            include_str!("../bpf/include/src_check.h"),
+            include_str!("../bpf/include/edge.h"),
             include_str!("../bpf/include/sock.h"),
             include_str!("../bpf/include/lb.h"),
         ]

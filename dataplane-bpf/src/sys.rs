@@ -442,3 +442,246 @@ pub fn count_keys(map: BorrowedFd<'_>, key_size: usize) -> io::Result<usize> {
         }
     }
 }
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_PROG_QUERY: libc::c_long = 16;
+const BPF_LINK_CREATE: libc::c_long = 28;
+
+/// `BPF_TCX_INGRESS` attach type (Linux 6.6).
+pub const BPF_TCX_INGRESS: u32 = 46;
+/// Attach before every other program of the hook (with no relative one).
+pub const BPF_F_BEFORE: u32 = 1 << 3;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+
+/// Pins an object (map, program or link) at `path` on a bpffs.
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    #[repr(C)]
+    struct Attr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        _pad: u32,
+    }
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pin path with a NUL byte"))?;
+    let mut attr = Attr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        file_flags: 0,
+        path_fd: 0,
+        _pad: 0,
+    };
+    bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
+}
+
+/// Pins `fd` at `path`, replacing whatever is pinned there in one step
+/// (pinned under a temporary name, then renamed over it), so a reader of
+/// `path` always finds either the old object or the new one.
+pub fn obj_pin_replace(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pin path without a name"))?;
+    // bpffs refuses names with a '.'.
+    let tmp = path.with_file_name(format!(
+        "tmp_{}_{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    obj_pin(fd, &tmp)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// Attaches `prog` to the tcx ingress hook of `ifindex` through a new link,
+/// ahead of every program already there (`BPF_F_BEFORE`). Each tcx attach
+/// waits for an RCU grace period in the kernel (with RTNL held).
+pub fn tcx_link_create(prog: BorrowedFd<'_>, ifindex: u32) -> io::Result<OwnedFd> {
+    #[repr(C)]
+    struct Attr {
+        prog_fd: u32,
+        target_ifindex: u32,
+        attach_type: u32,
+        flags: u32,
+        relative_fd: u32,
+        _pad: u32,
+        expected_revision: u64,
+    }
+    let mut attr = Attr {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_ifindex: ifindex,
+        attach_type: BPF_TCX_INGRESS,
+        flags: BPF_F_BEFORE,
+        relative_fd: 0,
+        _pad: 0,
+        expected_revision: 0,
+    };
+    let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
+    // SAFETY: BPF_LINK_CREATE returned a new descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// One program on a tcx hook, in run order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcxEntry {
+    pub prog_id: u32,
+    /// 0 for a program attached without a link.
+    pub link_id: u32,
+}
+
+/// The programs on the tcx ingress hook of `ifindex`, first to run first.
+/// A device without any is an empty list.
+pub fn tcx_query(ifindex: u32) -> io::Result<Vec<TcxEntry>> {
+    #[repr(C)]
+    struct Attr {
+        target_ifindex: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        count: u32,
+        _pad: u32,
+        prog_attach_flags: u64,
+        link_ids: u64,
+        link_attach_flags: u64,
+        revision: u64,
+    }
+    const MAX: usize = 64;
+    let mut progs = [0u32; MAX];
+    let mut links = [0u32; MAX];
+    let mut attr = Attr {
+        target_ifindex: ifindex,
+        attach_type: BPF_TCX_INGRESS,
+        query_flags: 0,
+        attach_flags: 0,
+        prog_ids: progs.as_mut_ptr() as u64,
+        count: MAX as u32,
+        _pad: 0,
+        prog_attach_flags: 0,
+        link_ids: links.as_mut_ptr() as u64,
+        link_attach_flags: 0,
+        revision: 0,
+    };
+    match bpf(BPF_PROG_QUERY, &mut attr) {
+        Ok(_) => {}
+        // No tcx entry on the device at all.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    }
+    let n = (attr.count as usize).min(MAX);
+    Ok((0..n)
+        .map(|i| TcxEntry {
+            prog_id: progs[i],
+            link_id: links[i],
+        })
+        .collect())
+}
+
+/// What the kernel says about a loaded program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgInfo {
+    pub prog_type: u32,
+    pub id: u32,
+    pub tag: [u8; 8],
+    pub name: String,
+}
+
+pub fn prog_info(prog: BorrowedFd<'_>) -> io::Result<ProgInfo> {
+    // struct bpf_prog_info: type, id, tag[8] ... name[16] at byte 64.
+    let mut buf = [0u64; 12];
+    obj_info(prog, &mut buf)?;
+    let bytes: Vec<u8> = buf.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let u32_at = |o: usize| u32::from_ne_bytes(bytes[o..o + 4].try_into().unwrap());
+    let name = &bytes[64..80];
+    let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+    Ok(ProgInfo {
+        prog_type: u32_at(0),
+        id: u32_at(4),
+        tag: bytes[8..16].try_into().unwrap(),
+        name: String::from_utf8_lossy(&name[..end]).into_owned(),
+    })
+}
+
+/// What the kernel says about a map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapInfoRaw {
+    pub map_type: u32,
+    pub id: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub map_flags: u32,
+}
+
+pub fn map_info(map: BorrowedFd<'_>) -> io::Result<MapInfoRaw> {
+    let mut buf = [0u64; 4];
+    obj_info(map, &mut buf)?;
+    let bytes: Vec<u8> = buf.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let u32_at = |o: usize| u32::from_ne_bytes(bytes[o..o + 4].try_into().unwrap());
+    Ok(MapInfoRaw {
+        map_type: u32_at(0),
+        id: u32_at(4),
+        key_size: u32_at(8),
+        value_size: u32_at(12),
+        max_entries: u32_at(16),
+        map_flags: u32_at(20),
+    })
+}
+
+/// The name the isolating program is loaded under.
+pub const ISOLATE_PROG_NAME: &str = "sluice_isolate";
+
+/// Loads a tc program that drops every frame (`TC_ACT_SHOT`): what a pod
+/// gets on the node side when no edge check has been pinned yet (the
+/// daemon has never run on this node), so it sends nothing unchecked
+/// until the daemon replaces it. Two instructions, no maps, built here
+/// rather than from an object so a plugin can load it without a loader.
+pub fn load_isolate_program() -> io::Result<OwnedFd> {
+    // r0 = 2 (TC_ACT_SHOT); exit
+    let insns: [u64; 2] = [insn(0xb7, 0, 0, 0, 2), insn(0x95, 0, 0, 0, 0)];
+    let license = c"Dual BSD/GPL";
+    #[repr(C)]
+    #[derive(Default)]
+    struct Attr {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+        kern_version: u32,
+        prog_flags: u32,
+        prog_name: [u8; 16],
+    }
+    let mut attr = Attr {
+        prog_type: BPF_PROG_TYPE_SCHED_CLS,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        ..Default::default()
+    };
+    for (d, s) in attr
+        .prog_name
+        .iter_mut()
+        .zip(ISOLATE_PROG_NAME.bytes().take(15))
+    {
+        *d = s;
+    }
+    let fd = bpf(BPF_PROG_LOAD, &mut attr)?;
+    // SAFETY: the kernel returned a new descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// One BPF instruction as the kernel reads it (little-endian hosts).
+fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+    let mut b = [0u8; 8];
+    b[0] = code;
+    b[1] = (src << 4) | (dst & 0x0f);
+    b[2..4].copy_from_slice(&off.to_le_bytes());
+    b[4..8].copy_from_slice(&imm.to_le_bytes());
+    u64::from_ne_bytes(b)
+}

@@ -4,12 +4,12 @@
 //! with a private pin path, state dir and socket. Dropping the guard kills
 //! the daemon and removes its pins, which detaches everything it attached.
 
-use crate::{bin, unique, Node};
+use crate::{bin, Node};
 use aya::maps::HashMap;
 use serde_json::Value;
 use sluice_common::api::{self, ClientError, Request, ResponseEnvelope};
 use sluice_dataplane::load::open_pinned;
-use sluice_dataplane::maps::{self, Endpoint, EpCounters, SrcKey};
+use sluice_dataplane::maps::{self, EdgeStats, Endpoint, SrcKey};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -44,8 +44,7 @@ impl<'a> Daemon<'a> {
 
     /// Writes the config without starting the daemon.
     pub fn configure(node: &'a Node, extra: &str) -> Self {
-        sluice_dataplane::load::ensure_bpffs(Path::new("/sys/fs/bpf")).expect("mount bpffs");
-        let pin_path = PathBuf::from(format!("/sys/fs/bpf/{}", unique("d")));
+        let pin_path = node.pin_path.clone();
         let config = node.dir.path().join("sluiced.toml");
         let mut text = format!(
             "state_dir = \"{}\"\npin_path = \"{}\"\n",
@@ -173,16 +172,32 @@ impl<'a> Daemon<'a> {
             .collect()
     }
 
-    /// Waits (up to 5 s) until the endpoint of `cid` has its tc program;
-    /// register answers before the attach (a tcx attach waits for an RCU
-    /// grace period) and the program follows within milliseconds.
-    pub fn wait_tc(&self, cid: &str) -> Value {
+    /// Waits (up to 5 s) until the daemon has registered `cid` (the plugin
+    /// tells it without waiting for the answer) and checked its edge: the
+    /// plugin attached the check during ADD; the daemon's edge pass
+    /// confirms it is in place.
+    pub fn wait_edge(&self, cid: &str) -> Value {
         let mut last = Value::Null;
         let ok = eventually(5, || {
             last = self.endpoints().get(cid).cloned().unwrap_or(Value::Null);
-            last["tc_mode"].is_string()
+            last["edge"]["protecting"] == true
         });
-        assert!(ok, "tc program of {cid} not attached: {last}");
+        assert!(
+            ok,
+            "edge of {cid} not confirmed: {last}\n{}",
+            self.log_text()
+        );
+        last
+    }
+
+    /// Waits (up to 5 s) until the daemon lists exactly `n` endpoints.
+    pub fn wait_endpoints(&self, n: usize) -> BTreeMap<String, Value> {
+        let mut last = BTreeMap::new();
+        let ok = eventually(5, || {
+            last = self.endpoints();
+            last.len() == n
+        });
+        assert!(ok, "{} endpoints, expected {n}: {last:?}", last.len());
         last
     }
 
@@ -206,10 +221,8 @@ impl<'a> Daemon<'a> {
         m.keys().map(Result::unwrap).collect()
     }
 
-    pub fn pinned_counters(&self, ifindex: u32) -> EpCounters {
-        let m: HashMap<_, u32, EpCounters> =
-            HashMap::try_from(open_pinned(&self.maps_dir(), &maps::SRC_DROP).unwrap()).unwrap();
-        m.get(&ifindex, 0).unwrap_or_default()
+    pub fn pinned_counters(&self, ifindex: u32) -> EdgeStats {
+        pinned_edge_stats(&self.pin_path, ifindex)
     }
 
     /// Every pinned link (cgroup and tc) by pin name, with its link ID.
@@ -250,21 +263,37 @@ impl<'a> Daemon<'a> {
             .unwrap()
     }
 
-    /// Runs `sluicectl` against this daemon.
+    /// Runs `sluicectl` against this daemon, in the node's netns (as an
+    /// operator on the node would: with the daemon down it looks at the
+    /// node's devices itself).
     pub fn ctl(&self, args: &[&str]) -> std::process::Output {
-        Command::new(bin("sluicectl"))
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .output()
-            .expect("run sluicectl")
+        let ns = File::open(self.node.ns.path()).expect("open node netns");
+        let fd = ns.as_raw_fd();
+        let mut c = Command::new(bin("sluicectl"));
+        c.arg("--config").arg(&self.config).args(args);
+        // SAFETY: setns is async-signal-safe; the fd stays open until spawn returns.
+        unsafe {
+            c.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        c.output().expect("run sluicectl")
     }
+}
+
+/// The edge drop counters of one pod interface, from the pinned map.
+pub fn pinned_edge_stats(pin_path: &Path, ifindex: u32) -> EdgeStats {
+    let m: HashMap<_, u32, EdgeStats> =
+        HashMap::try_from(open_pinned(&pin_path.join("maps"), &maps::EDGE_STATS).unwrap()).unwrap();
+    m.get(&ifindex, 0).unwrap_or_default()
 }
 
 impl Drop for Daemon<'_> {
     fn drop(&mut self) {
         self.kill9();
-        let _ = std::fs::remove_dir_all(&self.pin_path);
         if std::thread::panicking() {
             eprintln!("--- sluiced log ---\n{}", self.log_text());
         }

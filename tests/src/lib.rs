@@ -185,19 +185,33 @@ pub fn run_ok(c: &mut Command) -> Output {
     out
 }
 
-/// A node: its netns plus a private state dir and IPAM data dir.
+/// A node: its netns plus a private state dir, IPAM data dir and bpffs
+/// pin path (its daemon's, which the plugin finds through the config).
+/// Dropping it removes the pins, which detaches whatever they hold.
 #[derive(Debug)]
 pub struct Node {
     pub ns: Ns,
     pub dir: tempfile::TempDir,
     pub network: String,
+    pub pin_path: PathBuf,
 }
 
 impl Node {
+    /// A node whose datapath sluiced has set up before (its edge program
+    /// and maps are pinned), as every node is once the DaemonSet has run:
+    /// pods added here get the full edge check, whether or not a daemon
+    /// runs now.
     pub fn new() -> Self {
+        let node = Self::bare();
+        node.pin_edge_program();
+        node
+    }
+
+    /// A node where sluiced has never run: nothing is pinned, so the
+    /// plugin isolates every pod it adds until a daemon starts.
+    pub fn bare() -> Self {
         let ns = Ns::new("n");
-        // The node's tests need forwarding; the plugin turns it on itself,
-        // this only makes the node look like a fresh host.
+        sluice_dataplane::load::ensure_bpffs(Path::new("/sys/fs/bpf")).expect("mount bpffs");
         Node {
             ns,
             dir: tempfile::Builder::new()
@@ -205,7 +219,43 @@ impl Node {
                 .tempdir()
                 .expect("temp dir"),
             network: "testnet".into(),
+            pin_path: PathBuf::from(format!("/sys/fs/bpf/{}", unique("d"))),
         }
+    }
+
+    /// Loads this build's edge program with its maps pinned under the
+    /// node's pin path and pins it where the plugin looks (what sluiced
+    /// does at start).
+    pub fn pin_edge_program(&self) {
+        self.pin_pod_program(sluice_dataplane::TC_POD, "tc_pod");
+    }
+
+    /// Pins `object`'s `sluice_pod_ingress` as the node's edge program
+    /// (a test's stand-in for an older build's, for instance).
+    pub fn pin_pod_program(&self, object: &[u8], name: &'static str) {
+        use std::os::fd::AsFd;
+        let pins = sluice_dataplane::pins::Pins::new(&self.pin_path);
+        let mut obj = sluice_dataplane::load::load_object(
+            name,
+            object,
+            &pins.maps(),
+            &sluice_dataplane::maps::ALL,
+        )
+        .expect("load the edge object");
+        let prog: &mut aya::programs::SchedClassifier =
+            sluice_dataplane::load::load_program(&mut obj, name, sluice_dataplane::TC_POD_INGRESS)
+                .expect("load the edge program");
+        std::fs::create_dir_all(pins.progs()).expect("create progs pin dir");
+        // The socket programs' maps (the endpoint map among them).
+        sluice_dataplane::load::load_object(
+            "sock",
+            sluice_dataplane::SOCK,
+            &pins.maps(),
+            &sluice_dataplane::maps::ALL,
+        )
+        .expect("load the socket object");
+        sluice_dataplane::sys::obj_pin_replace(prog.fd().unwrap().as_fd(), &pins.pod_program())
+            .expect("pin the edge program");
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -220,11 +270,12 @@ impl Node {
     pub fn conf(&self, version: &str, ranges: &str) -> String {
         format!(
             r#"{{"cniVersion":"{version}","name":"{net}","type":"sluice",
-                "stateDir":"{state}","daemonTimeoutMs":2000,
+                "stateDir":"{state}","daemonTimeoutMs":2000,"pinPath":"{pins}",
                 "ipam":{{"type":"sluice-ipam","dataDir":"{data}","ranges":{ranges}}}}}"#,
             net = self.network,
             state = self.state_dir().display(),
             data = self.data_dir().display(),
+            pins = self.pin_path.display(),
         )
     }
 
@@ -309,6 +360,12 @@ impl Node {
 impl Default for Node {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pin_path);
     }
 }
 

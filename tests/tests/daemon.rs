@@ -24,12 +24,11 @@ fn endpoints_appear_with_their_cookie_and_vanish_on_del() {
     let a = Pod::add(&node, &conf);
     let b = Pod::add(&node, &conf);
 
-    // ADD waits for register, so the entries are there when ADD returns;
-    // the tc program follows.
-    let eps = d.endpoints();
-    assert_eq!(eps.len(), 2, "{eps:?}");
-    d.wait_tc(&a.cid);
-    d.wait_tc(&b.cid);
+    // ADD writes the pod's entries and attaches its edge itself, then tells
+    // the daemon, which registers the pod and confirms the edge.
+    d.wait_endpoints(2);
+    d.wait_edge(&a.cid);
+    d.wait_edge(&b.cid);
     let eps = d.endpoints();
     assert_eq!(eps.len(), 2, "{eps:?}");
     let pinned = d.pinned_endpoints();
@@ -49,10 +48,9 @@ fn endpoints_appear_with_their_cookie_and_vanish_on_del() {
             entry.ipv6().map(|a| a.to_string()).as_deref(),
             Some(ips[1].as_str())
         );
-        assert!(
-            e["tc_link_id"].as_u64().is_some(),
-            "tc program attached: {e}"
-        );
+        assert_eq!(e["edge"]["mode"], "clsact", "{e}");
+        assert_eq!(e["edge"]["program"], "check", "{e}");
+        assert_eq!(e["edge"]["by"], "plugin", "{e}");
         for ip in &ips {
             let k = SrcKey::new(entry.host_ifindex, ip.parse::<IpAddr>().unwrap());
             assert!(d.pinned_sources().contains(&k), "source entry for {ip}");
@@ -93,8 +91,8 @@ fn endpoints_appear_with_their_cookie_and_vanish_on_del() {
         "source entries gone"
     );
     assert!(
-        !d.link_ids().contains_key(&format!("tc/{a_ifindex}")),
-        "tc link unpinned"
+        d.link_ids().keys().all(|k| !k.starts_with("tc/")),
+        "no tc link pins in clsact mode"
     );
 }
 
@@ -107,11 +105,11 @@ fn spoofed_sources_are_dropped_and_counted() {
     let d = Daemon::start(&node);
     let conf = node.conf("1.0.0", r#"[[{"subnet":"10.203.0.0/24","gateway":"10.203.0.1"}],[{"subnet":"fd00:203::/64","gateway":"fd00:203::1"}]]"#);
     let p = Pod::add(&node, &conf);
-    d.wait_tc(&p.cid);
+    d.wait_edge(&p.cid);
     assert!(p.ns.ping("10.203.0.1"), "own v4 source passes");
     assert!(p.ns.ping("fd00:203::1"), "own v6 source passes");
     let ifindex = host_ifindex(&d.endpoints()[&p.cid]);
-    assert_eq!(d.pinned_counters(ifindex).spoof_drops, 0);
+    assert_eq!(d.pinned_counters(ifindex).total(), 0);
 
     // The pod takes addresses that are not its own and sends from them.
     p.ns.ip(&["addr", "add", "10.203.0.200/32", "dev", "eth0"]);
@@ -130,10 +128,14 @@ fn spoofed_sources_are_dropped_and_counted() {
         "spoofed v6 must not get through"
     );
     let c = d.pinned_counters(ifindex);
-    assert!(c.spoof_drops >= 4, "drops counted per endpoint: {c:?}");
-    assert!(c.spoof_bytes > 0);
+    assert!(c.spoofed() >= 4, "drops counted per endpoint: {c:?}");
+    assert!(c.drop_bytes > 0);
     let e = &d.endpoints()[&p.cid];
-    assert_eq!(e["spoof_drops"].as_u64(), Some(c.spoof_drops));
+    assert_eq!(e["spoof_drops"].as_u64(), Some(c.spoofed()));
+    assert_eq!(
+        e["edge"]["drops"],
+        serde_json::json!([["spoofed_source", c.spoofed()]])
+    );
     // The pod's own traffic is unaffected.
     assert!(p.ns.ping("10.203.0.1"));
 }
@@ -191,15 +193,15 @@ fn kill9_and_restart_keep_the_flow_the_links_and_the_endpoints() {
     let b = Pod::add(&node, &conf);
     let gone = Pod::add(&node, &conf);
     for p in [&a, &b, &gone] {
-        d.wait_tc(&p.cid);
+        d.wait_edge(&p.cid);
     }
     let b_ip = b.ips()[0].clone();
     let links = d.link_ids();
     let maps = d.map_ids();
     assert_eq!(
         links.len(),
-        9 + 3,
-        "9 socket links and 3 tc links: {links:?}"
+        9,
+        "9 socket links, filters need none: {links:?}"
     );
     let a_if = host_ifindex(&d.endpoints()[&a.cid]);
     let gone_cookie = netns_cookie(&gone.ns.path());
@@ -224,7 +226,7 @@ fn kill9_and_restart_keep_the_flow_the_links_and_the_endpoints() {
     assert!(
         listed
             .iter()
-            .all(|e| e["in_endpoint_map"] == true && e["tc_link_id"].is_u64()),
+            .all(|e| e["in_endpoint_map"] == true && e["edge"]["protecting"] == true),
         "{listed:?}"
     );
     let out = d.ctl(&["bpf", "maps", "-o", "json"]);
@@ -241,7 +243,7 @@ fn kill9_and_restart_keep_the_flow_the_links_and_the_endpoints() {
     let late = Pod::add(&node, &conf);
     gone.del().ok();
     a.ns.ip(&["addr", "add", "10.204.0.250/32", "dev", "eth0"]);
-    let drops_before = d.pinned_counters(a_if).spoof_drops;
+    let drops_before = d.pinned_counters(a_if).spoofed();
     assert!(!a
         .ns
         .exec(&[
@@ -257,7 +259,7 @@ fn kill9_and_restart_keep_the_flow_the_links_and_the_endpoints() {
         .status
         .success());
     assert!(
-        d.pinned_counters(a_if).spoof_drops > drops_before,
+        d.pinned_counters(a_if).spoofed() > drops_before,
         "still dropping with the daemon dead"
     );
 
@@ -303,7 +305,7 @@ fn kill9_and_restart_keep_the_flow_the_links_and_the_endpoints() {
         late_ep["cookie"].as_u64(),
         Some(netns_cookie(&late.ns.path()))
     );
-    assert!(late_ep["tc_link_id"].as_u64().is_some());
+    assert_eq!(late_ep["edge"]["protecting"], true, "{late_ep}");
     assert!(!eps.contains_key(&gone.cid));
     assert!(
         !d.pinned_endpoints().contains_key(&gone_cookie),
@@ -357,8 +359,14 @@ fn two_daemons_on_one_kernel_never_touch_each_others_pods() {
     let p2 = Pod::add(&n2, &c2);
     let k1 = netns_cookie(&p1.ns.path());
     let k2 = netns_cookie(&p2.ns.path());
-    assert_eq!(d1.endpoints().keys().collect::<Vec<_>>(), vec![&p1.cid]);
-    assert_eq!(d2.endpoints().keys().collect::<Vec<_>>(), vec![&p2.cid]);
+    assert_eq!(
+        d1.wait_endpoints(1).keys().collect::<Vec<_>>(),
+        vec![&p1.cid]
+    );
+    assert_eq!(
+        d2.wait_endpoints(1).keys().collect::<Vec<_>>(),
+        vec![&p2.cid]
+    );
     assert!(d1.pinned_endpoints().contains_key(&k1) && !d1.pinned_endpoints().contains_key(&k2));
     assert!(d2.pinned_endpoints().contains_key(&k2) && !d2.pinned_endpoints().contains_key(&k1));
 
@@ -387,59 +395,69 @@ fn two_daemons_on_one_kernel_never_touch_each_others_pods() {
     assert!(p1.ns.ping("10.205.0.1") && p2.ns.ping("10.206.0.1"));
 }
 
+/// Both attach modes: the check the plugin attached drops spoofs, and a
+/// restart adopts it as it is (no second filter, the same tcx link).
+fn edge_mode_drops_spoofs_and_survives_restart(mode: &str, subnet: &str) {
+    let node = Node::new();
+    let mut d = Daemon::start_with(&node, &format!("tc_attach = \"{mode}\"\n"));
+    let conf = node
+        .conf(
+            "1.0.0",
+            &format!(r#"[[{{"subnet":"{subnet}.0/24","gateway":"{subnet}.1"}}]]"#),
+        )
+        .replace(
+            "\"pinPath\"",
+            &format!("\"tcAttach\":\"{mode}\",\"pinPath\""),
+        );
+    let p = Pod::add(&node, &conf);
+    let ep = d.wait_edge(&p.cid);
+    assert_eq!(ep["edge"]["mode"], mode);
+    let host = ep["host_ifname"].as_str().unwrap().to_string();
+    let ifindex = host_ifindex(&ep);
+    let attachments = |d: &Daemon| {
+        let filters = node
+            .ns
+            .exec(&["tc", "filter", "show", "dev", &host, "ingress"]);
+        let filters = String::from_utf8_lossy(&filters.stdout)
+            .matches("sluice_pod_ingress")
+            .count();
+        (filters, d.link_ids().get(&format!("tc/{ifindex}")).copied())
+    };
+    let before = attachments(&d);
+    match mode {
+        "clsact" => assert_eq!(before, (1, None)),
+        _ => assert!(before.0 == 0 && before.1.is_some(), "{before:?}"),
+    }
+    p.ns.ip(&["addr", "add", &format!("{subnet}.250/32"), "dev", "eth0"]);
+    let spoof = &format!("{subnet}.250");
+    let gw = &format!("{subnet}.1");
+    assert!(!p
+        .ns
+        .exec(&["ping", "-c", "1", "-W", "1", "-I", spoof, gw])
+        .status
+        .success());
+    assert!(d.pinned_counters(ifindex).spoofed() >= 1);
+    d.kill9();
+    d.spawn();
+    assert_eq!(attachments(&d), before, "restart adopts the edge as it is");
+    assert_eq!(d.wait_edge(&p.cid)["edge"]["repairs"], 0);
+    assert!(p.ns.ping(gw));
+}
+
 #[test]
 fn clsact_mode_drops_spoofs_and_survives_restart_without_duplicates() {
     if !require_root() {
         return;
     }
-    let node = Node::new();
-    let mut d = Daemon::start_with(&node, "tc_attach = \"clsact\"\n");
-    let conf = node.conf(
-        "1.0.0",
-        r#"[[{"subnet":"10.207.0.0/24","gateway":"10.207.0.1"}]]"#,
-    );
-    let p = Pod::add(&node, &conf);
-    let ep = d.wait_tc(&p.cid);
-    assert_eq!(ep["tc_mode"], "clsact");
-    let host = ep["host_ifname"].as_str().unwrap().to_string();
-    let filters = || {
-        let out = Command::new("tc")
-            .args([
-                "-n",
-                &node.ns.name,
-                "filter",
-                "show",
-                "dev",
-                &host,
-                "ingress",
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .matches("sluice_pod_ingress")
-            .count()
-    };
-    assert_eq!(filters(), 1);
-    p.ns.ip(&["addr", "add", "10.207.0.250/32", "dev", "eth0"]);
-    assert!(!p
-        .ns
-        .exec(&[
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "1",
-            "-I",
-            "10.207.0.250",
-            "10.207.0.1"
-        ])
-        .status
-        .success());
-    assert!(d.pinned_counters(host_ifindex(&ep)).spoof_drops >= 1);
-    d.kill9();
-    d.spawn();
-    assert_eq!(filters(), 1, "restart reuses the filter, adds none");
-    assert!(p.ns.ping("10.207.0.1"));
+    edge_mode_drops_spoofs_and_survives_restart("clsact", "10.207.0");
+}
+
+#[test]
+fn tcx_mode_drops_spoofs_and_survives_restart_with_the_same_link() {
+    if !require_root() || !sluice_cni::edge::tcx_supported() {
+        return;
+    }
+    edge_mode_drops_spoofs_and_survives_restart("tcx", "10.207.1");
 }
 
 #[test]
@@ -451,7 +469,8 @@ fn metrics_and_healthz() {
     let port = fastrand::u16(20000..60000);
     let d = Daemon::start_with(&node, &format!("metrics_address = \"127.0.0.1:{port}\"\n"));
     let conf = node.conf("1.0.0", ranges("v4"));
-    let _p = Pod::add(&node, &conf);
+    let p = Pod::add(&node, &conf);
+    d.wait_edge(&p.cid);
     let get = |path: &str| -> String {
         let out = node.ns.exec(&[
             "bash",
@@ -471,6 +490,9 @@ fn metrics_and_healthz() {
         "{m}"
     );
     assert!(has("sluice_spoof_drops_total{"), "{m}");
+    assert!(has("sluice_edges_protecting 1"), "{m}");
+    assert!(has("sluice_edge_checks_total "), "{m}");
+    assert!(has("sluice_edge_repairs_total 0"), "{m}");
     assert!(has("sluice_sock_ops_total{hook=\"connect4\"}"), "{m}");
     assert!(has("sluice_register_duration_seconds_count 1"), "{m}");
     assert!(has("sluice_restore_duration_seconds "), "{m}");
@@ -589,7 +611,7 @@ fn a_record_that_fails_at_start_keeps_its_datapath() {
         r#"[[{"subnet":"10.208.0.0/24","gateway":"10.208.0.1"}]]"#,
     );
     let p = Pod::add(&node, &conf);
-    let ep = d.wait_tc(&p.cid);
+    let ep = d.wait_edge(&p.cid);
     let ifindex = host_ifindex(&ep);
     let cookie = netns_cookie(&p.ns.path());
     d.stop();
@@ -613,9 +635,17 @@ fn a_record_that_fails_at_start_keeps_its_datapath() {
         d.pinned_sources().iter().any(|k| k.ifindex == ifindex),
         "sources kept"
     );
+    let filters = node.ns.exec(&[
+        "tc",
+        "filter",
+        "show",
+        "dev",
+        ep["host_ifname"].as_str().unwrap(),
+        "ingress",
+    ]);
     assert!(
-        d.link_ids().contains_key(&format!("tc/{ifindex}")),
-        "tc link kept"
+        String::from_utf8_lossy(&filters.stdout).contains("sluice_pod_ingress"),
+        "edge filter kept"
     );
     assert!(p.ns.ping("10.208.0.1"), "the pod's traffic still flows");
 }

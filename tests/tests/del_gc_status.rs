@@ -202,11 +202,13 @@ fn a_delegated_ipam_is_executed() {
     let node = Node::new();
     let conf = format!(
         r#"{{"cniVersion":"1.0.0","name":"{net}","type":"sluice","stateDir":"{state}",
+            "pinPath":"{pins}",
             "ipam":{{"type":"host-local","dataDir":"{data}",
                      "ranges":[[{{"subnet":"10.205.0.0/24"}}]]}}}}"#,
         net = node.network,
         state = node.state_dir().display(),
-        data = node.data_dir().display()
+        data = node.data_dir().display(),
+        pins = node.pin_path.display()
     );
     let a = Pod::add(&node, &conf);
     let b = Pod::add(&node, &conf);

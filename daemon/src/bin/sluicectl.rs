@@ -7,12 +7,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 use sluice_common::api::{self, Request};
 use sluice_common::endpoint::EndpointRecord;
 use sluice_daemon::config::{Config, DEFAULT_CONFIG};
-use sluice_daemon::datapath::{map_summary, tc_pin, MapSummary};
+use sluice_daemon::datapath::{map_summary, MapSummary};
+use sluice_daemon::edge::EdgeState;
 use sluice_daemon::services::program::ServiceView;
 use sluice_daemon::services::runner::Pass;
-use sluice_daemon::views::{EndpointView, StatusView};
+use sluice_daemon::views::{EdgeView, EndpointView, StatusView};
 use sluice_dataplane::load::open_pinned;
-use sluice_dataplane::maps::{self, Endpoint, EpCounters};
+use sluice_dataplane::maps::{self, EdgeStats, Endpoint};
 use sluice_dataplane::sys;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -219,8 +220,11 @@ fn endpoints_from_pins(cfg: &Config) -> anyhow::Result<Vec<EndpointView>> {
     use aya::maps::HashMap;
     let eps: HashMap<_, u64, Endpoint> =
         HashMap::try_from(open_pinned(&cfg.maps_dir(), &maps::ENDPOINTS)?)?;
-    let drops: HashMap<_, u32, EpCounters> =
-        HashMap::try_from(open_pinned(&cfg.maps_dir(), &maps::SRC_DROP)?)?;
+    let drops: HashMap<_, u32, EdgeStats> =
+        HashMap::try_from(open_pinned(&cfg.maps_dir(), &maps::EDGE_STATS)?)?;
+    let pins = cfg.pins();
+    let current = sluice_cni::edge::EdgeProg::pinned(&pins).ok().flatten();
+    let mut nl = sluice_cni::netlink::Netlink::open().ok();
     let by_ifindex: std::collections::HashMap<u32, (u64, Endpoint)> = eps
         .iter()
         .filter_map(Result::ok)
@@ -237,7 +241,28 @@ fn endpoints_from_pins(cfg: &Config) -> anyhow::Result<Vec<EndpointView>> {
             let entry = by_ifindex.get(&r.host_ifindex);
             let cookie = entry.map(|(c, _)| *c);
             let c = drops.get(&r.host_ifindex, 0).unwrap_or_default();
-            let tc = sys::pinned_link_info(&tc_pin(&cfg.tc_links_dir(), r.host_ifindex)).ok();
+            // What the record says ADD attached, checked against the kernel.
+            let edge = r.edge.as_ref().map(|rec| {
+                let mut st = EdgeState::from_record(rec);
+                let guard = nl.as_mut().and_then(|nl| {
+                    sluice_cni::edge::inspect(nl, &pins, r.host_ifindex)
+                        .ok()?
+                        .guard(rec.mode, r.host_ifindex)
+                });
+                match guard {
+                    Some(id) => {
+                        st.prog_id = id;
+                        if current.as_ref().is_some_and(|p| p.id == id) {
+                            st.verified_unix_ms = sluice_daemon::edge::now_ms();
+                        } else if id != rec.prog_id {
+                            st.last_problem =
+                                Some(format!("runs program {id}, not the pinned one"));
+                        }
+                    }
+                    None => st.last_problem = Some("not in place, or not first".into()),
+                }
+                EdgeView::of(&st, &c)
+            });
             EndpointView {
                 namespace: r.pod.namespace.clone(),
                 pod: r.pod.name.clone(),
@@ -246,16 +271,15 @@ fn endpoints_from_pins(cfg: &Config) -> anyhow::Result<Vec<EndpointView>> {
                 addresses: r.addresses.iter().map(|a| a.ip()).collect(),
                 host_ifname: r.host_ifname.clone(),
                 host_ifindex: r.host_ifindex,
-                tc_mode: None,
-                tc_link_id: tc.map(|i| i.id),
+                edge,
                 in_endpoint_map: cookie.is_some(),
                 // The map entry says what the datapath does; without one,
                 // the record's wish.
                 socket_lb: entry.map_or(!r.socket_lb_opt_out(), |(_, e)| {
                     sluice_daemon::state::socket_lb_of(e)
                 }),
-                spoof_drops: c.spoof_drops,
-                spoof_bytes: c.spoof_bytes,
+                spoof_drops: c.spoofed(),
+                spoof_bytes: c.drop_bytes,
                 container_id: r.container_id,
                 ifname: r.ifname,
             }
@@ -301,10 +325,11 @@ fn print_endpoints(eps: &[EndpointView]) {
             "ADDRESSES",
             "HOST IF",
             "COOKIE",
-            "TC LINK",
+            "EDGE",
+            "SINCE",
             "IN MAP",
             "SOCKET LB",
-            "SPOOF DROPS",
+            "EDGE DROPS",
         ],
         eps.iter()
             .map(|e| {
@@ -323,16 +348,70 @@ fn print_endpoints(eps: &[EndpointView]) {
                         .join(","),
                     format!("{} ({})", e.host_ifname, e.host_ifindex),
                     e.cookie.to_string(),
-                    e.tc_link_id
-                        .map(|i| i.to_string())
+                    edge_cell(e.edge.as_ref()),
+                    e.edge
+                        .as_ref()
+                        .map(|x| clock(x.since_unix_ms))
                         .unwrap_or_else(|| "-".into()),
                     if e.in_endpoint_map { "yes" } else { "NO" }.into(),
                     if e.socket_lb { "yes" } else { "no" }.into(),
-                    e.spoof_drops.to_string(),
+                    drops_cell(e.edge.as_ref()),
                 ]
             })
             .collect(),
     );
+}
+
+/// `clsact check`, `tcx check (repaired 2)`, `clsact isolate`, or what is
+/// wrong in capitals.
+fn edge_cell(e: Option<&EdgeView>) -> String {
+    let Some(e) = e else {
+        return "NONE YET".into();
+    };
+    let mut s = format!("{} {}", e.mode, e.program);
+    if e.verified_unix_ms == 0 {
+        s.push_str(" (unchecked)");
+    } else if !e.protecting {
+        s = s.to_uppercase();
+    }
+    if e.repairs > 0 {
+        s.push_str(&format!(" (repaired {})", e.repairs));
+    }
+    s
+}
+
+fn drops_cell(e: Option<&EdgeView>) -> String {
+    match e {
+        Some(e) if !e.drops.is_empty() => e
+            .drops
+            .iter()
+            .map(|(r, n)| format!("{r} {n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => "0".into(),
+    }
+}
+
+/// A wall-clock time (UTC) from ms since the epoch: `2026-12-01 14:32:05`.
+fn clock(ms: u64) -> String {
+    let secs = (ms / 1000) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 fn print_maps(maps: &[MapSummary]) {
@@ -391,7 +470,10 @@ fn print_status(s: &StatusView) {
     println!("endpoints    {}", s.endpoints);
     println!("pins         {}", s.pin_path.display());
     println!("cgroup root  {}", s.cgroup_root.display());
-    println!("tc attach    {}", format!("{:?}", s.tc_mode).to_lowercase());
+    println!(
+        "pod edges    attached as {} by the daemon; program {} ({:?} at start)",
+        s.edge_mode, s.edge_program_id, s.edge_program
+    );
     println!("node netns   cookie {}", s.host_cookie);
     if !s.lb_stats.is_empty() {
         let parts: Vec<String> = s.lb_stats.iter().map(|(k, n)| format!("{k} {n}")).collect();

@@ -50,12 +50,25 @@ enum sock_hook {
 	SOCK_HOOK_MAX,
 };
 
-/* Per-endpoint counters, keyed by host-side ifindex. */
-struct ep_counters {
-	__u64 spoof_drops;
-	__u64 spoof_bytes;
+/* Why the pod edge dropped a frame (index into edge_stats.drops). */
+enum edge_reason {
+	EDGE_PASS = 0,		/* not a drop; its slot stays 0 */
+	EDGE_DROP_SPOOFED,	/* IPv4/IPv6 source not one of the pod's */
+	EDGE_DROP_VLAN,		/* a VLAN tag, in the data or already untagged */
+	EDGE_DROP_PROTOCOL,	/* an L3 protocol a pod has no business sending */
+	EDGE_DROP_ARP,		/* ARP with another sender, or not Ethernet/IPv4 */
+	EDGE_DROP_ROUTER,	/* router advertisement, redirect, renumbering */
+	EDGE_DROP_LINK_LOCAL,	/* link-local/unspecified source, not ND or MLD */
+	EDGE_DROP_MALFORMED,	/* truncated or inconsistent headers */
+	EDGE_REASON_MAX,
 };
-_Static_assert(sizeof(struct ep_counters) == 16, "ep_counters layout");
+
+/* Edge drops of one pod interface, keyed by its host-side ifindex. */
+struct edge_stats {
+	__u64 drops[EDGE_REASON_MAX];
+	__u64 drop_bytes;
+};
+_Static_assert(sizeof(struct edge_stats) == 72, "edge_stats layout");
 
 /* A service frontend: cluster IP, port, protocol. */
 struct svc_key {

@@ -1,0 +1,540 @@
+//! The pod edge on the node's side of a pod's veth: the program that
+//! decides what the pod may send (the daemon's pinned check, or a program
+//! that drops everything while there is none), how it is attached (a clsact
+//! filter or a tcx link), the map entries it reads, and the kernel's own
+//! backstops on the device.
+//!
+//! The plugin attaches all of it during ADD, before the node's end of the
+//! veth comes up, so a pod never sends a packet without a check, whatever
+//! the daemon's state. The daemon inspects the same attachment later and
+//! puts back whatever went missing or was replaced (see [`inspect`]).
+
+use crate::netlink::{bpf_filter_op, clsact_op, BpfFilter, Netlink, NlError};
+use sluice_common::endpoint::{EdgeMode, EdgeProgram, EdgeRecord, EndpointRecord};
+use sluice_dataplane::maps::{
+    self, bytes_of, bytes_of_mut, EdgeStats, Endpoint, MapSpec, SrcKey, EP_F_NO_SOCK_LB,
+};
+use sluice_dataplane::pins::Pins;
+use sluice_dataplane::sys;
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+/// Our filter's place on a device's ingress filter list: priority 1 runs
+/// before any other filter (1 is the lowest a filter can have), so a
+/// chained plugin's redirect (bandwidth's mirred to its ifb, which skips
+/// classification when the packet comes back) never runs ahead of it.
+pub const FILTER_PRIO: u16 = 1;
+/// Our filter's handle at [`FILTER_PRIO`]: "5c", for sluice.
+pub const FILTER_HANDLE: u32 = 0x5c;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error("cannot {what} {path}: {source}")]
+    Pin {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error(
+        "pinned map {path} has key/value size {found:?}, this plugin expects {want:?}: it was \
+         pinned by another version of sluiced; run the sluiced that matches this plugin"
+    )]
+    MapLayout {
+        path: PathBuf,
+        found: (u32, u32),
+        want: (u32, u32),
+    },
+    #[error("cannot {what}: {source}")]
+    Bpf { what: String, source: io::Error },
+    #[error(transparent)]
+    Netlink(#[from] NlError),
+    #[error("cannot set {path} to {value}: {source}")]
+    Sysctl {
+        path: PathBuf,
+        value: &'static str,
+        source: io::Error,
+    },
+}
+
+fn bpf_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> EdgeError {
+    let what = what.into();
+    move |source| EdgeError::Bpf { what, source }
+}
+
+/// A program to put on a pod's edge.
+#[derive(Debug)]
+pub struct EdgeProg {
+    pub fd: OwnedFd,
+    pub id: u32,
+    pub tag: [u8; 8],
+    pub program: EdgeProgram,
+}
+
+impl EdgeProg {
+    /// The check the daemon pinned; `None` when nothing is pinned (the
+    /// daemon has never run on this node, or its pins were removed).
+    pub fn pinned(pins: &Pins) -> Result<Option<EdgeProg>, EdgeError> {
+        let path = pins.pod_program();
+        let fd = match sys::obj_get(&path) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(EdgeError::Pin {
+                    what: "open the pinned edge program",
+                    path,
+                    source,
+                })
+            }
+        };
+        Self::from_fd(fd, EdgeProgram::Check).map(Some)
+    }
+
+    /// A program that drops every frame: a pod that gets it has no
+    /// connectivity until the daemon replaces it with the check.
+    pub fn isolate() -> Result<EdgeProg, EdgeError> {
+        let fd = sys::load_isolate_program().map_err(bpf_err("load the isolating program"))?;
+        Self::from_fd(fd, EdgeProgram::Isolate)
+    }
+
+    pub fn from_fd(fd: OwnedFd, program: EdgeProgram) -> Result<EdgeProg, EdgeError> {
+        let info = sys::prog_info(fd.as_fd()).map_err(bpf_err("read a program's info"))?;
+        Ok(EdgeProg {
+            fd,
+            id: info.id,
+            tag: info.tag,
+            program,
+        })
+    }
+}
+
+/// The edge maps the plugin writes: allowed sources, drop counters, and
+/// the endpoint entry (socket-level service translation for the pod's
+/// netns; the check works without it).
+#[derive(Debug)]
+pub struct EdgeMaps {
+    src: OwnedFd,
+    stats: OwnedFd,
+    eps: Option<OwnedFd>,
+}
+
+fn open_map(pins: &Pins, spec: &MapSpec) -> Result<Option<OwnedFd>, EdgeError> {
+    let path = pins.map(spec.name);
+    let fd = match sys::obj_get(&path) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(EdgeError::Pin {
+                what: "open pinned map",
+                path,
+                source,
+            })
+        }
+    };
+    let info = sys::map_info(fd.as_fd()).map_err(bpf_err(format!("read {}", path.display())))?;
+    let (found, want) = (
+        (info.key_size, info.value_size),
+        (spec.key_size, spec.value_size),
+    );
+    if found != want {
+        return Err(EdgeError::MapLayout { path, found, want });
+    }
+    Ok(Some(fd))
+}
+
+impl EdgeMaps {
+    /// The daemon's pinned maps; `None` when the check's own are not
+    /// pinned.
+    pub fn open(pins: &Pins) -> Result<Option<EdgeMaps>, EdgeError> {
+        let (Some(src), Some(stats)) = (
+            open_map(pins, &maps::SRC)?,
+            open_map(pins, &maps::EDGE_STATS)?,
+        ) else {
+            return Ok(None);
+        };
+        let eps = open_map(pins, &maps::ENDPOINTS)?;
+        Ok(Some(EdgeMaps { src, stats, eps }))
+    }
+
+    /// What a new pod interface needs before its check runs: its sources,
+    /// clean counters, and its netns's endpoint entry.
+    pub fn put(
+        &self,
+        ifindex: u32,
+        addrs: &[IpAddr],
+        cookie: u64,
+        entry: &Endpoint,
+    ) -> Result<(), EdgeError> {
+        for a in addrs {
+            let k = SrcKey::new(ifindex, *a);
+            sys::map_update(self.src.as_fd(), bytes_of(&k), &[1], 0)
+                .map_err(bpf_err(format!("allow source {a} on ifindex {ifindex}")))?;
+        }
+        sys::map_delete(self.stats.as_fd(), &ifindex.to_ne_bytes())
+            .map_err(bpf_err(format!("reset the counters of ifindex {ifindex}")))?;
+        match &self.eps {
+            Some(eps) => sys::map_update(eps.as_fd(), &cookie.to_ne_bytes(), bytes_of(entry), 0)
+                .map_err(bpf_err(format!(
+                    "write the endpoint entry of netns {cookie}"
+                ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Removes what [`EdgeMaps::put`] wrote; the endpoint entry only while
+    /// it still names `ifindex` (another interface of the pod may hold it).
+    /// Missing entries are not errors.
+    pub fn remove(
+        &self,
+        ifindex: u32,
+        addrs: &[IpAddr],
+        cookie: Option<u64>,
+    ) -> Result<(), EdgeError> {
+        for a in addrs {
+            let k = SrcKey::new(ifindex, *a);
+            sys::map_delete(self.src.as_fd(), bytes_of(&k))
+                .map_err(bpf_err(format!("remove source {a} of ifindex {ifindex}")))?;
+        }
+        let _ = sys::map_delete(self.stats.as_fd(), &ifindex.to_ne_bytes());
+        if let (Some(c), Some(eps)) = (cookie, &self.eps) {
+            let mut v = Endpoint::default();
+            let present = sys::map_lookup(eps.as_fd(), &c.to_ne_bytes(), bytes_of_mut(&mut v))
+                .map_err(bpf_err(format!("read the endpoint entry of netns {c}")))?;
+            if present && v.host_ifindex == ifindex {
+                sys::map_delete(eps.as_fd(), &c.to_ne_bytes())
+                    .map_err(bpf_err(format!("remove the endpoint entry of netns {c}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The drop counters of one interface.
+    pub fn stats(&self, ifindex: u32) -> EdgeStats {
+        let mut v = EdgeStats::default();
+        match sys::map_lookup(
+            self.stats.as_fd(),
+            &ifindex.to_ne_bytes(),
+            bytes_of_mut(&mut v),
+        ) {
+            Ok(true) => v,
+            _ => EdgeStats::default(),
+        }
+    }
+}
+
+/// The endpoint map entry of a record: the pod's host veth and addresses,
+/// and `EP_F_NO_SOCK_LB` when the pod opted out of the socket-level
+/// service load balancing (`sluice.dev/socket-lb: "false"`).
+pub fn endpoint_entry(rec: &EndpointRecord) -> Endpoint {
+    let mut e = Endpoint::pod(rec.host_ifindex, rec.addresses.iter().map(|n| n.ip()));
+    if rec.socket_lb_opt_out() {
+        e.flags |= EP_F_NO_SOCK_LB;
+    }
+    e
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Whether this kernel has tcx (Linux 6.6).
+pub fn tcx_supported() -> bool {
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: uname fills the zeroed struct.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return false;
+    }
+    // SAFETY: release is NUL-terminated by uname.
+    let rel = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }.to_string_lossy();
+    let mut it = rel
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty());
+    let major: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let minor: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    (major, minor) >= (6, 6)
+}
+
+/// Puts `prog` on the ingress of the pod veth `ifindex`.
+///
+/// clsact: a clsact qdisc (or the `ingress` qdisc already there) and our
+/// filter at [`FILTER_PRIO`]; `fresh` adds it exclusively (a new device),
+/// otherwise it replaces the program of the filter in place. tcx: a new
+/// link ahead of every other program, pinned at `links/tc/<ifindex>`
+/// (replacing the pin of an older link, which then detaches).
+pub fn attach(
+    nl: &mut Netlink,
+    pins: &Pins,
+    ifindex: u32,
+    mode: EdgeMode,
+    prog: &EdgeProg,
+    fresh: bool,
+) -> Result<EdgeRecord, EdgeError> {
+    match mode {
+        EdgeMode::Clsact => {
+            nl.batch(vec![
+                clsact_op(ifindex),
+                bpf_filter_op(
+                    ifindex,
+                    FILTER_PRIO,
+                    FILTER_HANDLE,
+                    prog.fd.as_fd(),
+                    program_name(prog.program),
+                    !fresh,
+                ),
+            ])?;
+        }
+        EdgeMode::Tcx => {
+            let link = sys::tcx_link_create(prog.fd.as_fd(), ifindex)
+                .map_err(bpf_err(format!("attach a tcx link to ifindex {ifindex}")))?;
+            pin_tc_link(pins, ifindex, link.as_fd())?;
+        }
+    }
+    Ok(EdgeRecord {
+        mode,
+        program: prog.program,
+        prog_id: prog.id,
+        since_unix_ms: now_ms(),
+    })
+}
+
+fn pin_tc_link(pins: &Pins, ifindex: u32, link: BorrowedFd<'_>) -> Result<(), EdgeError> {
+    let dir = pins.tc_links();
+    std::fs::create_dir_all(&dir).map_err(|source| EdgeError::Pin {
+        what: "create",
+        path: dir.clone(),
+        source,
+    })?;
+    let path = pins.tc_link(ifindex);
+    sys::obj_pin_replace(link, &path).map_err(|source| EdgeError::Pin {
+        what: "pin the tcx link at",
+        path,
+        source,
+    })
+}
+
+/// The name a program is attached under (shown by `tc filter show`).
+pub fn program_name(p: EdgeProgram) -> &'static str {
+    match p {
+        EdgeProgram::Check => sluice_dataplane::TC_POD_INGRESS,
+        EdgeProgram::Isolate => sys::ISOLATE_PROG_NAME,
+    }
+}
+
+/// Swaps the program of a pod's tcx link in place (same link, same place
+/// in the order), if the pinned link is on `ifindex`.
+pub fn update_tcx_program(
+    pins: &Pins,
+    ifindex: u32,
+    old_prog_id: u32,
+    prog: &EdgeProg,
+) -> Result<(), EdgeError> {
+    let path = pins.tc_link(ifindex);
+    let link = sys::obj_get(&path).map_err(|source| EdgeError::Pin {
+        what: "open the tcx link pinned at",
+        path: path.clone(),
+        source,
+    })?;
+    let old =
+        sys::prog_fd_by_id(old_prog_id).map_err(bpf_err(format!("open program {old_prog_id}")))?;
+    sys::link_update(link.as_fd(), prog.fd.as_fd(), old.as_fd()).map_err(bpf_err(format!(
+        "replace the program of {}",
+        path.display()
+    )))
+}
+
+/// What a pod's veth carries on its ingress, as the kernel says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Our filter (at [`FILTER_PRIO`], [`FILTER_HANDLE`]), if there.
+    pub filter: Option<BpfFilter>,
+    /// Every bpf filter on the ingress list.
+    pub filters: Vec<BpfFilter>,
+    /// The tcx programs, first to run first.
+    pub tcx: Vec<sys::TcxEntry>,
+    /// Our pinned tcx link, if its pin exists: (link id, program id,
+    /// ifindex it sits on; 0 once detached).
+    pub pinned_link: Option<(u32, u32, u32)>,
+}
+
+impl Observed {
+    /// The program that guards the edge in `mode`, if ours is in place and
+    /// runs before anything else that could pass the packet on.
+    pub fn guard(&self, mode: EdgeMode, ifindex: u32) -> Option<u32> {
+        match mode {
+            EdgeMode::Clsact => {
+                // Any tcx program runs before every filter.
+                if !self.tcx.is_empty() {
+                    return None;
+                }
+                self.filter.as_ref().and_then(|f| f.prog_id)
+            }
+            EdgeMode::Tcx => {
+                let (link_id, prog_id, on) = self.pinned_link?;
+                let first = self.tcx.first()?;
+                (on == ifindex && first.link_id == link_id).then_some(prog_id)
+            }
+        }
+    }
+}
+
+/// Reads what sits on the ingress of `ifindex`: our filter and the other
+/// bpf filters, the tcx programs in order, and our pinned tcx link.
+pub fn inspect(nl: &mut Netlink, pins: &Pins, ifindex: u32) -> Result<Observed, EdgeError> {
+    let filters = nl.ingress_bpf_filters(ifindex)?;
+    let filter = filters
+        .iter()
+        .find(|f| f.prio == FILTER_PRIO && f.handle == FILTER_HANDLE)
+        .cloned();
+    let tcx = if tcx_supported() {
+        sys::tcx_query(ifindex).map_err(bpf_err(format!(
+            "query the tcx programs of ifindex {ifindex}"
+        )))?
+    } else {
+        Vec::new()
+    };
+    let pin = pins.tc_link(ifindex);
+    let pinned_link = if pin.exists() {
+        sys::pinned_link_info(&pin)
+            .ok()
+            .filter(|i| i.link_type == sys::LINK_TYPE_TCX)
+            .map(|i| (i.id, i.prog_id, i.tcx_ifindex))
+    } else {
+        None
+    };
+    Ok(Observed {
+        filter,
+        filters,
+        tcx,
+        pinned_link,
+    })
+}
+
+/// Removes a pod's tcx link pin (the link detaches if the device is still
+/// there); a pin that is not there is not an error.
+pub fn unpin_tc_link(pins: &Pins, ifindex: u32) -> io::Result<()> {
+    match std::fs::remove_file(pins.tc_link(ifindex)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The kernel's own checks on a pod's host-side veth, set before the device
+/// comes up so the pod is contained even if the program were missing:
+/// strict reverse-path filtering (IPv4 only: the kernel has none for IPv6),
+/// no router advertisements taken from the pod (a pod's RA could otherwise
+/// install routes on a node with `accept_ra=2`), no ICMP redirects taken
+/// from it, none sent to it.
+pub const BACKSTOPS: [(&str, &str, &str); 5] = [
+    ("ipv4", "rp_filter", "1"),
+    ("ipv4", "accept_redirects", "0"),
+    ("ipv4", "send_redirects", "0"),
+    ("ipv6", "accept_ra", "0"),
+    ("ipv6", "accept_redirects", "0"),
+];
+
+fn sysctl_path(family: &str, ifname: &str, key: &str) -> PathBuf {
+    Path::new("/proc/sys/net")
+        .join(family)
+        .join("conf")
+        .join(ifname)
+        .join(key)
+}
+
+/// Sets [`BACKSTOPS`] on `ifname`. A node with IPv6 disabled has no IPv6
+/// settings for the device; those are skipped.
+pub fn set_backstops(ifname: &str) -> Result<(), EdgeError> {
+    for (family, key, value) in BACKSTOPS {
+        let path = sysctl_path(family, ifname, key);
+        match std::fs::write(&path, value) {
+            Ok(()) => {}
+            Err(e) if family == "ipv6" && e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(EdgeError::Sysctl {
+                    path,
+                    value,
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The [`BACKSTOPS`] `ifname` no longer has, as `family.key=found`.
+pub fn backstop_drift(ifname: &str) -> Vec<String> {
+    BACKSTOPS
+        .iter()
+        .filter_map(|(family, key, want)| {
+            let found = std::fs::read_to_string(sysctl_path(family, ifname, key)).ok()?;
+            (found.trim() != *want).then(|| format!("{family}.{key}={}", found.trim()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_endpoint_entry_carries_the_socket_lb_opt_out() {
+        let rec = |annotations: serde_json::Value| -> EndpointRecord {
+            serde_json::from_value(serde_json::json!({
+                "version": 1, "network": "n", "container_id": "c", "ifname": "eth0",
+                "netns": "/var/run/netns/p", "pod": {},
+                "addresses": ["10.0.0.2/32", "fd00::2/128"], "gateways": [],
+                "host_ifname": "sl0", "host_ifindex": 9,
+                "host_mac": "02:00:00:00:00:01", "pod_mac": "02:00:00:00:00:02",
+                "mtu": 1500, "created_unix": 1, "annotations": annotations
+            }))
+            .unwrap()
+        };
+        use sluice_dataplane::maps::{EP_F_HOST, EP_F_IPV4, EP_F_IPV6};
+        let plain = endpoint_entry(&rec(serde_json::json!({})));
+        assert_eq!(plain.host_ifindex, 9);
+        assert_eq!(plain.flags, EP_F_IPV4 | EP_F_IPV6);
+        let kept = endpoint_entry(&rec(serde_json::json!({"sluice.dev/socket-lb": "true"})));
+        assert_eq!(kept, plain);
+        let out = endpoint_entry(&rec(serde_json::json!({"sluice.dev/socket-lb": "false"})));
+        assert_eq!(out.flags, EP_F_IPV4 | EP_F_IPV6 | EP_F_NO_SOCK_LB);
+        assert_eq!(out.flags & EP_F_HOST, 0);
+    }
+
+    #[test]
+    fn the_guard_is_ours_only_when_nothing_runs_before_it() {
+        let ours = BpfFilter {
+            prio: FILTER_PRIO,
+            handle: FILTER_HANDLE,
+            prog_id: Some(7),
+            name: Some("sluice_pod_ingress".into()),
+        };
+        let mut o = Observed {
+            filter: Some(ours.clone()),
+            filters: vec![ours],
+            ..Default::default()
+        };
+        assert_eq!(o.guard(EdgeMode::Clsact, 3), Some(7));
+        // A foreign tcx program runs before every filter.
+        o.tcx = vec![sys::TcxEntry {
+            prog_id: 99,
+            link_id: 5,
+        }];
+        assert_eq!(o.guard(EdgeMode::Clsact, 3), None);
+        // tcx: our pinned link must be on the device and first.
+        o.pinned_link = Some((6, 8, 3));
+        assert_eq!(o.guard(EdgeMode::Tcx, 3), None, "a foreign link is first");
+        o.tcx.insert(
+            0,
+            sys::TcxEntry {
+                prog_id: 8,
+                link_id: 6,
+            },
+        );
+        assert_eq!(o.guard(EdgeMode::Tcx, 3), Some(8));
+        o.pinned_link = Some((6, 8, 0));
+        assert_eq!(o.guard(EdgeMode::Tcx, 3), None, "detached link");
+    }
+}
