@@ -288,6 +288,19 @@ pub fn attach(
             ])?;
         }
         EdgeMode::Tcx => {
+            // A program is attached at most once per hook: a link of ours
+            // still on the device (behind another tool's program) is
+            // detached first, so the new one can go in front. The packets
+            // in between meet the other program first, as they did before.
+            if !fresh {
+                if let Ok(old) = sys::obj_get(&pins.tc_link(ifindex)) {
+                    if sys::link_info(old.as_fd()).is_ok_and(|i| i.tcx_ifindex == ifindex) {
+                        sys::link_detach(old.as_fd()).map_err(bpf_err(format!(
+                            "detach the tcx link of ifindex {ifindex} to put it first again"
+                        )))?;
+                    }
+                }
+            }
             let link = sys::tcx_link_create(prog.fd.as_fd(), ifindex)
                 .map_err(bpf_err(format!("attach a tcx link to ifindex {ifindex}")))?;
             pin_tc_link(pins, ifindex, link.as_fd())?;

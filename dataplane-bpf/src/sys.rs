@@ -685,3 +685,18 @@ fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
     b[4..8].copy_from_slice(&imm.to_le_bytes());
     u64::from_ne_bytes(b)
 }
+
+const BPF_LINK_DETACH: libc::c_long = 34;
+
+/// Detaches a link from its hook (`BPF_LINK_DETACH`): the link object
+/// stays (and its pins), attached to nothing.
+pub fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
+    #[repr(C)]
+    struct Attr {
+        link_fd: u32,
+    }
+    let mut attr = Attr {
+        link_fd: link.as_raw_fd() as u32,
+    };
+    bpf(BPF_LINK_DETACH, &mut attr).map(|_| ())
+}

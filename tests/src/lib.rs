@@ -8,6 +8,7 @@
 //! them first (`cargo build --workspace --bins`, as `.ci/run` does).
 
 pub mod daemon;
+pub mod frames;
 
 use serde_json::Value;
 use std::fs::File;
@@ -231,10 +232,18 @@ impl Node {
     }
 
     /// Pins `object`'s `sluice_pod_ingress` as the node's edge program
-    /// (a test's stand-in for an older build's, for instance).
+    /// (a test's stand-in for an older build's, for instance), with this
+    /// build's maps pinned beside it.
     pub fn pin_pod_program(&self, object: &[u8], name: &'static str) {
         use std::os::fd::AsFd;
         let pins = sluice_dataplane::pins::Pins::new(&self.pin_path);
+        sluice_dataplane::load::load_object(
+            "tc_pod",
+            sluice_dataplane::TC_POD,
+            &pins.maps(),
+            &sluice_dataplane::maps::ALL,
+        )
+        .expect("pin the edge maps");
         let mut obj = sluice_dataplane::load::load_object(
             name,
             object,
