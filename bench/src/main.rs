@@ -1,7 +1,10 @@
 //! cni-bench: ADD and DEL latency of `sluice` against the reference `ptp` +
 //! `host-local` (Debian's containernetworking-plugins), both exec'd the same
-//! way from the same node netns in one run, interleaved; then N parallel
-//! ADDs of each, wall time. Needs root and release builds of the workspace's
+//! way from the same node netns in one run, interleaved, on a node that
+//! looks like a production one: sluiced running, some pods of each plugin
+//! already there, state and IPAM dirs on a tmpfs (as /var/run is); then N
+//! parallel ADDs of each, wall time; then sluice's ADD with 10, 100 and
+//! 1,000 pods on the node. Needs root and release builds of the workspace's
 //! binaries next to this one (`cargo build --release --workspace --bins`).
 
 mod cleanup;
@@ -11,8 +14,9 @@ mod stats;
 
 use cleanup::Track;
 use plugin::{Plugin, Pod};
-use report::{Latency, Parallel, Report};
-use sluice_tests::{bin, list_files, Node, Ns};
+use report::{Latency, Parallel, Report, Scale};
+use sluice_tests::daemon::Daemon;
+use sluice_tests::{bin, list_files, Node, NsRunner};
 use stats::{ms, Summary};
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -21,17 +25,24 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 const MIN_ROUNDS: usize = 20;
+/// Pods a plugin needs at most, at the largest scale level plus the rounds.
+const SLUICE_RANGES_CAPACITY: usize = 65000;
 const REFERENCE_DIR: &str = "/usr/lib/cni";
 const SLUICE_RANGES: &str = r#"[[{"subnet":"10.210.0.0/16"}]]"#;
 const REFERENCE_SUBNET: &str = "10.211.0.0/16";
 const REFERENCE_NET: &str = "refnet";
 
 const USAGE: &str = "\
-usage: cni-bench [--rounds N] [--parallel N] [--json]
+usage: cni-bench [--rounds N] [--parallel N] [--residents N] [--scale L,L,..|none]
+                 [--scale-rounds N] [--json]
 
-  --rounds N     interleaved ADD/DEL rounds per plugin (default 30, at least 20)
-  --parallel N   pods in the parallel-ADD test (default 100)
-  --json         print the figures as JSON instead of the table
+  --rounds N        interleaved ADD/DEL rounds per plugin (default 100, at least 20)
+  --parallel N      pods in the parallel-ADD test (default 100)
+  --residents N     pods of each plugin on the node during the rounds (default 10)
+  --scale L,..      pods already on the node at which sluice's ADD is timed again
+                    (default 10,100,1000; none skips it)
+  --scale-rounds N  ADD/DEL rounds at each scale level (default 30)
+  --json            print the figures as JSON instead of the table
 
 Runs as root. Build first: cargo build --release --workspace --bins";
 
@@ -39,13 +50,19 @@ Runs as root. Build first: cargo build --release --workspace --bins";
 struct Args {
     rounds: usize,
     parallel: usize,
+    residents: usize,
+    scale: Vec<usize>,
+    scale_rounds: usize,
     json: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
-        rounds: 30,
+        rounds: 100,
         parallel: 100,
+        residents: 10,
+        scale: vec![10, 100, 1000],
+        scale_rounds: 30,
         json: false,
     };
     let mut it = std::env::args().skip(1);
@@ -65,6 +82,22 @@ fn parse_args() -> Result<Args, String> {
         match flag.as_str() {
             "--rounds" => args.rounds = number("--rounds")?,
             "--parallel" => args.parallel = number("--parallel")?,
+            "--residents" => args.residents = number("--residents")?,
+            "--scale-rounds" => args.scale_rounds = number("--scale-rounds")?,
+            "--scale" => {
+                let v = inline.clone().or_else(|| it.next()).unwrap_or_default();
+                args.scale = if v == "none" {
+                    Vec::new()
+                } else {
+                    v.split(',')
+                        .map(|x| {
+                            x.parse()
+                                .map_err(|_| format!("--scale: {x:?} is not a number"))
+                        })
+                        .collect::<Result<Vec<usize>, String>>()?
+                };
+                args.scale.sort_unstable();
+            }
             "--json" if inline.is_none() => args.json = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -78,6 +111,11 @@ fn parse_args() -> Result<Args, String> {
     }
     if args.parallel == 0 {
         return Err("--parallel must be at least 1".into());
+    }
+    if args.scale.last().copied().unwrap_or(0) + args.scale_rounds > SLUICE_RANGES_CAPACITY {
+        return Err(format!(
+            "--scale asks for more pods than the bench's range holds ({SLUICE_RANGES_CAPACITY})"
+        ));
     }
     Ok(args)
 }
@@ -173,6 +211,10 @@ fn run(args: &Args) -> Result<Report, String> {
     // before the node netns (and any veth left in it) and its dirs go.
     let node = Node::new();
     let _node_track = Track::new(Some(&node.ns.name), &[node.dir.path()]);
+    node.mount_tmpfs();
+    let daemon = Daemon::start(&node);
+    let _daemon_track = Track::process(daemon.pid().unwrap());
+    let runner = NsRunner::new(&node.ns);
     let sluice = Plugin {
         label: "sluice",
         path: bin("sluice"),
@@ -186,26 +228,78 @@ fn run(args: &Args) -> Result<Report, String> {
 
     progress("warm-up: one untimed ADD, gateway ping, DEL of each plugin");
     for p in [&sluice, &reference] {
-        let mut pod = Pod::new(p, &node.ns);
+        let mut pod = Pod::new(p, &runner);
         pod.timed("ADD")?;
         pod.reaches_gateway()?;
         pod.timed("DEL")?;
     }
+    progress(&format!(
+        "{} pods of each plugin stay on the node",
+        args.residents
+    ));
+    let mut residents = Vec::new();
+    for p in [&sluice, &reference] {
+        for _ in 0..args.residents {
+            let mut pod = Pod::new(p, &runner);
+            pod.timed("ADD")?;
+            residents.push(pod);
+        }
+    }
 
     progress(&format!("{} interleaved rounds", args.rounds));
-    let (add, del) = interleaved(&node.ns, &sluice, &reference, args.rounds)?;
+    let (add, del) = interleaved(&node, &runner, &sluice, &reference, args.rounds)?;
 
-    let parallel = parallel_adds(&node.ns, &sluice, &reference, args.parallel)?;
+    let parallel = parallel_adds(&node, &runner, &sluice, &reference, args.parallel)?;
 
+    let scale = if args.scale.is_empty() {
+        None
+    } else {
+        Some(scaling(&node, &runner, &sluice, args, &mut residents)?)
+    };
+    drop(residents);
     check_clean(&node)?;
+    drop(daemon);
     Ok(Report {
         rounds: args.rounds,
+        residents: args.residents,
         sluice: sluice.label,
         reference: reference.label,
         add,
         del,
         parallel,
+        scale,
     })
+}
+
+/// sluice's ADD timed with more and more of its pods on the node: the
+/// plugin's cost must not grow with them.
+fn scaling<'a>(
+    node: &Node,
+    runner: &'a NsRunner,
+    sluice: &'a Plugin,
+    args: &Args,
+    residents: &mut Vec<Pod<'a>>,
+) -> Result<Scale, String> {
+    let mut on_node = args.residents;
+    let mut levels = Vec::new();
+    for &level in &args.scale {
+        progress(&format!("ADD with {level} pods on the node"));
+        while on_node < level {
+            let mut pod = Pod::new(sluice, runner);
+            pod.timed("ADD")?;
+            residents.push(pod);
+            on_node += 1;
+        }
+        let mut samples = Vec::new();
+        for _ in 0..args.scale_rounds {
+            let mut pod = Pod::new(sluice, runner);
+            samples.push(pod.timed("ADD")?);
+            pod.timed("DEL")?;
+            node.ns.wait_for_retired_links();
+        }
+        levels.push((level, Summary::of(&samples)));
+    }
+    Ok(Scale { levels })
 }
 
 fn reference_data_dir(node: &Node) -> PathBuf {
@@ -215,13 +309,14 @@ fn reference_data_dir(node: &Node) -> PathBuf {
 /// Round i: ADD both pods i (sluice first in even rounds, the reference
 /// first in odd ones), then DEL both in the same order, netns still there.
 fn interleaved(
-    node: &Ns,
+    node: &Node,
+    runner: &NsRunner,
     sluice: &Plugin,
     reference: &Plugin,
     rounds: usize,
 ) -> Result<(Latency, Latency), String> {
     let mut pods: Vec<[Pod<'_>; 2]> = (0..rounds)
-        .map(|_| [Pod::new(sluice, node), Pod::new(reference, node)])
+        .map(|_| [Pod::new(sluice, runner), Pod::new(reference, runner)])
         .collect();
     // [command][plugin] -> samples
     let mut samples: [[Vec<Duration>; 2]; 2] = Default::default();
@@ -233,7 +328,7 @@ fn interleaved(
                 // sluice's DEL returns before the kernel has finished
                 // deleting the veth (a forked child does that); let it
                 // finish, untimed, so it does not slow the next sample.
-                node.wait_for_retired_links();
+                node.ns.wait_for_retired_links();
             }
         }
     }
@@ -248,7 +343,8 @@ fn interleaved(
 /// batch DEL'd (untimed) before the next starts so both find the same empty
 /// node. All pod netns are made before the first batch.
 fn parallel_adds(
-    node: &Ns,
+    node: &Node,
+    runner: &NsRunner,
     sluice: &Plugin,
     reference: &Plugin,
     n: usize,
@@ -260,7 +356,7 @@ fn parallel_adds(
     ));
     let mut batches: Vec<Vec<Pod<'_>>> = order
         .iter()
-        .map(|p| (0..n).map(|_| Pod::new(p, node)).collect())
+        .map(|p| (0..n).map(|_| Pod::new(p, runner)).collect())
         .collect();
     let mut wall = [0.0; 2];
     for ((plugin, pods), wall) in order.iter().zip(&mut batches).zip(&mut wall) {
@@ -274,7 +370,7 @@ fn parallel_adds(
             ));
         }
         plugin::parallel(pods, "DEL")?;
-        node.wait_for_retired_links();
+        node.ns.wait_for_retired_links();
         *wall = ms(t);
     }
     Ok(Parallel {

@@ -1,11 +1,15 @@
-//! A plugin under test and the pods it is run for. Every run goes through
-//! the harness's `spawn_cni`, so both plugins are exec'd exactly the same way.
+//! A plugin under test and the pods it is run for. Every run is spawned
+//! from one thread inside the node's netns (the harness's `NsRunner`), with
+//! `posix_spawn`, as a Go container runtime starts plugins, so both plugins
+//! are exec'd exactly the same way; each sample is taken on that thread,
+//! from spawn to exit, the config written to stdin included.
 
 use crate::cleanup::Track;
-use sluice_tests::{spawn_cni, unique, Ns};
+use sluice_tests::{cni_command, unique, Ns, NsRunner};
+use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::{Child, Output};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 pub const IFNAME: &str = "eth0";
@@ -22,7 +26,7 @@ pub struct Plugin {
 #[derive(Debug)]
 pub struct Pod<'a> {
     plugin: &'a Plugin,
-    node: &'a Ns,
+    node: &'a NsRunner,
     ns: Ns,
     _track: Track,
     cid: String,
@@ -33,7 +37,7 @@ pub struct Pod<'a> {
 }
 
 impl<'a> Pod<'a> {
-    pub fn new(plugin: &'a Plugin, node: &'a Ns) -> Self {
+    pub fn new(plugin: &'a Plugin, node: &'a NsRunner) -> Self {
         let ns = Ns::new("bp");
         let track = Track::new(Some(&ns.name), &[]);
         Pod {
@@ -48,25 +52,25 @@ impl<'a> Pod<'a> {
         }
     }
 
-    /// Starts `cmd` (ADD or DEL) for this pod without waiting.
-    pub fn spawn(&mut self, cmd: &str) -> Child {
+    /// The process a runtime starts for `cmd` (ADD or DEL) of this pod.
+    fn command(&mut self, cmd: &str) -> (Command, String) {
         if cmd == "ADD" {
             // A failed ADD may leave parts behind; DEL cleans those too.
             self.attached = true;
         }
-        spawn_cni(
-            self.node,
-            &self.plugin.path,
-            cmd,
-            &self.cid,
-            Some(&self.ns.path()),
-            IFNAME,
-            &self.plugin.conf,
-            &[],
+        (
+            cni_command(
+                &self.plugin.path,
+                cmd,
+                &self.cid,
+                Some(&self.ns.path()),
+                IFNAME,
+            ),
+            self.plugin.conf.clone(),
         )
     }
 
-    /// Checks the outcome of a run started with [`Pod::spawn`].
+    /// Checks the outcome of a run.
     pub fn finish(&mut self, cmd: &str, out: std::io::Result<Output>) -> Result<(), String> {
         let out =
             out.map_err(|e| format!("{} {cmd}: waiting for the plugin: {e}", self.plugin.label))?;
@@ -97,9 +101,12 @@ impl<'a> Pod<'a> {
     /// Runs `cmd` and returns how long the plugin process took, from spawn
     /// to exit.
     pub fn timed(&mut self, cmd: &str) -> Result<Duration, String> {
-        let start = Instant::now();
-        let out = self.spawn(cmd).wait_with_output();
-        let took = start.elapsed();
+        let job = self.command(cmd);
+        let (out, took) = self.node.run(move || {
+            let start = Instant::now();
+            let out = run(job);
+            (out, start.elapsed())
+        });
         self.finish(cmd, out)?;
         Ok(took)
     }
@@ -124,9 +131,23 @@ impl<'a> Pod<'a> {
 impl Drop for Pod<'_> {
     fn drop(&mut self) {
         if self.attached {
-            let _ = self.spawn("DEL").wait_with_output();
+            let job = self.command("DEL");
+            let _ = self.node.run(move || run(job));
         }
     }
+}
+
+/// Starts the plugin, writes its config to stdin and waits for it.
+fn start((mut c, conf): (Command, String)) -> std::io::Result<std::process::Child> {
+    let mut child = c.spawn()?;
+    if let Some(mut i) = child.stdin.take() {
+        let _ = i.write_all(conf.as_bytes());
+    }
+    Ok(child)
+}
+
+fn run(job: (Command, String)) -> std::io::Result<Output> {
+    start(job)?.wait_with_output()
 }
 
 /// The first address (and its gateway) of an ADD result.
@@ -160,10 +181,19 @@ fn parse_result(stdout: &str) -> Result<(IpAddr, Option<IpAddr>), String> {
 /// Runs `cmd` for all `pods` at once: spawns every process, then waits for
 /// all. Returns the wall time from the first spawn to the last exit.
 pub fn parallel(pods: &mut [Pod<'_>], cmd: &str) -> Result<Duration, String> {
-    let start = Instant::now();
-    let children: Vec<Child> = pods.iter_mut().map(|p| p.spawn(cmd)).collect();
-    let outs: Vec<_> = children.into_iter().map(Child::wait_with_output).collect();
-    let wall = start.elapsed();
+    let Some(runner) = pods.first().map(|p| p.node) else {
+        return Ok(Duration::ZERO);
+    };
+    let jobs: Vec<_> = pods.iter_mut().map(|p| p.command(cmd)).collect();
+    let (outs, wall) = runner.run(move || {
+        let t = Instant::now();
+        let children: Vec<_> = jobs.into_iter().map(start).collect();
+        let outs: Vec<std::io::Result<Output>> = children
+            .into_iter()
+            .map(|c| c.and_then(|c| c.wait_with_output()))
+            .collect();
+        (outs, t.elapsed())
+    });
     let errors: Vec<String> = pods
         .iter_mut()
         .zip(outs)

@@ -7,6 +7,7 @@ use std::time::Duration;
 pub struct Summary {
     pub median: f64,
     pub p90: f64,
+    pub p99: f64,
     pub min: f64,
     /// In the order they were taken.
     pub samples: Vec<f64>,
@@ -36,16 +37,21 @@ impl Summary {
         };
         // Nearest rank: the smallest sample with at least 90% at or below it.
         let p90 = sorted[(n * 9).div_ceil(10) - 1];
+        let p99 = sorted[(n * 99).div_ceil(100) - 1];
         Summary {
             median,
             p90,
+            p99,
             min: sorted[0],
             samples,
         }
     }
 
     pub fn cell(&self) -> String {
-        format!("{:.2} / {:.2} / {:.2}", self.median, self.p90, self.min)
+        format!(
+            "{:.2} / {:.2} / {:.2} / {:.2}",
+            self.median, self.p90, self.p99, self.min
+        )
     }
 
     pub fn json(&self) -> Value {
@@ -53,6 +59,7 @@ impl Summary {
         json!({
             "median": us(self.median),
             "p90": us(self.p90),
+            "p99": us(self.p99),
             "min": us(self.min),
             "samples": self.samples.iter().copied().map(us).collect::<Vec<_>>(),
         })

@@ -9,7 +9,7 @@
 //! the daemon's state. The daemon inspects the same attachment later and
 //! puts back whatever went missing or was replaced (see [`inspect`]).
 
-use crate::netlink::{bpf_filter_op, clsact_op, BpfFilter, Netlink, NlError};
+use crate::netlink::{bpf_filter_op, clsact_op, ipv4_devconf_op, BpfFilter, Netlink, NlError, Op};
 use sluice_common::endpoint::{EdgeMode, EdgeProgram, EdgeRecord, EndpointRecord};
 use sluice_dataplane::maps::{
     self, bytes_of, bytes_of_mut, EdgeStats, Endpoint, MapSpec, SrcKey, EP_F_NO_SOCK_LB,
@@ -261,8 +261,9 @@ pub fn tcx_supported() -> bool {
 /// Puts `prog` on the ingress of the pod veth `ifindex`.
 ///
 /// clsact: a clsact qdisc (or the `ingress` qdisc already there) and our
-/// filter at [`FILTER_PRIO`]; `fresh` adds it exclusively (a new device),
-/// otherwise it replaces the program of the filter in place. tcx: a new
+/// filter at [`FILTER_PRIO`]; `fresh` adds it exclusively (a new device,
+/// with its IPv4 backstops in the same batch), otherwise it replaces the
+/// program of the filter in place. tcx: a new
 /// link ahead of every other program, pinned at `links/tc/<ifindex>`
 /// (replacing the pin of an older link, which then detaches).
 pub fn attach(
@@ -275,7 +276,11 @@ pub fn attach(
 ) -> Result<EdgeRecord, EdgeError> {
     match mode {
         EdgeMode::Clsact => {
-            nl.batch(vec![
+            let mut ops = Vec::with_capacity(3);
+            if fresh {
+                ops.push(ipv4_backstops_op(ifindex));
+            }
+            ops.extend([
                 clsact_op(ifindex),
                 bpf_filter_op(
                     ifindex,
@@ -285,9 +290,13 @@ pub fn attach(
                     program_name(prog.program),
                     !fresh,
                 ),
-            ])?;
+            ]);
+            nl.batch(ops)?;
         }
         EdgeMode::Tcx => {
+            if fresh {
+                nl.batch(vec![ipv4_backstops_op(ifindex)])?;
+            }
             // A program is attached at most once per hook: a link of ours
             // still on the device (behind another tool's program) is
             // detached first, so the new one can go in front. The packets
@@ -457,10 +466,20 @@ fn sysctl_path(family: &str, ifname: &str, key: &str) -> PathBuf {
         .join(key)
 }
 
-/// Sets [`BACKSTOPS`] on `ifname`. A node with IPv6 disabled has no IPv6
-/// settings for the device; those are skipped.
-pub fn set_backstops(ifname: &str) -> Result<(), EdgeError> {
+/// The IPv4 [`BACKSTOPS`] as one netlink request (`IPV4_DEVCONF_*` ids:
+/// rp_filter 8, accept_redirects 4, send_redirects 6).
+pub fn ipv4_backstops_op(ifindex: u32) -> Op {
+    ipv4_devconf_op(ifindex, &[(8, 1), (4, 0), (6, 0)])
+}
+
+/// Sets [`BACKSTOPS`] on `ifname` (the IPv6 ones only with `v6_only`, for
+/// a caller that sends [`ipv4_backstops_op`] itself). A node with IPv6
+/// disabled has no IPv6 settings for the device; those are skipped.
+pub fn set_backstops(ifname: &str, v6_only: bool) -> Result<(), EdgeError> {
     for (family, key, value) in BACKSTOPS {
+        if v6_only && family == "ipv4" {
+            continue;
+        }
         let path = sysctl_path(family, ifname, key);
         match std::fs::write(&path, value) {
             Ok(()) => {}

@@ -1,3 +1,14 @@
-fn main() {
-    std::process::exit(sluice_cni::main_entry());
+//! `#![no_main]`: the plugin is started once per pod operation, so Rust's
+//! runtime set-up before `main` (the main thread's stack guard, read from
+//! /proc/self/maps; the stack-overflow handler; the SIGPIPE and stdio
+//! checks) is time every pod start pays for nothing a plugin needs.
+//! The C `main` below is the whole entry point.
+#![no_main]
+
+#[no_mangle]
+pub extern "C" fn main(
+    _argc: std::ffi::c_int,
+    _argv: *const *const std::ffi::c_char,
+) -> std::ffi::c_int {
+    sluice_cni::main_entry()
 }

@@ -142,8 +142,9 @@ pub struct Netlink {
 impl Netlink {
     /// A socket in the calling thread's current netns.
     pub fn open() -> Result<Self, NlError> {
-        let mut socket = Socket::new(NETLINK_ROUTE).map_err(NlError::Socket)?;
-        socket.bind_auto().map_err(NlError::Socket)?;
+        let socket = Socket::new(NETLINK_ROUTE).map_err(NlError::Socket)?;
+        // Bound by the kernel on first send (no bind or getsockname: we
+        // never need our port id); connected so plain send reaches it.
         socket
             .connect(&SocketAddr::new(0, 0))
             .map_err(NlError::Socket)?;
@@ -336,8 +337,9 @@ impl Netlink {
 
     /// Creates a veth pair: `host` here and `peer` directly inside `peer_ns`,
     /// so the pod's end never exists in the node's netns, even for a moment.
-    /// Returns the host end's ifindex when the kernel echoes the new link
-    /// (`NLM_F_ECHO`, Linux 6.2); `None` on older kernels.
+    /// Returns the host end's ifindex, and its peer's in the pod's netns,
+    /// when the kernel echoes the new link (`NLM_F_ECHO`, Linux 6.2; a
+    /// veth's `IFLA_LINK` is its peer's ifindex); `None` on older kernels.
     pub fn create_veth(
         &mut self,
         host: &str,
@@ -346,7 +348,7 @@ impl Netlink {
         peer_mac: [u8; 6],
         peer_ns: &Netns,
         mtu: u32,
-    ) -> Result<Option<u32>, NlError> {
+    ) -> Result<Option<(u32, u32)>, NlError> {
         let mut peer_msg = LinkMessage::default();
         peer_msg.attributes = vec![
             LinkAttribute::IfName(peer.into()),
@@ -369,11 +371,21 @@ impl Netlink {
             RouteNetlinkMessage::NewLink(msg),
             NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO,
         )?;
-        Ok(replies
-            .into_iter()
-            .filter_map(to_link)
-            .find(|l| l.name == host)
-            .map(|l| l.index))
+        Ok(replies.into_iter().find_map(|m| {
+            let RouteNetlinkMessage::NewLink(l) = m else {
+                return None;
+            };
+            let mut name_ok = false;
+            let mut peer = None;
+            for a in &l.attributes {
+                match a {
+                    LinkAttribute::IfName(n) => name_ok = n == host,
+                    LinkAttribute::Link(p) => peer = Some(*p),
+                    _ => {}
+                }
+            }
+            Some((l.header.index, peer?)).filter(|_| name_ok)
+        }))
     }
 
     /// Sets a link up, and its alias when given, in one request.
@@ -752,6 +764,38 @@ pub fn set_up_op(index: u32, alias: Option<&str>) -> Op {
     }
     Op::new(
         format!("setting link #{index} up"),
+        RouteNetlinkMessage::SetLink(msg),
+        0,
+    )
+}
+
+/// IPv4 per-device settings (`IPV4_DEVCONF_*` id, value) of a link, set in
+/// one request (`IFLA_AF_SPEC` / `AF_INET` / `IFLA_INET_CONF`) instead of a
+/// file write each under /proc/sys.
+pub fn ipv4_devconf_op(index: u32, settings: &[(u32, u32)]) -> Op {
+    const IFLA_AF_SPEC: u16 = 26;
+    const AF_INET: u16 = 2;
+    const IFLA_INET_CONF: u16 = 1;
+    let nla = |kind: u16, value: &[u8]| {
+        let mut v = ((4 + value.len()) as u16).to_ne_bytes().to_vec();
+        v.extend_from_slice(&kind.to_ne_bytes());
+        v.extend_from_slice(value);
+        v
+    };
+    let conf: Vec<u8> = settings
+        .iter()
+        .flat_map(|(id, value)| nla(*id as u16, &value.to_ne_bytes()))
+        .collect();
+    let spec = nla(AF_INET, &nla(IFLA_INET_CONF, &conf));
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg.attributes
+        .push(LinkAttribute::Other(netlink_packet_core::DefaultNla::new(
+            IFLA_AF_SPEC,
+            spec,
+        )));
+    Op::new(
+        format!("setting IPv4 device settings of link #{index}"),
         RouteNetlinkMessage::SetLink(msg),
         0,
     )

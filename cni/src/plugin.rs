@@ -165,27 +165,21 @@ pub fn add(inv: &Invocation) -> Result<serde_json::Value, CniError> {
     let env = &inv.env;
     let netns_path = env.netns.as_ref().expect("validated: ADD has a netns");
     let pod_ns = Netns::open(netns_path).map_err(netns_err)?;
-    let node_ns = Netns::current().map_err(netns_err)?;
-    if pod_ns.id().ok() == node_ns.id().ok() {
+    let mut ipam = Ipam::from_netconf(inv)?;
+    let host_name = naming::host_ifname(&env.container_id, &env.ifname);
+    let mut nl = Netlink::open().map_err(nl_err)?;
+    // The pod's side, through a socket bound to its netns, which also names
+    // the netns by its cookie (the key of its endpoint entry).
+    let mut pod_nl = Netlink::open_in(&pod_ns).map_err(nl_err)?;
+    let cookie = pod_nl.netns_cookie().map_err(nl_err)?;
+    if nl.netns_cookie().map_err(nl_err)? == cookie {
         return Err(CniError::env(
             format!("CNI_NETNS {} is the node's own netns", netns_path.display()),
             "the runtime must pass the pod's network namespace, not the host's",
         ));
     }
-    let mut ipam = Ipam::from_netconf(inv)?;
-    let host_name = naming::host_ifname(&env.container_id, &env.ifname);
-    let mut nl = Netlink::open().map_err(nl_err)?;
-    // Fail before allocating if the pod's interface is already there.
-    if nl.link_by_name(&host_name).map_err(nl_err)?.is_some() {
-        return Err(CniError::new(
-            codes::ALREADY_EXISTS,
-            format!(
-                "container {} ifname {} already has host interface {host_name}",
-                env.container_id, env.ifname
-            ),
-            "DEL the attachment before adding it again",
-        ));
-    }
+    // An attachment added twice is refused by the IPAM (it holds a
+    // reservation), before anything is created.
     let (leases, ipam_routes, dns) = ipam.add(env)?;
     let mut undo = AddUndo {
         inv,
@@ -195,7 +189,14 @@ pub fn add(inv: &Invocation) -> Result<serde_json::Value, CniError> {
         tc_pin: None,
         record: false,
     };
-    match add_steps(inv, &pod_ns, &mut nl, &host_name, &leases, &mut undo) {
+    match add_steps(
+        inv,
+        &pod_ns,
+        (&mut nl, &mut pod_nl, cookie),
+        &host_name,
+        &leases,
+        &mut undo,
+    ) {
         Ok(record) => {
             // Committed: nothing below may undo the ADD.
             undo.ipam = None;
@@ -228,10 +229,13 @@ pub fn add(inv: &Invocation) -> Result<serde_json::Value, CniError> {
     }
 }
 
+/// The node's and the pod's netlink sockets, and the pod's netns cookie.
+type Sockets<'a> = (&'a mut Netlink, &'a mut Netlink, u64);
+
 fn add_steps(
     inv: &Invocation,
     pod_ns: &Netns,
-    nl: &mut Netlink,
+    (nl, pod_nl, cookie): Sockets<'_>,
     host_name: &str,
     leases: &[Lease],
     undo: &mut AddUndo<'_>,
@@ -245,7 +249,7 @@ fn add_steps(
             ));
         }
     }
-    ensure_node_ready(nl, leases)?;
+    let node_ops = ensure_node_ready(leases)?;
     let mtu = match inv.plugin.mtu {
         Some(m) => m,
         None => nl
@@ -280,25 +284,20 @@ fn add_steps(
             "something else removed it; retry the ADD",
         )
     };
-    let host_index = match echoed {
+    let (host_index, pod_index) = match echoed {
         Some(i) => i,
-        None => {
+        None => (
             nl.link_by_name(host_name)
                 .map_err(nl_err)?
                 .ok_or_else(|| vanished("host", host_name))?
-                .index
-        }
+                .index,
+            pod_nl
+                .link_by_name(&env.ifname)
+                .map_err(nl_err)?
+                .ok_or_else(|| vanished("the pod's", &env.ifname))?
+                .index,
+        ),
     };
-
-    // The pod's side, through a socket bound to its netns (which also
-    // names the netns by its cookie, the key of its endpoint entry).
-    let mut pod_nl = Netlink::open_in(pod_ns).map_err(nl_err)?;
-    let cookie = pod_nl.netns_cookie().map_err(nl_err)?;
-    let pod_index = pod_nl
-        .link_by_name(&env.ifname)
-        .map_err(nl_err)?
-        .ok_or_else(|| vanished("the pod's", &env.ifname))?
-        .index;
     let mut ops = Vec::new();
     for l in leases {
         ops.push(address_op(pod_index, host_prefix(l.address.ip())));
@@ -351,7 +350,9 @@ fn add_steps(
 
     // The node's side. The pod's edge is in place before the device comes
     // up: from its first packet, the pod sends nothing unchecked.
-    edge::set_backstops(host_name).map_err(edge_err)?;
+    // The kernel's backstops first: IPv6 through /proc/sys (netlink cannot
+    // set them), IPv4 in the same batch as the edge program.
+    edge::set_backstops(host_name, true).map_err(edge_err)?;
     // Held until the record is written: the daemon's sweep of entries no
     // record explains waits for it (see lock_datapath).
     let _datapath_lock = sluice_common::endpoint::lock_datapath(&inv.plugin.state_dir, false)
@@ -366,7 +367,8 @@ fn add_steps(
             )
         })?;
     record.edge = Some(protect_edge(inv, nl, &record, cookie, undo)?);
-    let mut ops = vec![set_up_op(host_index, alias.as_deref())];
+    let mut ops = node_ops;
+    ops.push(set_up_op(host_index, alias.as_deref()));
     for l in leases {
         // The gateway lives on every pod's host veth (as ptp does), so the
         // node answers for it and a pod can reach the node through it.
@@ -390,7 +392,7 @@ fn add_steps(
     // Both ends must pass packets before the runtime starts the pod.
     for (sock, index, side) in [
         (&mut *nl, host_index, "node"),
-        (&mut pod_nl, pod_index, "pod"),
+        (&mut *pod_nl, pod_index, "pod"),
     ] {
         if !sock
             .wait_oper_up(index, std::time::Duration::from_secs(2))
@@ -475,8 +477,9 @@ fn protect_edge(
     Ok(rec)
 }
 
-/// Node-wide settings every pod relies on; idempotent, never undone.
-fn ensure_node_ready(nl: &mut Netlink, leases: &[Lease]) -> Result<(), CniError> {
+/// Node-wide settings every pod relies on; idempotent, never undone. The
+/// routes come back as requests for the caller's next batch.
+fn ensure_node_ready(leases: &[Lease]) -> Result<Vec<crate::netlink::Op>, CniError> {
     let v4 = leases.iter().any(|l| l.address.is_ipv4());
     let v6 = leases.iter().any(|l| l.address.is_ipv6());
     if v4 {
@@ -493,7 +496,7 @@ fn ensure_node_ready(nl: &mut Netlink, leases: &[Lease]) -> Result<(), CniError>
             .map_err(|e| CniError::config(format!("IPAM returned {}: {e}", l.address), ""))?;
         ops.push(unreachable_op(net));
     }
-    nl.batch(ops).map_err(nl_err)
+    Ok(ops)
 }
 
 fn ensure_sysctl(path: &str) -> Result<(), CniError> {

@@ -142,7 +142,7 @@ pub fn ensure(
     let drift = edge::backstop_drift(ifname);
     if !drift.is_empty() {
         problems.push(format!("kernel backstops changed ({})", drift.join(", ")));
-        edge::set_backstops(ifname)?;
+        edge::set_backstops(ifname, false)?;
     }
     let now = now_ms();
     let mut st = match (attached, known) {

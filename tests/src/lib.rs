@@ -195,6 +195,7 @@ pub struct Node {
     pub dir: tempfile::TempDir,
     pub network: String,
     pub pin_path: PathBuf,
+    tmpfs: std::sync::atomic::AtomicBool,
 }
 
 impl Node {
@@ -221,7 +222,28 @@ impl Node {
                 .expect("temp dir"),
             network: "testnet".into(),
             pin_path: PathBuf::from(format!("/sys/fs/bpf/{}", unique("d"))),
+            tmpfs: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Mounts a tmpfs over the node's dir (state and IPAM data), as
+    /// `/var/run` is on a production node; unmounted on drop. Call before
+    /// anything is written there.
+    pub fn mount_tmpfs(&self) {
+        let dir = std::ffi::CString::new(self.dir.path().as_os_str().as_encoded_bytes())
+            .expect("a path without NUL");
+        // SAFETY: valid C strings; no data pointer beyond the options.
+        let rc = unsafe {
+            libc::mount(
+                c"sluice-test".as_ptr(),
+                dir.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                c"mode=0755".as_ptr().cast(),
+            )
+        };
+        assert_eq!(rc, 0, "mount tmpfs: {}", std::io::Error::last_os_error());
+        self.tmpfs.store(true, Ordering::Relaxed);
     }
 
     /// Loads this build's edge program with its maps pinned under the
@@ -375,7 +397,107 @@ impl Default for Node {
 impl Drop for Node {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.pin_path);
+        if self.tmpfs.load(Ordering::Relaxed) {
+            let dir = std::ffi::CString::new(self.dir.path().as_os_str().as_encoded_bytes())
+                .expect("a path without NUL");
+            // SAFETY: a valid C string; MNT_DETACH so a busy mount still goes.
+            unsafe { libc::umount2(dir.as_ptr(), libc::MNT_DETACH) };
+        }
     }
+}
+
+/// A thread that lives in one netns and runs jobs there: commands started
+/// from it are spawned with `posix_spawn` (a vfork), the way container
+/// runtimes written in Go start CNI plugins, rather than with fork and a
+/// `setns` in the child.
+pub struct NsRunner {
+    tx: Option<std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for NsRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NsRunner").finish_non_exhaustive()
+    }
+}
+
+impl NsRunner {
+    pub fn new(ns: &Ns) -> Self {
+        let file = File::open(ns.path()).expect("open netns");
+        let (tx, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: setns on this thread only; the fd is valid.
+            assert_eq!(
+                unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+                0,
+                "setns: {}",
+                std::io::Error::last_os_error()
+            );
+            drop(file);
+            for job in rx {
+                job();
+            }
+        });
+        NsRunner {
+            tx: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Runs `f` on the thread and returns what it returned.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.tx
+            .as_ref()
+            .expect("runner alive")
+            .send(Box::new(move || {
+                let _ = tx.send(f());
+            }))
+            .expect("runner thread alive");
+        rx.recv().expect("job ran")
+    }
+}
+
+impl Drop for NsRunner {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The command a runtime runs for one CNI operation: `plugin` with the
+/// `CNI_*` environment; the config goes on its stdin.
+pub fn cni_command(
+    plugin: &Path,
+    cmd: &str,
+    cid: &str,
+    netns: Option<&Path>,
+    ifname: &str,
+) -> Command {
+    let mut c = Command::new(plugin);
+    c.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", cid)
+        .env(
+            "CNI_NETNS",
+            netns.map(|p| p.display().to_string()).unwrap_or_default(),
+        )
+        .env("CNI_IFNAME", ifname)
+        .env(
+            "CNI_PATH",
+            format!("{}:/usr/lib/cni", bin("sluice").parent().unwrap().display()),
+        )
+        .env(
+            "CNI_ARGS",
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=test",
+        );
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
 }
 
 pub fn list_files(dir: &Path) -> Vec<PathBuf> {
@@ -473,30 +595,10 @@ pub fn spawn_cni(
 ) -> std::process::Child {
     let ns = File::open(node.path()).expect("open node netns");
     let fd = ns.as_raw_fd();
-    let mut c = Command::new(plugin);
-    c.env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("CNI_COMMAND", cmd)
-        .env("CNI_CONTAINERID", cid)
-        .env(
-            "CNI_NETNS",
-            netns.map(|p| p.display().to_string()).unwrap_or_default(),
-        )
-        .env("CNI_IFNAME", ifname)
-        .env(
-            "CNI_PATH",
-            format!("{}:/usr/lib/cni", bin("sluice").parent().unwrap().display()),
-        )
-        .env(
-            "CNI_ARGS",
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=test",
-        );
+    let mut c = cni_command(plugin, cmd, cid, netns, ifname);
     for (k, v) in extra_env {
         c.env(k, v);
     }
-    c.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
     // SAFETY: setns is async-signal-safe; the fd stays open until spawn returns.
     unsafe {
         c.pre_exec(move || {

@@ -148,9 +148,11 @@ fn add_twice_for_the_same_attachment_is_refused_and_keeps_the_first() {
     let node = Node::new();
     let conf = node.conf("1.0.0", ranges("v4"));
     let a = Pod::add(&node, &conf);
+    // The IPAM refuses it before anything is created: the attachment
+    // already holds its reservation.
     let e = node
         .cni("ADD", &a.cid, Some(&a.ns.path()), "eth0", &conf)
-        .err(103);
+        .err(101);
     assert!(e["details"].as_str().unwrap().contains("DEL"), "{e}");
     // The first attachment is untouched.
     assert!(node.ns.ping(&a.ips()[0]));

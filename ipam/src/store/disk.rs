@@ -49,6 +49,12 @@ impl DiskStore {
     /// directory.
     pub fn open(data_dir: &Path, network: &str) -> Result<Self, IpamError> {
         let store = Self::at(data_dir, network)?;
+        // The owner index lies inside the network's directory: once it is
+        // there, both are (one stat instead of two mkdir and two stat on
+        // every ADD).
+        if fs::metadata(&store.by_id).is_ok_and(|m| m.is_dir()) {
+            return Ok(store);
+        }
         for dir in [&store.dir, &store.by_id] {
             fs::DirBuilder::new()
                 .recursive(true)
