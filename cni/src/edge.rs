@@ -9,7 +9,9 @@
 //! the daemon's state. The daemon inspects the same attachment later and
 //! puts back whatever went missing or was replaced (see [`inspect`]).
 
-use crate::netlink::{bpf_filter_op, clsact_op, ipv4_devconf_op, BpfFilter, Netlink, NlError, Op};
+use crate::netlink::{
+    bpf_filter_op, clsact_op, BpfFilter, FilterList, IngressQdisc, Netlink, NlError,
+};
 use sluice_common::endpoint::{EdgeMode, EdgeProgram, EdgeRecord, EndpointRecord};
 use sluice_dataplane::maps::{
     self, bytes_of, bytes_of_mut, EdgeStats, Endpoint, MapSpec, SrcKey, EP_F_NO_SOCK_LB,
@@ -18,7 +20,7 @@ use sluice_dataplane::pins::Pins;
 use sluice_dataplane::sys;
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// Our filter's place on a device's ingress filter list: priority 1 runs
@@ -28,6 +30,15 @@ use std::path::{Path, PathBuf};
 pub const FILTER_PRIO: u16 = 1;
 /// Our filter's handle at [`FILTER_PRIO`]: "5c", for sluice.
 pub const FILTER_HANDLE: u32 = 0x5c;
+
+/// The shared tc block every pod's clsact qdisc takes its ingress filters
+/// from (per netns): the check is one filter for all pods. A qdisc bound
+/// to an existing block costs the same at any number of pods, where a
+/// block per device makes the kernel walk a list of every block on each
+/// new one (indirect offload bookkeeping); an upgrade swaps one filter;
+/// and a filter can only be removed from it by its block index, not by a
+/// stray `tc filter del dev …`.
+pub const SHARED_BLOCK: u32 = 0x5c_1ce;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
@@ -260,10 +271,12 @@ pub fn tcx_supported() -> bool {
 
 /// Puts `prog` on the ingress of the pod veth `ifindex`.
 ///
-/// clsact: a clsact qdisc (or the `ingress` qdisc already there) and our
-/// filter at [`FILTER_PRIO`]; `fresh` adds it exclusively (a new device,
-/// with its IPv4 backstops in the same batch), otherwise it replaces the
-/// program of the filter in place. tcx: a new
+/// clsact: a clsact qdisc bound to [`SHARED_BLOCK`], and our filter at
+/// [`FILTER_PRIO`] in the block. `fresh` (ADD, a new device) keeps a
+/// filter the block already has (the daemon keeps it current); otherwise
+/// the block's filter is replaced in place. A device whose ingress qdisc
+/// is not bound to the block (an older plugin's, or a chained plugin's
+/// `ingress` qdisc) gets the filter on its own list instead. tcx: a new
 /// link ahead of every other program, pinned at `links/tc/<ifindex>`
 /// (replacing the pin of an older link, which then detaches).
 pub fn attach(
@@ -276,27 +289,36 @@ pub fn attach(
 ) -> Result<EdgeRecord, EdgeError> {
     match mode {
         EdgeMode::Clsact => {
-            let mut ops = Vec::with_capacity(3);
-            if fresh {
-                ops.push(ipv4_backstops_op(ifindex));
-            }
-            ops.extend([
-                clsact_op(ifindex),
-                bpf_filter_op(
-                    ifindex,
-                    FILTER_PRIO,
-                    FILTER_HANDLE,
-                    prog.fd.as_fd(),
-                    program_name(prog.program),
-                    !fresh,
-                ),
-            ]);
-            nl.batch(ops)?;
+            let list = if fresh {
+                FilterList::Block(SHARED_BLOCK)
+            } else {
+                match nl.ingress_qdisc(ifindex)? {
+                    Some(IngressQdisc {
+                        block: Some(SHARED_BLOCK),
+                        ..
+                    })
+                    | None => FilterList::Block(SHARED_BLOCK),
+                    Some(_) => FilterList::Ingress(ifindex),
+                }
+            };
+            let filter = bpf_filter_op(
+                list,
+                FILTER_PRIO,
+                FILTER_HANDLE,
+                prog.fd.as_fd(),
+                program_name(prog.program),
+                !fresh,
+            );
+            nl.batch(vec![
+                clsact_op(ifindex, Some(SHARED_BLOCK)),
+                if fresh {
+                    filter.ok_if(&[libc::EEXIST])
+                } else {
+                    filter
+                },
+            ])?;
         }
         EdgeMode::Tcx => {
-            if fresh {
-                nl.batch(vec![ipv4_backstops_op(ifindex)])?;
-            }
             // A program is attached at most once per hook: a link of ours
             // still on the device (behind another tool's program) is
             // detached first, so the new one can go in front. The packets
@@ -371,9 +393,12 @@ pub fn update_tcx_program(
 /// What a pod's veth carries on its ingress, as the kernel says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {
-    /// Our filter (at [`FILTER_PRIO`], [`FILTER_HANDLE`]), if there.
+    /// The device's ingress qdisc, if any.
+    pub qdisc: Option<IngressQdisc>,
+    /// Our filter (at [`FILTER_PRIO`], [`FILTER_HANDLE`]) in the list the
+    /// device's ingress uses (the shared block, or its own), if there.
     pub filter: Option<BpfFilter>,
-    /// Every bpf filter on the ingress list.
+    /// Every bpf filter of that list.
     pub filters: Vec<BpfFilter>,
     /// The tcx programs, first to run first.
     pub tcx: Vec<sys::TcxEntry>,
@@ -403,10 +428,16 @@ impl Observed {
     }
 }
 
-/// Reads what sits on the ingress of `ifindex`: our filter and the other
-/// bpf filters, the tcx programs in order, and our pinned tcx link.
+/// Reads what sits on the ingress of `ifindex`: its qdisc, our filter and
+/// the other bpf filters of the list it uses, the tcx programs in order,
+/// and our pinned tcx link.
 pub fn inspect(nl: &mut Netlink, pins: &Pins, ifindex: u32) -> Result<Observed, EdgeError> {
-    let filters = nl.ingress_bpf_filters(ifindex)?;
+    let qdisc = nl.ingress_qdisc(ifindex)?;
+    let filters = match &qdisc {
+        None => Vec::new(),
+        Some(IngressQdisc { block: Some(b), .. }) => nl.bpf_filters(FilterList::Block(*b))?,
+        Some(_) => nl.bpf_filters(FilterList::Ingress(ifindex))?,
+    };
     let filter = filters
         .iter()
         .find(|f| f.prio == FILTER_PRIO && f.handle == FILTER_HANDLE)
@@ -428,6 +459,7 @@ pub fn inspect(nl: &mut Netlink, pins: &Pins, ifindex: u32) -> Result<Observed, 
         None
     };
     Ok(Observed {
+        qdisc,
         filter,
         filters,
         tcx,
@@ -444,65 +476,119 @@ pub fn unpin_tc_link(pins: &Pins, ifindex: u32) -> io::Result<()> {
     }
 }
 
-/// The kernel's own checks on a pod's host-side veth, set before the device
-/// comes up so the pod is contained even if the program were missing:
-/// strict reverse-path filtering (IPv4 only: the kernel has none for IPv6),
-/// no router advertisements taken from the pod (a pod's RA could otherwise
-/// install routes on a node with `accept_ra=2`), no ICMP redirects taken
-/// from it, none sent to it.
-pub const BACKSTOPS: [(&str, &str, &str); 5] = [
-    ("ipv4", "rp_filter", "1"),
-    ("ipv4", "accept_redirects", "0"),
-    ("ipv4", "send_redirects", "0"),
-    ("ipv6", "accept_ra", "0"),
-    ("ipv6", "accept_redirects", "0"),
+/// What a pod's host-side veth is set to before it comes up. First the
+/// kernel's own checks, so a pod is contained even if the program were
+/// missing:
+/// - strict reverse-path filtering (IPv4 only: the kernel has none for
+///   IPv6);
+/// - no router advertisements taken from the pod (a pod's RA could
+///   otherwise install routes on a node with `accept_ra=2`);
+/// - no ICMP redirects taken from it, none sent to it.
+///
+/// Then what the routing needs. The pods' gateways live on the node's
+/// loopback, not on every veth, where each copy would make every later
+/// pod's ADD slower. So the veth answers ARP for them by proxy, and ND
+/// (for an IPv6 pod) without the random delay the kernel puts on proxied
+/// answers.
+///
+/// Written through /proc/sys: netlink can set the IPv4 ones, but a link
+/// change on a down device makes the kernel walk every IPv6 route.
+pub const HOST_VETH_SETTINGS: [(&str, &str, &str); 8] = [
+    ("ipv4/conf", "rp_filter", "1"),
+    ("ipv4/conf", "accept_redirects", "0"),
+    ("ipv4/conf", "send_redirects", "0"),
+    ("ipv6/conf", "accept_ra", "0"),
+    ("ipv6/conf", "accept_redirects", "0"),
+    ("ipv4/conf", "proxy_arp", "1"),
+    ("ipv6/conf", "proxy_ndp", "1"),
+    ("ipv6/neigh", "proxy_delay", "0"),
 ];
 
-fn sysctl_path(family: &str, ifname: &str, key: &str) -> PathBuf {
-    Path::new("/proc/sys/net")
-        .join(family)
-        .join("conf")
-        .join(ifname)
-        .join(key)
+/// How many of [`HOST_VETH_SETTINGS`], from the first, are security
+/// backstops (the rest serve the routing).
+pub const BACKSTOPS: usize = 5;
+
+/// A veth of an IPv4-only pod gets no IPv6 link-local address
+/// (`addr_gen_mode` 1: none): nothing of IPv6 crosses it, and each
+/// link-local address adds routes that make the kernel's walk of every
+/// IPv6 route, on each later device change, longer with every pod. An
+/// IPv6 pod's veth keeps it: the node answers the pod's neighbour
+/// solicitations from it.
+const NO_LINK_LOCAL: (&str, &str, &str) = ("ipv6/conf", "addr_gen_mode", "1");
+
+fn sysctl_dir(group: &str, ifname: &str) -> PathBuf {
+    Path::new("/proc/sys/net").join(group).join(ifname)
 }
 
-/// The IPv4 [`BACKSTOPS`] as one netlink request (`IPV4_DEVCONF_*` ids:
-/// rp_filter 8, accept_redirects 4, send_redirects 6).
-pub fn ipv4_backstops_op(ifindex: u32) -> Op {
-    ipv4_devconf_op(ifindex, &[(8, 1), (4, 0), (6, 0)])
+/// The settings a veth gets: [`HOST_VETH_SETTINGS`], and for a pod with no
+/// IPv6 address no link-local address either.
+pub fn host_veth_settings(ipv6: bool) -> Vec<(&'static str, &'static str, &'static str)> {
+    let mut v = HOST_VETH_SETTINGS.to_vec();
+    if !ipv6 {
+        v.push(NO_LINK_LOCAL);
+    }
+    v
 }
 
-/// Sets [`BACKSTOPS`] on `ifname` (the IPv6 ones only with `v6_only`, for
-/// a caller that sends [`ipv4_backstops_op`] itself). A node with IPv6
-/// disabled has no IPv6 settings for the device; those are skipped.
-pub fn set_backstops(ifname: &str, v6_only: bool) -> Result<(), EdgeError> {
-    for (family, key, value) in BACKSTOPS {
-        if v6_only && family == "ipv4" {
-            continue;
-        }
-        let path = sysctl_path(family, ifname, key);
-        match std::fs::write(&path, value) {
-            Ok(()) => {}
-            Err(e) if family == "ipv6" && e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(EdgeError::Sysctl {
-                    path,
-                    value,
-                    source,
-                })
+/// Sets [`host_veth_settings`] on `ifname`, one directory open per group.
+/// A node with IPv6 disabled has no IPv6 settings for the device; those
+/// are skipped.
+pub fn set_backstops(ifname: &str, ipv6: bool) -> Result<(), EdgeError> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut open: Option<(&str, std::fs::File)> = None;
+    for (group, key, value) in host_veth_settings(ipv6) {
+        if open.as_ref().is_none_or(|(g, _)| *g != group) {
+            let dir = sysctl_dir(group, ifname);
+            match std::fs::File::open(&dir) {
+                Ok(f) => open = Some((group, f)),
+                Err(e) if group.starts_with("ipv6") && e.kind() == io::ErrorKind::NotFound => {
+                    open = None;
+                    continue;
+                }
+                Err(source) => {
+                    return Err(EdgeError::Sysctl {
+                        path: dir,
+                        value,
+                        source,
+                    })
+                }
             }
         }
+        let Some((_, dir)) = &open else { continue };
+        let name = std::ffi::CString::new(Path::new(key).as_os_str().as_bytes()).expect("no NUL");
+        let res = (|| {
+            // SAFETY: a valid directory fd and C string; the fd is owned
+            // right away.
+            let fd = unsafe {
+                libc::openat(
+                    std::os::fd::AsRawFd::as_raw_fd(dir),
+                    name.as_ptr(),
+                    libc::O_WRONLY | libc::O_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: we own the new descriptor.
+            let f = unsafe { std::fs::File::from_raw_fd(fd) };
+            std::io::Write::write_all(&mut &f, value.as_bytes())
+        })();
+        res.map_err(|source| EdgeError::Sysctl {
+            path: sysctl_dir(group, ifname).join(key),
+            value,
+            source,
+        })?;
     }
     Ok(())
 }
 
-/// The [`BACKSTOPS`] `ifname` no longer has, as `family.key=found`.
-pub fn backstop_drift(ifname: &str) -> Vec<String> {
-    BACKSTOPS
+/// The [`host_veth_settings`] `ifname` no longer has, as `group/key=found`.
+pub fn backstop_drift(ifname: &str, ipv6: bool) -> Vec<String> {
+    host_veth_settings(ipv6)
         .iter()
-        .filter_map(|(family, key, want)| {
-            let found = std::fs::read_to_string(sysctl_path(family, ifname, key)).ok()?;
-            (found.trim() != *want).then(|| format!("{family}.{key}={}", found.trim()))
+        .filter_map(|(group, key, want)| {
+            let found = std::fs::read_to_string(sysctl_dir(group, ifname).join(key)).ok()?;
+            (found.trim() != *want).then(|| format!("{group}/{key}={}", found.trim()))
         })
         .collect()
 }
@@ -544,6 +630,10 @@ mod tests {
             name: Some("sluice_pod_ingress".into()),
         };
         let mut o = Observed {
+            qdisc: Some(IngressQdisc {
+                kind: "clsact".into(),
+                block: Some(SHARED_BLOCK),
+            }),
             filter: Some(ours.clone()),
             filters: vec![ours],
             ..Default::default()

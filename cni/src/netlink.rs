@@ -9,8 +9,8 @@
 use crate::netns::Netns;
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO,
-    NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_ECHO, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
@@ -26,7 +26,7 @@ use netlink_packet_route::route::{
     RouteType,
 };
 use netlink_packet_route::tc::{
-    TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcMessage, TcOption,
+    TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcHeader, TcMessage, TcOption,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -123,6 +123,48 @@ pub struct BpfFilter {
     pub prog_id: Option<u32>,
     pub name: Option<String>,
 }
+
+/// Where a filter lives: a device's own ingress list, or a shared block
+/// that the ingress qdiscs of many devices are bound to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterList {
+    Ingress(u32),
+    Block(u32),
+}
+
+impl FilterList {
+    fn header(self, msg: &mut TcMessage) {
+        match self {
+            FilterList::Ingress(ifindex) => {
+                msg.header.index = ifindex as i32;
+                msg.header.parent = INGRESS_FILTERS;
+            }
+            FilterList::Block(block) => {
+                msg.header.index = TcHeader::TCM_IFINDEX_MAGIC_BLOCK as i32;
+                msg.header.parent = TcHandle::from(block);
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for FilterList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FilterList::Ingress(i) => write!(f, "the ingress of link #{i}"),
+            FilterList::Block(b) => write!(f, "shared block {b}"),
+        }
+    }
+}
+
+/// A device's ingress qdisc (clsact or ingress), as far as we care.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngressQdisc {
+    pub kind: String,
+    /// The shared block its ingress filters come from, if bound to one.
+    pub block: Option<u32>,
+}
+
+const TCA_INGRESS_BLOCK: u16 = 13;
 
 /// `TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS)`: the ingress filter list of a
 /// clsact qdisc, which an `ingress` qdisc answers to as well.
@@ -677,18 +719,18 @@ impl Netlink {
         Ok(None)
     }
 
-    /// The bpf filters on a device's ingress filter list, in priority order.
-    pub fn ingress_bpf_filters(&mut self, ifindex: u32) -> Result<Vec<BpfFilter>, NlError> {
+    /// The bpf filters of a filter list, in priority order.
+    pub fn bpf_filters(&mut self, list: FilterList) -> Result<Vec<BpfFilter>, NlError> {
         let mut msg = TcMessage::default();
-        msg.header.index = ifindex as i32;
-        msg.header.parent = INGRESS_FILTERS;
+        list.header(&mut msg);
         let replies = match self.request(
-            || format!("listing the ingress filters of link #{ifindex}"),
+            || format!("listing the filters of {list}"),
             RouteNetlinkMessage::GetTrafficFilter(msg),
             NLM_F_DUMP,
         ) {
             Ok(r) => r,
-            // No qdisc with an ingress filter list on the device.
+            // No qdisc with an ingress filter list on the device, or no
+            // such block.
             Err(e) if e.is(libc::EINVAL) || e.is(libc::ENOENT) => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
@@ -730,22 +772,63 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Removes one bpf filter from a device's ingress filter list; a filter
-    /// that is not there is not an error.
-    pub fn delete_ingress_filter(
+    /// A device's ingress qdisc; `None` when it has none.
+    pub fn ingress_qdisc(&mut self, ifindex: u32) -> Result<Option<IngressQdisc>, NlError> {
+        let mut msg = TcMessage::default();
+        msg.header.index = ifindex as i32;
+        msg.header.handle = TcHandle {
+            major: 0xffff,
+            minor: 0,
+        };
+        // The kernel answers a qdisc GET as a notification, to the asker
+        // only with NLM_F_ECHO.
+        let replies = match self.request(
+            || format!("reading the ingress qdisc of link #{ifindex}"),
+            RouteNetlinkMessage::GetQueueDiscipline(msg),
+            NLM_F_ECHO,
+        ) {
+            Ok(r) => r,
+            Err(e) if e.is(libc::ENOENT) || e.is(libc::EINVAL) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(replies.into_iter().find_map(|r| {
+            let RouteNetlinkMessage::NewQueueDiscipline(m) = r else {
+                return None;
+            };
+            let mut q = IngressQdisc {
+                kind: String::new(),
+                block: None,
+            };
+            for a in m.attributes {
+                match a {
+                    TcAttribute::Kind(k) => q.kind = k,
+                    TcAttribute::Other(n) if n.kind() == TCA_INGRESS_BLOCK => {
+                        let mut v = [0u8; 4];
+                        n.emit_value(&mut v);
+                        q.block = Some(u32::from_ne_bytes(v)).filter(|b| *b != 0);
+                    }
+                    _ => {}
+                }
+            }
+            Some(q)
+        }))
+    }
+
+    /// Removes one bpf filter of a filter list; a filter that is not there
+    /// is not an error.
+    pub fn delete_filter(
         &mut self,
-        ifindex: u32,
+        list: FilterList,
         prio: u16,
         handle: u32,
     ) -> Result<(), NlError> {
         let mut msg = TcMessage::default();
-        msg.header.index = ifindex as i32;
-        msg.header.parent = INGRESS_FILTERS;
+        list.header(&mut msg);
         msg.header.handle = TcHandle::from(handle);
         msg.header.info = filter_info(prio);
         msg.attributes.push(TcAttribute::Kind("bpf".into()));
         self.batch(vec![Op::new(
-            format!("deleting filter {prio}:{handle:#x} of link #{ifindex}"),
+            format!("deleting filter {prio}:{handle:#x} of {list}"),
             RouteNetlinkMessage::DelTrafficFilter(msg),
             0,
         )
@@ -764,38 +847,6 @@ pub fn set_up_op(index: u32, alias: Option<&str>) -> Op {
     }
     Op::new(
         format!("setting link #{index} up"),
-        RouteNetlinkMessage::SetLink(msg),
-        0,
-    )
-}
-
-/// IPv4 per-device settings (`IPV4_DEVCONF_*` id, value) of a link, set in
-/// one request (`IFLA_AF_SPEC` / `AF_INET` / `IFLA_INET_CONF`) instead of a
-/// file write each under /proc/sys.
-pub fn ipv4_devconf_op(index: u32, settings: &[(u32, u32)]) -> Op {
-    const IFLA_AF_SPEC: u16 = 26;
-    const AF_INET: u16 = 2;
-    const IFLA_INET_CONF: u16 = 1;
-    let nla = |kind: u16, value: &[u8]| {
-        let mut v = ((4 + value.len()) as u16).to_ne_bytes().to_vec();
-        v.extend_from_slice(&kind.to_ne_bytes());
-        v.extend_from_slice(value);
-        v
-    };
-    let conf: Vec<u8> = settings
-        .iter()
-        .flat_map(|(id, value)| nla(*id as u16, &value.to_ne_bytes()))
-        .collect();
-    let spec = nla(AF_INET, &nla(IFLA_INET_CONF, &conf));
-    let mut msg = LinkMessage::default();
-    msg.header.index = index;
-    msg.attributes
-        .push(LinkAttribute::Other(netlink_packet_core::DefaultNla::new(
-            IFLA_AF_SPEC,
-            spec,
-        )));
-    Op::new(
-        format!("setting IPv4 device settings of link #{index}"),
         RouteNetlinkMessage::SetLink(msg),
         0,
     )
@@ -842,6 +893,17 @@ pub fn route_op(dst: IpNetwork, gateway: Option<IpAddr>, oif: u32, scope: RouteS
     )
 }
 
+/// A route to a pod's address through its host veth, with the node's
+/// address for the pod (its gateway) as the preferred source.
+pub fn pod_route_op(dst: IpNetwork, oif: u32, src: IpAddr) -> Op {
+    let mut op = route_op(dst, None, oif, RouteScope::Link);
+    if let RouteNetlinkMessage::NewRoute(m) = &mut op.msg {
+        m.attributes
+            .push(RouteAttribute::PrefSource(RouteAddress::from(src)));
+    }
+    op
+}
+
 /// An `unreachable` route for `dst`; one already there is kept.
 pub fn unreachable_op(dst: IpNetwork) -> Op {
     let mut msg = route_message(dst, RouteType::Unreachable);
@@ -875,10 +937,30 @@ pub fn neighbour_op(index: u32, ip: IpAddr, mac: [u8; 6]) -> Op {
     )
 }
 
-/// A clsact qdisc on a device; one already there (clsact, or the `ingress`
-/// qdisc a chained plugin added, which carries the same filter list) is
-/// kept.
-pub fn clsact_op(ifindex: u32) -> Op {
+/// A proxy neighbour entry: the node answers neighbour solicitations for
+/// `ip` arriving on link `index` (with `proxy_ndp` on the link).
+pub fn proxy_neighbour_op(index: u32, ip: IpAddr) -> Op {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = family(ip);
+    msg.header.ifindex = index;
+    msg.header.state = NeighbourState::Permanent;
+    msg.header.flags = netlink_packet_route::neighbour::NeighbourFlags::Proxy;
+    msg.attributes
+        .push(NeighbourAttribute::Destination(match ip {
+            IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+            IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+        }));
+    Op::new(
+        format!("adding proxy neighbour {ip} on link #{index}"),
+        RouteNetlinkMessage::NewNeighbour(msg),
+        NLM_F_CREATE | NLM_F_REPLACE,
+    )
+}
+
+/// A clsact qdisc on a device, its ingress filters those of shared block
+/// `block` when given; one already there (clsact, or the `ingress` qdisc a
+/// chained plugin added, which carries the same filter list) is kept.
+pub fn clsact_op(ifindex: u32, block: Option<u32>) -> Op {
     let mut msg = TcMessage::default();
     msg.header.index = ifindex as i32;
     msg.header.handle = TcHandle {
@@ -887,6 +969,13 @@ pub fn clsact_op(ifindex: u32) -> Op {
     };
     msg.header.parent = TcHandle::CLSACT;
     msg.attributes.push(TcAttribute::Kind("clsact".into()));
+    if let Some(b) = block {
+        msg.attributes
+            .push(TcAttribute::Other(netlink_packet_core::DefaultNla::new(
+                TCA_INGRESS_BLOCK,
+                b.to_ne_bytes().to_vec(),
+            )));
+    }
     Op::new(
         format!("adding a clsact qdisc to link #{ifindex}"),
         RouteNetlinkMessage::NewQueueDiscipline(msg),
@@ -900,11 +989,11 @@ fn filter_info(prio: u16) -> u32 {
     ((prio as u32) << 16) | ETH_P_ALL.to_be() as u32
 }
 
-/// A direct-action bpf filter running `prog_fd` on a device's ingress
-/// filter list at (`prio`, `handle`); `replace` swaps the program of the
-/// filter already there in one step, otherwise an existing one is an error.
+/// A direct-action bpf filter running `prog_fd` in a filter list at
+/// (`prio`, `handle`); `replace` swaps the program of the filter already
+/// there in one step, otherwise an existing one is an error.
 pub fn bpf_filter_op(
-    ifindex: u32,
+    list: FilterList,
     prio: u16,
     handle: u32,
     prog_fd: std::os::fd::BorrowedFd<'_>,
@@ -912,8 +1001,7 @@ pub fn bpf_filter_op(
     replace: bool,
 ) -> Op {
     let mut msg = TcMessage::default();
-    msg.header.index = ifindex as i32;
-    msg.header.parent = INGRESS_FILTERS;
+    list.header(&mut msg);
     msg.header.handle = TcHandle::from(handle);
     msg.header.info = filter_info(prio);
     msg.attributes.push(TcAttribute::Kind("bpf".into()));
@@ -923,7 +1011,7 @@ pub fn bpf_filter_op(
         TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
     ]));
     Op::new(
-        format!("attaching {name} to the ingress of link #{ifindex}"),
+        format!("attaching {name} to {list}"),
         RouteNetlinkMessage::NewTrafficFilter(msg),
         NLM_F_CREATE | if replace { NLM_F_REPLACE } else { NLM_F_EXCL },
     )

@@ -7,7 +7,8 @@ use crate::edge::{self, EdgeError, EdgeMaps, EdgeProg};
 use crate::ipam::{Ipam, Lease};
 use crate::naming;
 use crate::netlink::{
-    address_op, format_mac, neighbour_op, route_op, set_up_op, unreachable_op, Netlink, NlError,
+    address_op, format_mac, neighbour_op, pod_route_op, proxy_neighbour_op, route_op, set_up_op,
+    unreachable_op, Netlink, NlError,
 };
 use crate::netns::{Netns, NetnsError};
 use ipnetwork::IpNetwork;
@@ -350,9 +351,7 @@ fn add_steps(
 
     // The node's side. The pod's edge is in place before the device comes
     // up: from its first packet, the pod sends nothing unchecked.
-    // The kernel's backstops first: IPv6 through /proc/sys (netlink cannot
-    // set them), IPv4 in the same batch as the edge program.
-    edge::set_backstops(host_name, true).map_err(edge_err)?;
+    edge::set_backstops(host_name, leases.iter().any(|l| l.address.is_ipv6())).map_err(edge_err)?;
     // Held until the record is written: the daemon's sweep of entries no
     // record explains waits for it (see lock_datapath).
     let _datapath_lock = sluice_common::endpoint::lock_datapath(&inv.plugin.state_dir, false)
@@ -370,19 +369,14 @@ fn add_steps(
     let mut ops = node_ops;
     ops.push(set_up_op(host_index, alias.as_deref()));
     for l in leases {
-        // The gateway lives on every pod's host veth (as ptp does), so the
-        // node answers for it and a pod can reach the node through it.
-        ops.push(address_op(
-            host_index,
-            host_prefix(l.gateway.expect("checked above")),
-        ));
+        let gw = l.gateway.expect("checked above");
         ops.push(neighbour_op(host_index, l.address.ip(), pod_mac));
-        ops.push(route_op(
-            host_prefix(l.address.ip()),
-            None,
-            host_index,
-            RouteScope::Link,
-        ));
+        ops.push(pod_route_op(host_prefix(l.address.ip()), host_index, gw));
+        if gw.is_ipv6() {
+            // IPv6 answers solicitations only for addresses on the link
+            // they arrive on; the gateway is on the loopback.
+            ops.push(proxy_neighbour_op(host_index, gw));
+        }
     }
     // The kernel ignores IFLA_IFALIAS on creation, so it is set with `up`;
     // a plugin killed before this leaves a link without alias, which GC
@@ -477,6 +471,9 @@ fn protect_edge(
     Ok(rec)
 }
 
+/// The loopback's ifindex, the same in every netns.
+const LOOPBACK_INDEX: u32 = 1;
+
 /// Node-wide settings every pod relies on; idempotent, never undone. The
 /// routes come back as requests for the caller's next batch.
 fn ensure_node_ready(leases: &[Lease]) -> Result<Vec<crate::netlink::Op>, CniError> {
@@ -495,6 +492,13 @@ fn ensure_node_ready(leases: &[Lease]) -> Result<Vec<crate::netlink::Op>, CniErr
         let net = IpNetwork::new(l.address.network(), l.address.prefix())
             .map_err(|e| CniError::config(format!("IPAM returned {}: {e}", l.address), ""))?;
         ops.push(unreachable_op(net));
+        // The gateway is the node's address for the pods: one copy on the
+        // loopback (ifindex 1 in every netns) serves all of them, so the
+        // node answers for it and a pod reaches the node through it.
+        // Replacing the same address is a no-op.
+        if let Some(gw) = l.gateway {
+            ops.push(address_op(LOOPBACK_INDEX, host_prefix(gw)));
+        }
     }
     Ok(ops)
 }

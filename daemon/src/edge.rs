@@ -80,15 +80,28 @@ pub fn now_ms() -> u64 {
 /// Makes sure `prog` guards the ingress of `ifindex` in `mode` and runs
 /// first, and that the backstops hold. `known` is what the daemon last
 /// knew; the returned state replaces it.
+/// The pod interface an edge pass checks.
+#[derive(Debug, Clone, Copy)]
+pub struct Veth<'a> {
+    pub ifindex: u32,
+    pub ifname: &'a str,
+    /// The pod has an IPv6 address (its veth keeps a link-local one).
+    pub ipv6: bool,
+}
+
 pub fn ensure(
     nl: &mut Netlink,
     pins: &Pins,
     prog: &EdgeProg,
-    ifindex: u32,
-    ifname: &str,
+    veth: Veth<'_>,
     mode: EdgeMode,
     known: Option<&EdgeState>,
 ) -> Result<(EdgeState, Outcome), EdgeError> {
+    let Veth {
+        ifindex,
+        ifname,
+        ipv6,
+    } = veth;
     let obs = edge::inspect(nl, pins, ifindex)?;
     let mut problems = Vec::new();
     let mut mode = mode;
@@ -121,8 +134,14 @@ pub fn ensure(
             attached = Some(edge::attach(nl, pins, ifindex, mode, prog, false)?);
         }
         (EdgeMode::Clsact, None) => {
-            problems.push("the filter was missing".into());
-            attached = Some(edge::attach(nl, pins, ifindex, mode, prog, true)?);
+            problems.push(match &obs.qdisc {
+                None => "the ingress qdisc was missing".into(),
+                Some(q) => match q.block {
+                    Some(b) => format!("the filter of shared block {b} was missing"),
+                    None => format!("the filter on the device's {} qdisc was missing", q.kind),
+                },
+            });
+            attached = Some(edge::attach(nl, pins, ifindex, mode, prog, false)?);
         }
         (EdgeMode::Tcx, Some(old)) => {
             problems.push(format!("the tcx link ran program {old}"));
@@ -139,10 +158,10 @@ pub fn ensure(
             attached = Some(edge::attach(nl, pins, ifindex, mode, prog, false)?);
         }
     }
-    let drift = edge::backstop_drift(ifname);
+    let drift = edge::backstop_drift(ifname, ipv6);
     if !drift.is_empty() {
-        problems.push(format!("kernel backstops changed ({})", drift.join(", ")));
-        edge::set_backstops(ifname, false)?;
+        problems.push(format!("host veth settings changed ({})", drift.join(", ")));
+        edge::set_backstops(ifname, ipv6)?;
     }
     let now = now_ms();
     let mut st = match (attached, known) {

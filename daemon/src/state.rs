@@ -426,7 +426,7 @@ pub fn edge_pass(
     let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
     let (work, pins, prog, default_mode) = {
         let st = lock();
-        let work: Vec<(Key, u32, String, Option<EdgeState>)> = st
+        let work: Vec<(Key, u32, String, bool, Option<EdgeState>)> = st
             .endpoints
             .iter()
             .filter(|(k, _)| only.is_none_or(|o| o.contains(*k)))
@@ -435,6 +435,7 @@ pub fn edge_pass(
                     k.clone(),
                     r.record.host_ifindex,
                     r.record.host_ifname.clone(),
+                    r.record.addresses.iter().any(|a| a.is_ipv6()),
                     r.edge.clone(),
                 )
             })
@@ -447,9 +448,14 @@ pub fn edge_pass(
         )
     };
     let mut rep = EdgePassReport::default();
-    for (key, ifindex, ifname, known) in work {
+    for (key, ifindex, ifname, ipv6, known) in work {
         let mode: EdgeMode = known.as_ref().map_or(default_mode, |k| k.mode);
-        let res = crate::edge::ensure(nl, &pins, &prog, ifindex, &ifname, mode, known.as_ref());
+        let veth = crate::edge::Veth {
+            ifindex,
+            ifname: &ifname,
+            ipv6,
+        };
+        let res = crate::edge::ensure(nl, &pins, &prog, veth, mode, known.as_ref());
         rep.checked += 1;
         let mut st = lock();
         let Some(r) = st.endpoints.get_mut(&key) else {

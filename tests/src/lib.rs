@@ -116,6 +116,28 @@ impl Ns {
             .expect("run ip netns exec")
     }
 
+    /// The tc filters on `dev`'s ingress: `tc` shows the node's shared
+    /// block (where the plugin puts the check) when the device's qdisc is
+    /// bound to it, the device's own list otherwise.
+    pub fn edge_filters(&self, dev: &str) -> String {
+        let out = self.exec(&["tc", "filter", "show", "dev", dev, "ingress"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Deletes the check from `dev`'s ingress, wherever it is: `tc` sends
+    /// a filter on a shared block to the block, never to the device.
+    pub fn delete_edge_filter(&self, dev: &str) {
+        let block = sluice_cni::edge::SHARED_BLOCK.to_string();
+        let by_block = self.exec(&["tc", "filter", "del", "block", &block, "pref", "1"]);
+        let by_dev = self.exec(&["tc", "filter", "del", "dev", dev, "ingress", "pref", "1"]);
+        assert!(
+            by_block.status.success() || by_dev.status.success(),
+            "no check to delete on {dev}: {} {}",
+            String::from_utf8_lossy(&by_block.stderr),
+            String::from_utf8_lossy(&by_dev.stderr)
+        );
+    }
+
     /// Names of the links in this netns.
     pub fn links(&self) -> Vec<String> {
         self.ip_json(&["link", "show"])

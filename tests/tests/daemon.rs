@@ -417,8 +417,7 @@ fn edge_mode_drops_spoofs_and_survives_restart(mode: &str, subnet: &str) {
     let attachments = |d: &Daemon| {
         let filters = node
             .ns
-            .exec(&["tc", "filter", "show", "dev", &host, "ingress"]);
-        let filters = String::from_utf8_lossy(&filters.stdout)
+            .edge_filters(&host)
             .matches("sluice_pod_ingress")
             .count();
         (filters, d.link_ids().get(&format!("tc/{ifindex}")).copied())
@@ -635,17 +634,7 @@ fn a_record_that_fails_at_start_keeps_its_datapath() {
         d.pinned_sources().iter().any(|k| k.ifindex == ifindex),
         "sources kept"
     );
-    let filters = node.ns.exec(&[
-        "tc",
-        "filter",
-        "show",
-        "dev",
-        ep["host_ifname"].as_str().unwrap(),
-        "ingress",
-    ]);
-    assert!(
-        String::from_utf8_lossy(&filters.stdout).contains("sluice_pod_ingress"),
-        "edge filter kept"
-    );
+    let filters = node.ns.edge_filters(ep["host_ifname"].as_str().unwrap());
+    assert!(filters.contains("sluice_pod_ingress"), "edge filter kept");
     assert!(p.ns.ping("10.208.0.1"), "the pod's traffic still flows");
 }

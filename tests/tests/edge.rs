@@ -581,16 +581,7 @@ fn a_removed_or_overtaken_check_comes_back_within_the_interval() {
     let c = Pod::add(&node, &conf);
     d.wait_edge(&c.cid);
     let ca = Added::of(&c.result);
-    node.ns.exec(&[
-        "tc",
-        "filter",
-        "del",
-        "dev",
-        &ca.host_if,
-        "ingress",
-        "pref",
-        "1",
-    ]);
+    node.ns.delete_edge_filter(&ca.host_if);
     comes_back(&c, &ca, "clsact filter deleted", 0);
     node.ns
         .exec(&["tc", "qdisc", "del", "dev", &ca.host_if, "clsact"]);
@@ -684,10 +675,7 @@ fn an_older_program_is_replaced_on_upgrade_in_both_modes() {
     let link_after = sluice_dataplane::sys::pinned_link_info(&pins.tc_link(tifindex)).unwrap();
     assert_eq!(link_after.id, link_before.id, "the same tcx link");
     assert_eq!(link_after.prog_id as u64, new_id);
-    let filters = node
-        .ns
-        .exec(&["tc", "filter", "show", "dev", &ca.host_if, "ingress"]);
-    let filters = String::from_utf8_lossy(&filters.stdout);
+    let filters = node.ns.edge_filters(&ca.host_if);
     assert_eq!(
         filters.matches("sluice_pod_ingress").count(),
         1,
@@ -889,16 +877,7 @@ fn chained_portmap_and_bandwidth_keep_working_with_the_check() {
     let pins = sluice_dataplane::pins::Pins::new(&node.pin_path);
     let sif = ifindex_in(&node.ns, &sa.host_if);
     std::fs::remove_file(pins.tc_link(sif)).unwrap();
-    node.ns.exec(&[
-        "tc",
-        "filter",
-        "del",
-        "dev",
-        &ca.host_if,
-        "ingress",
-        "pref",
-        "1",
-    ]);
+    node.ns.delete_edge_filter(&ca.host_if);
     assert!(eventually(4, || {
         let eps = d.endpoints();
         eps[&scid]["edge"]["repairs"] == 1 && eps[&ccid]["edge"]["repairs"] == 1
