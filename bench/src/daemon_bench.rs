@@ -45,7 +45,7 @@ usage: daemon-bench [--pods N] [--restore M] [--parallel P] [--tc-attach auto|tc
                 auto: a clsact filter)
   --json        print the figures as JSON
 
-Runs as root. Build first: cargo build --release --workspace --bins";
+Runs as root: bench/run daemon-bench [options] builds the release binaries first.";
 
 const RANGES: &str = r#"[[{"subnet":"10.220.0.0/16","gateway":"10.220.0.1"}]]"#;
 

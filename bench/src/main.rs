@@ -22,7 +22,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const MIN_ROUNDS: usize = 20;
 /// Pods a plugin needs at most, at the largest scale level plus the rounds.
@@ -44,7 +44,7 @@ usage: cni-bench [--rounds N] [--parallel N] [--residents N] [--scale L,L,..|non
   --scale-rounds N  ADD/DEL rounds at each scale level (default 30)
   --json            print the figures as JSON instead of the table
 
-Runs as root. Build first: cargo build --release --workspace --bins";
+Runs as root: bench/run cni-bench [options] builds the release binaries first.";
 
 #[derive(Debug)]
 struct Args {
@@ -254,7 +254,14 @@ fn run(args: &Args) -> Result<Report, String> {
     let scale = if args.scale.is_empty() {
         None
     } else {
-        Some(scaling(&node, &runner, &sluice, args, &mut residents)?)
+        Some(scaling(
+            &node,
+            &daemon,
+            &runner,
+            &sluice,
+            args,
+            &mut residents,
+        )?)
     };
     drop(residents);
     check_clean(&node)?;
@@ -275,6 +282,7 @@ fn run(args: &Args) -> Result<Report, String> {
 /// plugin's cost must not grow with them.
 fn scaling<'a>(
     node: &Node,
+    daemon: &Daemon,
     runner: &'a NsRunner,
     sluice: &'a Plugin,
     args: &Args,
@@ -290,6 +298,7 @@ fn scaling<'a>(
             residents.push(pod);
             on_node += 1;
         }
+        settle(node, daemon, on_node)?;
         let mut samples = Vec::new();
         for _ in 0..args.scale_rounds {
             let mut pod = Pod::new(sluice, runner);
@@ -300,6 +309,32 @@ fn scaling<'a>(
         levels.push((level, Summary::of(&samples)));
     }
     Ok(Scale { levels })
+}
+
+/// Waits until the node is at rest with `pods` sluice pods: the daemon has
+/// registered each and checked its edge, and no retired link is left. The
+/// level measures ADD on a node with that many pods, not ADD in the wake
+/// of a burst of that many (the daemon and the kernel still catching up).
+fn settle(node: &Node, daemon: &Daemon, pods: usize) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let eps = daemon.endpoints();
+        let checked = eps
+            .values()
+            .filter(|e| e["edge"]["verified_unix_ms"].as_u64().unwrap_or(0) > 0)
+            .count();
+        if checked >= pods {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the daemon checked {checked} of {pods} pods' edges in 60 s"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    node.ns.wait_for_retired_links();
+    Ok(())
 }
 
 fn reference_data_dir(node: &Node) -> PathBuf {

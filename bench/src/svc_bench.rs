@@ -39,7 +39,7 @@ usage: svc-bench [--sizes 1,1000,10000] [--conns 1000] [--rounds 3] [--events 20
   --rounds  samples per variant and size (variants interleaved)
   --events  endpoint changes timed at the largest size
 
-Runs as root. Build first: cargo build --release --workspace --bins";
+Runs as root: bench/run svc-bench [options] builds the release binaries first.";
 
 const ENDPOINTS: usize = 10;
 const PORT: u16 = 80;

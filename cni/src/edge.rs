@@ -10,7 +10,7 @@
 //! puts back whatever went missing or was replaced (see [`inspect`]).
 
 use crate::netlink::{
-    bpf_filter_op, clsact_op, BpfFilter, FilterList, IngressQdisc, Netlink, NlError,
+    bpf_filter_op, clsact_op, BpfFilter, FilterList, IngressQdisc, Netlink, NlError, SharedBlocks,
 };
 use sluice_common::endpoint::{EdgeMode, EdgeProgram, EdgeRecord, EndpointRecord};
 use sluice_dataplane::maps::{
@@ -39,6 +39,15 @@ pub const FILTER_HANDLE: u32 = 0x5c;
 /// and a filter can only be removed from it by its block index, not by a
 /// stray `tc filter del dev …`.
 pub const SHARED_BLOCK: u32 = 0x5c_1ce;
+/// The shared block of the pods' clsact egress lists. Sluice puts nothing
+/// there; it is shared only so that a new qdisc does not register one more
+/// block (see [`SHARED_BLOCK`]). A tool adds egress filters for all pods
+/// with `tc filter add block 377295 …`.
+pub const SHARED_EGRESS_BLOCK: u32 = SHARED_BLOCK + 1;
+const SHARED_BLOCKS: SharedBlocks = SharedBlocks {
+    ingress: SHARED_BLOCK,
+    egress: SHARED_EGRESS_BLOCK,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
@@ -310,7 +319,7 @@ pub fn attach(
                 !fresh,
             );
             nl.batch(vec![
-                clsact_op(ifindex, Some(SHARED_BLOCK)),
+                clsact_op(ifindex, Some(SHARED_BLOCKS)),
                 if fresh {
                     filter.ok_if(&[libc::EEXIST])
                 } else {
@@ -508,24 +517,26 @@ pub const HOST_VETH_SETTINGS: [(&str, &str, &str); 8] = [
 /// backstops (the rest serve the routing).
 pub const BACKSTOPS: usize = 5;
 
-/// A veth of an IPv4-only pod gets no IPv6 link-local address
-/// (`addr_gen_mode` 1: none): nothing of IPv6 crosses it, and each
-/// link-local address adds routes that make the kernel's walk of every
-/// IPv6 route, on each later device change, longer with every pod. An
-/// IPv6 pod's veth keeps it: the node answers the pod's neighbour
-/// solicitations from it.
-const NO_LINK_LOCAL: (&str, &str, &str) = ("ipv6/conf", "addr_gen_mode", "1");
+/// The veth of an IPv4-only pod has IPv6 turned off (`disable_ipv6`):
+/// nothing of IPv6 crosses it (the kernel drops what the pod sends before
+/// any routing), and it adds no IPv6 routes to the node. Even without a
+/// link-local address, an IPv6-enabled device adds a multicast route
+/// (`ff00::/8`) when it comes up, and the kernel walks every IPv6 route on
+/// each later device change: each pod made every later ADD slower. An
+/// IPv6 pod's veth keeps IPv6 and its link-local address, from which the
+/// node answers the pod's neighbour solicitations.
+const NO_IPV6: (&str, &str, &str) = ("ipv6/conf", "disable_ipv6", "1");
 
 fn sysctl_dir(group: &str, ifname: &str) -> PathBuf {
     Path::new("/proc/sys/net").join(group).join(ifname)
 }
 
 /// The settings a veth gets: [`HOST_VETH_SETTINGS`], and for a pod with no
-/// IPv6 address no link-local address either.
+/// IPv6 address IPv6 turned off.
 pub fn host_veth_settings(ipv6: bool) -> Vec<(&'static str, &'static str, &'static str)> {
     let mut v = HOST_VETH_SETTINGS.to_vec();
     if !ipv6 {
-        v.push(NO_LINK_LOCAL);
+        v.push(NO_IPV6);
     }
     v
 }

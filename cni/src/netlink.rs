@@ -165,6 +165,7 @@ pub struct IngressQdisc {
 }
 
 const TCA_INGRESS_BLOCK: u16 = 13;
+const TCA_EGRESS_BLOCK: u16 = 14;
 
 /// `TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS)`: the ingress filter list of a
 /// clsact qdisc, which an `ingress` qdisc answers to as well.
@@ -957,10 +958,18 @@ pub fn proxy_neighbour_op(index: u32, ip: IpAddr) -> Op {
     )
 }
 
-/// A clsact qdisc on a device, its ingress filters those of shared block
-/// `block` when given; one already there (clsact, or the `ingress` qdisc a
-/// chained plugin added, which carries the same filter list) is kept.
-pub fn clsact_op(ifindex: u32, block: Option<u32>) -> Op {
+/// Shared tc blocks a clsact qdisc takes its filter lists from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedBlocks {
+    pub ingress: u32,
+    pub egress: u32,
+}
+
+/// A clsact qdisc on a device, its filter lists those of the shared
+/// `blocks` when given; one already there (clsact, or the `ingress` qdisc a
+/// chained plugin added, which carries the same ingress filter list) is
+/// kept.
+pub fn clsact_op(ifindex: u32, blocks: Option<SharedBlocks>) -> Op {
     let mut msg = TcMessage::default();
     msg.header.index = ifindex as i32;
     msg.header.handle = TcHandle {
@@ -969,12 +978,14 @@ pub fn clsact_op(ifindex: u32, block: Option<u32>) -> Op {
     };
     msg.header.parent = TcHandle::CLSACT;
     msg.attributes.push(TcAttribute::Kind("clsact".into()));
-    if let Some(b) = block {
-        msg.attributes
-            .push(TcAttribute::Other(netlink_packet_core::DefaultNla::new(
-                TCA_INGRESS_BLOCK,
-                b.to_ne_bytes().to_vec(),
-            )));
+    if let Some(b) = blocks {
+        for (kind, index) in [(TCA_INGRESS_BLOCK, b.ingress), (TCA_EGRESS_BLOCK, b.egress)] {
+            msg.attributes
+                .push(TcAttribute::Other(netlink_packet_core::DefaultNla::new(
+                    kind,
+                    index.to_ne_bytes().to_vec(),
+                )));
+        }
     }
     Op::new(
         format!("adding a clsact qdisc to link #{ifindex}"),
