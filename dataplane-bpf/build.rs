@@ -24,6 +24,9 @@ fn main() {
         let obj = Path::new(&out).join(format!("{stem}.o"));
         let status = Command::new(&clang)
             .args(["-g", "-O2", "-target", "bpf", "-Wall", "-Werror"])
+            // v3: 32-bit sub-registers and the atomic instructions (the
+            // affinity word's compare-and-swap; Linux 5.12).
+            .arg("-mcpu=v3")
             .args(["-I", "bpf/include", "-I/usr/include/x86_64-linux-gnu"])
             .arg("-c")
             .arg(&src)

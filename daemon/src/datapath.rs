@@ -115,8 +115,9 @@ pub struct Datapath {
     pub cgroup_links: Vec<LinkState>,
     /// Maps that were already pinned when this daemon started.
     pub maps_reused: Vec<&'static str>,
-    /// Maps of older builds folded into their successors at start.
-    pub maps_migrated: Vec<&'static str>,
+    /// Maps of older builds carried over at start: reshaped, or folded
+    /// into their successors.
+    pub maps_migrated: Vec<load::Carried>,
     eps: HashMap<MapData, u64, Endpoint>,
     src: HashMap<MapData, SrcKey, u8>,
     drops: HashMap<MapData, u32, EdgeStats>,
@@ -159,10 +160,26 @@ impl Datapath {
             .map(|m| m.name)
             .collect();
 
-        let mut tc_obj =
-            load::load_object("tc_pod", sluice_dataplane::TC_POD, &maps_dir, &maps::ALL)?;
-        let mut sock_obj =
-            load::load_object("sock", sluice_dataplane::SOCK, &maps_dir, &maps::ALL)?;
+        let (mut tc_obj, mut carried) =
+            load::load_object_carrying("tc_pod", sluice_dataplane::TC_POD, &maps_dir, &maps::ALL)?;
+        let (mut sock_obj, more) =
+            load::load_object_carrying("sock", sluice_dataplane::SOCK, &maps_dir, &maps::ALL)?;
+        carried.extend(more);
+        carried.extend(load::migrate_obsolete(
+            &maps_dir,
+            &maps::OBSOLETE,
+            &maps::ALL,
+        )?);
+        for c in &carried {
+            info!(
+                map = c.name,
+                into = c.into,
+                copied = c.copied,
+                dropped = c.dropped,
+                "carried an older build's map over: {}",
+                c.why
+            );
+        }
 
         let take = |obj: &mut Ebpf, name: &'static str| {
             obj.take_map(name).ok_or(LoadError::NoProgram {
@@ -178,9 +195,8 @@ impl Datapath {
             .map_err(map_err(maps::LBSTAT.name, "open"))?;
         let src = HashMap::try_from(take(&mut tc_obj, maps::SRC.name)?)
             .map_err(map_err(maps::SRC.name, "open"))?;
-        let mut drops = HashMap::try_from(take(&mut tc_obj, maps::EDGE_STATS.name)?)
+        let drops = HashMap::try_from(take(&mut tc_obj, maps::EDGE_STATS.name)?)
             .map_err(map_err(maps::EDGE_STATS.name, "open"))?;
-        let maps_migrated = migrate_obsolete(&maps_dir, &mut drops);
         let pins = Pins::new(&cfg.pin_path);
         let (edge_prog, edge_prog_outcome) = pin_edge_program(&mut tc_obj, &pins)?;
 
@@ -207,7 +223,7 @@ impl Datapath {
             cgroup_root,
             cgroup_links,
             maps_reused,
-            maps_migrated,
+            maps_migrated: carried,
             eps,
             src,
             drops,
@@ -421,51 +437,6 @@ fn pin_edge_program(obj: &mut Ebpf, pins: &Pins) -> Result<(EdgeProg, LinkOutcom
         }
         Err(e) => Err(pin_err(e)),
     }
-}
-
-/// Folds the maps an older build pinned under names this one no longer
-/// uses into their successors, then unpins them. Returns their names.
-fn migrate_obsolete(
-    maps_dir: &Path,
-    edge_stats: &mut HashMap<MapData, u32, EdgeStats>,
-) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    for old in maps::OBSOLETE {
-        let path = maps_dir.join(old.spec.name);
-        if !path.exists() {
-            continue;
-        }
-        if old.successor == maps::EDGE_STATS.name {
-            match load::open_pinned(maps_dir, &old.spec) {
-                Ok(m) => {
-                    if let Ok(m) = HashMap::<_, u32, [u64; 2]>::try_from(m) {
-                        for (ifindex, [drops, bytes]) in m.iter().filter_map(Result::ok) {
-                            let mut s = edge_stats.get(&ifindex, 0).unwrap_or_default();
-                            s.drops[maps::EDGE_DROP_SPOOFED] += drops;
-                            s.drop_bytes += bytes;
-                            let _ = edge_stats.insert(ifindex, s, 0);
-                        }
-                    }
-                }
-                Err(e) => warn!(
-                    map = old.spec.name,
-                    "cannot read an obsolete map to migrate it: {e}"
-                ),
-            }
-        }
-        match std::fs::remove_file(&path) {
-            Ok(()) => {
-                info!(
-                    map = old.spec.name,
-                    successor = old.successor,
-                    "migrated and unpinned an older build's map"
-                );
-                out.push(old.spec.name);
-            }
-            Err(e) => warn!(pin = %path.display(), "cannot unpin an obsolete map: {e}"),
-        }
-    }
-    out
 }
 
 const CGROUP2_SUPER_MAGIC: i64 = 0x63677270;

@@ -93,6 +93,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     })
     .await??;
     let maps_reused = state.dp.maps_reused.iter().map(|s| s.to_string()).collect();
+    let maps_carried = state
+        .dp
+        .maps_migrated
+        .iter()
+        .map(|c| crate::views::CarriedView {
+            map: c.name.into(),
+            into: c.into.into(),
+            why: c.why.clone(),
+            copied: c.copied,
+            dropped: c.dropped,
+        })
+        .collect();
     let state = Arc::new(Mutex::new(state));
     let metrics = Arc::new(Metrics::new(state.clone()));
     let ready = Arc::new(AtomicBool::new(false));
@@ -109,6 +121,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         duration_ms: t0.elapsed().as_secs_f64() * 1e3,
         report: report.clone(),
         maps_reused,
+        maps_carried,
     };
     metrics.restore_seconds.set(t0.elapsed().as_secs_f64());
     // The first edge pass before ready: pods added while the daemon was

@@ -104,6 +104,19 @@ pub struct RestoreView {
     pub duration_ms: f64,
     pub report: ReconcileReport,
     pub maps_reused: Vec<String>,
+    /// Older builds' maps carried over at start (a new size, flags or
+    /// inner template; or a renamed layout converted into its successor).
+    #[serde(default)]
+    pub maps_carried: Vec<CarriedView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CarriedView {
+    pub map: String,
+    pub into: String,
+    pub why: String,
+    pub copied: usize,
+    pub dropped: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,12 +1,25 @@
 //! Loading the embedded objects with their maps pinned by name under one
 //! directory. A map already pinned there is reused (that is how a restarted
-//! daemon keeps the datapath's state), but only if its layout is the one this
-//! build expects: aya reuses any pin of the right name, so the check is here.
+//! daemon keeps the datapath's state), but only if it is exactly the map
+//! this build expects: type, key and value size, size, flags and, for a map
+//! of maps, the inner-map template. aya reuses any pin of the right name,
+//! so the check is here.
+//!
+//! A pinned map that differs only in size, flags or inner template (an
+//! upgrade that sizes a map differently, or adds `BPF_F_NO_PREALLOC`) is
+//! carried over instead of refused: set aside under `reshaping_<name>`,
+//! created anew by the loader, its entries copied in, then unpinned. A
+//! daemon killed in the middle finds the aside pin at its next start and
+//! finishes the copy. A different type or key/value layout under the same
+//! name is a build that forgot to version the map's name (see
+//! [`crate::maps::MapSpec`]) and is refused.
 
-use crate::maps::MapSpec;
-use aya::maps::{Map, MapData, MapInfo};
+use crate::maps::{InnerSpec, MapSpec, MergeValue, ObsoleteMap};
+use crate::sys;
+use aya::maps::{Map, MapData};
 use aya::programs::{Program, ProgramError};
 use aya::{Ebpf, EbpfLoader};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +39,17 @@ pub enum LoadError {
     MapInfo {
         path: PathBuf,
         source: aya::maps::MapError,
+    },
+    #[error("cannot inspect pinned map {path}: {source}")]
+    Inspect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot set pinned map {path} aside to carry its entries over ({why}): {source}")]
+    SetAside {
+        path: PathBuf,
+        why: String,
+        source: std::io::Error,
     },
     #[error("cannot load BPF object {object} (maps pinned under {pin_dir}): {source}")]
     Object {
@@ -47,62 +71,320 @@ pub enum LoadError {
     },
 }
 
-/// Refuses pinned maps whose type, key, value or size differ from `specs`.
+/// How a pinned map compares with this build's [`MapSpec`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pinned {
+    Absent,
+    Matches,
+    /// Same type, key and value; size, flags or inner template differ: its
+    /// entries can be carried over into a new map.
+    Reshape(String),
+    /// Another type or key/value layout under the same name.
+    Incompatible(String),
+}
+
+/// Compares the map pinned at `pin_dir/<spec.name>` with `spec`.
+pub fn pinned_state(pin_dir: &Path, spec: &MapSpec) -> Result<Pinned, LoadError> {
+    let path = pin_dir.join(spec.name);
+    let inspect = |source| LoadError::Inspect {
+        path: path.clone(),
+        source,
+    };
+    let fd = match sys::obj_get(&path) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Pinned::Absent),
+        Err(e) => return Err(inspect(e)),
+    };
+    let info = sys::map_info(fd.as_fd()).map_err(inspect)?;
+    let (found, want) = (
+        (info.map_type, info.key_size, info.value_size),
+        (spec.map_type, spec.key_size, spec.value_size),
+    );
+    if found != want {
+        return Ok(Pinned::Incompatible(format!(
+            "pinned type/key/value {}/{}/{}, this build {}/{}/{}",
+            found.0, found.1, found.2, want.0, want.1, want.2
+        )));
+    }
+    let mut diffs = Vec::new();
+    if info.max_entries != spec.max_entries {
+        diffs.push(format!(
+            "max_entries {} (this build {})",
+            info.max_entries, spec.max_entries
+        ));
+    }
+    if info.map_flags != spec.flags {
+        diffs.push(format!(
+            "flags {:#x} (this build {:#x})",
+            info.map_flags, spec.flags
+        ));
+    }
+    if let Some(inner) = spec.inner {
+        if !inner_template_fits(fd.as_fd(), &inner).map_err(inspect)? {
+            diffs.push(format!(
+                "inner-map template is not type/key/value/flags {}/{}/{}/{:#x}",
+                inner.map_type, inner.key_size, inner.value_size, inner.flags
+            ));
+        }
+    }
+    Ok(if diffs.is_empty() {
+        Pinned::Matches
+    } else {
+        Pinned::Reshape(diffs.join(", "))
+    })
+}
+
+/// The key the inner-template probe uses; never a real svc_id.
+const PROBE_KEY: u32 = u32::MAX;
+
+/// Whether an inner map built to `inner` (two entries, so a template that
+/// fixes the size shows too) goes into the outer map: the kernel's own
+/// compatibility check, which `bpf_map_info` does not expose.
+fn inner_template_fits(outer: BorrowedFd<'_>, inner: &InnerSpec) -> std::io::Result<bool> {
+    let probe = sys::map_create(
+        inner.map_type,
+        inner.key_size,
+        inner.value_size,
+        2,
+        inner.flags,
+        "sluice_probe",
+    )?;
+    const BPF_NOEXIST: u64 = 1;
+    let key = PROBE_KEY.to_ne_bytes();
+    match sys::map_update(
+        outer,
+        &key,
+        &(probe.as_raw_fd() as u32).to_ne_bytes(),
+        BPF_NOEXIST,
+    ) {
+        Ok(()) => {
+            sys::map_delete(outer, &key)?;
+            Ok(true)
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Refuses pinned maps that are not exactly `specs` (see [`pinned_state`]).
 pub fn check_pinned_maps(pin_dir: &Path, specs: &[MapSpec]) -> Result<(), LoadError> {
     for spec in specs {
-        let path = pin_dir.join(spec.name);
-        if !path.exists() {
-            continue;
-        }
-        let info = MapInfo::from_pin(&path).map_err(|source| LoadError::MapInfo {
-            path: path.clone(),
-            source,
-        })?;
-        // The map type is compared as a number: aya's MapType has no
-        // conversion back to bpf_map_type.
-        let found = (
-            map_type_number(&info),
-            info.key_size(),
-            info.value_size(),
-            info.max_entries(),
-        );
-        let want = (
-            Some(spec.map_type),
-            spec.key_size,
-            spec.value_size,
-            spec.max_entries,
-        );
-        if found != want {
-            return Err(LoadError::MapMismatch {
-                path,
-                detail: format!(
-                    "pinned type/key/value/max_entries {:?}/{}/{}/{}, expected {}/{}/{}/{}",
-                    found.0,
-                    found.1,
-                    found.2,
-                    found.3,
-                    spec.map_type,
-                    spec.key_size,
-                    spec.value_size,
-                    spec.max_entries
-                ),
-            });
+        match pinned_state(pin_dir, spec)? {
+            Pinned::Absent | Pinned::Matches => {}
+            Pinned::Reshape(detail) | Pinned::Incompatible(detail) => {
+                return Err(LoadError::MapMismatch {
+                    path: pin_dir.join(spec.name),
+                    detail,
+                })
+            }
         }
     }
     Ok(())
 }
 
-fn map_type_number(info: &MapInfo) -> Option<u32> {
-    use aya::maps::MapType;
-    match info.map_type().ok()? {
-        MapType::Hash => Some(1),
-        MapType::Array => Some(2),
-        MapType::PerCpuHash => Some(5),
-        MapType::PerCpuArray => Some(6),
-        MapType::LruHash => Some(9),
-        MapType::HashOfMaps => Some(13),
-        _ => None,
+/// Where a map being carried over waits (bpffs names take no '.').
+pub fn aside_path(pin_dir: &Path, name: &str) -> PathBuf {
+    pin_dir.join(format!("reshaping_{name}"))
+}
+
+/// A map carried over into a new shape, or an older build's map migrated
+/// into its successor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Carried {
+    pub name: &'static str,
+    pub into: &'static str,
+    pub why: String,
+    pub copied: usize,
+    /// Entries that did not fit (a smaller map, an incompatible inner map,
+    /// or a conversion that drops them).
+    pub dropped: usize,
+}
+
+/// Sets aside every pinned map of `specs` that only needs a new shape, so
+/// the loader creates it anew; refuses incompatible ones. Returns why each
+/// was set aside.
+pub fn prepare_pins(
+    pin_dir: &Path,
+    specs: &[MapSpec],
+) -> Result<Vec<(&'static str, String)>, LoadError> {
+    let mut out = Vec::new();
+    for spec in specs {
+        match pinned_state(pin_dir, spec)? {
+            Pinned::Absent | Pinned::Matches => {}
+            Pinned::Incompatible(detail) => {
+                return Err(LoadError::MapMismatch {
+                    path: pin_dir.join(spec.name),
+                    detail,
+                })
+            }
+            Pinned::Reshape(why) => {
+                let path = pin_dir.join(spec.name);
+                let aside = aside_path(pin_dir, spec.name);
+                // An older carry-over that never finished, of a shape that
+                // has changed again since: its remaining entries are lost.
+                let _ = std::fs::remove_file(&aside);
+                std::fs::rename(&path, &aside).map_err(|source| LoadError::SetAside {
+                    path: path.clone(),
+                    why: why.clone(),
+                    source,
+                })?;
+                out.push((spec.name, why));
+            }
+        }
     }
+    Ok(out)
+}
+
+/// Copies every map set aside by [`prepare_pins`] whose new map now exists
+/// into it (entries already in the new map win), then unpins the old one.
+pub fn finish_reshapes(pin_dir: &Path, specs: &[MapSpec]) -> Result<Vec<Carried>, LoadError> {
+    let mut out = Vec::new();
+    for spec in specs {
+        let aside = aside_path(pin_dir, spec.name);
+        let path = pin_dir.join(spec.name);
+        if !aside.exists() || !path.exists() {
+            continue;
+        }
+        let inspect = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| LoadError::Inspect { path: p, source }
+        };
+        let old = sys::obj_get(&aside).map_err(inspect(&aside))?;
+        let new = sys::obj_get(&path).map_err(inspect(&path))?;
+        let info = sys::map_info(old.as_fd()).map_err(inspect(&aside))?;
+        let (copied, dropped) = copy_entries(
+            old.as_fd(),
+            new.as_fd(),
+            spec,
+            |k, v| Some((k.to_vec(), v.to_vec())),
+            None,
+        )
+        .map_err(inspect(&aside))?;
+        std::fs::remove_file(&aside).map_err(inspect(&aside))?;
+        out.push(Carried {
+            name: spec.name,
+            into: spec.name,
+            why: format!(
+                "max_entries {} flags {:#x} → max_entries {} flags {:#x}",
+                info.max_entries, info.map_flags, spec.max_entries, spec.flags
+            ),
+            copied,
+            dropped,
+        });
+    }
+    Ok(out)
+}
+
+type Convert<'a> = dyn Fn(&[u8], &[u8]) -> Option<(Vec<u8>, Vec<u8>)> + 'a;
+
+/// Copies (converted) entries of `from` into `to`, whose spec is `spec`:
+/// an entry `to` already holds is kept, or folded with `merge`. For a map
+/// of maps the inner maps themselves move (where they fit the template).
+/// Returns (copied, dropped).
+fn copy_entries(
+    from: BorrowedFd<'_>,
+    to: BorrowedFd<'_>,
+    spec: &MapSpec,
+    convert: impl Fn(&[u8], &[u8]) -> Option<(Vec<u8>, Vec<u8>)>,
+    merge: Option<MergeValue>,
+) -> std::io::Result<(usize, usize)> {
+    const BPF_ANY: u64 = 0;
+    const BPF_NOEXIST: u64 = 1;
+    const ARRAY: u32 = 2;
+    const PERCPU_ARRAY: u32 = 6;
+    const HASH_OF_MAPS: u32 = 13;
+    let from_info = sys::map_info(from)?;
+    let old_value = sys::user_value_size(from_info.map_type, from_info.value_size)?;
+    let new_value = sys::user_value_size(spec.map_type, spec.value_size)?;
+    let convert: &Convert<'_> = &convert;
+    let (mut copied, mut dropped) = (0, 0);
+    for key in sys::map_keys(from, from_info.key_size as usize)? {
+        let mut value = vec![0u8; old_value];
+        if !sys::map_lookup(from, &key, &mut value)? {
+            continue;
+        }
+        if spec.map_type == HASH_OF_MAPS {
+            let id = u32::from_ne_bytes(value[..4].try_into().expect("4-byte map id"));
+            let moved = sys::map_fd_by_id(id).and_then(|inner| {
+                sys::map_update(
+                    to,
+                    &key,
+                    &(inner.as_raw_fd() as u32).to_ne_bytes(),
+                    BPF_NOEXIST,
+                )
+            });
+            match moved {
+                Ok(()) => copied += 1,
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(_) => dropped += 1,
+            }
+            continue;
+        }
+        let Some((k, v)) = convert(&key, &value) else {
+            dropped += 1;
+            continue;
+        };
+        if k.len() != spec.key_size as usize || v.len() != new_value {
+            dropped += 1;
+            continue;
+        }
+        let array = matches!(spec.map_type, ARRAY | PERCPU_ARRAY);
+        let flags = if array { BPF_ANY } else { BPF_NOEXIST };
+        match sys::map_update(to, &k, &v, flags) {
+            Ok(()) => copied += 1,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                if let Some(merge) = merge {
+                    let mut held = vec![0u8; new_value];
+                    if sys::map_lookup(to, &k, &mut held)? {
+                        merge(&mut held, &v);
+                        sys::map_update(to, &k, &held, BPF_ANY)?;
+                        copied += 1;
+                    }
+                }
+            }
+            Err(_) => dropped += 1,
+        }
+    }
+    Ok((copied, dropped))
+}
+
+/// Migrates each map an older build pinned under a name this build no
+/// longer uses into its successor (which must be pinned already), then
+/// unpins it.
+pub fn migrate_obsolete(
+    pin_dir: &Path,
+    obsolete: &[ObsoleteMap],
+    specs: &[MapSpec],
+) -> Result<Vec<Carried>, LoadError> {
+    let mut out = Vec::new();
+    for old in obsolete {
+        let path = pin_dir.join(old.spec.name);
+        if !path.exists() {
+            continue;
+        }
+        let Some(spec) = specs.iter().find(|s| s.name == old.successor) else {
+            continue;
+        };
+        let succ = pin_dir.join(spec.name);
+        let inspect = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| LoadError::Inspect { path: p, source }
+        };
+        let from = sys::obj_get(&path).map_err(inspect(&path))?;
+        let to = sys::obj_get(&succ).map_err(inspect(&succ))?;
+        let (copied, dropped) =
+            copy_entries(from.as_fd(), to.as_fd(), spec, old.convert, old.merge)
+                .map_err(inspect(&path))?;
+        std::fs::remove_file(&path).map_err(inspect(&path))?;
+        out.push(Carried {
+            name: old.spec.name,
+            into: spec.name,
+            why: old.spec.what.to_string(),
+            copied,
+            dropped,
+        });
+    }
+    Ok(out)
 }
 
 /// Parses one embedded object, reusing (after [`check_pinned_maps`]) or
@@ -114,19 +396,38 @@ pub fn load_object(
     pin_dir: &Path,
     specs: &[MapSpec],
 ) -> Result<Ebpf, LoadError> {
+    load_object_carrying(object, bytes, pin_dir, specs).map(|(ebpf, _)| ebpf)
+}
+
+/// [`load_object`], carrying over pinned maps whose size, flags or inner
+/// template changed (see the module docs) instead of refusing them; says
+/// which it carried over.
+pub fn load_object_carrying(
+    object: &'static str,
+    bytes: &[u8],
+    pin_dir: &Path,
+    specs: &[MapSpec],
+) -> Result<(Ebpf, Vec<Carried>), LoadError> {
     std::fs::create_dir_all(pin_dir).map_err(|source| LoadError::PinDir {
         path: pin_dir.into(),
         source,
     })?;
-    check_pinned_maps(pin_dir, specs)?;
-    EbpfLoader::new()
+    let set_aside = prepare_pins(pin_dir, specs)?;
+    let ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
         .load(bytes)
         .map_err(|source| LoadError::Object {
             object,
             pin_dir: pin_dir.into(),
             source: Box::new(source),
-        })
+        })?;
+    let mut carried = finish_reshapes(pin_dir, specs)?;
+    for c in &mut carried {
+        if let Some((_, why)) = set_aside.iter().find(|(n, _)| *n == c.name) {
+            c.why = why.clone();
+        }
+    }
+    Ok((ebpf, carried))
 }
 
 /// Finds `program` in `ebpf` as type `T` and loads it into the kernel; a

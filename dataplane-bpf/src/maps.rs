@@ -11,6 +11,13 @@ pub const AF_INET6: u8 = 6;
 
 /// A map the datapath pins by name, and the layout a pinned copy must have
 /// to be reused.
+///
+/// The name carries the layout's version: a change of key or value layout
+/// (or of map type) gets a new name (`_v2`, as Cilium does) and the old
+/// map an entry in [`OBSOLETE`] saying how its entries carry over. A change
+/// of flags, size or inner-map template under the same name is carried
+/// over by the loader (`load::prepare_pins`): the old map is set aside,
+/// the new one created, and every entry that still fits copied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MapSpec {
     pub name: &'static str,
@@ -19,7 +26,20 @@ pub struct MapSpec {
     pub key_size: u32,
     pub value_size: u32,
     pub max_entries: u32,
+    /// `map_flags` at creation (`BPF_F_NO_PREALLOC`, ...).
+    pub flags: u32,
+    /// For a map of maps: the template every inner map must match.
+    pub inner: Option<InnerSpec>,
     pub what: &'static str,
+}
+
+/// The template of a map of maps' inner maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InnerSpec {
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub flags: u32,
 }
 
 const BPF_MAP_TYPE_HASH: u32 = 1;
@@ -28,6 +48,10 @@ const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
 const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 const BPF_MAP_TYPE_HASH_OF_MAPS: u32 = 13;
+
+/// `BPF_F_NO_PREALLOC`: entries allocated as used (and a replaced element
+/// freed after an RCU grace period, not recycled at once).
+pub const BPF_F_NO_PREALLOC: u32 = 1 << 0;
 
 /// `BPF_F_INNER_MAP`: inner maps of one outer map may differ in size.
 pub const BPF_F_INNER_MAP: u32 = 1 << 12;
@@ -41,6 +65,8 @@ pub const ENDPOINTS: MapSpec = MapSpec {
     key_size: 8,
     value_size: size_of::<Endpoint>() as u32,
     max_entries: 65536,
+    flags: 0,
+    inner: None,
     what: "endpoints by netns cookie",
 };
 
@@ -51,6 +77,8 @@ pub const SRC: MapSpec = MapSpec {
     key_size: size_of::<SrcKey>() as u32,
     value_size: 1,
     max_entries: 65536,
+    flags: 0,
+    inner: None,
     what: "allowed pod source addresses",
 };
 
@@ -61,17 +89,30 @@ pub const EDGE_STATS: MapSpec = MapSpec {
     key_size: 4,
     value_size: size_of::<EdgeStats>() as u32,
     max_entries: 65536,
+    flags: 0,
+    inner: None,
     what: "pod edge drops per endpoint, by reason",
 };
 
+/// Converts one old entry (key, value) into the successor's, or `None` to
+/// drop it.
+pub type ConvertEntry = fn(&[u8], &[u8]) -> Option<(Vec<u8>, Vec<u8>)>;
+/// Folds a converted value into the one the successor already holds.
+pub type MergeValue = fn(&mut [u8], &[u8]);
+
 /// What an older build pinned under a name this build no longer uses, and
-/// how its contents carry over: each is read once, folded into its
+/// how its entries carry over: each is read once, converted into its
 /// successor, then unpinned (programs still holding it keep it alive until
 /// they are replaced).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct ObsoleteMap {
     pub spec: MapSpec,
     pub successor: &'static str,
+    /// One old entry (key, value) as the successor's, or `None` to drop it.
+    pub convert: ConvertEntry,
+    /// Folds a converted value into one the successor already holds
+    /// (`None`: the successor's entry wins).
+    pub merge: Option<MergeValue>,
 }
 
 /// `sluice_src_drop` (host ifindex → spoofed drops, bytes), succeeded by
@@ -83,13 +124,55 @@ pub const OBSOLETE_SRC_DROP: ObsoleteMap = ObsoleteMap {
         key_size: 4,
         value_size: 16,
         max_entries: 65536,
+        flags: 0,
+        inner: None,
         what: "spoofed-source drops per endpoint (before the edge stats)",
     },
     successor: "sluice_edgestat",
+    convert: |k, v| {
+        let mut s = EdgeStats::default();
+        s.drops[EDGE_DROP_SPOOFED] = u64::from_ne_bytes(v.get(..8)?.try_into().ok()?);
+        s.drop_bytes = u64::from_ne_bytes(v.get(8..16)?.try_into().ok()?);
+        Some((k.to_vec(), bytes_of(&s).to_vec()))
+    },
+    merge: Some(|into, add| {
+        let mut a = EdgeStats::default();
+        let mut b = EdgeStats::default();
+        bytes_of_mut(&mut a).copy_from_slice(into);
+        bytes_of_mut(&mut b).copy_from_slice(add);
+        for (x, y) in a.drops.iter_mut().zip(b.drops) {
+            *x += y;
+        }
+        a.drop_bytes += b.drop_bytes;
+        into.copy_from_slice(bytes_of(&a));
+    }),
+};
+
+/// `sluice_affinity` (v1: time of last use in ns, backend id apart),
+/// succeeded by [`AFFINITY`], which packs both in one word.
+pub const OBSOLETE_AFFINITY_V1: ObsoleteMap = ObsoleteMap {
+    spec: MapSpec {
+        name: "sluice_affinity",
+        map_type: BPF_MAP_TYPE_LRU_HASH,
+        key_size: 16,
+        value_size: 16,
+        max_entries: 65536,
+        flags: 0,
+        inner: None,
+        what: "ClientIP session affinity (v1)",
+    },
+    successor: "sluice_aff_v2",
+    convert: |k, v| {
+        let ns = u64::from_ne_bytes(v.get(..8)?.try_into().ok()?);
+        let backend = u32::from_ne_bytes(v.get(8..12)?.try_into().ok()?);
+        let w = AffinityValue::new(backend, ns / 1_000_000)?;
+        Some((k.to_vec(), bytes_of(&w).to_vec()))
+    },
+    merge: None,
 };
 
 /// Maps of older builds that a daemon migrates and unpins at start.
-pub const OBSOLETE: [ObsoleteMap; 1] = [OBSOLETE_SRC_DROP];
+pub const OBSOLETE: [ObsoleteMap; 2] = [OBSOLETE_SRC_DROP, OBSOLETE_AFFINITY_V1];
 
 /// `enum sock_hook` → u64 per CPU.
 pub const SOCKSTAT: MapSpec = MapSpec {
@@ -98,6 +181,8 @@ pub const SOCKSTAT: MapSpec = MapSpec {
     key_size: 4,
     value_size: 8,
     max_entries: SOCK_HOOKS.len() as u32,
+    flags: 0,
+    inner: None,
     what: "socket operations of known endpoints, per hook",
 };
 
@@ -108,6 +193,8 @@ pub const SVC: MapSpec = MapSpec {
     key_size: size_of::<SvcKey>() as u32,
     value_size: size_of::<SvcValue>() as u32,
     max_entries: 65536,
+    flags: BPF_F_NO_PREALLOC,
+    inner: None,
     what: "service frontends",
 };
 
@@ -118,6 +205,8 @@ pub const BACKENDS: MapSpec = MapSpec {
     key_size: 4,
     value_size: size_of::<Backend>() as u32,
     max_entries: 262144,
+    flags: BPF_F_NO_PREALLOC,
+    inner: None,
     what: "service backends by id",
 };
 
@@ -128,6 +217,8 @@ pub const LB_SLOTS: MapSpec = MapSpec {
     key_size: size_of::<LbSlotKey>() as u32,
     value_size: 4,
     max_entries: 1048576,
+    flags: BPF_F_NO_PREALLOC,
+    inner: None,
     what: "random-selection slots per service generation",
 };
 
@@ -139,6 +230,13 @@ pub const LB_TABLES: MapSpec = MapSpec {
     key_size: 4,
     value_size: 4,
     max_entries: 65536,
+    flags: 0,
+    inner: Some(InnerSpec {
+        map_type: LB_TABLE_TYPE,
+        key_size: 4,
+        value_size: 4,
+        flags: BPF_F_INNER_MAP,
+    }),
     what: "Maglev table per service",
 };
 
@@ -149,16 +247,20 @@ pub const SVC_BES: MapSpec = MapSpec {
     key_size: size_of::<SvcBackendKey>() as u32,
     value_size: 1,
     max_entries: 262144,
+    flags: BPF_F_NO_PREALLOC,
+    inner: None,
     what: "backends in each service's table",
 };
 
 /// [`AffinityKey`] → [`AffinityValue`].
 pub const AFFINITY: MapSpec = MapSpec {
-    name: "sluice_affinity",
+    name: "sluice_aff_v2",
     map_type: BPF_MAP_TYPE_LRU_HASH,
     key_size: size_of::<AffinityKey>() as u32,
     value_size: size_of::<AffinityValue>() as u32,
     max_entries: 65536,
+    flags: 0,
+    inner: None,
     what: "ClientIP session affinity per pod and service",
 };
 
@@ -169,6 +271,8 @@ pub const BE_CONNS: MapSpec = MapSpec {
     key_size: 4,
     value_size: 8,
     max_entries: 262144,
+    flags: BPF_F_NO_PREALLOC,
+    inner: None,
     what: "new connections per backend",
 };
 
@@ -180,6 +284,8 @@ pub const REVNAT: MapSpec = MapSpec {
     key_size: size_of::<RevnatKey>() as u32,
     value_size: size_of::<RevnatValue>() as u32,
     max_entries: 262144,
+    flags: 0,
+    inner: None,
     what: "reverse translation per socket and backend",
 };
 
@@ -193,6 +299,8 @@ pub const LBSTAT: MapSpec = MapSpec {
     key_size: 4,
     value_size: 8,
     max_entries: LB_STATS.len() as u32,
+    flags: 0,
+    inner: None,
     what: "service translations by outcome",
 };
 
@@ -546,16 +654,40 @@ pub struct AffinityKey {
 // SAFETY: plain old data, no implicit padding (asserted below).
 unsafe impl aya::Pod for AffinityKey {}
 
-/// `struct affinity_value`.
+/// `SLUICE_AFF_BACKEND_BITS`: backend ids stay below 2^this.
+pub const AFF_BACKEND_BITS: u32 = 24;
+/// `SLUICE_AFF_TIME_BITS`.
+pub const AFF_TIME_BITS: u32 = 40;
+/// The largest backend id the datapath can hold.
+pub const MAX_BACKEND_ID: u32 = (1 << AFF_BACKEND_BITS) - 1;
+
+/// `struct affinity_value`: backend id and time of last use (ms since
+/// boot) in one word.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AffinityValue {
-    pub last_used_ns: u64,
-    pub backend_id: u32,
-    pub pad: u32,
+    pub word: u64,
 }
 // SAFETY: plain old data, no implicit padding (asserted below).
 unsafe impl aya::Pod for AffinityValue {}
+
+impl AffinityValue {
+    /// `None` for an id the word cannot hold.
+    pub fn new(backend_id: u32, last_used_ms: u64) -> Option<Self> {
+        (backend_id <= MAX_BACKEND_ID).then(|| AffinityValue {
+            word: (u64::from(backend_id) << AFF_TIME_BITS)
+                | (last_used_ms & ((1 << AFF_TIME_BITS) - 1)),
+        })
+    }
+
+    pub fn backend_id(&self) -> u32 {
+        (self.word >> AFF_TIME_BITS) as u32
+    }
+
+    pub fn last_used_ms(&self) -> u64 {
+        self.word & ((1 << AFF_TIME_BITS) - 1)
+    }
+}
 
 /// `enum lb_verdict`.
 pub const LB_PASS: u32 = 0;
@@ -665,8 +797,13 @@ mod tests {
             ),
             (8, 12)
         );
-        assert_eq!(size_of::<AffinityValue>(), 16);
-        assert_eq!(offset_of!(AffinityValue, backend_id), 8);
+        assert_eq!(size_of::<AffinityValue>(), 8);
+        let v = AffinityValue::new(MAX_BACKEND_ID, 123_456).unwrap();
+        assert_eq!(
+            (v.backend_id(), v.last_used_ms()),
+            (MAX_BACKEND_ID, 123_456)
+        );
+        assert!(AffinityValue::new(MAX_BACKEND_ID + 1, 0).is_none());
         assert_eq!(size_of::<LbReq>(), 88);
         assert_eq!(
             [
@@ -738,6 +875,11 @@ mod tests {
                 && h.contains("LB_REFUSE = 2,")
         );
         assert!(h.contains("#define SLUICE_AF_INET 4"));
+        assert!(h.contains(&format!(
+            "#define SLUICE_AFF_BACKEND_BITS {AFF_BACKEND_BITS}"
+        )));
+        assert!(h.contains(&format!("#define SLUICE_AFF_TIME_BITS {AFF_TIME_BITS}")));
+        assert_eq!(AFF_BACKEND_BITS + AFF_TIME_BITS, 64);
         assert!(h.contains("#define SLUICE_AF_INET6 6"));
         let hooks: Vec<String> = h
             .lines()
@@ -768,6 +910,50 @@ mod tests {
                 "{} is longer than BPF_OBJ_NAME_LEN",
                 m.name
             );
+        }
+    }
+
+    /// Every pinned map's type and key/value layout as it was released
+    /// under its name. A pinned map is reused across upgrades, so changing
+    /// a layout under the same name would make the new programs misread
+    /// the old entries: give the map a new name (`_v2`), add the old one to
+    /// [`OBSOLETE`] with its conversion, and add a line here.
+    #[test]
+    fn layouts_change_only_under_a_new_name() {
+        let released: [(&str, u32, u32, u32); 13] = [
+            ("sluice_eps", 1, 8, 32),
+            ("sluice_src", 1, 24, 1),
+            ("sluice_edgestat", 1, 4, 72),
+            ("sluice_sockstat", 6, 4, 8),
+            ("sluice_svc", 1, 20, 16),
+            ("sluice_backends", 1, 4, 24),
+            ("sluice_lb_slots", 1, 8, 4),
+            ("sluice_lbtables", 13, 4, 4),
+            ("sluice_svc_bes", 1, 8, 1),
+            ("sluice_aff_v2", 9, 16, 8),
+            ("sluice_be_conns", 5, 4, 8),
+            ("sluice_revnat", 9, 32, 24),
+            ("sluice_lbstat", 6, 4, 8),
+        ];
+        for m in ALL {
+            let r = released
+                .iter()
+                .find(|r| r.0 == m.name)
+                .unwrap_or_else(|| panic!("{} is not in the released list", m.name));
+            assert_eq!(
+                (r.1, r.2, r.3),
+                (m.map_type, m.key_size, m.value_size),
+                "{} changed layout under its released name",
+                m.name
+            );
+        }
+        for old in OBSOLETE {
+            assert!(
+                ALL.iter().any(|m| m.name == old.successor),
+                "{} has no successor",
+                old.spec.name
+            );
+            assert!(ALL.iter().all(|m| m.name != old.spec.name));
         }
     }
 

@@ -265,6 +265,43 @@ pub fn map_create(
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// Creates a map of maps whose inner maps must match `inner` (a map used
+/// only as the template).
+pub fn map_create_of_maps(
+    map_type: u32,
+    key_size: u32,
+    max_entries: u32,
+    inner: BorrowedFd<'_>,
+    name: &str,
+) -> io::Result<OwnedFd> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct Attr {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+        inner_map_fd: u32,
+        numa_node: u32,
+        map_name: [u8; 16],
+    }
+    let mut attr = Attr {
+        map_type,
+        key_size,
+        value_size: 4,
+        max_entries,
+        inner_map_fd: inner.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    for (d, s) in attr.map_name.iter_mut().zip(name.bytes().take(15)) {
+        *d = s;
+    }
+    let fd = bpf(BPF_MAP_CREATE, &mut attr)?;
+    // SAFETY: the kernel returned a new descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
 #[repr(C)]
 struct ElemAttr {
     map_fd: u32,
@@ -441,6 +478,65 @@ pub fn count_keys(map: BorrowedFd<'_>, key_size: usize) -> io::Result<usize> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Every key of a map, walked with BPF_MAP_GET_NEXT_KEY (a key deleted
+/// meanwhile may end the walk early; the callers copy or convert, and the
+/// map's owner has stopped writing it).
+pub fn map_keys(map: BorrowedFd<'_>, key_size: usize) -> io::Result<Vec<Vec<u8>>> {
+    let mut keys = Vec::new();
+    let mut next = vec![0u8; key_size];
+    loop {
+        let mut attr = ElemAttr {
+            map_fd: map.as_raw_fd() as u32,
+            _pad: 0,
+            key: keys.last().map_or(0, |k: &Vec<u8>| k.as_ptr() as u64),
+            value: next.as_mut_ptr() as u64,
+            flags: 0,
+        };
+        match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+            Ok(_) => keys.push(next.clone()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(keys),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The number of possible CPUs (`/sys/devices/system/cpu/possible`): a
+/// per-CPU map's value, read from userspace, holds one slot per possible
+/// CPU.
+pub fn possible_cpus() -> io::Result<usize> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
+    let mut n = 0;
+    for part in text.trim().split(',') {
+        let bad = || io::Error::other(format!("cannot parse possible CPUs {text:?}"));
+        n += match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) =
+                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                b + 1 - a
+            }
+            None => {
+                part.parse::<usize>().map_err(|_| bad())?;
+                1
+            }
+        };
+    }
+    Ok(n)
+}
+
+/// The size of a value as userspace reads or writes it: `value_size`, or
+/// for a per-CPU map one 8-byte aligned slot per possible CPU.
+pub fn user_value_size(map_type: u32, value_size: u32) -> io::Result<usize> {
+    const PERCPU_HASH: u32 = 5;
+    const PERCPU_ARRAY: u32 = 6;
+    const LRU_PERCPU_HASH: u32 = 10;
+    Ok(match map_type {
+        PERCPU_HASH | PERCPU_ARRAY | LRU_PERCPU_HASH => {
+            (value_size as usize).div_ceil(8) * 8 * possible_cpus()?
+        }
+        _ => value_size as usize,
+    })
 }
 
 const BPF_PROG_LOAD: libc::c_long = 5;

@@ -330,6 +330,45 @@ fn affinity_holds_per_pod_until_timeout_or_backend_leaves() {
     );
 }
 
+/// A connect that read the clock just before another connect of the same
+/// pod renewed the entry sees a last use later than its own "now". That
+/// is a live entry, not an expired one: it must stick, not re-pick (the
+/// unsigned `now - last_used` made it look 584 years old).
+#[test]
+fn affinity_renewed_after_now_was_read_still_holds() {
+    if !root() {
+        return;
+    }
+    let mut lb = Lb::new("lb-aff-race");
+    lb.frontend("10.96.0.41:80", TCP, 15, 30, 0);
+    lb.backend(61, "10.244.0.61:80", TCP);
+    lb.backend(62, "10.244.0.62:80", TCP);
+    lb.table(15, &[61, 62]);
+    let aff: HashMap<MapData, AffinityKey, AffinityValue> =
+        HashMap::try_from(open_pinned(&lb._pins.0, &AFFINITY).unwrap()).unwrap();
+    let mut r = req("10.96.0.41:80", TCP, 0);
+    let key = AffinityKey {
+        netns_cookie: r.netns_cookie,
+        svc_id: 15,
+        pad: 0,
+    };
+    // Renewed 3 ms after this connect's clock read, to backend 62.
+    let renewed = AffinityValue::new(62, r.now_ns / 1_000_000 + 3).unwrap();
+    let mut aff = aff;
+    aff.insert(key, renewed, 0).unwrap();
+    r.rnd = 0; // a fresh pick would be 61
+    assert_eq!(lb.run(r).backend_id, 62, "a renewal newer than now holds");
+    assert_eq!(aff.get(&key, 0).unwrap(), renewed, "not renewed backwards");
+    // Exactly at last use + timeout it has expired.
+    r.now_ns = (renewed.last_used_ms() + 30_000) * 1_000_000;
+    assert_eq!(lb.run(r).backend_id, 61, "expired at last use + timeout");
+    let now = aff.get(&key, 0).unwrap();
+    assert_eq!(
+        (now.backend_id(), now.last_used_ms()),
+        (61, r.now_ns / 1_000_000)
+    );
+}
+
 #[test]
 fn a_new_generation_takes_effect_whole() {
     if !root() {

@@ -434,6 +434,40 @@ fn client_ip_affinity_holds_then_expires() {
     assert!(other, "affinity expired");
 }
 
+/// Connects racing from a pod with no affinity entry yet all land on one
+/// backend: the first choice is made once (insert-if-absent, then what the
+/// map holds), and a refresh racing a lookup never makes the entry look
+/// expired. Before: 8 threads released together split across backends.
+#[test]
+fn affinity_holds_for_parallel_connects_from_a_fresh_pod() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let c = Cluster::new(&node, "sessionAffinity: ClientIP");
+    let conf = node.conf("1.0.0", RANGES);
+    for round in 0..10 {
+        // A fresh pod: a new netns cookie, so no affinity entry yet.
+        let p = Pod::add(&node, &conf);
+        let v6 = round % 2 == 1;
+        let dst = if v6 {
+            "[fd00:96::10]:80"
+        } else {
+            "10.96.10.10:80"
+        };
+        let v = probe(&p.ns, &["burst", dst, "8", "25"]);
+        let replies = v["replies"].as_object().unwrap();
+        assert!(v["errors"].as_array().unwrap().is_empty(), "{v}");
+        assert_eq!(
+            replies.len(),
+            1,
+            "round {round} ({dst}): 200 connects from one pod split across backends: {v}"
+        );
+        assert_eq!(replies.values().next().unwrap(), 200, "{v}");
+    }
+    drop(c);
+}
+
 #[test]
 fn a_pod_annotated_socket_lb_false_connects_to_the_service_address_untranslated() {
     if !require_root() {

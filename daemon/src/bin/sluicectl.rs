@@ -489,6 +489,12 @@ fn print_status(s: &StatusView) {
         r.stale_entries,
         s.restore.maps_reused.len()
     );
+    for c in &s.restore.maps_carried {
+        println!(
+            "             map {} carried into {} ({}): {} entries copied, {} dropped",
+            c.map, c.into, c.why, c.copied, c.dropped
+        );
+    }
     println!();
     table(
         &["SOCKET PROGRAM", "LINK", "PROG", "AT START", "OPS SEEN"],

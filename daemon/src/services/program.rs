@@ -474,6 +474,13 @@ impl Programmer {
             return Ok((*id, false));
         }
         let id = self.next_backend_id;
+        if id > maps::MAX_BACKEND_ID {
+            return Err(ProgramError::Map {
+                map: maps::BACKENDS.name,
+                op: "allocate a backend id",
+                detail: format!("every id up to {} is taken", maps::MAX_BACKEND_ID),
+            });
+        }
         self.next_backend_id += 1;
         self.backends
             .insert(id, Backend::new(addr, p.number()), 0)

@@ -84,7 +84,39 @@ struct {
 	__type(key, struct affinity_key);
 	__type(value, struct affinity_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sluice_affinity SEC(".maps");
+} sluice_aff_v2 SEC(".maps");
+
+#define AFF_TIME_MASK ((1ULL << SLUICE_AFF_TIME_BITS) - 1)
+
+static __always_inline __u64 aff_pack(__u32 backend_id, __u64 now_ms)
+{
+	return ((__u64)backend_id << SLUICE_AFF_TIME_BITS) | (now_ms & AFF_TIME_MASK);
+}
+
+static __always_inline __u32 aff_backend(__u64 w)
+{
+	return (__u32)(w >> SLUICE_AFF_TIME_BITS);
+}
+
+/* Whether the choice in w holds at now_ms: used less than timeout_ms ago
+ * (a refresh racing this connect may be newer than now_ms: that is live,
+ * not expired), and its backend still in the service's table. */
+static __always_inline int aff_live(__u64 w, __u32 svc_id, __u64 timeout_ms, __u64 now_ms)
+{
+	struct svc_backend_key mk = {
+		.svc_id = svc_id,
+		.backend_id = aff_backend(w),
+	};
+
+	if ((w & AFF_TIME_MASK) + timeout_ms <= now_ms)
+		return 0;
+	return bpf_map_lookup_elem(&sluice_svc_bes, &mk) != NULL;
+}
+
+static __always_inline __u64 aff_read(struct affinity_value *av)
+{
+	return *(volatile __u64 *)&av->word;
+}
 
 /* New connections (and unconnected datagrams) sent to each backend. */
 struct {
@@ -139,6 +171,8 @@ static __always_inline int lb_select(struct lb_req *r)
 	__u32 zero = 0, *n, slot, *id, backend_id = 0;
 	struct backend *be;
 	struct affinity_key ak = {};
+	struct affinity_value *av = NULL;
+	__u64 timeout_ms = 0, now_ms = 0, seen = 0;
 	int sticky = 0;
 
 	__builtin_memcpy(k.addr, r->addr, 16);
@@ -170,18 +204,19 @@ static __always_inline int lb_select(struct lb_req *r)
 	ak.netns_cookie = r->netns_cookie;
 	ak.svc_id = sv->svc_id;
 	if (sv->affinity_timeout) {
-		struct affinity_value *av = bpf_map_lookup_elem(&sluice_affinity, &ak);
-
-		if (av && r->now_ns - av->last_used_ns <
-				  (__u64)sv->affinity_timeout * 1000000000ULL) {
-			struct svc_backend_key mk = {
-				.svc_id = sv->svc_id,
-				.backend_id = av->backend_id,
-			};
-
-			if (bpf_map_lookup_elem(&sluice_svc_bes, &mk)) {
-				backend_id = av->backend_id;
+		timeout_ms = (__u64)sv->affinity_timeout * 1000;
+		now_ms = r->now_ns / 1000000;
+		av = bpf_map_lookup_elem(&sluice_aff_v2, &ak);
+		if (av) {
+			seen = aff_read(av);
+			if (aff_live(seen, sv->svc_id, timeout_ms, now_ms)) {
+				backend_id = aff_backend(seen);
 				sticky = 1;
+				/* Renewed forward only; losing the swap to another
+				 * connect's renewal is as good. */
+				if ((seen & AFF_TIME_MASK) < now_ms)
+					__sync_val_compare_and_swap(&av->word, seen,
+								    aff_pack(backend_id, now_ms));
 			}
 		}
 	}
@@ -202,17 +237,32 @@ static __always_inline int lb_select(struct lb_req *r)
 			return lb_refuse(r, LB_STAT_INCONSISTENT);
 		backend_id = *id;
 	}
+	if (sv->affinity_timeout && !sticky) {
+		/* The first choice for this pod is made once: whoever puts
+		 * it in the map first decides, and a connect that loses the
+		 * race takes the winner's choice. */
+		__u64 mine = aff_pack(backend_id, now_ms), held;
+
+		if (av) {
+			held = __sync_val_compare_and_swap(&av->word, seen, mine);
+			if (held != seen && aff_live(held, sv->svc_id, timeout_ms, now_ms))
+				backend_id = aff_backend(held);
+		} else {
+			struct affinity_value nv = { .word = mine };
+
+			if (bpf_map_update_elem(&sluice_aff_v2, &ak, &nv, BPF_NOEXIST)) {
+				av = bpf_map_lookup_elem(&sluice_aff_v2, &ak);
+				if (av) {
+					held = aff_read(av);
+					if (aff_live(held, sv->svc_id, timeout_ms, now_ms))
+						backend_id = aff_backend(held);
+				}
+			}
+		}
+	}
 	be = bpf_map_lookup_elem(&sluice_backends, &backend_id);
 	if (!be)
 		return lb_refuse(r, LB_STAT_INCONSISTENT);
-	if (sv->affinity_timeout) {
-		struct affinity_value nv = {
-			.last_used_ns = r->now_ns,
-			.backend_id = backend_id,
-		};
-
-		bpf_map_update_elem(&sluice_affinity, &ak, &nv, BPF_ANY);
-	}
 	lb_count(backend_id);
 	lb_stat(LB_STAT_XLATE);
 	r->backend_id = backend_id;

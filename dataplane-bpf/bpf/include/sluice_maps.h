@@ -154,12 +154,20 @@ struct affinity_key {
 };
 _Static_assert(sizeof(struct affinity_key) == 16, "affinity_key layout");
 
+/* The backend and when it was last used, in one 64-bit word, so that the
+ * first choice and every refresh are single atomic updates (insert if
+ * absent, compare and swap): the backend id in the top
+ * SLUICE_AFF_BACKEND_BITS bits, the time of last use (ms since boot,
+ * bpf_ktime_get_ns() / 10^6) in the rest. Backend ids stay below
+ * 2^SLUICE_AFF_BACKEND_BITS; the time wraps after 34 years of uptime.
+ * (sluice_aff_v2; v1, sluice_affinity, held the time in ns and the id
+ * apart.) */
+#define SLUICE_AFF_BACKEND_BITS 24
+#define SLUICE_AFF_TIME_BITS 40
 struct affinity_value {
-	__u64 last_used_ns; /* bpf_ktime_get_ns() */
-	__u32 backend_id;
-	__u32 pad;
+	__u64 word;
 };
-_Static_assert(sizeof(struct affinity_value) == 16, "affinity_value layout");
+_Static_assert(sizeof(struct affinity_value) == 8, "affinity_value layout");
 
 /* Per-CPU counters of service translations (sluice_lbstat), by outcome:
  * an inconsistent refusal (slot or backend missing) should stay at 0; if

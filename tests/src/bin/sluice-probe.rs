@@ -11,6 +11,9 @@
 //! udp-connected ADDR        connect, send, recv: {"peer","from","reply"}
 //! rate ADDR COUNT           COUNT times: connect, read the answer, close;
 //!                           {"count","secs","per_sec"}
+//! burst ADDR THREADS EACH   THREADS threads released together, each EACH
+//!                           times: connect, read the answer, close;
+//!                           {"replies":{NAME:count},"errors":[..]}
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -146,8 +149,54 @@ fn main() {
                 n as f64 / secs
             );
         }
+        ["burst", dst, threads, each] => {
+            let d = addr(dst);
+            let threads: usize = threads.parse().unwrap_or(8);
+            let each: usize = each.parse().unwrap_or(25);
+            let start = std::sync::Arc::new(std::sync::Barrier::new(threads));
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    let start = start.clone();
+                    std::thread::spawn(move || {
+                        start.wait();
+                        (0..each)
+                            .map(|_| -> Result<String, String> {
+                                let s = TcpStream::connect_timeout(&d, t)
+                                    .map_err(|e| format!("connect: {e}"))?;
+                                s.set_read_timeout(Some(t)).map_err(|e| e.to_string())?;
+                                let mut line = String::new();
+                                BufReader::new(&s)
+                                    .read_line(&mut line)
+                                    .map_err(|e| format!("read: {e}"))?;
+                                Ok(line.trim().to_string())
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            let mut replies = std::collections::BTreeMap::<String, usize>::new();
+            let mut errors = Vec::new();
+            for w in workers {
+                for r in w.join().expect("burst thread") {
+                    match r {
+                        Ok(name) => *replies.entry(name).or_default() += 1,
+                        Err(e) => errors.push(e),
+                    }
+                }
+            }
+            let replies: Vec<String> = replies
+                .iter()
+                .map(|(k, v)| format!("\"{k}\":{v}"))
+                .collect();
+            let errors: Vec<String> = errors.iter().map(|e| format!("{e:?}")).collect();
+            println!(
+                "{{\"replies\":{{{}}},\"errors\":[{}]}}",
+                replies.join(","),
+                errors.join(",")
+            );
+        }
         _ => {
-            eprintln!("usage: sluice-probe serve tcp|udp PORT NAME | tcp ADDR | tcp-hold ADDR SECS | udp ADDR | udp-connected ADDR");
+            eprintln!("usage: sluice-probe serve tcp|udp PORT NAME | tcp ADDR | tcp-hold ADDR SECS | udp ADDR | udp-connected ADDR | rate ADDR COUNT | burst ADDR THREADS EACH");
             std::process::exit(2);
         }
     }
