@@ -38,6 +38,8 @@ pub enum Request {
     /// Programmed service frontends with their backends and counters, and
     /// the objects the service source rejected.
     ListServices,
+    /// Lets a service removal the source's guard held back go through.
+    AllowServiceRemoval,
     Status,
 }
 

@@ -36,6 +36,8 @@ struct Raw {
     node_name: Option<String>,
     maglev_table_size: Option<u32>,
     maglev_seed: Option<u64>,
+    service_cidrs: Option<Vec<String>>,
+    max_removal_percent: Option<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +70,16 @@ pub struct Config {
     /// Maglev table size (a prime) and seed: the same on every node.
     pub maglev_table_size: u32,
     pub maglev_seed: u64,
+    /// The cluster's service ranges: frontends only from these, backends
+    /// never in them.
+    pub service_cidrs: Vec<ipnetwork::IpNetwork>,
+    /// A pass that would remove more than this share of the programmed
+    /// frontends at once is held back (100: never).
+    pub max_removal_percent: u8,
 }
+
+/// kubeadm's and kind's default service ranges.
+pub const DEFAULT_SERVICE_CIDRS: [&str; 2] = ["10.96.0.0/12", "fd00:10:96::/112"];
 
 impl Default for Config {
     fn default() -> Self {
@@ -88,6 +99,11 @@ impl Default for Config {
             node_name: None,
             maglev_table_size: crate::maglev::DEFAULT_TABLE_SIZE,
             maglev_seed: crate::maglev::DEFAULT_SEED,
+            service_cidrs: DEFAULT_SERVICE_CIDRS
+                .iter()
+                .map(|c| c.parse().expect("a valid default CIDR"))
+                .collect(),
+            max_removal_percent: 50,
         }
     }
 }
@@ -161,7 +177,21 @@ impl Config {
             node_name: raw.node_name,
             maglev_table_size: raw.maglev_table_size.unwrap_or(d.maglev_table_size),
             maglev_seed: raw.maglev_seed.unwrap_or(d.maglev_seed),
+            service_cidrs: match raw.service_cidrs {
+                None => d.service_cidrs,
+                Some(list) => list
+                    .iter()
+                    .map(|c| parse_cidr(c))
+                    .collect::<Result<_, _>>()?,
+            },
+            max_removal_percent: raw.max_removal_percent.unwrap_or(d.max_removal_percent),
         };
+        if !(1..=100).contains(&c.max_removal_percent) {
+            return Err(format!(
+                "max_removal_percent {} must be 1-100 (100: never hold a removal back)",
+                c.max_removal_percent
+            ));
+        }
         if !crate::maglev::is_prime(c.maglev_table_size) || c.maglev_table_size < 101 {
             return Err(format!(
                 "maglev_table_size {} must be a prime of at least 101 (default 16381; 65521 for services with several hundred backends)",
@@ -203,6 +233,22 @@ impl Config {
         Ok(c)
     }
 
+    /// This node's name and where it came from: `node_name`, else the
+    /// `NODE_NAME` environment variable (the DaemonSet's downward API),
+    /// else the hostname.
+    pub fn resolved_node_name(&self) -> (Option<String>, &'static str) {
+        if let Some(n) = &self.node_name {
+            return (Some(n.clone()), "node_name in the config");
+        }
+        if let Some(n) = std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()) {
+            return (Some(n), "the NODE_NAME environment variable");
+        }
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok());
+        (host, "the hostname")
+    }
+
     pub fn pins(&self) -> sluice_dataplane::pins::Pins {
         sluice_dataplane::pins::Pins::new(&self.pin_path)
     }
@@ -222,6 +268,19 @@ impl Config {
     pub fn lock_file(&self) -> PathBuf {
         self.state_dir.join("sluiced.lock")
     }
+}
+
+/// A service range: a network address with its prefix, nothing else.
+fn parse_cidr(c: &str) -> Result<ipnetwork::IpNetwork, String> {
+    let n: ipnetwork::IpNetwork = c
+        .parse()
+        .map_err(|e| format!("service_cidrs: {c:?} is not a CIDR ({e})"))?;
+    if !c.contains('/') || n.network() != n.ip() {
+        return Err(format!(
+            "service_cidrs: {c:?} must be a network address with its prefix, like 10.96.0.0/12"
+        ));
+    }
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -274,6 +333,10 @@ mod tests {
             ("reconcile_interval_seconds = 0", "at least 1"),
             ("edge_check_interval_seconds = 0", "at least 1"),
             ("maglev_table_size = 16380", "must be a prime"),
+            ("service_cidrs = [\"10.96.0.1/12\"]", "network address"),
+            ("service_cidrs = [\"10.96.0.0\"]", "network address"),
+            ("service_cidrs = [\"nope\"]", "not a CIDR"),
+            ("max_removal_percent = 0", "1-100"),
         ] {
             let e = Config::parse(text).unwrap_err();
             assert!(e.contains(needle), "{text}: {e}");

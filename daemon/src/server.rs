@@ -393,6 +393,7 @@ async fn handle(line: &[u8], d: &Arc<Daemon>) -> Vec<u8> {
         Request::Unregister { .. } => "unregister",
         Request::ListEndpoints => "list_endpoints",
         Request::ListServices => "list_services",
+        Request::AllowServiceRemoval => "allow_service_removal",
         Request::Status => "status",
     };
     let registered = match &req.request {
@@ -452,6 +453,14 @@ fn answer(req: Request, d: &Daemon) -> Result<serde_json::Value, String> {
         }
         Request::ListServices => match &d.services {
             Some(s) => Ok(json!({ "services": s.views(), "source": s.last_pass() })),
+            None => Err("no service source: set services_dir in the daemon's config".into()),
+        },
+        Request::AllowServiceRemoval => match &d.services {
+            Some(s) => {
+                let held = s.allow_removal();
+                info!(held, "the operator let a held service removal through");
+                Ok(json!({ "held": held }))
+            }
             None => Err("no service source: set services_dir in the daemon's config".into()),
         },
         Request::Status => {

@@ -3,6 +3,7 @@
 //! the daemon does not know.
 
 use serde_json::Value;
+use sluice_dataplane::maps::{AffinityKey, AffinityValue, AFFINITY};
 use sluice_tests::daemon::{eventually, Daemon};
 use sluice_tests::{bin, require_root, with_pod_annotations, Node, Ns, Pod, Server};
 use std::process::{Command, Stdio};
@@ -71,7 +72,7 @@ fn manifests(backends: &[(&Pod<'_>, bool, bool, bool)], extra_spec: &str) -> Str
 kind: Service
 metadata: {{name: web, namespace: demo}}
 spec:
-  clusterIPs: [10.96.10.10, "fd00:96::10"]
+  clusterIPs: [10.96.10.10, "fd00:10:96::10"]
   {extra_spec}
   ports:
   - {{name: http, port: 80, targetPort: http}}
@@ -225,10 +226,10 @@ fn tcp_and_udp_to_a_cluster_ip_from_a_pod_and_from_the_node() {
     assert!(v["reply"].as_str().unwrap().starts_with("web-"));
 
     // v6 frontend of the dual-stack service.
-    let v = probe_ok(&c.client.ns, &["tcp", "[fd00:96::10]:80"]);
-    assert_eq!(v["peer"], "[fd00:96::10]:80", "{v}");
-    let v = probe_ok(&c.client.ns, &["udp", "[fd00:96::10]:53"]);
-    assert_eq!(v["from"], "[fd00:96::10]:53", "{v}");
+    let v = probe_ok(&c.client.ns, &["tcp", "[fd00:10:96::10]:80"]);
+    assert_eq!(v["peer"], "[fd00:10:96::10]:80", "{v}");
+    let v = probe_ok(&c.client.ns, &["udp", "[fd00:10:96::10]:53"]);
+    assert_eq!(v["from"], "[fd00:10:96::10]:53", "{v}");
 
     // The datapath counted the connections per backend.
     let s = c.services();
@@ -446,12 +447,13 @@ fn affinity_holds_for_parallel_connects_from_a_fresh_pod() {
     let node = Node::new();
     let c = Cluster::new(&node, "sessionAffinity: ClientIP");
     let conf = node.conf("1.0.0", RANGES);
+    let mut pods = Vec::new();
     for round in 0..10 {
         // A fresh pod: a new netns cookie, so no affinity entry yet.
         let p = Pod::add(&node, &conf);
         let v6 = round % 2 == 1;
         let dst = if v6 {
-            "[fd00:96::10]:80"
+            "[fd00:10:96::10]:80"
         } else {
             "10.96.10.10:80"
         };
@@ -464,8 +466,168 @@ fn affinity_holds_for_parallel_connects_from_a_fresh_pod() {
             "round {round} ({dst}): 200 connects from one pod split across backends: {v}"
         );
         assert_eq!(replies.values().next().unwrap(), 200, "{v}");
+        pods.push(p);
     }
-    drop(c);
+    // The pods go: their affinity entries go with them (the daemon
+    // sweeps entries whose netns is no longer an endpoint).
+    let cookies: Vec<u64> = pods
+        .iter()
+        .map(|p| c.d.endpoints()[&p.cid]["cookie"].as_u64().unwrap())
+        .collect();
+    let pins = sluice_dataplane::pins::Pins::new(&node.pin_path);
+    let aff: aya::maps::HashMap<_, AffinityKey, AffinityValue> = aya::maps::HashMap::try_from(
+        sluice_dataplane::load::open_pinned(&pins.maps(), &AFFINITY).unwrap(),
+    )
+    .unwrap();
+    let held = |aff: &aya::maps::HashMap<_, AffinityKey, AffinityValue>| {
+        aff.keys()
+            .filter_map(Result::ok)
+            .filter(|k| cookies.contains(&k.netns_cookie))
+            .count()
+    };
+    assert_eq!(held(&aff), 10, "one entry per pod");
+    drop(pods);
+    assert!(
+        eventually(12, || held(&aff) == 0),
+        "affinity entries of deleted pods removed: {} left",
+        held(&aff)
+    );
+    assert!(c.services()["source"]["affinity_swept"].as_u64().unwrap() >= 10);
+}
+
+/// A ClusterIP outside the service ranges captures nothing: a connect to
+/// 127.0.0.53 stays the pod's own (before: a manifest could take the
+/// node's resolver, the metadata server, the API server). A backend on
+/// loopback is left out.
+#[test]
+fn a_cluster_ip_outside_the_service_ranges_captures_nothing() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let c = Cluster::new(&node, "");
+    c.client.ns.ip(&["link", "set", "lo", "up"]);
+    let _local = Server::start(&c.client.ns, "tcp", 9053, "local");
+    let web0 = ip_of(&c.web[0], false);
+    std::fs::write(
+        c.dir.join("capture.yaml"),
+        format!(
+            r#"apiVersion: v1
+kind: Service
+metadata: {{name: resolver, namespace: evil}}
+spec: {{clusterIP: 127.0.0.53, ports: [{{port: 9053}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: metadata, namespace: evil}}
+spec: {{clusterIP: 169.254.169.254, ports: [{{port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: resolver-1, namespace: evil, labels: {{kubernetes.io/service-name: resolver}}}}
+addressType: IPv4
+ports: [{{port: 8080}}]
+endpoints: [{{addresses: ["{web0}"]}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: loop, namespace: demo}}
+spec: {{clusterIP: 10.96.10.40, ports: [{{port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: loop-1, namespace: demo, labels: {{kubernetes.io/service-name: loop}}}}
+addressType: IPv4
+ports: [{{port: 8080}}]
+endpoints: [{{addresses: ["127.0.0.1", "{web0}"]}}]
+"#
+        ),
+    )
+    .unwrap();
+    c.wait_programmed(|v| {
+        let rejected = v["source"]["rejected"].to_string();
+        rejected.contains("clusterIP 127.0.0.53 is outside the service ranges")
+            && rejected.contains("clusterIP 169.254.169.254 is outside the service ranges")
+            && rejected.contains("endpoint address 127.0.0.1 is loopback")
+            && v["services"].as_array().unwrap().len() == 6
+    });
+    let v = probe_ok(&c.client.ns, &["tcp", "127.0.0.53:9053"]);
+    assert_eq!(v["reply"], "local", "the pod's own 127.0.0.53 answers: {v}");
+    let fe = c.frontend(&c.services(), "10.96.10.40:80/Tcp");
+    let addrs: Vec<&str> = fe["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["addr"].as_str().unwrap())
+        .collect();
+    assert_eq!(addrs, [format!("{web0}:8080")], "{fe}");
+    for _ in 0..10 {
+        assert_eq!(
+            probe_ok(&c.client.ns, &["tcp", "10.96.10.40:80"])["reply"],
+            "web-0"
+        );
+    }
+}
+
+/// A services directory that is missing at start (not mounted yet), or
+/// that comes back empty, deletes nothing programmed: the daemon says so,
+/// connects keep being translated, and only the operator's allow-removal
+/// lets the removal through.
+#[test]
+fn a_source_that_looks_empty_deletes_nothing() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let mut c = Cluster::new(&node, "");
+    let served = |c: &Cluster<'_>| {
+        probe_ok(&c.client.ns, &["tcp", "10.96.10.10:80"])["reply"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("web-")
+    };
+    assert!(served(&c));
+    c.d.kill9();
+    let away = node.dir.path().join("services-unmounted");
+    std::fs::rename(&c.dir, &away).unwrap();
+    c.d.spawn();
+    let v = c.services();
+    assert_eq!(v["services"].as_array().unwrap().len(), 5, "{v:#}");
+    assert!(
+        v["source"]["warnings"]
+            .to_string()
+            .contains("does not exist"),
+        "{v:#}"
+    );
+    assert!(served(&c), "translated while the directory is missing");
+
+    // The directory appears, empty (a mount not populated yet).
+    std::fs::create_dir(&c.dir).unwrap();
+    c.wait_programmed(|v| v["source"]["held_removals"] == 5);
+    assert_eq!(c.services()["services"].as_array().unwrap().len(), 5);
+    assert!(served(&c), "translated while the removal is held");
+    let out = c.d.ctl(&["services"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("sluicectl services allow-removal"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // The operator lets it through.
+    let out = c.d.ctl(&["services", "allow-removal"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.wait_programmed(|v| {
+        v["services"].as_array().unwrap().is_empty() && v["source"]["held_removals"] == 0
+    });
+
+    // And back: the manifests return, the services with them.
+    std::fs::rename(away.join("web.yaml"), c.dir.join("web.yaml")).unwrap();
+    c.wait_programmed(|v| v["services"].as_array().unwrap().len() == 5);
+    assert!(served(&c));
 }
 
 #[test]
@@ -485,12 +647,12 @@ fn a_pod_annotated_socket_lb_false_connects_to_the_service_address_untranslated(
     let mut servers = Vec::new();
     for (p, name) in [(&opted, "opted-out"), (&c.client, "client-local")] {
         p.ns.ip(&["addr", "add", "10.96.10.10/32", "dev", "lo"]);
-        p.ns.ip(&["addr", "add", "fd00:96::10/128", "dev", "lo", "nodad"]);
+        p.ns.ip(&["addr", "add", "fd00:10:96::10/128", "dev", "lo", "nodad"]);
         servers.push(Server::start(&p.ns, "tcp", 80, name));
         servers.push(Server::start(&p.ns, "udp", 53, name));
     }
     let check = |c: &Cluster<'_>| {
-        for dst in ["10.96.10.10:80", "[fd00:96::10]:80"] {
+        for dst in ["10.96.10.10:80", "[fd00:10:96::10]:80"] {
             let v = probe_ok(&opted.ns, &["tcp", dst]);
             assert_eq!(v["reply"], "opted-out", "untranslated: {v}");
             assert_eq!(v["peer"], dst, "{v}");
@@ -526,7 +688,7 @@ fn a_pod_annotated_socket_lb_false_connects_to_the_service_address_untranslated(
         let col = head.find("SOCKET LB").unwrap_or_else(|| panic!("{text}"));
         let row = text
             .lines()
-            .find(|l| l.contains(&opted.cid[..12]))
+            .find(|l| l.contains(&opted.cid[..opted.cid.len().min(12)]))
             .unwrap_or_else(|| panic!("{text}"))
             .to_string();
         (

@@ -53,12 +53,22 @@ enum Cmd {
     Endpoints,
     /// Service frontends, their backends with state and new-connection
     /// counts, and what the service source rejected.
-    Services,
+    Services {
+        #[command(subcommand)]
+        what: Option<ServicesCmd>,
+    },
     /// BPF objects.
     Bpf {
         #[command(subcommand)]
         what: BpfCmd,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServicesCmd {
+    /// Lets through the removal of frontends the daemon held back (a pass
+    /// that would remove most or all of them at once).
+    AllowRemoval,
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,7 +146,17 @@ fn run(args: &Args) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Cmd::Services => {
+        Cmd::Services {
+            what: Some(ServicesCmd::AllowRemoval),
+        } => {
+            let r = ask(Request::AllowServiceRemoval)?;
+            println!(
+                "the held removal ({} frontends) goes through on the daemon's next pass, now",
+                r.data["held"]
+            );
+            Ok(0)
+        }
+        Cmd::Services { what: None } => {
             let r = ask(Request::ListServices)?;
             let views: Vec<ServiceView> = serde_json::from_value(r.data["services"].clone())
                 .context("reading the service list")?;
@@ -581,6 +601,18 @@ fn print_services(views: &[ServiceView], pass: &Pass) {
         "source {}: {} frontends, last change programmed in {:.1} ms",
         pass.dir, pass.frontends, pass.last_duration_ms
     );
+    if let Some(n) = &pass.node_name {
+        println!("node name {n} (from {})", pass.node_name_source);
+    }
+    for w in &pass.warnings {
+        println!("warning   {w}");
+    }
+    if pass.held_removals > 0 {
+        println!(
+            "held      {} frontends the source no longer has stay programmed; `sluicectl services allow-removal` removes them",
+            pass.held_removals
+        );
+    }
     for r in &pass.rejected {
         println!("rejected  {r}");
     }

@@ -82,6 +82,50 @@ pub struct ApplyReport {
     pub unchanged: usize,
     pub backends_added: usize,
     pub backends_removed: usize,
+    /// Frontends this pass would have removed but held back (see
+    /// [`RemovalGuard`]); they stay programmed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held_removals: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// More frontends than this may always go in one pass (within the share).
+pub const REMOVAL_FLOOR: usize = 4;
+
+/// When a pass's removals are held back: a source that looks empty never
+/// deletes what is programmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemovalGuard {
+    /// More than this share of the programmed frontends (and more than
+    /// [`REMOVAL_FLOOR`]) at once is held; so is removing every one.
+    pub max_percent: u8,
+    /// The operator let the held removal through (for this pass).
+    pub allow: bool,
+}
+
+impl RemovalGuard {
+    /// Whether removing `gone` of `programmed` frontends, leaving
+    /// `remaining`, is held back.
+    pub fn holds(&self, gone: usize, programmed: usize, remaining: usize) -> bool {
+        if self.allow || gone == 0 || self.max_percent >= 100 {
+            return false;
+        }
+        let all = remaining == 0;
+        let share = gone > REMOVAL_FLOOR && gone * 100 > self.max_percent as usize * programmed;
+        all || share
+    }
+}
+
+impl Default for RemovalGuard {
+    fn default() -> Self {
+        RemovalGuard {
+            max_percent: 100,
+            allow: false,
+        }
+    }
 }
 
 /// Maglev settings shared by every node of a cluster.
@@ -116,6 +160,9 @@ pub struct Programmer {
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     revnat: HashMap<MapData, RevnatKey, RevnatValue>,
     conns: PerCpuHashMap<MapData, u32, u64>,
+    /// The pods (and the node) the socket programs act for: an affinity
+    /// entry of a netns no longer here belongs to a pod that is gone.
+    eps: HashMap<MapData, u64, maps::Endpoint>,
     tables: OwnedFd,
     slots: HashMap<MapData, LbSlotKey, u32>,
     /// Replaced selection state waiting to be deleted: when, which slots,
@@ -173,6 +220,8 @@ impl Programmer {
             .map_err(|e| typed(maps::BE_CONNS.name)(e.to_string()))?;
         let slots: HashMap<_, LbSlotKey, u32> = HashMap::try_from(open(&maps::LB_SLOTS)?)
             .map_err(|e| typed(maps::LB_SLOTS.name)(e.to_string()))?;
+        let eps = HashMap::try_from(open(&maps::ENDPOINTS)?)
+            .map_err(|e| typed(maps::ENDPOINTS.name)(e.to_string()))?;
         let tables = sys::obj_get(&maps_dir.join(maps::LB_TABLES.name))
             .map_err(|e| typed(maps::LB_TABLES.name)(e.to_string()))?;
 
@@ -225,6 +274,7 @@ impl Programmer {
             affinity,
             revnat,
             conns,
+            eps,
             tables,
             slots,
             retired: Vec::new(),
@@ -252,7 +302,7 @@ impl Programmer {
 
     /// Programs `t`, changing only what differs.
     pub fn apply(&mut self, t: &Translation) -> Result<ApplyReport, ProgramError> {
-        self.apply_scoped(t, None)
+        self.apply_scoped(t, None, RemovalGuard::default())
     }
 
     /// Programs `t` as the whole truth about the services in `scope` (all
@@ -261,8 +311,10 @@ impl Programmer {
         &mut self,
         t: &Translation,
         scope: Option<&BTreeSet<super::model::ServiceRef>>,
+        guard: RemovalGuard,
     ) -> Result<ApplyReport, ProgramError> {
         self.collect();
+        let programmed = self.current.len();
         let mut rep = ApplyReport::default();
         // Backends that left some table: freed below if no table holds them.
         let mut released: Vec<u32> = Vec::new();
@@ -276,7 +328,7 @@ impl Programmer {
         }
         rep.failed = failed;
 
-        let gone: Vec<FrontendKey> = match scope {
+        let mut gone: Vec<FrontendKey> = match scope {
             None => self
                 .current
                 .keys()
@@ -292,6 +344,10 @@ impl Programmer {
                 .copied()
                 .collect(),
         };
+        if guard.holds(gone.len(), programmed, self.current.len() - gone.len()) {
+            rep.held_removals = gone.len();
+            gone.clear();
+        }
         let mut gone_ids = BTreeSet::new();
         for key in gone {
             let p = self.current.remove(&key).expect("listed above");
@@ -639,6 +695,27 @@ impl Programmer {
         }
     }
 
+    /// Removes the affinity entries of pods that are gone (their netns
+    /// cookie no longer in the endpoint map; cookies are never reused).
+    /// Returns how many went.
+    pub fn sweep_affinity(&mut self) -> usize {
+        let stale: Vec<AffinityKey> = self
+            .affinity
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| {
+                matches!(
+                    self.eps.get(&k.netns_cookie, 0),
+                    Err(aya::maps::MapError::KeyNotFound)
+                )
+            })
+            .collect();
+        for k in &stale {
+            let _ = self.affinity.remove(k);
+        }
+        stale.len()
+    }
+
     /// Drops one reference of each `released` backend and removes those no
     /// table holds any more; `sweep` (a full apply) also removes every
     /// other unreferenced one (adopted leftovers). Returns how many went.
@@ -756,4 +833,39 @@ pub struct ServiceView {
     pub internal_local: bool,
     pub table_size: usize,
     pub backends: Vec<BackendView>,
+}
+
+#[cfg(test)]
+mod guard_tests {
+    use super::*;
+
+    #[test]
+    fn the_removal_guard_holds_empty_sources_and_mass_removals() {
+        let g = RemovalGuard {
+            max_percent: 50,
+            allow: false,
+        };
+        // A source that looks empty: every frontend would go.
+        assert!(g.holds(1, 1, 0));
+        assert!(g.holds(3, 3, 0));
+        assert!(g.holds(10_000, 10_000, 0));
+        // Most at once, beyond the floor.
+        assert!(g.holds(6_000, 10_000, 4_000));
+        assert!(g.holds(REMOVAL_FLOOR + 1, REMOVAL_FLOOR + 2, 1));
+        // Ordinary changes go through.
+        assert!(!g.holds(0, 10, 10));
+        assert!(!g.holds(1, 6, 5));
+        assert!(
+            !g.holds(REMOVAL_FLOOR, REMOVAL_FLOOR + 1, 1),
+            "at the floor"
+        );
+        assert!(!g.holds(5_000, 10_000, 5_000), "exactly the share");
+        // Let through, or turned off.
+        assert!(!RemovalGuard { allow: true, ..g }.holds(3, 3, 0));
+        assert!(!RemovalGuard {
+            max_percent: 100,
+            allow: false
+        }
+        .holds(3, 3, 0));
+    }
 }

@@ -1,9 +1,14 @@
 //! Keeps the service maps equal to the manifest directory: scan, translate
 //! the whole set, apply the difference; again on every change the watch
-//! reports (and every 10 s, in case an event was missed).
+//! reports (and every 30 s, in case an event was missed).
+//!
+//! What is programmed is kept until the directory is known: one that does
+//! not exist (not mounted yet) or cannot be read changes nothing, and a
+//! pass that would remove most or all of the frontends at once is held
+//! back until the operator lets it through ([`RemovalGuard`]).
 
 use super::model::Rejection;
-use super::program::{ApplyReport, MaglevConfig, Programmer, ServiceView};
+use super::program::{ApplyReport, MaglevConfig, Programmer, RemovalGuard, ServiceView};
 use super::source::{watch, ManifestDir};
 use super::translate::{translate, Context};
 use crate::config::Config;
@@ -19,6 +24,12 @@ const MISSING_GRACE: Duration = Duration::from_millis(200);
 /// How often everything is read, translated and applied again.
 const FULL_EVERY: Duration = Duration::from_secs(30);
 
+/// How often the affinity entries of pods that are gone are removed.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// How often a services directory that does not exist is looked for.
+const MISSING_DIR_EVERY: Duration = Duration::from_secs(1);
+
 /// The last pass, for the API and metrics.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Pass {
@@ -29,6 +40,21 @@ pub struct Pass {
     /// Scan, translation and apply of the last pass that changed anything.
     pub last_duration_ms: f64,
     pub passes: u64,
+    /// This node's name and where it came from.
+    #[serde(default)]
+    pub node_name: Option<String>,
+    #[serde(default)]
+    pub node_name_source: String,
+    /// What the operator should know (a node name no endpoint carries, a
+    /// directory that is missing, removals held back).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// Frontends the last pass would have removed but held back.
+    #[serde(default)]
+    pub held_removals: usize,
+    /// Affinity entries of pods that are gone, removed so far.
+    #[serde(default)]
+    pub affinity_swept: u64,
 }
 
 #[derive(Debug)]
@@ -48,6 +74,9 @@ pub struct Services {
     /// [`MISSING_GRACE`] if still missing.
     deferred: Mutex<Vec<std::ffi::OsString>>,
     dir_path: std::path::PathBuf,
+    max_removal_percent: u8,
+    /// The operator let a held removal through: the next pass applies it.
+    allow_removal: std::sync::atomic::AtomicBool,
 }
 
 /// An apply's report, or its error logged (the next full pass retries).
@@ -60,14 +89,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Services {
-    /// Opens the maps, makes the directory if needed and runs the first
-    /// pass (so the daemon is ready with its services programmed).
+    /// Opens the maps and runs the first pass (so the daemon is ready
+    /// with its services programmed). A directory that does not exist yet
+    /// changes nothing programmed; it is looked for every second.
     pub fn start(cfg: &Config, maps_dir: &std::path::Path) -> anyhow::Result<Option<Arc<Self>>> {
         let Some(dir) = &cfg.services_dir else {
             return Ok(None);
         };
-        std::fs::create_dir_all(dir)
-            .map_err(|e| anyhow::anyhow!("creating services_dir {}: {e}", dir.display()))?;
         let programmer = Programmer::open(
             maps_dir,
             MaglevConfig {
@@ -75,77 +103,157 @@ impl Services {
                 seed: cfg.maglev_seed,
             },
         )?;
-        let node_name = cfg.node_name.clone().or_else(|| {
-            nix::unistd::gethostname()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-        });
+        let (node_name, node_name_source) = cfg.resolved_node_name();
+        info!(
+            node_name = node_name.as_deref().unwrap_or("(none)"),
+            from = node_name_source,
+            service_cidrs = ?cfg.service_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "service source: {}",
+            dir.display()
+        );
         let s = Arc::new(Services {
             programmer: Mutex::new(programmer),
             dir: Mutex::new(ManifestDir::new(dir)),
             ctx: Context {
-                node_name,
+                node_name: node_name.clone(),
+                service_cidrs: cfg.service_cidrs.clone(),
                 ..Default::default()
             },
             pass: Mutex::new(Pass {
                 dir: dir.display().to_string(),
+                node_name,
+                node_name_source: node_name_source.into(),
                 ..Default::default()
             }),
             translation_rejected: Mutex::new(Vec::new()),
             full_due: Mutex::new(None),
             deferred: Mutex::new(Vec::new()),
             dir_path: dir.clone(),
+            max_removal_percent: cfg.max_removal_percent,
+            allow_removal: Default::default(),
         });
         // Watch first: a change made during the first pass is not missed.
-        let rx = watch(dir).map_err(|e| anyhow::anyhow!(e))?;
-        s.pass(true);
+        let rx = if dir.is_dir() {
+            let rx = watch(dir).map_err(|e| anyhow::anyhow!(e))?;
+            s.pass(true);
+            Some(rx)
+        } else {
+            s.dir_missing();
+            None
+        };
         let s2 = s.clone();
         std::thread::Builder::new()
             .name("sluiced-services".into())
-            .spawn(move || {
-                let mut last_full = Instant::now();
-                loop {
-                    // A full pass every 30 s whatever else happens (a lost
-                    // event, a retry), sooner when one is due.
-                    let mut due = s2.full_due().unwrap_or(last_full + FULL_EVERY);
-                    if !lock(&s2.deferred).is_empty() {
-                        due = due.min(Instant::now() + MISSING_GRACE);
-                    }
-                    let wait = due.saturating_duration_since(Instant::now());
-                    match rx.recv_timeout(wait) {
-                        Ok(mut names) => {
-                            while let Ok(more) = rx.try_recv() {
-                                names.extend(more);
-                            }
-                            if names.is_empty() {
-                                // An overflowed queue names nothing.
-                                s2.pass(true);
-                                last_full = Instant::now();
-                            } else {
-                                s2.changed(&names, false);
-                                // A file gone now may be an editor's save
-                                // in progress: look again shortly.
-                                let gone = super::source::missing(s2.dir_path(), &names);
-                                if !gone.is_empty() {
-                                    lock(&s2.deferred).extend(gone);
-                                }
-                            }
+            .spawn(move || s2.run(rx))?;
+        Ok(Some(s))
+    }
+
+    /// Keeps what is programmed while the directory is missing, and says so.
+    fn dir_missing(&self) {
+        let frontends = lock(&self.programmer).frontends();
+        let w = format!(
+            "services_dir {} does not exist (not mounted yet?): the {frontends} programmed frontends are kept until it does",
+            self.dir_path.display()
+        );
+        let mut pass = lock(&self.pass);
+        if !pass.warnings.contains(&w) {
+            warn!("{w}");
+            pass.warnings = vec![w];
+        }
+        pass.frontends = frontends;
+    }
+
+    /// The services thread: waits for the directory, then applies what the
+    /// watch reports, a full pass every 30 s, and the affinity sweep.
+    fn run(&self, mut rx: Option<std::sync::mpsc::Receiver<Vec<std::ffi::OsString>>>) {
+        let mut last_full = Instant::now();
+        let mut last_sweep = Instant::now();
+        loop {
+            let Some(events) = rx.as_ref() else {
+                std::thread::sleep(MISSING_DIR_EVERY);
+                if self.dir_path.is_dir() {
+                    match watch(&self.dir_path) {
+                        Ok(r) => {
+                            info!(dir = %self.dir_path.display(), "services_dir appeared");
+                            rx = Some(r);
+                            self.pass(true);
+                            last_full = Instant::now();
                         }
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                            let gone = std::mem::take(&mut *lock(&s2.deferred));
-                            if !gone.is_empty() {
-                                s2.changed(&gone, true);
-                            }
-                        }
-                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                        Err(e) => warn!("{e}"),
                     }
-                    if Instant::now() >= s2.full_due().unwrap_or(last_full + FULL_EVERY) {
-                        s2.pass(true);
+                } else {
+                    self.dir_missing();
+                }
+                continue;
+            };
+            // A full pass every 30 s whatever else happens (a lost event,
+            // a retry), sooner when one is due.
+            let mut due = self.full_due().unwrap_or(last_full + FULL_EVERY);
+            due = due.min(last_sweep + SWEEP_EVERY);
+            if !lock(&self.deferred).is_empty() {
+                due = due.min(Instant::now() + MISSING_GRACE);
+            }
+            let wait = due.saturating_duration_since(Instant::now());
+            match events.recv_timeout(wait) {
+                Ok(mut names) => {
+                    while let Ok(more) = events.try_recv() {
+                        names.extend(more);
+                    }
+                    if names.is_empty() {
+                        // An overflowed queue names nothing.
+                        self.pass(true);
                         last_full = Instant::now();
+                    } else {
+                        self.changed(&names, false);
+                        // A file gone now may be an editor's save in
+                        // progress: look again shortly.
+                        let gone = super::source::missing(self.dir_path(), &names);
+                        if !gone.is_empty() {
+                            lock(&self.deferred).extend(gone);
+                        }
                     }
                 }
-            })?;
-        Ok(Some(s))
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    let gone = std::mem::take(&mut *lock(&self.deferred));
+                    if !gone.is_empty() {
+                        self.changed(&gone, true);
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            if Instant::now() >= last_sweep + SWEEP_EVERY {
+                let n = lock(&self.programmer).sweep_affinity();
+                if n > 0 {
+                    debug!(
+                        entries = n,
+                        "affinity entries of pods that are gone removed"
+                    );
+                    lock(&self.pass).affinity_swept += n as u64;
+                }
+                last_sweep = Instant::now();
+            }
+            if Instant::now() >= self.full_due().unwrap_or(last_full + FULL_EVERY) {
+                self.pass(true);
+                last_full = Instant::now();
+            }
+        }
+    }
+
+    /// Lets a held removal through: the next pass (now) applies it.
+    pub fn allow_removal(&self) -> usize {
+        self.allow_removal
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        *lock(&self.full_due) = Some(Instant::now());
+        lock(&self.pass).held_removals
+    }
+
+    fn guard(&self) -> RemovalGuard {
+        RemovalGuard {
+            max_percent: self.max_removal_percent,
+            allow: self
+                .allow_removal
+                .swap(false, std::sync::atomic::Ordering::SeqCst),
+        }
     }
 
     fn dir_path(&self) -> &std::path::Path {
@@ -174,6 +282,11 @@ impl Services {
         }
         let (services, slices, rejected) = dir.objects();
         drop(dir);
+        if !self.dir_path.is_dir() {
+            // Removed while we read it: nothing read can be trusted.
+            self.dir_missing();
+            return;
+        }
         let mut programmer = lock(&self.programmer);
         // The context (and its share of the owners map) is dropped before
         // apply writes the map, so the write does not copy it.
@@ -183,9 +296,11 @@ impl Services {
             translate(&services, &slices, &ctx)
         };
         *lock(&self.translation_rejected) = t.rejected.clone();
-        let report = apply_logged(programmer.apply(&t));
+        let warnings = self.node_warnings(&t);
+        let report = apply_logged(programmer.apply_scoped(&t, None, self.guard()));
         let frontends = programmer.frontends();
         drop(programmer);
+        lock(&self.pass).warnings = warnings;
         let ms = self.record(rejected, report.as_ref(), frontends, t0);
         if let Some(r) = &report {
             info!(
@@ -226,7 +341,7 @@ impl Services {
                 tr.extend(t.rejected.iter().cloned());
                 tr.iter().any(|x| x.reason.contains("already belongs to"))
             };
-            let report = apply_logged(programmer.apply_scoped(&t, Some(&refs)));
+            let report = apply_logged(programmer.apply_scoped(&t, Some(&refs), self.guard()));
             // A freed frontend may be claimed by a service outside this
             // pass (a conflict's loser), and a failure is retried: a full
             // pass comes soon.
@@ -286,11 +401,47 @@ impl Services {
         if let Some(r) = report {
             pass.last_apply = Some(r.clone());
             pass.last_duration_ms = ms;
+            if r.held_removals > 0 && pass.held_removals != r.held_removals {
+                warn!(
+                    held = r.held_removals,
+                    programmed = frontends,
+                    "a pass would remove {} of the {} programmed frontends at once (more than \
+                     max_removal_percent = {}, or all of them): held back, they stay programmed. \
+                     If the source is right, let it through with `sluicectl services allow-removal`",
+                    r.held_removals,
+                    frontends,
+                    self.max_removal_percent
+                );
+            }
+            pass.held_removals = r.held_removals;
         }
         pass.frontends = frontends;
         pass.rejected = rejected;
         pass.passes += 1;
         ms
+    }
+
+    /// A node name that no endpoint carries while services with
+    /// `internalTrafficPolicy: Local` exist: every connect to them from
+    /// this node would be refused, which is almost always a wrong name.
+    fn node_warnings(&self, t: &super::translate::Translation) -> Vec<String> {
+        let name = self.ctx.node_name.as_deref().unwrap_or("");
+        if t.local_policy_services == 0 || t.node_names.is_empty() || t.node_names.contains(name) {
+            return Vec::new();
+        }
+        let source = lock(&self.pass).node_name_source.clone();
+        let seen: Vec<&str> = t.node_names.iter().map(String::as_str).take(8).collect();
+        let w = format!(
+            "node name {name:?} (from {source}) is the nodeName of no endpoint (they name {}); \
+             the {} services with internalTrafficPolicy: Local refuse every connect from this \
+             node. Set node_name in sluiced.toml (or NODE_NAME) to this node's Kubernetes name",
+            seen.join(", "),
+            t.local_policy_services
+        );
+        if !lock(&self.pass).warnings.contains(&w) {
+            warn!("{w}");
+        }
+        vec![w]
     }
 
     pub fn views(&self) -> Vec<ServiceView> {

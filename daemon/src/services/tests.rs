@@ -11,6 +11,7 @@ fn objects(yaml: &str) -> manifest::Objects {
 fn ctx() -> Context {
     Context {
         node_name: Some("node-a".into()),
+        service_cidrs: crate::config::Config::default().service_cidrs,
         ..Default::default()
     }
 }
@@ -51,7 +52,7 @@ kind: Service
 metadata: {name: web, namespace: shop}
 spec:
   clusterIP: 10.96.0.10
-  clusterIPs: [10.96.0.10, "fd00:96::10"]
+  clusterIPs: [10.96.0.10, "fd00:10:96::10"]
   ipFamilies: [IPv4, IPv6]
   ports:
   - {name: http, port: 80, targetPort: web-http}
@@ -129,15 +130,15 @@ fn dual_stack_service_with_named_ports() {
     assert_eq!(addrs(dns).len(), 2);
     assert!(addrs(dns).iter().all(|a| a.port() == 5353));
 
-    let http6 = &t.frontends[&key("[fd00:96::10]:80", Protocol::Tcp)];
+    let http6 = &t.frontends[&key("[fd00:10:96::10]:80", Protocol::Tcp)];
     assert_eq!(addrs(http6), vec!["[fd00:244::5]:8080".parse().unwrap()]);
     assert!(
         !t.frontends
-            .contains_key(&key("[fd00:96::10]:53", Protocol::Tcp)),
+            .contains_key(&key("[fd00:10:96::10]:53", Protocol::Tcp)),
         "53 is UDP only"
     );
     // A v6 frontend with no v6 backend for that port exists, and refuses.
-    assert!(addrs(&t.frontends[&key("[fd00:96::10]:53", Protocol::Udp)]).is_empty());
+    assert!(addrs(&t.frontends[&key("[fd00:10:96::10]:53", Protocol::Udp)]).is_empty());
 }
 
 #[test]
@@ -326,10 +327,11 @@ fn manifests_reject_malformed_documents_and_whole_broken_files() {
 #[test]
 fn same_objects_in_any_order_give_the_same_translation() {
     let o = objects(WEB);
-    let a = translate(&o.services, &o.slices, &Context::default());
+    let a = translate(&o.services, &o.slices, &ctx());
     let mut slices = o.slices.clone();
     slices.reverse();
-    let b = translate(&o.services, &slices, &Context::default());
+    let b = translate(&o.services, &slices, &ctx());
+    assert_eq!(a.frontends.len(), 4);
     assert_eq!(a, b);
 }
 
@@ -342,4 +344,159 @@ fn the_same_address_in_two_slices_keeps_its_best_state() {
     let f = &t.frontends[&key("10.96.0.10:80", Protocol::Tcp)];
     assert!(addrs(f).contains(&"10.244.1.8:8080".parse().unwrap()));
     assert_eq!(f.backends.len(), 4);
+}
+
+/// A ClusterIP outside the service ranges would capture traffic that is
+/// not a service's (the metadata server, the node's resolver, the API
+/// server): refused, with the ranges named.
+#[test]
+fn frontends_only_from_the_service_ranges() {
+    for ip in [
+        "169.254.169.254",
+        "127.0.0.53",
+        "10.0.0.1",
+        "192.168.1.10",
+        "fd00:96::10",
+    ] {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: x}}\nspec: {{clusterIP: \"{ip}\", ports: [{{port: 53, protocol: UDP}}]}}\n"
+        );
+        let t = run(&yaml);
+        assert!(t.frontends.is_empty(), "{ip}");
+        assert_eq!(t.rejected.len(), 1, "{ip}");
+        let r = &t.rejected[0].reason;
+        assert!(
+            r.contains("outside the service ranges (10.96.0.0/12, fd00:10:96::/112)"),
+            "{ip}: {r}"
+        );
+    }
+    // The edges of the default ranges are in.
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {clusterIPs: [10.111.255.254, \"fd00:10:96::ffff\"], ports: [{port: 80}]}\n";
+    assert_eq!(run(yaml).frontends.len(), 2);
+    // No ranges configured: no frontend at all.
+    let o = objects(WEB);
+    let t = translate(&o.services, &o.slices, &Context::default());
+    assert!(t.frontends.is_empty());
+    assert_eq!(t.rejected.len(), 1, "{:?}", t.rejected);
+    assert!(
+        t.rejected[0].reason.contains("none configured"),
+        "{:?}",
+        t.rejected
+    );
+}
+
+/// Backends the API server would refuse (loopback, link-local, a service
+/// address) are left out one by one, each with its reason; the slice's
+/// other endpoints are used.
+#[test]
+fn backends_on_loopback_link_local_or_service_addresses_are_left_out() {
+    let bad = [
+        "127.0.0.1",
+        "169.254.169.254",
+        "10.96.0.99",
+        "0.0.0.0",
+        "224.0.0.5",
+    ];
+    let endpoints: String = bad
+        .iter()
+        .map(|a| format!("- addresses: [{a}]\n"))
+        .collect();
+    let yaml = format!(
+        "{WEB}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-bad, namespace: shop, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n{endpoints}- addresses: [10.244.2.2]\n"
+    );
+    let t = run(&yaml);
+    let f = &t.frontends[&key("10.96.0.10:80", Protocol::Tcp)];
+    assert!(addrs(f).contains(&"10.244.2.2:8080".parse().unwrap()));
+    for a in bad {
+        assert!(
+            !f.backends.iter().any(|b| b.addr.ip().to_string() == a),
+            "{a} is not a backend"
+        );
+    }
+    let reasons: Vec<&str> = t.rejected.iter().map(|r| r.reason.as_str()).collect();
+    assert_eq!(reasons.len(), bad.len(), "{reasons:?}");
+    for (needle, a) in [
+        ("is loopback", "127.0.0.1"),
+        ("is link-local", "169.254.169.254"),
+        ("in the service range 10.96.0.0/12", "10.96.0.99"),
+        ("is unspecified", "0.0.0.0"),
+        ("is multicast", "224.0.0.5"),
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(a) && r.contains(needle)),
+            "{a} {needle}: {reasons:?}"
+        );
+    }
+    let v6 = format!(
+        "{WEB}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-bad6, namespace: shop, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv6\nports: [{{name: http, port: 8080}}]\nendpoints:\n- addresses: [\"::1\", \"fe80::1\", \"fd00:10:96::7\", \"::ffff:10.244.0.9\"]\n"
+    );
+    let t = run(&v6);
+    let f = &t.frontends[&key("[fd00:10:96::10]:80", Protocol::Tcp)];
+    assert_eq!(addrs(f), vec!["[fd00:244::5]:8080".parse().unwrap()]);
+    assert_eq!(t.rejected.len(), 4, "{:?}", t.rejected);
+}
+
+/// An unset `serving` reads as true, as kube-proxy reads it: a
+/// terminating endpoint that does not say it stopped serving is the
+/// terminating fallback when nothing is ready.
+#[test]
+fn unset_serving_is_serving() {
+    let yaml = WEB
+        .replace(
+            "conditions: {ready: true}\n  nodeName: node-a",
+            "conditions: {ready: false}\n  nodeName: node-a",
+        )
+        .replace(
+            "conditions: {ready: true}\n  nodeName: node-b",
+            "conditions: {ready: false, terminating: true}\n  nodeName: node-b",
+        );
+    let t = run(&yaml);
+    let f = &t.frontends[&key("10.96.0.10:80", Protocol::Tcp)];
+    let b = f
+        .backends
+        .iter()
+        .find(|b| b.addr == "10.244.1.6:8080".parse().unwrap())
+        .unwrap();
+    assert_eq!(b.state, BackendState::ServingTerminating);
+    assert!(addrs(f).contains(&"10.244.1.6:8080".parse().unwrap()));
+}
+
+/// An SCTP port is left out on its own; the service's TCP and UDP ports
+/// are programmed. A slice's SCTP port is passed over, not the slice.
+#[test]
+fn an_sctp_port_is_refused_alone() {
+    let yaml = WEB
+        .replace(
+            "  - {name: dns, port: 53, protocol: UDP, targetPort: 5353}",
+            "  - {name: dns, port: 53, protocol: UDP, targetPort: 5353}\n  - {name: sig, port: 3868, protocol: SCTP}",
+        )
+        .replace(
+            "- {name: dns, port: 5353, protocol: UDP}\nendpoints:",
+            "- {name: dns, port: 5353, protocol: UDP}\n- {name: sig, port: 3868, protocol: SCTP}\nendpoints:",
+        );
+    let t = run(&yaml);
+    assert_eq!(t.frontends.len(), 4, "{:?}", t.frontends.keys());
+    assert_eq!(
+        addrs(&t.frontends[&key("10.96.0.10:80", Protocol::Tcp)]).len(),
+        2
+    );
+    assert_eq!(t.rejected.len(), 1, "{:?}", t.rejected);
+    assert!(t.rejected[0].reason.contains("port 3868/SCTP left out"));
+}
+
+/// The node names endpoints carry are collected, so a daemon whose name
+/// matches none of them can say so.
+#[test]
+fn node_names_and_local_services_are_counted() {
+    let t = run(WEB);
+    assert_eq!(
+        t.node_names.iter().map(String::as_str).collect::<Vec<_>>(),
+        ["node-a", "node-b"]
+    );
+    assert_eq!(t.local_policy_services, 0);
+    let local = WEB.replace(
+        "spec:\n  clusterIP: 10.96.0.10",
+        "spec:\n  internalTrafficPolicy: Local\n  clusterIP: 10.96.0.10",
+    );
+    assert_eq!(run(&local).local_policy_services, 1);
 }

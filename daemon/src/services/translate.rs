@@ -24,6 +24,9 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub struct Context {
     /// This node's name, for `internalTrafficPolicy: Local`.
     pub node_name: Option<String>,
+    /// The cluster's service ranges: the only addresses a frontend may
+    /// have, and addresses no backend may have. Empty: no frontend at all.
+    pub service_cidrs: Vec<ipnetwork::IpNetwork>,
     /// Who held each frontend in the previous translation. When two
     /// services claim one frontend (manifests can; the API server cannot),
     /// the holder keeps it, so adding a conflicting object never takes
@@ -41,6 +44,11 @@ pub struct Context {
 pub struct Translation {
     pub frontends: BTreeMap<FrontendKey, Frontend>,
     pub rejected: Vec<Rejection>,
+    /// Every `nodeName` the translated endpoints carry (to tell an operator
+    /// whose `node_name` matches none of them).
+    pub node_names: BTreeSet<String>,
+    /// Services with `internalTrafficPolicy: Local`.
+    pub local_policy_services: usize,
 }
 
 #[derive(Debug)]
@@ -114,8 +122,48 @@ pub(super) fn slice_service(s: &EndpointSlice) -> Option<ServiceRef> {
     })
 }
 
+fn ranges_text(cidrs: &[ipnetwork::IpNetwork]) -> String {
+    if cidrs.is_empty() {
+        return "none configured".into();
+    }
+    cidrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Why an address cannot be a backend, as the API server refuses endpoint
+/// addresses: loopback, link-local, unspecified, multicast, or in the
+/// service ranges (a backend that is itself a service address would loop).
+fn bad_backend(ip: IpAddr, ctx: &Context) -> Option<String> {
+    let kind = match ip {
+        _ if ip.is_loopback() => "loopback",
+        _ if ip.is_unspecified() => "unspecified",
+        _ if ip.is_multicast() => "multicast",
+        IpAddr::V4(v4) if v4.is_link_local() => "link-local",
+        IpAddr::V6(v6) if v6.is_unicast_link_local() => "link-local",
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => "IPv4-mapped",
+        _ => {
+            let range = ctx.service_cidrs.iter().find(|c| c.contains(ip))?;
+            return Some(format!(
+                "endpoint address {ip} is in the service range {range}; a backend cannot be a service address"
+            ));
+        }
+    };
+    Some(format!(
+        "endpoint address {ip} is {kind}; a backend must be a pod or node address"
+    ))
+}
+
 /// `None`: not a service the datapath handles (headless, ExternalName).
-fn parse_service(s: &Service) -> Result<Option<ParsedService>, String> {
+/// Ports Sluice cannot serve (SCTP) are left out, each with a note; the
+/// service's other ports are kept.
+fn parse_service(
+    s: &Service,
+    ctx: &Context,
+    notes: &mut Vec<String>,
+) -> Result<Option<ParsedService>, String> {
     let svc = meta_ref(&s.metadata)?;
     let Some(spec) = &s.spec else {
         return Err("spec is missing".into());
@@ -139,6 +187,14 @@ fn parse_service(s: &Service) -> Result<Option<ParsedService>, String> {
         if ip.is_unspecified() || ip.is_multicast() {
             return Err(format!("clusterIP {ip} cannot be a service address"));
         }
+        if !ctx.service_cidrs.iter().any(|c| c.contains(ip)) {
+            return Err(format!(
+                "clusterIP {ip} is outside the service ranges ({}); a frontend there could \
+                 capture traffic that is not a service's. If the cluster's service CIDRs \
+                 differ, set service_cidrs in sluiced.toml",
+                ranges_text(&ctx.service_cidrs)
+            ));
+        }
         if cluster_ips
             .iter()
             .any(|c: &IpAddr| c.is_ipv4() == ip.is_ipv4())
@@ -157,6 +213,12 @@ fn parse_service(s: &Service) -> Result<Option<ParsedService>, String> {
     for p in spec_ports {
         let name = p.name.clone().unwrap_or_default();
         let port = port_number("port", p.port)?;
+        if p.protocol.as_deref() == Some("SCTP") {
+            notes.push(format!(
+                "port {port}/SCTP left out: Sluice's socket load balancing serves TCP and UDP; the service's other ports are programmed"
+            ));
+            continue;
+        }
         let protocol = Protocol::parse(p.protocol.as_deref())?;
         if spec_ports.len() > 1 && name.is_empty() {
             return Err(format!(
@@ -177,6 +239,11 @@ fn parse_service(s: &Service) -> Result<Option<ParsedService>, String> {
             port,
             protocol,
         });
+    }
+    if ports.is_empty() {
+        return Err(
+            "no port Sluice can serve: socket load balancing serves TCP and UDP, not SCTP".into(),
+        );
     }
     let affinity_timeout = match spec.session_affinity.as_deref() {
         None | Some("None") => None,
@@ -234,8 +301,13 @@ fn parse_service(s: &Service) -> Result<Option<ParsedService>, String> {
     }))
 }
 
-/// `None`: an FQDN slice, which the datapath has no use for.
-fn parse_slice(s: &EndpointSlice) -> Result<Option<(ServiceRef, ParsedSlice)>, String> {
+/// `None`: an FQDN slice, which the datapath has no use for. Endpoint
+/// addresses no backend may have are left out, each with a note.
+fn parse_slice(
+    s: &EndpointSlice,
+    ctx: &Context,
+    notes: &mut Vec<String>,
+) -> Result<Option<(ServiceRef, ParsedSlice)>, String> {
     meta_ref(&s.metadata)?;
     let svc = slice_service(s).ok_or_else(|| format!("label {SERVICE_NAME_LABEL} is missing"))?;
     let ipv4 = match s.address_type.as_str() {
@@ -250,6 +322,10 @@ fn parse_slice(s: &EndpointSlice) -> Result<Option<(ServiceRef, ParsedSlice)>, S
             // An unset port means "all ports"; nothing to translate to.
             continue;
         };
+        if p.protocol.as_deref() == Some("SCTP") {
+            // The service's SCTP port is left out (and said so there).
+            continue;
+        }
         ports.push((
             p.name.clone().unwrap_or_default(),
             port_number("port", n)?,
@@ -259,8 +335,10 @@ fn parse_slice(s: &EndpointSlice) -> Result<Option<(ServiceRef, ParsedSlice)>, S
     let mut endpoints = Vec::new();
     for e in &s.endpoints {
         let c = e.conditions.clone().unwrap_or_default();
+        // Unset conditions read as kube-proxy reads them: ready and
+        // serving unless said otherwise, terminating only if said.
         let ready = c.ready.unwrap_or(true);
-        let serving = c.serving.unwrap_or(ready);
+        let serving = c.serving.unwrap_or(true);
         let terminating = c.terminating.unwrap_or(false);
         let state = match (terminating, serving, ready) {
             (true, true, _) => BackendState::ServingTerminating,
@@ -277,6 +355,10 @@ fn parse_slice(s: &EndpointSlice) -> Result<Option<(ServiceRef, ParsedSlice)>, S
                     "endpoint address {ip} is not of addressType {}",
                     s.address_type
                 ));
+            }
+            if let Some(why) = bad_backend(ip, ctx) {
+                notes.push(format!("{why}; left out"));
+                continue;
             }
             endpoints.push(ParsedEndpoint {
                 ip,
@@ -317,7 +399,15 @@ pub fn translate(services: &[Service], slices: &[EndpointSlice], ctx: &Context) 
             s.metadata.namespace.as_deref().unwrap_or("default"),
             s.metadata.name.as_deref().unwrap_or("?")
         );
-        match parse_service(s) {
+        let mut notes = Vec::new();
+        let parsed_one = parse_service(s, ctx, &mut notes);
+        // A service refused whole says why once, not port by port.
+        if parsed_one.is_ok() {
+            for n in notes {
+                reject(label.clone(), n, service_ref(s));
+            }
+        }
+        match parsed_one {
             Ok(Some(p)) => {
                 if !seen.insert(p.svc.clone()) {
                     let r = p.svc.clone();
@@ -335,7 +425,13 @@ pub fn translate(services: &[Service], slices: &[EndpointSlice], ctx: &Context) 
                     seen.insert(r);
                 }
             }
-            Err(reason) => reject(label, reason, service_ref(s)),
+            Err(reason) => {
+                // Its slices are not orphans: they just have no use now.
+                if let Some(r) = service_ref(s) {
+                    seen.insert(r);
+                }
+                reject(label, reason, service_ref(s))
+            }
         }
     }
 
@@ -348,7 +444,12 @@ pub fn translate(services: &[Service], slices: &[EndpointSlice], ctx: &Context) 
             s.metadata.namespace.as_deref().unwrap_or("default"),
             s.metadata.name.as_deref().unwrap_or("?")
         );
-        match parse_slice(s) {
+        let mut notes = Vec::new();
+        let parsed_one = parse_slice(s, ctx, &mut notes);
+        for n in notes {
+            reject(label.clone(), n, slice_service(s));
+        }
+        match parsed_one {
             Ok(Some((svc, slice))) => {
                 if !seen.contains(&svc) {
                     reject(
@@ -409,6 +510,13 @@ pub fn translate(services: &[Service], slices: &[EndpointSlice], ctx: &Context) 
             continue;
         }
         let slices = by_service.get(svc).map(Vec::as_slice).unwrap_or_default();
+        out.node_names.extend(
+            slices
+                .iter()
+                .flat_map(|sl| &sl.endpoints)
+                .filter_map(|e| e.node_name.clone()),
+        );
+        out.local_policy_services += usize::from(p.internal_local);
         let svc = svc.clone();
         for ip in &p.cluster_ips {
             for port in &p.ports {
