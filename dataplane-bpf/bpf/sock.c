@@ -29,7 +29,4 @@ int sluice_getpeername4(struct bpf_sock_addr *ctx) { return sock_rev(ctx, SOCK_H
 SEC("cgroup/getpeername6")
 int sluice_getpeername6(struct bpf_sock_addr *ctx) { return sock_rev(ctx, SOCK_HOOK_GETPEERNAME6, 1); }
 
-SEC("cgroup/sock_release")
-int sluice_sock_release(struct bpf_sock *sk) { return sock_release(sk); }
-
 char _license[] SEC("license") = "Dual BSD/GPL";

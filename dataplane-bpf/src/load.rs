@@ -294,6 +294,11 @@ fn copy_entries(
     const PERCPU_ARRAY: u32 = 6;
     const HASH_OF_MAPS: u32 = 13;
     let from_info = sys::map_info(from)?;
+    const SK_STORAGE: u32 = crate::maps::BPF_MAP_TYPE_SK_STORAGE;
+    if from_info.map_type == SK_STORAGE {
+        // Its values live in the sockets and cannot be listed or moved.
+        return Ok((0, 0));
+    }
     let old_value = sys::user_value_size(from_info.map_type, from_info.value_size)?;
     let new_value = sys::user_value_size(spec.map_type, spec.value_size)?;
     let convert: &Convert<'_> = &convert;

@@ -48,6 +48,8 @@ const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
 const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 const BPF_MAP_TYPE_HASH_OF_MAPS: u32 = 13;
+/// `BPF_MAP_TYPE_SK_STORAGE`: a value per socket, freed with it.
+pub const BPF_MAP_TYPE_SK_STORAGE: u32 = 24;
 
 /// `BPF_F_NO_PREALLOC`: entries allocated as used (and a replaced element
 /// freed after an RCU grace period, not recycled at once).
@@ -171,8 +173,53 @@ pub const OBSOLETE_AFFINITY_V1: ObsoleteMap = ObsoleteMap {
     merge: None,
 };
 
+/// `sluice_revnat` ((socket cookie, backend) → service, one LRU for the
+/// whole node, so one pod could evict every other's entries), succeeded by
+/// [`SK_NAT`], storage in each socket. Its entries cannot move into the
+/// sockets: a socket translated before the upgrade shows its backend's
+/// address to recvmsg and getpeername until it is closed.
+pub const OBSOLETE_REVNAT: ObsoleteMap = ObsoleteMap {
+    spec: MapSpec {
+        name: "sluice_revnat",
+        map_type: BPF_MAP_TYPE_LRU_HASH,
+        key_size: 32,
+        value_size: 24,
+        max_entries: 262144,
+        flags: 0,
+        inner: None,
+        what: "reverse translation per socket and backend (one LRU for the node)",
+    },
+    successor: "sluice_sk_nat",
+    convert: |_, _| None,
+    merge: None,
+};
+
+/// `sluice_be_conns` (backend id → new connections), succeeded by
+/// [`CONNS`], per frontend and backend: the old counts cannot be split by
+/// frontend and start again from zero.
+pub const OBSOLETE_BE_CONNS: ObsoleteMap = ObsoleteMap {
+    spec: MapSpec {
+        name: "sluice_be_conns",
+        map_type: BPF_MAP_TYPE_PERCPU_HASH,
+        key_size: 4,
+        value_size: 8,
+        max_entries: 262144,
+        flags: BPF_F_NO_PREALLOC,
+        inner: None,
+        what: "new connections per backend (not per frontend)",
+    },
+    successor: "sluice_conns_v2",
+    convert: |_, _| None,
+    merge: None,
+};
+
 /// Maps of older builds that a daemon migrates and unpins at start.
-pub const OBSOLETE: [ObsoleteMap; 2] = [OBSOLETE_SRC_DROP, OBSOLETE_AFFINITY_V1];
+pub const OBSOLETE: [ObsoleteMap; 4] = [
+    OBSOLETE_SRC_DROP,
+    OBSOLETE_AFFINITY_V1,
+    OBSOLETE_REVNAT,
+    OBSOLETE_BE_CONNS,
+];
 
 /// `enum sock_hook` → u64 per CPU.
 pub const SOCKSTAT: MapSpec = MapSpec {
@@ -264,29 +311,30 @@ pub const AFFINITY: MapSpec = MapSpec {
     what: "ClientIP session affinity per pod and service",
 };
 
-/// backend id → new connections, per CPU.
-pub const BE_CONNS: MapSpec = MapSpec {
-    name: "sluice_be_conns",
+/// [`SvcBackendKey`] → new connections, per CPU: counted per frontend and
+/// backend, so a backend address two services share is counted apart.
+pub const CONNS: MapSpec = MapSpec {
+    name: "sluice_conns_v2",
     map_type: BPF_MAP_TYPE_PERCPU_HASH,
-    key_size: 4,
+    key_size: size_of::<SvcBackendKey>() as u32,
     value_size: 8,
     max_entries: 262144,
     flags: BPF_F_NO_PREALLOC,
     inner: None,
-    what: "new connections per backend",
+    what: "new connections per frontend and backend",
 };
 
-/// [`RevnatKey`] → [`RevnatValue`]: the service a socket's backend peer
-/// stands for.
-pub const REVNAT: MapSpec = MapSpec {
-    name: "sluice_revnat",
-    map_type: BPF_MAP_TYPE_LRU_HASH,
-    key_size: size_of::<RevnatKey>() as u32,
-    value_size: size_of::<RevnatValue>() as u32,
-    max_entries: 262144,
-    flags: 0,
+/// Socket → [`SockNat`]: the service each backend peer of the socket
+/// stands for (reverse translation), freed with the socket.
+pub const SK_NAT: MapSpec = MapSpec {
+    name: "sluice_sk_nat",
+    map_type: BPF_MAP_TYPE_SK_STORAGE,
+    key_size: 4,
+    value_size: size_of::<SockNat>() as u32,
+    max_entries: 0,
+    flags: BPF_F_NO_PREALLOC,
     inner: None,
-    what: "reverse translation per socket and backend",
+    what: "reverse translation, in each socket",
 };
 
 /// `enum lb_stat`, in order: service translations by outcome.
@@ -307,7 +355,7 @@ pub const LBSTAT: MapSpec = MapSpec {
 /// Every pinned map.
 pub const ALL: [MapSpec; 13] = [
     ENDPOINTS, SRC, EDGE_STATS, SOCKSTAT, SVC, BACKENDS, LB_SLOTS, LB_TABLES, SVC_BES, AFFINITY,
-    BE_CONNS, REVNAT, LBSTAT,
+    CONNS, SK_NAT, LBSTAT,
 ];
 
 /// `enum sock_hook`, in order.
@@ -617,31 +665,38 @@ pub struct SvcBackendKey {
 // SAFETY: plain old data, no implicit padding (asserted below).
 unsafe impl aya::Pod for SvcBackendKey {}
 
-/// `struct revnat_key`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
-pub struct RevnatKey {
-    pub cookie: u64,
-    pub addr: [u8; 16],
-    pub port: u16,
-    pub family: u8,
-    pub pad: [u8; 5],
-}
-// SAFETY: plain old data, no implicit padding (asserted below).
-unsafe impl aya::Pod for RevnatKey {}
+/// `SLUICE_SOCK_NAT_SLOTS`.
+pub const SOCK_NAT_SLOTS: usize = 8;
 
-/// `struct revnat_value`.
+/// `struct sock_nat_slot`: one backend a socket was sent to, and the
+/// service it stands for.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct RevnatValue {
-    pub addr: [u8; 16],
-    pub port: u16,
+pub struct SockNatSlot {
+    pub backend: [u8; 16],
+    pub service: [u8; 16],
+    pub backend_port: u16,
+    pub service_port: u16,
+    /// 0: unused.
     pub family: u8,
-    pub pad: u8,
+    pub proto: u8,
+    pub pad: u16,
     pub svc_id: u32,
+    pub backend_id: u32,
 }
 // SAFETY: plain old data, no implicit padding (asserted below).
-unsafe impl aya::Pod for RevnatValue {}
+unsafe impl aya::Pod for SockNatSlot {}
+
+/// `struct sock_nat`: a socket's reverse translation.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SockNat {
+    pub slot: [SockNatSlot; SOCK_NAT_SLOTS],
+    pub next: u32,
+    pub pad: u32,
+}
+// SAFETY: plain old data, no implicit padding (asserted below).
+unsafe impl aya::Pod for SockNat {}
 
 /// `struct affinity_key`.
 #[repr(C)]
@@ -770,25 +825,21 @@ mod tests {
         );
         assert_eq!(size_of::<SvcBackendKey>(), 8);
         assert_eq!(offset_of!(SvcBackendKey, backend_id), 4);
-        assert_eq!(size_of::<RevnatKey>(), 32);
+        assert_eq!(size_of::<SockNatSlot>(), 48);
         assert_eq!(
             (
-                offset_of!(RevnatKey, addr),
-                offset_of!(RevnatKey, port),
-                offset_of!(RevnatKey, family),
-                offset_of!(RevnatKey, pad)
+                offset_of!(SockNatSlot, service),
+                offset_of!(SockNatSlot, backend_port),
+                offset_of!(SockNatSlot, service_port),
+                offset_of!(SockNatSlot, family),
+                offset_of!(SockNatSlot, proto),
+                offset_of!(SockNatSlot, svc_id),
+                offset_of!(SockNatSlot, backend_id)
             ),
-            (8, 24, 26, 27)
+            (16, 32, 34, 36, 37, 40, 44)
         );
-        assert_eq!(size_of::<RevnatValue>(), 24);
-        assert_eq!(
-            (
-                offset_of!(RevnatValue, port),
-                offset_of!(RevnatValue, family),
-                offset_of!(RevnatValue, svc_id)
-            ),
-            (16, 18, 20)
-        );
+        assert_eq!(size_of::<SockNat>(), 392);
+        assert_eq!(offset_of!(SockNat, next), 384);
         assert_eq!(size_of::<AffinityKey>(), 16);
         assert_eq!(
             (
@@ -879,6 +930,7 @@ mod tests {
             "#define SLUICE_AFF_BACKEND_BITS {AFF_BACKEND_BITS}"
         )));
         assert!(h.contains(&format!("#define SLUICE_AFF_TIME_BITS {AFF_TIME_BITS}")));
+        assert!(h.contains(&format!("#define SLUICE_SOCK_NAT_SLOTS {SOCK_NAT_SLOTS}")));
         assert_eq!(AFF_BACKEND_BITS + AFF_TIME_BITS, 64);
         assert!(h.contains("#define SLUICE_AF_INET6 6"));
         let hooks: Vec<String> = h
@@ -931,8 +983,8 @@ mod tests {
             ("sluice_lbtables", 13, 4, 4),
             ("sluice_svc_bes", 1, 8, 1),
             ("sluice_aff_v2", 9, 16, 8),
-            ("sluice_be_conns", 5, 4, 8),
-            ("sluice_revnat", 9, 32, 24),
+            ("sluice_conns_v2", 5, 8, 8),
+            ("sluice_sk_nat", 24, 4, 392),
             ("sluice_lbstat", 6, 4, 8),
         ];
         for m in ALL {

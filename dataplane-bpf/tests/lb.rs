@@ -138,10 +138,15 @@ impl Lb {
         m.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0)
     }
 
-    fn conns(&self, id: u32) -> u64 {
-        let m: PerCpuHashMap<_, u32, u64> =
-            PerCpuHashMap::try_from(open_pinned(&self._pins.0, &BE_CONNS).unwrap()).unwrap();
-        m.get(&id, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    /// New connections frontend `svc_id` sent to backend `id`.
+    fn conns(&self, svc_id: u32, id: u32) -> u64 {
+        let m: PerCpuHashMap<_, SvcBackendKey, u64> =
+            PerCpuHashMap::try_from(open_pinned(&self._pins.0, &CONNS).unwrap()).unwrap();
+        let k = SvcBackendKey {
+            svc_id,
+            backend_id: id,
+        };
+        m.get(&k, 0).map(|v| v.iter().sum()).unwrap_or(0)
     }
 }
 
@@ -199,10 +204,15 @@ fn random_selection_spreads_over_the_table_and_counts() {
     let c = lb.run(req("10.96.0.10:80", TCP, 7));
     assert_eq!(c.backend_id, 12, "7 % 2 = 1: the second slot");
     assert_eq!(
-        (lb.conns(11), lb.conns(12)),
+        (lb.conns(1, 11), lb.conns(1, 12)),
         (1, 2),
         "new connections per backend"
     );
+    // Another frontend over the same backend counts apart.
+    lb.frontend("10.96.0.11:80", TCP, 2, 0, 0);
+    lb.table(2, &[12]);
+    lb.run(req("10.96.0.11:80", TCP, 0));
+    assert_eq!((lb.conns(1, 12), lb.conns(2, 12)), (2, 1));
 }
 
 #[test]

@@ -495,6 +495,96 @@ fn affinity_holds_for_parallel_connects_from_a_fresh_pod() {
     assert!(c.services()["source"]["affinity_swept"].as_u64().unwrap() >= 10);
 }
 
+/// Reverse translation lives in each socket: one pod looping socket /
+/// sendto(ClusterIP) / recvfrom / close 800,000 times, three times what
+/// the node-wide LRU held before (262,144 entries, and with it the other
+/// pod's peer showed the backend's address), takes nothing from another
+/// pod's connected socket, whose peer and replies still show the service
+/// address.
+#[test]
+fn no_pod_can_flush_another_pods_reverse_translation() {
+    if !require_root() {
+        return;
+    }
+    use std::io::{BufRead, BufReader, Write};
+    let node = Node::new();
+    let c = Cluster::new(&node, "");
+    let conf = node.conf("1.0.0", RANGES);
+    let flooder = Pod::add(&node, &conf);
+    let mut held = Command::new("ip")
+        .args(["netns", "exec", &c.client.ns.name])
+        .arg(bin("sluice-probe"))
+        .args(["udp-connected-wait", "10.96.10.10:53"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(held.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let first: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(first["peer"], "10.96.10.10:53", "{first}");
+    assert_eq!(first["from"], "10.96.10.10:53", "{first}");
+
+    let flood = probe(&flooder.ns, &["flood", "10.96.10.10:53", "800000"]);
+    assert_eq!(flood["count"], 800000, "{flood}");
+
+    held.stdin.take().unwrap().write_all(b"again\n").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    let _ = held.wait();
+    let second: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(
+        second["peer"], "10.96.10.10:53",
+        "getpeername after the flood: {second}"
+    );
+    assert_eq!(
+        second["from"], "10.96.10.10:53",
+        "reply source after the flood: {second}"
+    );
+    assert!(second["reply"].as_str().unwrap().starts_with("web-"));
+}
+
+/// Connections are counted per frontend and backend: a backend address
+/// two services share shows, under each, only the connections made
+/// through it (before, a new service showed the other's count).
+#[test]
+fn a_shared_backend_is_counted_per_frontend() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let c = Cluster::new(&node, "");
+    let web0 = ip_of(&c.web[0], false);
+    std::fs::write(
+        c.dir.join("alias.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: alias, namespace: demo}}\nspec: {{clusterIP: 10.96.10.50, ports: [{{port: 80}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: alias-1, namespace: demo, labels: {{kubernetes.io/service-name: alias}}}}\naddressType: IPv4\nports: [{{port: 8080}}]\nendpoints: [{{addresses: [\"{web0}\"]}}]\n"
+        ),
+    )
+    .unwrap();
+    c.wait_programmed(|v| v["services"].as_array().unwrap().len() == 6);
+    for _ in 0..5 {
+        assert_eq!(
+            probe_ok(&c.client.ns, &["tcp", "10.96.10.50:80"])["reply"],
+            "web-0"
+        );
+    }
+    let count = |fe: &str| -> u64 {
+        let v = c.services();
+        c.frontend(&v, fe)["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["addr"] == format!("{web0}:8080"))
+            .unwrap()["connections"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(count("10.96.10.50:80/Tcp"), 5);
+    assert_eq!(count("10.96.10.10:80/Tcp"), 0, "web's own count");
+}
+
 /// A ClusterIP outside the service ranges captures nothing: a connect to
 /// 127.0.0.53 stays the pod's own (before: a manifest could take the
 /// node's resolver, the metadata server, the API server). A backend on

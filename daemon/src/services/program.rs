@@ -22,8 +22,8 @@ use aya::maps::{HashMap, MapData, PerCpuHashMap};
 use serde::{Deserialize, Serialize};
 use sluice_dataplane::load::{open_pinned, LoadError};
 use sluice_dataplane::maps::{
-    self, AffinityKey, AffinityValue, Backend, LbSlotKey, RevnatKey, RevnatValue, SvcBackendKey,
-    SvcKey, SvcValue, SVC_F_MAGLEV,
+    self, AffinityKey, AffinityValue, Backend, LbSlotKey, SvcBackendKey, SvcKey, SvcValue,
+    SVC_F_MAGLEV,
 };
 use sluice_dataplane::sys;
 use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap};
@@ -151,6 +151,9 @@ struct Retired {
     slots: Vec<LbSlotKey>,
     table: Option<u32>,
     backends: Vec<u32>,
+    /// Connection counters of backends that left a frontend's table (a
+    /// connect that read the old table may still count one).
+    counters: Vec<SvcBackendKey>,
 }
 
 pub struct Programmer {
@@ -158,8 +161,8 @@ pub struct Programmer {
     backends: HashMap<MapData, u32, Backend>,
     members: HashMap<MapData, SvcBackendKey, u8>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
-    revnat: HashMap<MapData, RevnatKey, RevnatValue>,
-    conns: PerCpuHashMap<MapData, u32, u64>,
+    /// New connections per (frontend's svc_id, backend id).
+    conns: PerCpuHashMap<MapData, SvcBackendKey, u64>,
     /// The pods (and the node) the socket programs act for: an affinity
     /// entry of a netns no longer here belongs to a pod that is gone.
     eps: HashMap<MapData, u64, maps::Endpoint>,
@@ -214,10 +217,8 @@ impl Programmer {
             .map_err(|e| typed(maps::SVC_BES.name)(e.to_string()))?;
         let affinity = HashMap::try_from(open(&maps::AFFINITY)?)
             .map_err(|e| typed(maps::AFFINITY.name)(e.to_string()))?;
-        let revnat = HashMap::try_from(open(&maps::REVNAT)?)
-            .map_err(|e| typed(maps::REVNAT.name)(e.to_string()))?;
-        let conns = PerCpuHashMap::try_from(open(&maps::BE_CONNS)?)
-            .map_err(|e| typed(maps::BE_CONNS.name)(e.to_string()))?;
+        let conns = PerCpuHashMap::try_from(open(&maps::CONNS)?)
+            .map_err(|e| typed(maps::CONNS.name)(e.to_string()))?;
         let slots: HashMap<_, LbSlotKey, u32> = HashMap::try_from(open(&maps::LB_SLOTS)?)
             .map_err(|e| typed(maps::LB_SLOTS.name)(e.to_string()))?;
         let eps = HashMap::try_from(open(&maps::ENDPOINTS)?)
@@ -272,7 +273,6 @@ impl Programmer {
             backends,
             members,
             affinity,
-            revnat,
             conns,
             eps,
             tables,
@@ -358,13 +358,17 @@ impl Programmer {
             // replaced selection state.
             let was_maglev = p.value.flags & SVC_F_MAGLEV != 0;
             self.retire(&p, !was_maglev);
+            let mut counters = Vec::new();
             for id in &p.members {
-                let _ = self.members.remove(&SvcBackendKey {
+                let k = SvcBackendKey {
                     svc_id: p.svc_id,
                     backend_id: *id,
-                });
+                };
+                let _ = self.members.remove(&k);
+                counters.push(k);
                 released.push(*id);
             }
+            self.retire_counters(counters);
             if let Some(owner) = std::sync::Arc::make_mut(&mut self.owners).remove(&key) {
                 if let Some(set) = self.by_service.get_mut(&owner) {
                     set.remove(&key);
@@ -377,7 +381,7 @@ impl Programmer {
             rep.removed += 1;
         }
         if !gone_ids.is_empty() {
-            self.forget_sockets_of(&gone_ids);
+            self.forget_affinity_of(&gone_ids);
         }
         rep.backends_removed = self.release_unused_backends(released, scope.is_none());
         Ok(rep)
@@ -478,13 +482,17 @@ impl Programmer {
             for id in members.difference(&old_members) {
                 *self.backend_refs.entry(*id).or_default() += 1;
             }
+            let mut counters = Vec::new();
             for id in old_members.difference(&members) {
-                let _ = self.members.remove(&SvcBackendKey {
+                let k = SvcBackendKey {
                     svc_id,
                     backend_id: *id,
-                });
+                };
+                let _ = self.members.remove(&k);
+                counters.push(k);
                 released.push(*id);
             }
+            self.retire_counters(counters);
         }
         self.set_owner(key, &f.service);
         // Only a replaced selection state is retired: with the table
@@ -541,8 +549,6 @@ impl Programmer {
         self.backends
             .insert(id, Backend::new(addr, p.number()), 0)
             .map_err(|e| merr(maps::BACKENDS.name, "insert")(e.to_string()))?;
-        // A reused id starts with no connections counted.
-        let _ = self.conns.remove(&id);
         self.backend_ids.insert((addr, p), id);
         self.backend_addrs.insert(id, (addr, p));
         Ok((id, true))
@@ -609,6 +615,21 @@ impl Programmer {
                 slots: keys,
                 table: drop_table.then_some(p.svc_id),
                 backends: Vec::new(),
+                counters: Vec::new(),
+            });
+        }
+    }
+
+    /// Queues connection counters of backends that left a frontend for
+    /// deletion with the rest of the replaced state.
+    fn retire_counters(&mut self, counters: Vec<SvcBackendKey>) {
+        if !counters.is_empty() {
+            self.retired.push(Retired {
+                at: std::time::Instant::now(),
+                slots: Vec::new(),
+                table: None,
+                backends: Vec::new(),
+                counters,
             });
         }
     }
@@ -626,6 +647,11 @@ impl Programmer {
             return;
         }
         // What is live now must survive, whatever was queued before it.
+        let live_members: std::collections::HashSet<(u32, u32)> = self
+            .current
+            .values()
+            .flat_map(|p| p.members.iter().map(move |b| (p.svc_id, *b)))
+            .collect();
         let live: StdHashMap<u32, (u16, bool)> = self
             .current
             .values()
@@ -635,13 +661,20 @@ impl Programmer {
             slots: keys,
             table,
             backends,
+            counters,
             ..
         } in old
         {
             // Backend ids are never reused, so these are nobody's now.
             for id in backends {
                 let _ = self.backends.remove(&id);
-                let _ = self.conns.remove(&id);
+            }
+            for k in counters {
+                // Back in the frontend's table since: its count goes on.
+                let back = live_members.contains(&(k.svc_id, k.backend_id));
+                if !back {
+                    let _ = self.conns.remove(&k);
+                }
             }
             for k in keys {
                 let is_live = live
@@ -672,18 +705,9 @@ impl Programmer {
         .map_err(|e| merr(maps::LB_TABLES.name, "swap in a table")(e.to_string()))
     }
 
-    /// Drops the reverse translations and affinities of removed services.
-    fn forget_sockets_of(&mut self, svc_ids: &BTreeSet<u32>) {
-        let revnat: Vec<RevnatKey> = self
-            .revnat
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, v)| svc_ids.contains(&v.svc_id))
-            .map(|(k, _)| k)
-            .collect();
-        for k in revnat {
-            let _ = self.revnat.remove(&k);
-        }
+    /// Drops the affinities of removed services. (Reverse translation
+    /// lives in each socket and goes with it.)
+    fn forget_affinity_of(&mut self, svc_ids: &BTreeSet<u32>) {
         let aff: Vec<AffinityKey> = self
             .affinity
             .keys()
@@ -759,15 +783,21 @@ impl Programmer {
                 slots: Vec::new(),
                 table: None,
                 backends: retired,
+                counters: Vec::new(),
             });
         }
         n
     }
 
-    /// New connections counted per backend (summed over CPUs).
-    pub fn connections(&self, addr: SocketAddr, p: Protocol) -> Option<u64> {
+    /// New connections frontend `svc_id` sent to a backend (summed over
+    /// CPUs).
+    pub fn connections(&self, svc_id: u32, addr: SocketAddr, p: Protocol) -> Option<u64> {
         let id = self.backend_ids.get(&(addr, p))?;
-        Some(self.conns.get(id, 0).map(|v| v.iter().sum()).unwrap_or(0))
+        let k = SvcBackendKey {
+            svc_id,
+            backend_id: *id,
+        };
+        Some(self.conns.get(&k, 0).map(|v| v.iter().sum()).unwrap_or(0))
     }
 
     /// Every programmed frontend, with what the datapath counted.
@@ -798,7 +828,9 @@ impl Programmer {
                                         .backend_ids
                                         .get(&(b.addr, k.protocol))
                                         .is_some_and(|id| p.members.contains(id)),
-                                    connections: self.connections(b.addr, k.protocol).unwrap_or(0),
+                                    connections: self
+                                        .connections(p.svc_id, b.addr, k.protocol)
+                                        .unwrap_or(0),
                                 })
                                 .collect()
                         })

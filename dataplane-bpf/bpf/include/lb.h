@@ -118,16 +118,18 @@ static __always_inline __u64 aff_read(struct affinity_value *av)
 	return *(volatile __u64 *)&av->word;
 }
 
-/* New connections (and unconnected datagrams) sent to each backend. */
+/* New connections (and unconnected datagrams) each frontend sent to each
+ * of its backends: a backend address shared by two services is counted
+ * under each apart. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 262144);
-	__type(key, __u32);
+	__type(key, struct svc_backend_key);
 	__type(value, __u64);
 	/* Sized for large clusters; allocated as used, not up front. */
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sluice_be_conns SEC(".maps");
+} sluice_conns_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -142,16 +144,20 @@ static __always_inline void lb_stat(__u32 what)
 	stat_inc(&sluice_lbstat, what);
 }
 
-static __always_inline void lb_count(__u32 backend_id)
+static __always_inline void lb_count(__u32 svc_id, __u32 backend_id)
 {
-	__u64 *n = bpf_map_lookup_elem(&sluice_be_conns, &backend_id);
+	struct svc_backend_key k = {
+		.svc_id = svc_id,
+		.backend_id = backend_id,
+	};
+	__u64 *n = bpf_map_lookup_elem(&sluice_conns_v2, &k);
 
 	if (n) {
 		*n += 1;
 	} else {
 		__u64 one = 1;
 
-		bpf_map_update_elem(&sluice_be_conns, &backend_id, &one, BPF_NOEXIST);
+		bpf_map_update_elem(&sluice_conns_v2, &k, &one, BPF_NOEXIST);
 	}
 }
 
@@ -263,7 +269,7 @@ static __always_inline int lb_select(struct lb_req *r)
 	be = bpf_map_lookup_elem(&sluice_backends, &backend_id);
 	if (!be)
 		return lb_refuse(r, LB_STAT_INCONSISTENT);
-	lb_count(backend_id);
+	lb_count(sv->svc_id, backend_id);
 	lb_stat(LB_STAT_XLATE);
 	r->backend_id = backend_id;
 	__builtin_memcpy(&r->be, be, sizeof(r->be));

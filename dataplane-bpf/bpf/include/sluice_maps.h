@@ -126,25 +126,33 @@ struct svc_backend_key {
 };
 _Static_assert(sizeof(struct svc_backend_key) == 8, "svc_backend_key layout");
 
-/* Reverse translation for recvmsg/getpeername: which service address a
- * socket's backend peer stands for. */
-struct revnat_key {
-	__u64 cookie;	/* socket cookie */
-	__u8 addr[16];	/* backend */
-	__u16 port;	/* network order */
-	__u8 family;
-	__u8 pad[5];
-};
-_Static_assert(sizeof(struct revnat_key) == 32, "revnat_key layout");
+/* Reverse translation for recvmsg/getpeername, kept in the socket itself
+ * (socket-local storage, freed with the socket): which service address
+ * each backend peer the socket was sent to stands for. A connected socket
+ * uses one slot; an unconnected UDP socket one per backend it sent to, the
+ * oldest reused after SLUICE_SOCK_NAT_SLOTS. Nothing one socket does can
+ * evict another socket's entries. */
+#define SLUICE_SOCK_NAT_SLOTS 8
 
-struct revnat_value {
-	__u8 addr[16]; /* service */
-	__u16 port;    /* network order */
-	__u8 family;
-	__u8 pad;
+struct sock_nat_slot {
+	__u8 backend[16];
+	__u8 service[16];
+	__u16 backend_port; /* network order */
+	__u16 service_port; /* network order */
+	__u8 family;	    /* of both; 0: slot unused */
+	__u8 proto;
+	__u16 pad;
 	__u32 svc_id;
+	__u32 backend_id;
 };
-_Static_assert(sizeof(struct revnat_value) == 24, "revnat_value layout");
+_Static_assert(sizeof(struct sock_nat_slot) == 48, "sock_nat_slot layout");
+
+struct sock_nat {
+	struct sock_nat_slot slot[SLUICE_SOCK_NAT_SLOTS];
+	__u32 next; /* the slot a new backend takes (mod SLUICE_SOCK_NAT_SLOTS) */
+	__u32 pad;
+};
+_Static_assert(sizeof(struct sock_nat) == 392, "sock_nat layout");
 
 /* Session affinity, per pod (netns cookie) and service. */
 struct affinity_key {

@@ -3,7 +3,8 @@
  * the socket's endpoint by netns cookie; a socket of a netns this daemon
  * does not know is returned untouched. For a known endpoint (a pod, or the
  * node itself) the hook counts the operation and translates service
- * addresses: sock_xlate_fwd() on the way out, sock_xlate_rev() on the way
+ * addresses: sock_xlate_fwd() on the way out (remembering in the socket
+ * which service each backend stands for), sock_xlate_rev() on the way
  * back. */
 #ifndef SLUICE_SOCK_H
 #define SLUICE_SOCK_H
@@ -35,14 +36,65 @@ static __always_inline void sock_count(__u32 hook)
 /* connect/sendmsg to a service with no backend fail with this at once. */
 #define SLUICE_ECONNREFUSED 111
 
-/* Reverse translation entries, by socket cookie and backend. */
+/* Reverse translation, in each socket (see struct sock_nat). */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 262144);
-	__type(key, struct revnat_key);
-	__type(value, struct revnat_value);
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sock_nat);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sluice_revnat SEC(".maps");
+} sluice_sk_nat SEC(".maps");
+
+static __always_inline int sock_same_addr(const __u8 a[16], const __u8 b[16])
+{
+	__u64 x[2], y[2];
+
+	__builtin_memcpy(x, a, 16);
+	__builtin_memcpy(y, b, 16);
+	return x[0] == y[0] && x[1] == y[1];
+}
+
+/* The slot of `sn` that holds backend (addr, port, family), or -1. */
+static __always_inline int sock_nat_find(const struct sock_nat *sn, const __u8 addr[16], __u16 port,
+					 __u8 family)
+{
+#pragma unroll
+	for (int i = 0; i < SLUICE_SOCK_NAT_SLOTS; i++) {
+		const struct sock_nat_slot *s = &sn->slot[i];
+
+		if (s->family == family && s->backend_port == port &&
+		    sock_same_addr(s->backend, addr))
+			return i;
+	}
+	return -1;
+}
+
+/* Remembers in the socket that backend r->be stands for service r. */
+static __always_inline void sock_nat_remember(struct bpf_sock_addr *ctx, const struct lb_req *r)
+{
+	struct bpf_sock *sk = ctx->sk;
+	struct sock_nat *sn;
+	int i;
+
+	if (!sk)
+		return;
+	sn = bpf_sk_storage_get(&sluice_sk_nat, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!sn)
+		return;
+	i = sock_nat_find(sn, r->be.addr, r->be.port, r->family);
+	if (i < 0)
+		i = sn->next++ % SLUICE_SOCK_NAT_SLOTS;
+	if (i < 0 || i >= SLUICE_SOCK_NAT_SLOTS)
+		return;
+	__builtin_memcpy(sn->slot[i].backend, r->be.addr, 16);
+	__builtin_memcpy(sn->slot[i].service, r->addr, 16);
+	sn->slot[i].backend_port = r->be.port;
+	sn->slot[i].service_port = r->port;
+	sn->slot[i].family = r->family;
+	sn->slot[i].proto = r->proto;
+	sn->slot[i].svc_id = r->svc_id;
+	sn->slot[i].backend_id = r->backend_id;
+}
 
 static __always_inline __u32 sock_mix32(__u64 x)
 {
@@ -131,8 +183,6 @@ static __always_inline int sock_xlate_fwd(struct bpf_sock_addr *ctx, const struc
 					  __u64 netns_cookie, int v6)
 {
 	struct lb_req r = {};
-	struct revnat_key rk = {};
-	struct revnat_value rv = {};
 	__u64 sock_cookie;
 	int mapped;
 
@@ -161,15 +211,7 @@ static __always_inline int sock_xlate_fwd(struct bpf_sock_addr *ctx, const struc
 		bpf_set_retval(-SLUICE_ECONNREFUSED);
 		return 0;
 	}
-	rk.cookie = sock_cookie;
-	__builtin_memcpy(rk.addr, r.be.addr, 16);
-	rk.port = r.be.port;
-	rk.family = r.family;
-	__builtin_memcpy(rv.addr, r.addr, 16);
-	rv.port = r.port;
-	rv.family = r.family;
-	rv.svc_id = r.svc_id;
-	bpf_map_update_elem(&sluice_revnat, &rk, &rv, BPF_ANY);
+	sock_nat_remember(ctx, &r);
 	if (mapped)
 		sock_map4(r.be.addr);
 	sock_write_addr(ctx, v6, r.be.addr, r.be.port);
@@ -181,29 +223,34 @@ static __always_inline int sock_xlate_fwd(struct bpf_sock_addr *ctx, const struc
 static __always_inline int sock_xlate_rev(struct bpf_sock_addr *ctx, const struct endpoint *ep,
 					  int v6)
 {
-	struct revnat_key rk = {};
-	struct revnat_value *rv;
-	int mapped;
+	struct bpf_sock *sk = ctx->sk;
+	struct sock_nat *sn;
+	__u8 addr[16];
+	__u8 family;
+	__u16 port;
+	int mapped, i;
 
-	if (ep->flags & SLUICE_EP_F_NO_SOCK_LB)
+	if (ep->flags & SLUICE_EP_F_NO_SOCK_LB || !sk)
 		return SOCK_ALLOW;
-	rk.cookie = bpf_get_socket_cookie(ctx);
-	sock_read_addr(ctx, v6, rk.addr);
-	rk.port = (__u16)ctx->user_port;
-	rk.family = v6 ? SLUICE_AF_INET6 : SLUICE_AF_INET;
-	mapped = v6 && sock_v4mapped(rk.addr);
+	sn = bpf_sk_storage_get(&sluice_sk_nat, sk, 0, 0);
+	if (!sn)
+		return SOCK_ALLOW;
+	sock_read_addr(ctx, v6, addr);
+	port = (__u16)ctx->user_port;
+	family = v6 ? SLUICE_AF_INET6 : SLUICE_AF_INET;
+	mapped = v6 && sock_v4mapped(addr);
 	if (mapped) {
-		sock_unmap(rk.addr);
-		rk.family = SLUICE_AF_INET;
+		sock_unmap(addr);
+		family = SLUICE_AF_INET;
 	}
-	rv = bpf_map_lookup_elem(&sluice_revnat, &rk);
-	if (rv) {
+	i = sock_nat_find(sn, addr, port, family);
+	if (i >= 0 && i < SLUICE_SOCK_NAT_SLOTS) {
 		__u8 svc[16];
 
-		__builtin_memcpy(svc, rv->addr, 16);
+		__builtin_memcpy(svc, sn->slot[i].service, 16);
 		if (mapped)
 			sock_map4(svc);
-		sock_write_addr(ctx, v6, svc, rv->port);
+		sock_write_addr(ctx, v6, svc, sn->slot[i].service_port);
 	}
 	return SOCK_ALLOW;
 }
@@ -227,35 +274,6 @@ static __always_inline int sock_rev(struct bpf_sock_addr *ctx, __u32 hook, int v
 		return SOCK_ALLOW;
 	sock_count(hook);
 	return sock_xlate_rev(ctx, ep, v6);
-}
-
-/* A closing socket's reverse entry goes with it (connected sockets; the
- * entries of unconnected UDP peers age out of the LRU). */
-static __always_inline int sock_release(struct bpf_sock *sk)
-{
-	struct revnat_key rk = {};
-
-	if (!endpoint_of_netns(sk))
-		return 1;
-	rk.cookie = bpf_get_socket_cookie(sk);
-	if (sk->family == 10 /* AF_INET6 */) {
-		__u32 a[4] = { sk->dst_ip6[0], sk->dst_ip6[1], sk->dst_ip6[2], sk->dst_ip6[3] };
-
-		__builtin_memcpy(rk.addr, a, 16);
-		rk.family = SLUICE_AF_INET6;
-		if (sock_v4mapped(rk.addr)) {
-			sock_unmap(rk.addr);
-			rk.family = SLUICE_AF_INET;
-		}
-	} else {
-		__u32 a = sk->dst_ip4;
-
-		__builtin_memcpy(rk.addr, &a, 4);
-		rk.family = SLUICE_AF_INET;
-	}
-	rk.port = (__u16)sk->dst_port;
-	bpf_map_delete_elem(&sluice_revnat, &rk);
-	return 1;
 }
 
 #endif

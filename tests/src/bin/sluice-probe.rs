@@ -11,6 +11,10 @@
 //! udp-connected ADDR        connect, send, recv: {"peer","from","reply"}
 //! rate ADDR COUNT           COUNT times: connect, read the answer, close;
 //!                           {"count","secs","per_sec"}
+//! udp-connected-wait ADDR   connect, send, recv, print; then wait for a line
+//!                           on stdin and do it again on the same socket
+//! flood ADDR COUNT          COUNT times: a new UDP socket, one sendto, its
+//!                           answer read, close; {"count","answered","secs"}
 //! burst ADDR THREADS EACH   THREADS threads released together, each EACH
 //!                           times: connect, read the answer, close;
 //!                           {"replies":{NAME:count},"errors":[..]}
@@ -128,6 +132,49 @@ fn main() {
                 String::from_utf8_lossy(&buf[..n])
             );
         }
+        ["udp-connected-wait", dst] => {
+            let d = addr(dst);
+            let s = UdpSocket::bind(if d.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })
+                .unwrap_or_else(|e| fail("bind", e));
+            s.set_read_timeout(Some(t)).unwrap();
+            s.connect(d).unwrap_or_else(|e| fail("connect", e));
+            let round = |s: &UdpSocket| {
+                let peer = s.peer_addr().unwrap_or_else(|e| fail("getpeername", e));
+                s.send(b"hi").unwrap_or_else(|e| fail("send", e));
+                let mut buf = [0u8; 1500];
+                let (n, from) = s.recv_from(&mut buf).unwrap_or_else(|e| fail("recv", e));
+                println!(
+                    "{{\"peer\":\"{peer}\",\"from\":\"{from}\",\"reply\":\"{}\"}}",
+                    String::from_utf8_lossy(&buf[..n])
+                );
+                std::io::stdout().flush().unwrap();
+            };
+            round(&s);
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            round(&s);
+        }
+        ["flood", dst, count] => {
+            let d = addr(dst);
+            let n: u32 = count.parse().unwrap_or(1000);
+            let t0 = std::time::Instant::now();
+            let mut answered = 0u32;
+            let mut buf = [0u8; 64];
+            for _ in 0..n {
+                let s = UdpSocket::bind(if d.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })
+                    .unwrap_or_else(|e| fail("bind", e));
+                s.set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                s.send_to(b"x", d).unwrap_or_else(|e| fail("sendto", e));
+                // A resolver reads its answer: the reverse translation is
+                // used, not only written.
+                answered += u32::from(s.recv_from(&mut buf).is_ok());
+            }
+            println!(
+                "{{\"count\":{n},\"answered\":{answered},\"secs\":{}}}",
+                t0.elapsed().as_secs_f64()
+            );
+        }
         ["rate", dst, count] => {
             let d = addr(dst);
             let n: u32 = count.parse().unwrap_or(1000);
@@ -196,7 +243,7 @@ fn main() {
             );
         }
         _ => {
-            eprintln!("usage: sluice-probe serve tcp|udp PORT NAME | tcp ADDR | tcp-hold ADDR SECS | udp ADDR | udp-connected ADDR | rate ADDR COUNT | burst ADDR THREADS EACH");
+            eprintln!("usage: sluice-probe serve tcp|udp PORT NAME | tcp ADDR | tcp-hold ADDR SECS | udp ADDR | udp-connected ADDR | udp-connected-wait ADDR | flood ADDR COUNT | rate ADDR COUNT | burst ADDR THREADS EACH");
             std::process::exit(2);
         }
     }
