@@ -9,7 +9,7 @@
 use crate::config::{Config, TcAttach};
 use aya::maps::{HashMap, MapData, PerCpuArray};
 use aya::programs::links::{CgroupAttachMode, FdLink};
-use aya::programs::{CgroupSockAddr, SchedClassifier};
+use aya::programs::{CgroupSock, CgroupSockAddr, SchedClassifier};
 use aya::Ebpf;
 use serde::Serialize;
 use sluice_cni::edge::EdgeProg;
@@ -508,15 +508,10 @@ fn attach_socket_programs(
     for name in sluice_dataplane::SOCK_PROGRAMS {
         out.push(keep_or_attach_as!(CgroupSockAddr, name));
     }
-    // An older build's programs this one no longer has: their links go
-    // (a pinned link detaches with its last pin).
-    for name in sluice_dataplane::OBSOLETE_SOCK_PROGRAMS {
-        let pin = links_dir.join(name);
-        if pin.exists() {
-            std::fs::remove_file(&pin).map_err(io_err("remove the obsolete link pin", &pin))?;
-            info!(program = name, "detached an older build's socket program");
-        }
-    }
+    out.push(keep_or_attach_as!(
+        CgroupSock,
+        sluice_dataplane::SOCK_RELEASE
+    ));
     Ok(out)
 }
 

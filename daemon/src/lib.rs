@@ -11,5 +11,6 @@ pub mod metrics;
 pub mod netns;
 pub mod server;
 pub mod services;
+pub mod sockterm;
 pub mod state;
 pub mod views;

@@ -6,16 +6,16 @@
 #include "sock.h"
 
 SEC("cgroup/connect4")
-int sluice_connect4(struct bpf_sock_addr *ctx) { return sock_fwd(ctx, SOCK_HOOK_CONNECT4, 0); }
+int sluice_connect4(struct bpf_sock_addr *ctx) { return sock_fwd(ctx, SOCK_HOOK_CONNECT4, 0, 1); }
 
 SEC("cgroup/connect6")
-int sluice_connect6(struct bpf_sock_addr *ctx) { return sock_fwd(ctx, SOCK_HOOK_CONNECT6, 1); }
+int sluice_connect6(struct bpf_sock_addr *ctx) { return sock_fwd(ctx, SOCK_HOOK_CONNECT6, 1, 1); }
 
 SEC("cgroup/sendmsg4")
-int sluice_sendmsg4(struct bpf_sock_addr *ctx) { return sock_fwd(ctx, SOCK_HOOK_SENDMSG4, 0); }
+int sluice_sendmsg4(struct bpf_sock_addr *ctx) { return sock_fwd(ctx, SOCK_HOOK_SENDMSG4, 0, 0); }
 
 SEC("cgroup/sendmsg6")
-int sluice_sendmsg6(struct bpf_sock_addr *ctx) { return sock_fwd(ctx, SOCK_HOOK_SENDMSG6, 1); }
+int sluice_sendmsg6(struct bpf_sock_addr *ctx) { return sock_fwd(ctx, SOCK_HOOK_SENDMSG6, 1, 0); }
 
 SEC("cgroup/recvmsg4")
 int sluice_recvmsg4(struct bpf_sock_addr *ctx) { return sock_rev(ctx, SOCK_HOOK_RECVMSG4, 0); }
@@ -28,5 +28,8 @@ int sluice_getpeername4(struct bpf_sock_addr *ctx) { return sock_rev(ctx, SOCK_H
 
 SEC("cgroup/getpeername6")
 int sluice_getpeername6(struct bpf_sock_addr *ctx) { return sock_rev(ctx, SOCK_HOOK_GETPEERNAME6, 1); }
+
+SEC("cgroup/sock_release")
+int sluice_sock_release(struct bpf_sock *sk) { return sock_release(sk); }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

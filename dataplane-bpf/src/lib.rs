@@ -36,11 +36,9 @@ pub static TEST_CONNECT4_OLD: &[u8] =
 /// The tc entry point in [`TC_POD`].
 pub const TC_POD_INGRESS: &str = "sluice_pod_ingress";
 
-/// Socket programs an older build attached that this one no longer has
-/// (their pinned links are removed at start): `cgroup/sock_release`
-/// dropped a closing socket's entry from the node-wide reverse map, which
-/// socket-local storage made unnecessary.
-pub const OBSOLETE_SOCK_PROGRAMS: [&str; 1] = ["sluice_sock_release"];
+/// The `cgroup/sock_release` entry point in [`SOCK`]: drops a closing
+/// UDP socket's connected-socket record.
+pub const SOCK_RELEASE: &str = "sluice_sock_release";
 
 /// The sock_addr entry points in [`SOCK`], in `enum sock_hook` order.
 pub const SOCK_PROGRAMS: [&str; 8] = [

@@ -337,6 +337,19 @@ pub const SK_NAT: MapSpec = MapSpec {
     what: "reverse translation, in each socket",
 };
 
+/// socket cookie → [`UdpConn`]: connected UDP sockets translated to a
+/// backend, so the daemon can end them when it leaves.
+pub const UDP_CONN: MapSpec = MapSpec {
+    name: "sluice_udp_conn",
+    map_type: BPF_MAP_TYPE_HASH,
+    key_size: 8,
+    value_size: size_of::<UdpConn>() as u32,
+    max_entries: 65536,
+    flags: BPF_F_NO_PREALLOC,
+    inner: None,
+    what: "connected UDP sockets by the backend they were translated to",
+};
+
 /// `enum lb_stat`, in order: service translations by outcome.
 pub const LB_STATS: [&str; 3] = ["translated", "no_backend", "inconsistent"];
 
@@ -353,9 +366,9 @@ pub const LBSTAT: MapSpec = MapSpec {
 };
 
 /// Every pinned map.
-pub const ALL: [MapSpec; 13] = [
+pub const ALL: [MapSpec; 14] = [
     ENDPOINTS, SRC, EDGE_STATS, SOCKSTAT, SVC, BACKENDS, LB_SLOTS, LB_TABLES, SVC_BES, AFFINITY,
-    CONNS, SK_NAT, LBSTAT,
+    CONNS, SK_NAT, UDP_CONN, LBSTAT,
 ];
 
 /// `enum sock_hook`, in order.
@@ -698,6 +711,17 @@ pub struct SockNat {
 // SAFETY: plain old data, no implicit padding (asserted below).
 unsafe impl aya::Pod for SockNat {}
 
+/// `struct udp_conn`: a connected UDP socket's translation.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UdpConn {
+    pub netns_cookie: u64,
+    pub svc_id: u32,
+    pub backend_id: u32,
+}
+// SAFETY: plain old data, no implicit padding (asserted below).
+unsafe impl aya::Pod for UdpConn {}
+
 /// `struct affinity_key`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
@@ -839,6 +863,8 @@ mod tests {
             (16, 32, 34, 36, 37, 40, 44)
         );
         assert_eq!(size_of::<SockNat>(), 392);
+        assert_eq!(size_of::<UdpConn>(), 16);
+        assert_eq!(offset_of!(UdpConn, backend_id), 12);
         assert_eq!(offset_of!(SockNat, next), 384);
         assert_eq!(size_of::<AffinityKey>(), 16);
         assert_eq!(
@@ -972,7 +998,7 @@ mod tests {
     /// [`OBSOLETE`] with its conversion, and add a line here.
     #[test]
     fn layouts_change_only_under_a_new_name() {
-        let released: [(&str, u32, u32, u32); 13] = [
+        let released: [(&str, u32, u32, u32); 14] = [
             ("sluice_eps", 1, 8, 32),
             ("sluice_src", 1, 24, 1),
             ("sluice_edgestat", 1, 4, 72),
@@ -985,6 +1011,7 @@ mod tests {
             ("sluice_aff_v2", 9, 16, 8),
             ("sluice_conns_v2", 5, 8, 8),
             ("sluice_sk_nat", 24, 4, 392),
+            ("sluice_udp_conn", 1, 8, 16),
             ("sluice_lbstat", 6, 4, 8),
         ];
         for m in ALL {

@@ -307,6 +307,8 @@ fn socket_programs_pass_the_verifier() {
     for p in sluice_dataplane::SOCK_PROGRAMS {
         load_program::<CgroupSockAddr>(&mut ebpf, "sock", p).unwrap_or_else(|e| panic!("{e}"));
     }
+    load_program::<aya::programs::CgroupSock>(&mut ebpf, "sock", sluice_dataplane::SOCK_RELEASE)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         pins.0.join(maps::ENDPOINTS.name).exists(),
         "endpoint map pinned by name"

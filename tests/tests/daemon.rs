@@ -200,8 +200,8 @@ fn kill9_and_restart_keep_the_flow_the_links_and_the_endpoints() {
     let maps = d.map_ids();
     assert_eq!(
         links.len(),
-        8,
-        "8 socket links, filters need none: {links:?}"
+        9,
+        "9 socket links, filters need none: {links:?}"
     );
     let a_if = host_ifindex(&d.endpoints()[&a.cid]);
     let gone_cookie = netns_cookie(&gone.ns.path());

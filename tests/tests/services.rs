@@ -545,6 +545,113 @@ fn no_pod_can_flush_another_pods_reverse_translation() {
     assert!(second["reply"].as_str().unwrap().starts_with("web-"));
 }
 
+/// A connected UDP socket follows its backend out: when the backend
+/// leaves the EndpointSlice, every connected UDP socket of the pods and of
+/// the node translated to it is ended (the application gets an error and
+/// connects again, to a live backend); a socket to a backend that stays is
+/// untouched. Before, it kept sending to the address that left.
+#[test]
+fn a_connected_udp_socket_follows_its_backend_out() {
+    if !require_root() {
+        return;
+    }
+    use std::io::{BufRead, BufReader, Write};
+    let node = Node::new();
+    let c = Cluster::new(&node, "");
+    let web1 = ip_of(&c.web[1], false);
+    std::fs::write(
+        c.dir.join("stay.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: stay, namespace: demo}}\nspec: {{clusterIP: 10.96.10.60, ports: [{{port: 53, protocol: UDP}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: stay-1, namespace: demo, labels: {{kubernetes.io/service-name: stay}}}}\naddressType: IPv4\nports: [{{port: 5353, protocol: UDP}}]\nendpoints: [{{addresses: [\"{web1}\"]}}]\n"
+        ),
+    )
+    .unwrap();
+    c.wait_programmed(|v| v["services"].as_array().unwrap().len() == 6);
+    assert_eq!(
+        c.services()["source"]["udp_socket_termination"],
+        "on",
+        "this kernel can end sockets"
+    );
+    // Connected sockets held open: pod and node to web, pod to stay.
+    let hold = |ns: &Ns, dst: &str| {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(bin("sluice-probe"))
+            .args(["udp-connected-wait", dst])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let first: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert_eq!(first["from"], dst, "{first}");
+        (child, out, first["reply"].as_str().unwrap().to_string())
+    };
+    let again = |(mut child, mut out, _): (
+        std::process::Child,
+        BufReader<std::process::ChildStdout>,
+        String,
+    )|
+     -> Value {
+        child.stdin.take().unwrap().write_all(b"again\n").unwrap();
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let _ = child.wait();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+    };
+    let pod = hold(&c.client.ns, "10.96.10.10:53");
+    let from_node = hold(&node.ns, "10.96.10.10:53");
+    let kept = hold(&c.client.ns, "10.96.10.60:53");
+    assert_eq!(kept.2, "web-1");
+    // The pod's socket's backend leaves web's slices.
+    let gone = pod.2.clone();
+    let left: Vec<_> = c
+        .web
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| format!("web-{i}") != gone)
+        .map(|(_, p)| (p, true, true, false))
+        .collect();
+    c.write(&manifests(&left, ""));
+    c.wait_programmed(|v| {
+        c.frontend(v, "10.96.10.10:53/Udp")["backends"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    });
+    let node_was_on_gone = from_node.2 == gone;
+    assert!(
+        eventually(5, || c.services()["source"]["udp_sockets_ended"]
+            .as_u64()
+            .unwrap()
+            > u64::from(node_was_on_gone)),
+        "{:#}",
+        c.services()["source"]
+    );
+    let p = again(pod);
+    assert!(
+        p["error"].is_string(),
+        "the pod's socket to {gone} was ended: {p}"
+    );
+    let n = again(from_node);
+    if node_was_on_gone {
+        assert!(n["error"].is_string(), "the node's socket was ended: {n}");
+    } else {
+        assert_eq!(n["from"], "10.96.10.10:53", "{n}");
+    }
+    let k = again(kept);
+    assert_eq!(
+        k["reply"], "web-1",
+        "a socket whose backend stays is untouched: {k}"
+    );
+    // Connecting again reaches the live backend.
+    let v = probe_ok(&c.client.ns, &["udp-connected", "10.96.10.10:53"]);
+    assert_ne!(v["reply"], gone.as_str(), "{v}");
+}
+
 /// Connections are counted per frontend and backend: a backend address
 /// two services share shows, under each, only the connections made
 /// through it (before, a new service showed the other's count).

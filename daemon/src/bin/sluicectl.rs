@@ -604,6 +604,12 @@ fn print_services(views: &[ServiceView], pass: &Pass) {
     if let Some(n) = &pass.node_name {
         println!("node name {n} (from {})", pass.node_name_source);
     }
+    if !pass.udp_socket_termination.is_empty() {
+        println!(
+            "connected UDP sockets to a backend that left are ended: {} ({} so far)",
+            pass.udp_socket_termination, pass.udp_sockets_ended
+        );
+    }
     for w in &pass.warnings {
         println!("warning   {w}");
     }

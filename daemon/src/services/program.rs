@@ -86,6 +86,10 @@ pub struct ApplyReport {
     /// [`RemovalGuard`]); they stay programmed.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub held_removals: usize,
+    /// Backends that left a UDP frontend's table (svc_id, backend id):
+    /// connected UDP sockets still pointing at them are to be ended.
+    #[serde(skip)]
+    pub udp_left: Vec<(u32, u32)>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -367,6 +371,9 @@ impl Programmer {
                 let _ = self.members.remove(&k);
                 counters.push(k);
                 released.push(*id);
+                if key.protocol == Protocol::Udp {
+                    rep.udp_left.push((p.svc_id, *id));
+                }
             }
             self.retire_counters(counters);
             if let Some(owner) = std::sync::Arc::make_mut(&mut self.owners).remove(&key) {
@@ -491,6 +498,9 @@ impl Programmer {
                 let _ = self.members.remove(&k);
                 counters.push(k);
                 released.push(*id);
+                if key.protocol == Protocol::Udp {
+                    rep.udp_left.push((svc_id, *id));
+                }
             }
             self.retire_counters(counters);
         }

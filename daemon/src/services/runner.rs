@@ -55,6 +55,13 @@ pub struct Pass {
     /// Affinity entries of pods that are gone, removed so far.
     #[serde(default)]
     pub affinity_swept: u64,
+    /// Whether connected UDP sockets to a backend that left are ended
+    /// ("on", or "off: why").
+    #[serde(default)]
+    pub udp_socket_termination: String,
+    /// Connected UDP sockets ended so far (their backend left).
+    #[serde(default)]
+    pub udp_sockets_ended: u64,
 }
 
 #[derive(Debug)]
@@ -77,6 +84,9 @@ pub struct Services {
     max_removal_percent: u8,
     /// The operator let a held removal through: the next pass applies it.
     allow_removal: std::sync::atomic::AtomicBool,
+    /// Ends connected UDP sockets still pointing at a backend that left
+    /// (`None` where the kernel cannot).
+    terminator: Option<crate::sockterm::Terminator>,
 }
 
 /// An apply's report, or its error logged (the next full pass retries).
@@ -104,6 +114,16 @@ impl Services {
             },
         )?;
         let (node_name, node_name_source) = cfg.resolved_node_name();
+        let (terminator, udp_socket_termination) = match start_terminator(cfg, maps_dir) {
+            Ok(t) => (Some(t), "on".to_string()),
+            Err(why) => {
+                warn!(
+                    "connected UDP sockets will keep pointing at backends that left (kube-proxy \
+                     and Cilium end them): {why}"
+                );
+                (None, format!("off: {why}"))
+            }
+        };
         info!(
             node_name = node_name.as_deref().unwrap_or("(none)"),
             from = node_name_source,
@@ -123,6 +143,7 @@ impl Services {
                 dir: dir.display().to_string(),
                 node_name,
                 node_name_source: node_name_source.into(),
+                udp_socket_termination,
                 ..Default::default()
             }),
             translation_rejected: Mutex::new(Vec::new()),
@@ -131,6 +152,7 @@ impl Services {
             dir_path: dir.clone(),
             max_removal_percent: cfg.max_removal_percent,
             allow_removal: Default::default(),
+            terminator,
         });
         // Watch first: a change made during the first pass is not missed.
         let rx = if dir.is_dir() {
@@ -381,6 +403,9 @@ impl Services {
         t0: Instant,
     ) -> f64 {
         rejected.extend(lock(&self.translation_rejected).iter().cloned());
+        if let (Some(t), Some(r)) = (&self.terminator, report) {
+            t.terminate(r.udp_left.clone());
+        }
         if let Some(r) = report {
             rejected.extend(r.failed.iter().map(|f| Rejection {
                 object: "datapath".into(),
@@ -449,6 +474,22 @@ impl Services {
     }
 
     pub fn last_pass(&self) -> Pass {
-        lock(&self.pass).clone()
+        let mut p = lock(&self.pass).clone();
+        if let Some(t) = &self.terminator {
+            p.udp_sockets_ended = t.stats.destroyed.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        p
     }
+}
+
+/// The UDP socket terminator, if this kernel can end sockets for us.
+fn start_terminator(
+    cfg: &Config,
+    maps_dir: &std::path::Path,
+) -> Result<crate::sockterm::Terminator, String> {
+    crate::sockterm::probe()?;
+    let pin = maps_dir.join(sluice_dataplane::maps::UDP_CONN.name);
+    let map = sluice_dataplane::sys::obj_get(&pin)
+        .map_err(|e| format!("opening {}: {e}", pin.display()))?;
+    crate::sockterm::Terminator::start(&cfg.state_dir, map).map_err(|e| e.to_string())
 }

@@ -154,6 +154,18 @@ struct sock_nat {
 };
 _Static_assert(sizeof(struct sock_nat) == 392, "sock_nat layout");
 
+/* A connected UDP socket translated to a backend, keyed by its socket
+ * cookie: which backend of which frontend, and in which netns, so the
+ * daemon can end the socket when that backend leaves (a connected UDP
+ * socket keeps sending wherever it was translated to). Removed when the
+ * socket closes (cgroup/sock_release). */
+struct udp_conn {
+	__u64 netns_cookie;
+	__u32 svc_id;
+	__u32 backend_id;
+};
+_Static_assert(sizeof(struct udp_conn) == 16, "udp_conn layout");
+
 /* Session affinity, per pod (netns cookie) and service. */
 struct affinity_key {
 	__u64 netns_cookie;

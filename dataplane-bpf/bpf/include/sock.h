@@ -45,6 +45,18 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_sk_nat SEC(".maps");
 
+/* socket cookie -> the backend a connected UDP socket was translated to */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct udp_conn);
+	/* Allocated as used; a full map leaves new sockets untracked (still
+	 * translated, just not ended when their backend leaves). */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_udp_conn SEC(".maps");
+
 static __always_inline int sock_same_addr(const __u8 a[16], const __u8 b[16])
 {
 	__u64 x[2], y[2];
@@ -180,7 +192,7 @@ static __always_inline void sock_map4(__u8 a[16])
  * its backends, chosen once per connection (per datagram for unconnected
  * UDP), and the socket remembers which service it stands for. */
 static __always_inline int sock_xlate_fwd(struct bpf_sock_addr *ctx, const struct endpoint *ep,
-					  __u64 netns_cookie, int v6)
+					  __u64 netns_cookie, int v6, int connecting)
 {
 	struct lb_req r = {};
 	__u64 sock_cookie;
@@ -212,6 +224,15 @@ static __always_inline int sock_xlate_fwd(struct bpf_sock_addr *ctx, const struc
 		return 0;
 	}
 	sock_nat_remember(ctx, &r);
+	if (connecting && r.proto == 17 /* IPPROTO_UDP */) {
+		struct udp_conn uc = {
+			.netns_cookie = netns_cookie,
+			.svc_id = r.svc_id,
+			.backend_id = r.backend_id,
+		};
+
+		bpf_map_update_elem(&sluice_udp_conn, &sock_cookie, &uc, BPF_ANY);
+	}
 	if (mapped)
 		sock_map4(r.be.addr);
 	sock_write_addr(ctx, v6, r.be.addr, r.be.port);
@@ -255,7 +276,7 @@ static __always_inline int sock_xlate_rev(struct bpf_sock_addr *ctx, const struc
 	return SOCK_ALLOW;
 }
 
-static __always_inline int sock_fwd(struct bpf_sock_addr *ctx, __u32 hook, int v6)
+static __always_inline int sock_fwd(struct bpf_sock_addr *ctx, __u32 hook, int v6, int connecting)
 {
 	__u64 cookie = bpf_get_netns_cookie(ctx);
 	const struct endpoint *ep = bpf_map_lookup_elem(&sluice_eps, &cookie);
@@ -263,7 +284,7 @@ static __always_inline int sock_fwd(struct bpf_sock_addr *ctx, __u32 hook, int v
 	if (!ep)
 		return SOCK_ALLOW;
 	sock_count(hook);
-	return sock_xlate_fwd(ctx, ep, cookie, v6);
+	return sock_xlate_fwd(ctx, ep, cookie, v6, connecting);
 }
 
 static __always_inline int sock_rev(struct bpf_sock_addr *ctx, __u32 hook, int v6)
@@ -274,6 +295,18 @@ static __always_inline int sock_rev(struct bpf_sock_addr *ctx, __u32 hook, int v
 		return SOCK_ALLOW;
 	sock_count(hook);
 	return sock_xlate_rev(ctx, ep, v6);
+}
+
+/* A closing socket's connected-UDP record goes with it. */
+static __always_inline int sock_release(struct bpf_sock *sk)
+{
+	__u64 cookie;
+
+	if (sk->protocol != 17 /* IPPROTO_UDP */)
+		return 1;
+	cookie = bpf_get_socket_cookie(sk);
+	bpf_map_delete_elem(&sluice_udp_conn, &cookie);
+	return 1;
 }
 
 #endif
