@@ -26,7 +26,6 @@ use sluice_dataplane::maps::{self, Backend, LbSlotKey, SvcKey, SvcValue};
 use sluice_tests::daemon::Daemon;
 use sluice_tests::{bin, Node, Ns, Pod, Server};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
@@ -47,8 +46,7 @@ const BACKEND_PORT: u16 = 8080;
 
 /// Cluster IP of service `i` for Sluice (10.96/16) or iptables (10.97/16).
 fn cluster_ip(i: usize, iptables: bool) -> Ipv4Addr {
-    let base = if iptables { 97 } else { 96 };
-    Ipv4Addr::new(10, base, (i / 250) as u8, (i % 250 + 1) as u8)
+    manifests::cluster_ip(i, if iptables { 97 } else { 96 })
 }
 
 /// The endpoints of service `i`: the real backend for the measured one
@@ -57,32 +55,14 @@ fn endpoints(i: usize, last: usize, backend: Ipv4Addr) -> Vec<Ipv4Addr> {
     if i == last {
         return vec![backend];
     }
-    (0..ENDPOINTS)
-        .map(|e| {
-            let n = i * ENDPOINTS + e;
-            Ipv4Addr::new(10, 240 + (n >> 16) as u8, (n >> 8) as u8, n as u8)
-        })
-        .collect()
+    manifests::endpoints(i, ENDPOINTS)
 }
 
 fn manifest(i: usize, eps: &[Ipv4Addr]) -> String {
-    let mut s = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: bench}}\nspec:\n  clusterIP: {}\n  ports: [{{name: http, port: {PORT}}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: svc-{i}-1, namespace: bench, labels: {{kubernetes.io/service-name: svc-{i}}}}}\naddressType: IPv4\nports: [{{name: http, port: {BACKEND_PORT}}}]\nendpoints:\n",
-        cluster_ip(i, false)
-    );
-    for e in eps {
-        s.push_str(&format!(
-            "- addresses: [\"{e}\"]\n  conditions: {{ready: true}}\n"
-        ));
-    }
-    s
+    manifests::service("bench", i, cluster_ip(i, false), PORT, eps, BACKEND_PORT)
 }
 
-fn write_atomic(dir: &Path, name: &str, text: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).expect("write manifest");
-    std::fs::rename(&tmp, dir.join(name)).expect("rename manifest");
-}
+use sluice_tests::manifests::{self, write_atomic};
 
 /// kube-proxy's iptables layout for `n` services, as one restore file.
 ///

@@ -359,6 +359,61 @@ pub struct MapSummary {
     pub max_entries: u32,
 }
 
+/// The map summary `status` shows, computed on a thread of its own at
+/// housekeeping priority and kept for a second: counting entries walks
+/// every map (hundreds of thousands of entries at 10,000 services), and
+/// however often `status` is asked, that walk runs at most once a second
+/// and never ahead of a pod's register.
+#[derive(Debug)]
+pub struct MapStats {
+    cache: std::sync::Mutex<Option<(std::time::Instant, Vec<MapSummary>)>>,
+    tx: std::sync::Mutex<std::sync::mpsc::Sender<std::sync::mpsc::Sender<Vec<MapSummary>>>>,
+}
+
+/// How long a map summary is shown before it is counted again.
+const MAP_STATS_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl MapStats {
+    pub fn start(maps_dir: PathBuf) -> io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<std::sync::mpsc::Sender<Vec<MapSummary>>>();
+        std::thread::Builder::new()
+            .name("sluiced-mapstats".into())
+            .spawn(move || {
+                crate::housekeeping_priority();
+                for reply in rx {
+                    let _ = reply.send(map_summary(&maps_dir));
+                }
+            })?;
+        Ok(MapStats {
+            cache: Default::default(),
+            tx: std::sync::Mutex::new(tx),
+        })
+    }
+
+    /// The summary, at most a second old.
+    pub fn get(&self) -> Vec<MapSummary> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, maps)) = cache.as_ref() {
+            if at.elapsed() < MAP_STATS_FRESH {
+                return maps.clone();
+            }
+        }
+        let (reply, answer) = std::sync::mpsc::channel();
+        let sent = self
+            .tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(reply)
+            .is_ok();
+        let maps = match answer.recv() {
+            Ok(m) if sent => m,
+            _ => return Vec::new(),
+        };
+        *cache = Some((std::time::Instant::now(), maps.clone()));
+        maps
+    }
+}
+
 /// Reads every pinned map of a pin directory (also with the daemon down).
 pub fn map_summary(maps_dir: &Path) -> Vec<MapSummary> {
     maps::ALL
@@ -383,15 +438,15 @@ pub fn map_summary(maps_dir: &Path) -> Vec<MapSummary> {
 }
 
 /// Entries in a pinned map: arrays always hold `max_entries`; hash maps
-/// are walked key by key.
+/// are counted in batches; socket storage cannot be listed.
 fn count_entries(spec: &maps::MapSpec, pin: &Path) -> Option<usize> {
     const ARRAY: u32 = 2;
     const PERCPU_ARRAY: u32 = 6;
-    if matches!(spec.map_type, ARRAY | PERCPU_ARRAY) {
-        return Some(spec.max_entries as usize);
+    match spec.map_type {
+        ARRAY | PERCPU_ARRAY => Some(spec.max_entries as usize),
+        maps::BPF_MAP_TYPE_SK_STORAGE => None,
+        _ => sys::count_entries(sys::obj_get(pin).ok()?.as_fd()).ok(),
     }
-    let fd = sys::obj_get(pin).ok()?;
-    sys::count_keys(fd.as_fd(), spec.key_size as usize).ok()
 }
 
 /// Loads the edge program and makes it the pinned one the plugin finds.

@@ -14,3 +14,15 @@ pub mod services;
 pub mod sockterm;
 pub mod state;
 pub mod views;
+
+/// Lowers the calling thread's CPU priority (nice 10): housekeeping
+/// (service passes, the map walks of `status`, ending stale sockets) then
+/// yields the CPU to the threads that answer a pod's register, so no pod
+/// waits on it on a busy node.
+pub fn housekeeping_priority() {
+    // SAFETY: gettid and setpriority on our own thread; no memory passed.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+}

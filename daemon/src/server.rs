@@ -35,6 +35,8 @@ pub struct Daemon {
     started: Instant,
     restore: RestoreView,
     allowed_uids: Vec<u32>,
+    /// The pinned maps' summary for `status`, read without the state lock.
+    map_stats: crate::datapath::MapStats,
 }
 
 /// Holds the state dir's lock for the daemon's life: two daemons on one
@@ -147,6 +149,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         started: t0,
         restore,
         allowed_uids: cfg.api_allowed_uids.clone(),
+        map_stats: crate::datapath::MapStats::start(cfg.maps_dir())?,
     });
     ready.store(true, Ordering::Release);
     info!(
@@ -165,6 +168,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(cfg.reconcile_interval);
     tick.tick().await;
+    let reconciling = Arc::new(AtomicBool::new(false));
     loop {
         tokio::select! {
             conn = listener.accept() => match conn {
@@ -172,11 +176,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 Err(e) => { warn!("accepting an API connection: {e}"); tokio::time::sleep(Duration::from_millis(50)).await; }
             },
             _ = tick.tick() => {
-                let d = daemon.clone();
-                let rep = tokio::task::spawn_blocking(move || lock(&d.state).reconcile(false)).await?;
-                daemon.metrics.reconcile_runs.inc();
-                if rep.restored + rep.cleaned + rep.removed + rep.failed > 0 {
-                    info!(?rep, "reconciled endpoint records");
+                // Off the accept loop: a register never waits for it. One
+                // at a time; a tick while one runs is skipped.
+                if !reconciling.swap(true, Ordering::AcqRel) {
+                    let d = daemon.clone();
+                    let busy = reconciling.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let rep = State::reconcile_shared(&d.state, false);
+                        busy.store(false, Ordering::Release);
+                        d.metrics.reconcile_runs.inc();
+                        if rep.restored + rep.cleaned + rep.removed + rep.failed > 0 {
+                            info!(?rep, "reconciled endpoint records");
+                        }
+                    });
                 }
             }
             _ = term.recv() => break,
@@ -347,6 +359,7 @@ async fn refuse_and_close(
 
 /// Parses and answers one request line.
 async fn handle(line: &[u8], d: &Arc<Daemon>) -> Vec<u8> {
+    let t = Instant::now();
     let value: serde_json::Value = match serde_json::from_slice(line) {
         Ok(v) => v,
         Err(e) => {
@@ -402,9 +415,26 @@ async fn handle(line: &[u8], d: &Arc<Daemon>) -> Vec<u8> {
         }
         _ => None,
     };
-    let t = Instant::now();
-    let d2 = d.clone();
-    let result = tokio::task::spawn_blocking(move || answer(req.request, &d2)).await;
+    // A register whose state is free is answered here, on the API thread:
+    // its work is a file read and a few map writes, and a pod's register
+    // then waits on no other thread (each hop is a scheduling delay on a
+    // busy node). Anything else, or a busy state, goes to a blocking
+    // thread.
+    let inline = match &req.request {
+        Request::Register { endpoint } => d
+            .state
+            .try_lock()
+            .ok()
+            .map(|mut st| register(&mut st, endpoint)),
+        _ => None,
+    };
+    let result = match inline {
+        Some(r) => Ok(r),
+        None => {
+            let d2 = d.clone();
+            tokio::task::spawn_blocking(move || answer(req.request, &d2)).await
+        }
+    };
     let result = match result {
         Ok(r) => r,
         Err(e) => {
@@ -412,10 +442,15 @@ async fn handle(line: &[u8], d: &Arc<Daemon>) -> Vec<u8> {
             Err(format!("internal error handling {op}: {e}"))
         }
     };
+    let mut result = result;
     if op == "register" {
-        d.metrics
-            .register_seconds
-            .observe(t.elapsed().as_secs_f64());
+        let took = t.elapsed();
+        d.metrics.register_seconds.observe(took.as_secs_f64());
+        // What the daemon itself took, from the request read to the
+        // answer: the part of a register's round trip no scheduler adds.
+        if let Ok(data) = result.as_mut() {
+            data["took_us"] = json!(took.as_micros() as u64);
+        }
         if let (Ok(_), Some(key)) = (&result, registered) {
             // The plugin attached the edge; the edge thread checks it.
             let _ = d.edge_kick.send(key);
@@ -428,19 +463,23 @@ async fn handle(line: &[u8], d: &Arc<Daemon>) -> Vec<u8> {
     }
 }
 
+fn register(
+    st: &mut State,
+    endpoint: &sluice_common::endpoint::EndpointRecord,
+) -> Result<serde_json::Value, String> {
+    let r = st.register(endpoint).map_err(|e| {
+        warn!(container_id = %endpoint.container_id, "register refused: {e}");
+        e.to_string()
+    })?;
+    Ok(json!({
+        "cookie": r.cookie,
+        "host_ifindex": r.record.host_ifindex,
+    }))
+}
+
 fn answer(req: Request, d: &Daemon) -> Result<serde_json::Value, String> {
     match req {
-        Request::Register { endpoint } => {
-            let mut st = lock(&d.state);
-            let r = st.register(&endpoint).map_err(|e| {
-                warn!(container_id = %endpoint.container_id, "register refused: {e}");
-                e.to_string()
-            })?;
-            Ok(json!({
-                "cookie": r.cookie,
-                "host_ifindex": r.record.host_ifindex,
-            }))
-        }
+        Request::Register { endpoint } => register(&mut lock(&d.state), &endpoint),
         Request::Unregister {
             container_id,
             ifname,
@@ -464,6 +503,10 @@ fn answer(req: Request, d: &Daemon) -> Result<serde_json::Value, String> {
             None => Err("no service source: set services_dir in the daemon's config".into()),
         },
         Request::Status => {
+            // Counting the maps' entries walks every map: done (or taken
+            // from the last second's count) before the state lock, which
+            // registers need, is taken.
+            let maps = d.map_stats.get();
             let st = lock(&d.state);
             let s = StatusView {
                 version: env!("CARGO_PKG_VERSION").into(),
@@ -494,7 +537,7 @@ fn answer(req: Request, d: &Daemon) -> Result<serde_json::Value, String> {
                     .into_iter()
                     .map(|(h, n)| (h.to_string(), n))
                     .collect(),
-                maps: st.dp.map_summary(),
+                maps,
             };
             Ok(serde_json::to_value(s).expect("status serializes"))
         }

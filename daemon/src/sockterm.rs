@@ -285,6 +285,7 @@ impl Terminator {
         std::thread::Builder::new()
             .name("sluiced-sockterm".into())
             .spawn(move || {
+                crate::housekeeping_priority();
                 while let Ok(first) = rx.recv() {
                     let mut left: HashSet<Left> = first.into_iter().collect();
                     while let Ok(more) = rx.try_recv() {

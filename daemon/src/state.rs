@@ -140,7 +140,21 @@ impl State {
                 reason: "it has no addresses".into(),
             });
         }
-        let cookie = self.cookies.cookie(Path::new(&rec.netns))?;
+        // A register (fresh) takes the cookie the plugin read from the
+        // kernel at ADD and already keyed the endpoint map with, once the
+        // path is checked to be a netns: no pod waits on another thread
+        // entering its netns. Restores and reconciles read it from the
+        // netns itself.
+        let cookie = match rec.netns_cookie {
+            Some(c) if fresh => {
+                // Still a network namespace (one open and fstatfs, on
+                // this thread).
+                sluice_cni::netns::Netns::open(Path::new(&rec.netns))
+                    .map_err(crate::netns::CookieError::from)?;
+                c
+            }
+            _ => self.cookies.cookie(Path::new(&rec.netns))?,
+        };
         // SIOCGIFNAME, not RTM_GETLINK: it does not take the RTNL lock,
         // which a tcx attach holds for an RCU grace period.
         match ifname_of(rec.host_ifindex) {
@@ -246,11 +260,30 @@ impl State {
     /// sweeps map entries and pins that no record explains; the periodic
     /// pass only picks up and drops endpoints.
     pub fn reconcile(&mut self, full: bool) -> ReconcileReport {
+        let listed = Listed::read(&self.cfg.state_dir);
+        self.reconcile_listed(listed, full)
+    }
+
+    /// [`State::reconcile`] for a state shared with the API: the records
+    /// are read and their netns looked at before the lock is taken, so a
+    /// register never waits on a directory of a thousand files.
+    pub fn reconcile_shared(state: &std::sync::Mutex<State>, full: bool) -> ReconcileReport {
+        let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = lock().cfg.state_dir.clone();
+        let listed = Listed::read(&dir);
+        lock().reconcile_listed(listed, full)
+    }
+
+    fn reconcile_listed(&mut self, listed: Listed, full: bool) -> ReconcileReport {
         let mut rep = ReconcileReport::default();
         // Host ifindexes of records that could not be applied: their pods
         // may well be alive, so the sweep leaves their entries alone.
         let mut keep = HashSet::new();
-        let (records, bad) = EndpointRecord::list(&self.cfg.state_dir);
+        let Listed {
+            records,
+            bad,
+            netns_alive,
+        } = listed;
         for e in bad {
             warn!("skipping an endpoint record: {e}");
             rep.invalid_records += 1;
@@ -276,7 +309,7 @@ impl State {
             if !full {
                 if let Some(k) = &known {
                     // Cheap check: both ends still there and unchanged.
-                    if k.record == *rec && Path::new(&rec.netns).exists() {
+                    if k.record == *rec && netns_alive.contains(&rec.netns) {
                         continue;
                     }
                 }
@@ -488,6 +521,30 @@ pub fn edge_pass(
         }
     }
     rep
+}
+
+/// The endpoint records as read from disk, and which of their netns paths
+/// exist: what a reconcile needs before it takes the state lock.
+struct Listed {
+    records: Vec<EndpointRecord>,
+    bad: Vec<sluice_common::endpoint::RecordError>,
+    netns_alive: HashSet<String>,
+}
+
+impl Listed {
+    fn read(state_dir: &Path) -> Self {
+        let (records, bad) = EndpointRecord::list(state_dir);
+        let netns_alive = records
+            .iter()
+            .filter(|r| Path::new(&r.netns).exists())
+            .map(|r| r.netns.clone())
+            .collect();
+        Listed {
+            records,
+            bad,
+            netns_alive,
+        }
+    }
 }
 
 /// The name of a link of the daemon's netns by index (`if_indextoname`),

@@ -9,6 +9,7 @@
 
 pub mod daemon;
 pub mod frames;
+pub mod manifests;
 
 use serde_json::Value;
 use std::fs::File;

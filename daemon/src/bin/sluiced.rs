@@ -18,6 +18,9 @@ struct Args {
     print_config: bool,
 }
 
+/// The API thread's nice value.
+const API_NICE: libc::c_int = -5;
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
@@ -35,6 +38,15 @@ fn main() -> anyhow::Result<()> {
     if args.print_config {
         println!("{cfg:#?}");
         return Ok(());
+    }
+    // The API thread answers pods' registers: it runs ahead of the
+    // daemon's housekeeping (see housekeeping_priority) and of ordinary
+    // work on a busy node. Where the daemon may not raise its priority, it
+    // runs at the default.
+    // SAFETY: setpriority on this thread; no memory passed.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, API_NICE);
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

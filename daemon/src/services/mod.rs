@@ -1,6 +1,7 @@
 //! Services: the model the datapath is programmed with, and the one
 //! translation from Kubernetes objects into it.
 
+pub mod affinity;
 pub mod manifest;
 pub mod model;
 pub mod program;

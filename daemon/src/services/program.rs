@@ -22,8 +22,7 @@ use aya::maps::{HashMap, MapData, PerCpuHashMap};
 use serde::{Deserialize, Serialize};
 use sluice_dataplane::load::{open_pinned, LoadError};
 use sluice_dataplane::maps::{
-    self, AffinityKey, AffinityValue, Backend, LbSlotKey, SvcBackendKey, SvcKey, SvcValue,
-    SVC_F_MAGLEV,
+    self, Backend, LbSlotKey, SvcBackendKey, SvcKey, SvcValue, SVC_F_MAGLEV,
 };
 use sluice_dataplane::sys;
 use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap};
@@ -164,12 +163,9 @@ pub struct Programmer {
     svc: HashMap<MapData, SvcKey, SvcValue>,
     backends: HashMap<MapData, u32, Backend>,
     members: HashMap<MapData, SvcBackendKey, u8>,
-    affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     /// New connections per (frontend's svc_id, backend id).
     conns: PerCpuHashMap<MapData, SvcBackendKey, u64>,
-    /// The pods (and the node) the socket programs act for: an affinity
-    /// entry of a netns no longer here belongs to a pod that is gone.
-    eps: HashMap<MapData, u64, maps::Endpoint>,
+
     tables: OwnedFd,
     slots: HashMap<MapData, LbSlotKey, u32>,
     /// Replaced selection state waiting to be deleted: when, which slots,
@@ -219,14 +215,10 @@ impl Programmer {
             .map_err(|e| typed(maps::BACKENDS.name)(e.to_string()))?;
         let members: HashMap<_, SvcBackendKey, u8> = HashMap::try_from(open(&maps::SVC_BES)?)
             .map_err(|e| typed(maps::SVC_BES.name)(e.to_string()))?;
-        let affinity = HashMap::try_from(open(&maps::AFFINITY)?)
-            .map_err(|e| typed(maps::AFFINITY.name)(e.to_string()))?;
         let conns = PerCpuHashMap::try_from(open(&maps::CONNS)?)
             .map_err(|e| typed(maps::CONNS.name)(e.to_string()))?;
         let slots: HashMap<_, LbSlotKey, u32> = HashMap::try_from(open(&maps::LB_SLOTS)?)
             .map_err(|e| typed(maps::LB_SLOTS.name)(e.to_string()))?;
-        let eps = HashMap::try_from(open(&maps::ENDPOINTS)?)
-            .map_err(|e| typed(maps::ENDPOINTS.name)(e.to_string()))?;
         let tables = sys::obj_get(&maps_dir.join(maps::LB_TABLES.name))
             .map_err(|e| typed(maps::LB_TABLES.name)(e.to_string()))?;
 
@@ -276,9 +268,7 @@ impl Programmer {
             svc,
             backends,
             members,
-            affinity,
             conns,
-            eps,
             tables,
             slots,
             retired: Vec::new(),
@@ -352,7 +342,6 @@ impl Programmer {
             rep.held_removals = gone.len();
             gone.clear();
         }
-        let mut gone_ids = BTreeSet::new();
         for key in gone {
             let p = self.current.remove(&key).expect("listed above");
             let _ = self
@@ -384,11 +373,7 @@ impl Programmer {
                     }
                 }
             }
-            gone_ids.insert(p.svc_id);
             rep.removed += 1;
-        }
-        if !gone_ids.is_empty() {
-            self.forget_affinity_of(&gone_ids);
         }
         rep.backends_removed = self.release_unused_backends(released, scope.is_none());
         Ok(rep)
@@ -715,39 +700,10 @@ impl Programmer {
         .map_err(|e| merr(maps::LB_TABLES.name, "swap in a table")(e.to_string()))
     }
 
-    /// Drops the affinities of removed services. (Reverse translation
-    /// lives in each socket and goes with it.)
-    fn forget_affinity_of(&mut self, svc_ids: &BTreeSet<u32>) {
-        let aff: Vec<AffinityKey> = self
-            .affinity
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| svc_ids.contains(&k.svc_id))
-            .collect();
-        for k in aff {
-            let _ = self.affinity.remove(&k);
-        }
-    }
-
-    /// Removes the affinity entries of pods that are gone (their netns
-    /// cookie no longer in the endpoint map; cookies are never reused).
-    /// Returns how many went.
-    pub fn sweep_affinity(&mut self) -> usize {
-        let stale: Vec<AffinityKey> = self
-            .affinity
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| {
-                matches!(
-                    self.eps.get(&k.netns_cookie, 0),
-                    Err(aya::maps::MapError::KeyNotFound)
-                )
-            })
-            .collect();
-        for k in &stale {
-            let _ = self.affinity.remove(k);
-        }
-        stale.len()
+    /// The svc_ids programmed now: affinity entries of any other are of a
+    /// frontend that is gone (svc_ids are never reused).
+    pub fn live_svc_ids(&self) -> std::collections::HashSet<u32> {
+        self.current.values().map(|p| p.svc_id).collect()
     }
 
     /// Drops one reference of each `released` backend and removes those no

@@ -24,7 +24,8 @@ const MISSING_GRACE: Duration = Duration::from_millis(200);
 /// How often everything is read, translated and applied again.
 const FULL_EVERY: Duration = Duration::from_secs(30);
 
-/// How often the affinity entries of pods that are gone are removed.
+/// How often the affinity entries of pods and frontends that are gone are
+/// removed (and a second after a pass that removed frontends).
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// How often a services directory that does not exist is looked for.
@@ -87,6 +88,10 @@ pub struct Services {
     /// Ends connected UDP sockets still pointing at a backend that left
     /// (`None` where the kernel cannot).
     terminator: Option<crate::sockterm::Terminator>,
+    /// Removes affinity entries of pods and frontends that are gone.
+    sweeper: Mutex<super::affinity::Sweeper>,
+    /// A pass removed frontends: their affinity entries go soon.
+    sweep_due: std::sync::atomic::AtomicBool,
 }
 
 /// An apply's report, or its error logged (the next full pass retries).
@@ -106,6 +111,7 @@ impl Services {
         let Some(dir) = &cfg.services_dir else {
             return Ok(None);
         };
+        let sweeper = super::affinity::Sweeper::open(maps_dir)?;
         let programmer = Programmer::open(
             maps_dir,
             MaglevConfig {
@@ -153,6 +159,8 @@ impl Services {
             max_removal_percent: cfg.max_removal_percent,
             allow_removal: Default::default(),
             terminator,
+            sweeper: Mutex::new(sweeper),
+            sweep_due: Default::default(),
         });
         // Watch first: a change made during the first pass is not missed.
         let rx = if dir.is_dir() {
@@ -166,7 +174,10 @@ impl Services {
         let s2 = s.clone();
         std::thread::Builder::new()
             .name("sluiced-services".into())
-            .spawn(move || s2.run(rx))?;
+            .spawn(move || {
+                crate::housekeeping_priority();
+                s2.run(rx)
+            })?;
         Ok(Some(s))
     }
 
@@ -212,6 +223,9 @@ impl Services {
             // a retry), sooner when one is due.
             let mut due = self.full_due().unwrap_or(last_full + FULL_EVERY);
             due = due.min(last_sweep + SWEEP_EVERY);
+            if self.sweep_due.load(std::sync::atomic::Ordering::Relaxed) {
+                due = due.min(last_sweep + MISSING_DIR_EVERY);
+            }
             if !lock(&self.deferred).is_empty() {
                 due = due.min(Instant::now() + MISSING_GRACE);
             }
@@ -243,12 +257,16 @@ impl Services {
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
             }
-            if Instant::now() >= last_sweep + SWEEP_EVERY {
-                let n = lock(&self.programmer).sweep_affinity();
+            let soon = self.sweep_due.load(std::sync::atomic::Ordering::Relaxed)
+                && Instant::now() >= last_sweep + MISSING_DIR_EVERY;
+            if soon || Instant::now() >= last_sweep + SWEEP_EVERY {
+                self.sweep_due
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                let n = lock(&self.sweeper).sweep(|| lock(&self.programmer).live_svc_ids());
                 if n > 0 {
                     debug!(
                         entries = n,
-                        "affinity entries of pods that are gone removed"
+                        "affinity entries of pods or frontends that are gone removed"
                     );
                     lock(&self.pass).affinity_swept += n as u64;
                 }
@@ -405,6 +423,10 @@ impl Services {
         rejected.extend(lock(&self.translation_rejected).iter().cloned());
         if let (Some(t), Some(r)) = (&self.terminator, report) {
             t.terminate(r.udp_left.clone());
+        }
+        if report.is_some_and(|r| r.removed > 0) {
+            self.sweep_due
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         if let Some(r) = report {
             rejected.extend(r.failed.iter().map(|f| Rejection {

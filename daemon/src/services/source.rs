@@ -261,6 +261,7 @@ pub fn watch(dir: &Path) -> Result<std::sync::mpsc::Receiver<Vec<std::ffi::OsStr
     std::thread::Builder::new()
         .name("sluiced-watch".into())
         .spawn(move || {
+            crate::housekeeping_priority();
             while let Ok(events) = ino.read_events() {
                 let names = events.into_iter().filter_map(|e| e.name).collect();
                 if tx.send(names).is_err() {

@@ -1,0 +1,181 @@
+//! The daemon at 10,000 services: no pod waits on housekeeping.
+
+use serde_json::Value;
+use sluice_common::api::Request;
+use sluice_common::endpoint::EndpointRecord;
+use sluice_dataplane::maps::{AffinityKey, AffinityValue, AFFINITY};
+use sluice_tests::daemon::{eventually, Daemon};
+use sluice_tests::manifests::{self, write_atomic};
+use sluice_tests::{require_root, Node, Pod};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const SERVICES: usize = 10_000;
+const PER_FILE: usize = 100;
+const ENDPOINTS: usize = 10;
+
+/// Writes `SERVICES` services, `PER_FILE` to a file (`f<k>.yaml`).
+fn write_services(dir: &Path) {
+    for f in 0..SERVICES / PER_FILE {
+        let text: Vec<String> = (f * PER_FILE..(f + 1) * PER_FILE)
+            .map(|i| {
+                manifests::service(
+                    "scale",
+                    i,
+                    manifests::cluster_ip(i, 96),
+                    80,
+                    &manifests::endpoints(i, ENDPOINTS),
+                    8080,
+                )
+            })
+            .collect();
+        write_atomic(dir, &format!("f{f}.yaml"), &text.join("---\n"));
+    }
+}
+
+fn frontends(d: &Daemon<'_>) -> u64 {
+    d.call(Request::ListServices).expect("list_services").data["source"]["frontends"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+fn p99(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[(v.len() * 99).div_ceil(100) - 1]
+}
+
+/// A register stays under 5 ms at p99 in the daemon while, at the same
+/// time and at 10,000 services, `sluicectl status` runs over and over, the
+/// endpoint reconcile runs every second, and a hundred frontends are
+/// removed and added again (their affinity entries, 60,000 of them, with
+/// them). Before, status counted every map's keys under the state lock
+/// the register needs, the accept loop waited for each reconcile, and a
+/// removal walked the affinity map under the programmer's lock.
+#[test]
+fn register_stays_fast_while_housekeeping_runs_at_10000_services() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let dir = node.dir.path().join("services");
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = Daemon::start_with(
+        &node,
+        &format!(
+            "services_dir = \"{}\"\nreconcile_interval_seconds = 1\nmax_removal_percent = 100\n",
+            dir.display()
+        ),
+    );
+    let conf = node.conf("1.0.0", sluice_tests::ranges("v4"));
+    let pod = Pod::add(&node, &conf);
+    let record = EndpointRecord::load(&node.state_dir(), &pod.cid, "eth0")
+        .unwrap()
+        .unwrap();
+    write_services(&dir);
+    assert!(
+        eventually(60, || frontends(&d) == SERVICES as u64),
+        "{SERVICES} services programmed"
+    );
+    // Affinity entries of the services the removal takes away.
+    let pins = sluice_dataplane::pins::Pins::new(&node.pin_path);
+    let mut aff: aya::maps::HashMap<_, AffinityKey, AffinityValue> = aya::maps::HashMap::try_from(
+        sluice_dataplane::load::open_pinned(&pins.maps(), &AFFINITY).unwrap(),
+    )
+    .unwrap();
+    let svcs: Value = d.call(Request::ListServices).unwrap().data;
+    let ids: Vec<u32> = svcs["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            s["service"]
+                .as_str()
+                .unwrap()
+                .strip_prefix("scale/svc-")
+                .and_then(|n| n.parse::<usize>().ok())
+                .is_some_and(|n| n < PER_FILE)
+        })
+        .map(|s| s["svc_id"].as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(ids.len(), PER_FILE);
+    for n in 0..60_000u64 {
+        let k = AffinityKey {
+            netns_cookie: record.netns_cookie.unwrap(),
+            svc_id: ids[n as usize % ids.len()],
+            pad: n as u32,
+        };
+        aff.insert(k, AffinityValue::new(1, 0).unwrap(), 0).unwrap();
+    }
+
+    let stop = AtomicBool::new(false);
+    let (rtts, statuses, removals) = std::thread::scope(|s| {
+        let status = s.spawn(|| {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                // What `sluicectl status` asks, without starting a process
+                // each time (on this kernel, PREEMPT_NONE, process start and
+                // exit delay every other task on the CPU, daemon or not).
+                let s = d.status();
+                assert!(s["maps"].as_array().is_some_and(|m| !m.is_empty()), "{s}");
+                n += 1;
+                // Twenty a second: far more than any operator or monitor,
+                // without the test itself taking every CPU of the node.
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            n
+        });
+        let churn = s.spawn(|| {
+            let mut n = 0;
+            let f0 = dir.join("f0.yaml");
+            let text = std::fs::read_to_string(&f0).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                std::fs::remove_file(&f0).unwrap();
+                std::thread::sleep(Duration::from_millis(400));
+                write_atomic(&dir, "f0.yaml", &text);
+                std::thread::sleep(Duration::from_millis(400));
+                n += 1;
+            }
+            n
+        });
+        let mut rtts = Vec::new();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(8) {
+            let t = Instant::now();
+            let r = d
+                .call(Request::Register {
+                    endpoint: Box::new(record.clone()),
+                })
+                .expect("register");
+            let rtt = t.elapsed().as_secs_f64() * 1e3;
+            assert!(r.ok, "{r:?}");
+            let took = r.data["took_us"].as_f64().expect("took_us") / 1e3;
+            rtts.push((rtt, took));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        stop.store(true, Ordering::Relaxed);
+        (rtts, status.join().unwrap(), churn.join().unwrap())
+    });
+    assert!(
+        statuses > 5 && removals >= 5,
+        "{statuses} statuses, {removals} removals"
+    );
+    let n = rtts.len();
+    let rtt = p99(rtts.iter().map(|r| r.0).collect());
+    let took = p99(rtts.iter().map(|r| r.1).collect());
+    eprintln!("register under housekeeping: {n} registers, p99 round trip {rtt:.2} ms, p99 in the daemon {took:.2} ms");
+    // In the daemon: from the request read to the answer (before: 274 ms,
+    // waiting for status's map walk under the state lock).
+    assert!(
+        took < 5.0,
+        "register p99 in the daemon {took:.2} ms over {n} registers, with {statuses} statuses \
+         and {removals} removals of 100 frontends"
+    );
+    // The round trip adds the scheduling of both ends on this 2-core,
+    // PREEMPT_NONE machine that the test loads itself; it is bounded far
+    // below the plugin's 250 ms budget (before: 274 ms at p99).
+    assert!(
+        rtt < 25.0,
+        "register p99 round trip {rtt:.2} ms over {n} registers"
+    );
+}
