@@ -121,8 +121,9 @@ pub struct Datapath {
     eps: HashMap<MapData, u64, Endpoint>,
     src: HashMap<MapData, SrcKey, u8>,
     drops: HashMap<MapData, u32, EdgeStats>,
-    sockstat: PerCpuArray<MapData, u64>,
-    lbstat: PerCpuArray<MapData, u64>,
+    /// The socket programs' counters (none where they do not run).
+    sockstat: Option<PerCpuArray<MapData, u64>>,
+    lbstat: Option<PerCpuArray<MapData, u64>>,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -136,7 +137,9 @@ impl std::fmt::Debug for Datapath {
 }
 
 impl Datapath {
-    pub fn open(cfg: &Config) -> Result<Self, DatapathError> {
+    /// Opens the datapath; the socket programs are attached only if
+    /// `socket_lb` (the kernel has what they need, see [`crate::kernel`]).
+    pub fn open(cfg: &Config, socket_lb: bool) -> Result<Self, DatapathError> {
         match load::ensure_bpffs(&cfg.bpffs) {
             Ok(true) => info!(path = %cfg.bpffs.display(), "mounted a bpf filesystem"),
             Ok(false) => {}
@@ -162,9 +165,16 @@ impl Datapath {
 
         let (mut tc_obj, mut carried) =
             load::load_object_carrying("tc_pod", sluice_dataplane::TC_POD, &maps_dir, &maps::ALL)?;
-        let (mut sock_obj, more) =
-            load::load_object_carrying("sock", sluice_dataplane::SOCK, &maps_dir, &maps::ALL)?;
-        carried.extend(more);
+        // The socket programs' object only where the kernel can run them
+        // (its maps need what the programs need).
+        let mut sock_obj = if socket_lb {
+            let (obj, more) =
+                load::load_object_carrying("sock", sluice_dataplane::SOCK, &maps_dir, &maps::ALL)?;
+            carried.extend(more);
+            Some(obj)
+        } else {
+            None
+        };
         carried.extend(load::migrate_obsolete(
             &maps_dir,
             &maps::OBSOLETE,
@@ -187,12 +197,21 @@ impl Datapath {
                 program: name,
             })
         };
-        let eps = HashMap::try_from(take(&mut sock_obj, maps::ENDPOINTS.name)?)
+        let eps = HashMap::try_from(take(&mut tc_obj, maps::ENDPOINTS.name)?)
             .map_err(map_err(maps::ENDPOINTS.name, "open"))?;
-        let sockstat = PerCpuArray::try_from(take(&mut sock_obj, maps::SOCKSTAT.name)?)
-            .map_err(map_err(maps::SOCKSTAT.name, "open"))?;
-        let lbstat = PerCpuArray::try_from(take(&mut sock_obj, maps::LBSTAT.name)?)
-            .map_err(map_err(maps::LBSTAT.name, "open"))?;
+        let (sockstat, lbstat) = match sock_obj.as_mut() {
+            Some(obj) => (
+                Some(
+                    PerCpuArray::try_from(take(obj, maps::SOCKSTAT.name)?)
+                        .map_err(map_err(maps::SOCKSTAT.name, "open"))?,
+                ),
+                Some(
+                    PerCpuArray::try_from(take(obj, maps::LBSTAT.name)?)
+                        .map_err(map_err(maps::LBSTAT.name, "open"))?,
+                ),
+            ),
+            None => (None, None),
+        };
         let src = HashMap::try_from(take(&mut tc_obj, maps::SRC.name)?)
             .map_err(map_err(maps::SRC.name, "open"))?;
         let drops = HashMap::try_from(take(&mut tc_obj, maps::EDGE_STATS.name)?)
@@ -201,8 +220,10 @@ impl Datapath {
         let (edge_prog, edge_prog_outcome) = pin_edge_program(&mut tc_obj, &pins)?;
 
         let cgroup_root = cgroup_root(cfg)?;
-        let cgroup_links =
-            attach_socket_programs(&mut sock_obj, &cgroup_root, &cfg.cgroup_links_dir())?;
+        let cgroup_links = match sock_obj.as_mut() {
+            Some(obj) => attach_socket_programs(obj, &cgroup_root, &cfg.cgroup_links_dir())?,
+            None => Vec::new(),
+        };
 
         let edge_mode = match cfg.tc_attach {
             TcAttach::Tcx if !sluice_cni::edge::tcx_supported() => {
@@ -319,7 +340,8 @@ impl Datapath {
             .map(|(i, h)| {
                 let n = self
                     .sockstat
-                    .get(&(i as u32), 0)
+                    .as_ref()
+                    .and_then(|m| m.get(&(i as u32), 0).ok())
                     .map(|v| v.iter().sum())
                     .unwrap_or(0);
                 (*h, n)
@@ -335,7 +357,8 @@ impl Datapath {
             .map(|(i, name)| {
                 let n = self
                     .lbstat
-                    .get(&(i as u32), 0)
+                    .as_ref()
+                    .and_then(|m| m.get(&(i as u32), 0).ok())
                     .map(|v| v.iter().sum())
                     .unwrap_or(0);
                 (*name, n)

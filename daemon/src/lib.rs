@@ -6,6 +6,7 @@
 pub mod config;
 pub mod datapath;
 pub mod edge;
+pub mod kernel;
 pub mod maglev;
 pub mod metrics;
 pub mod netns;

@@ -34,6 +34,8 @@ pub struct Daemon {
     ready: Arc<AtomicBool>,
     started: Instant,
     restore: RestoreView,
+    /// What this kernel has, and the features it allows.
+    kernel: crate::kernel::Kernel,
     allowed_uids: Vec<u32>,
     /// The pinned maps' summary for `status`, read without the state lock.
     map_stats: crate::datapath::MapStats,
@@ -76,8 +78,22 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _lock = lock_instance(&cfg)?;
     let cookies = CookieReader::spawn().context("starting the netns thread")?;
     let cfg2 = cfg.clone();
+    let kernel = crate::kernel::detect();
+    if let Some(why) = kernel.fatal() {
+        anyhow::bail!(why);
+    }
+    for f in kernel.features.iter().filter(|f| !f.on) {
+        warn!(
+            release = %kernel.release,
+            "{} is off on this kernel: it lacks {} (every feature: Linux {})",
+            f.name,
+            f.why_off,
+            crate::kernel::MINIMUM
+        );
+    }
+    let socket_lb = kernel.has(crate::kernel::SOCKET_LB);
     let (state, report, services) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let dp = Datapath::open(&cfg2)?;
+        let dp = Datapath::open(&cfg2, socket_lb)?;
         info!(
             pin_path = %cfg2.pin_path.display(),
             cgroup_root = %dp.cgroup_root.display(),
@@ -87,7 +103,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             links = ?dp.cgroup_links.iter().map(|l| (l.program.as_str(), l.id, l.outcome)).collect::<Vec<_>>(),
             "datapath open"
         );
-        let services = crate::services::runner::Services::start(&cfg2, dp.maps_dir())?;
+        let services = if socket_lb {
+            crate::services::runner::Services::start(&cfg2, dp.maps_dir())?
+        } else {
+            if cfg2.services_dir.is_some() {
+                warn!("services_dir is set, but socket load balancing is off on this kernel: no service is programmed");
+            }
+            None
+        };
         let mut st = State::new(cfg2, dp, cookies)?;
         st.put_host_entry()?;
         let report = st.reconcile(true);
@@ -148,6 +171,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ready: ready.clone(),
         started: t0,
         restore,
+        kernel,
         allowed_uids: cfg.api_allowed_uids.clone(),
         map_stats: crate::datapath::MapStats::start(cfg.maps_dir())?,
     });
@@ -524,6 +548,7 @@ fn answer(req: Request, d: &Daemon) -> Result<serde_json::Value, String> {
                 host_cookie: st.host_cookie,
                 endpoints: st.endpoints.len(),
                 restore: d.restore.clone(),
+                kernel: Some(d.kernel.clone()),
                 socket_links: st.dp.cgroup_links.clone(),
                 sock_ops: st
                     .dp

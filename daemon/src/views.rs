@@ -135,6 +135,9 @@ pub struct StatusView {
     /// The pinned edge program and what happened to it at start.
     pub edge_program_id: u32,
     pub edge_program: LinkOutcome,
+    /// What this kernel has, and which features it allows.
+    #[serde(default)]
+    pub kernel: Option<crate::kernel::Kernel>,
     pub host_cookie: u64,
     pub endpoints: usize,
     pub restore: RestoreView,

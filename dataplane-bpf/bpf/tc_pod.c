@@ -9,6 +9,10 @@
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include "edge.h"
+/* The endpoint map is the socket programs', but the pod edge's object
+ * creates (and pins) it too: a kernel without what socket load balancing
+ * needs still gets the endpoint map the plugin writes. */
+#include "endpoints.h"
 
 SEC("classifier")
 int sluice_pod_ingress(struct __sk_buff *skb)

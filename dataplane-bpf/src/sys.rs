@@ -793,6 +793,18 @@ pub const ISOLATE_PROG_NAME: &str = "sluice_isolate";
 pub fn load_isolate_program() -> io::Result<OwnedFd> {
     // r0 = 2 (TC_ACT_SHOT); exit
     let insns: [u64; 2] = [insn(0xb7, 0, 0, 0, 2), insn(0x95, 0, 0, 0, 0)];
+    prog_load(BPF_PROG_TYPE_SCHED_CLS, 0, &insns, ISOLATE_PROG_NAME, None)
+}
+
+/// BPF_PROG_LOAD of raw instructions; `log`, if given, receives the
+/// verifier's log (level 1).
+fn prog_load(
+    prog_type: u32,
+    expected_attach_type: u32,
+    insns: &[u64],
+    name: &str,
+    log: Option<&mut Vec<u8>>,
+) -> io::Result<OwnedFd> {
     let license = c"Dual BSD/GPL";
     #[repr(C)]
     #[derive(Default)]
@@ -807,24 +819,106 @@ pub fn load_isolate_program() -> io::Result<OwnedFd> {
         kern_version: u32,
         prog_flags: u32,
         prog_name: [u8; 16],
+        prog_ifindex: u32,
+        expected_attach_type: u32,
     }
     let mut attr = Attr {
-        prog_type: BPF_PROG_TYPE_SCHED_CLS,
+        prog_type,
         insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
+        expected_attach_type,
         ..Default::default()
     };
-    for (d, s) in attr
-        .prog_name
-        .iter_mut()
-        .zip(ISOLATE_PROG_NAME.bytes().take(15))
-    {
+    if let Some(buf) = log {
+        buf.resize(64 * 1024, 0);
+        attr.log_level = 1;
+        attr.log_size = buf.len() as u32;
+        attr.log_buf = buf.as_mut_ptr() as u64;
+    }
+    for (d, s) in attr.prog_name.iter_mut().zip(name.bytes().take(15)) {
         *d = s;
     }
     let fd = bpf(BPF_PROG_LOAD, &mut attr)?;
     // SAFETY: the kernel returned a new descriptor that we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `BPF_PROG_TYPE_CGROUP_SOCK_ADDR` and `BPF_PROG_TYPE_CGROUP_SOCK`.
+pub const PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
+pub const PROG_TYPE_CGROUP_SOCK: u32 = 9;
+
+/// Whether this kernel loads a program of `prog_type` for
+/// `expected_attach_type` (the hook exists): `r0 = 1; exit`.
+pub fn probe_hook(prog_type: u32, expected_attach_type: u32) -> Result<(), String> {
+    let insns = [insn(0xb7, 0, 0, 0, 1), insn(0x95, 0, 0, 0, 0)];
+    prog_load(
+        prog_type,
+        expected_attach_type,
+        &insns,
+        "sluice_probe",
+        None,
+    )
+    .map(drop)
+    .map_err(|e| e.to_string())
+}
+
+/// Whether a program of `prog_type`/`expected_attach_type` may call
+/// helper `id`, as bpftool decides it: a program that only calls it is
+/// loaded, and only a verifier that does not know the helper, or refuses it
+/// to this program type, means no (an argument it dislikes means yes).
+pub fn probe_helper(prog_type: u32, expected_attach_type: u32, id: i32) -> Result<(), String> {
+    // r1 = ctx (already); call id; r0 = 1; exit
+    let insns = [
+        insn(0x85, 0, 0, 0, id),
+        insn(0xb7, 0, 0, 0, 1),
+        insn(0x95, 0, 0, 0, 0),
+    ];
+    let mut log = Vec::new();
+    match prog_load(
+        prog_type,
+        expected_attach_type,
+        &insns,
+        "sluice_probe",
+        Some(&mut log),
+    ) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+            let text = String::from_utf8_lossy(&log[..end]);
+            let refused = ["invalid func", "unknown func", "cannot use helper"];
+            match text.lines().find(|l| refused.iter().any(|m| l.contains(m))) {
+                Some(line) => Err(line.trim().to_string()),
+                // Refused for something else (its arguments): the helper
+                // itself is there.
+                None if !text.is_empty() => Ok(()),
+                None => Err(format!("the probe program did not load: {e}")),
+            }
+        }
+    }
+}
+
+/// Whether the verifier takes an atomic compare-and-exchange (Linux 5.12;
+/// the affinity word relies on it), tried on the stack.
+pub fn probe_cmpxchg() -> Result<(), String> {
+    let insns = [
+        insn(0xb7, 1, 0, 0, 0),      // r1 = 0
+        insn(0x7b, 10, 1, -8, 0),    // *(u64 *)(r10 - 8) = r1
+        insn(0xb7, 0, 0, 0, 0),      // r0 = 0
+        insn(0xb7, 2, 0, 0, 1),      // r2 = 1
+        insn(0xdb, 10, 2, -8, 0xf1), // r0 = cmpxchg(r10 - 8, r0, r2)
+        insn(0xb7, 0, 0, 0, 1),      // r0 = 1
+        insn(0x95, 0, 0, 0, 0),      // exit
+    ];
+    prog_load(
+        PROG_TYPE_CGROUP_SOCK_ADDR,
+        10, // BPF_CGROUP_INET4_CONNECT
+        &insns,
+        "sluice_probe",
+        None,
+    )
+    .map(drop)
+    .map_err(|e| e.to_string())
 }
 
 /// One BPF instruction as the kernel reads it (little-endian hosts).

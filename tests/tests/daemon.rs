@@ -638,3 +638,32 @@ fn a_record_that_fails_at_start_keeps_its_datapath() {
     assert!(filters.contains("sluice_pod_ingress"), "edge filter kept");
     assert!(p.ns.ping("10.208.0.1"), "the pod's traffic still flows");
 }
+
+/// The daemon probes its kernel at start and says what it has:
+/// `status` lists every probe and feature, `sluicectl status` the
+/// features, and on this kernel every feature is on.
+#[test]
+fn status_names_the_kernel_and_its_features() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let d = Daemon::start(&node);
+    let s = d.status();
+    let k = &s["kernel"];
+    assert!(!k["release"].as_str().unwrap().is_empty(), "{k}");
+    let probes = k["probes"].as_array().unwrap();
+    assert!(probes.len() >= 10, "{k}");
+    for p in probes {
+        assert!(p["missing"].is_null(), "{p}");
+    }
+    for f in k["features"].as_array().unwrap() {
+        assert_eq!(f["on"], true, "{f}");
+    }
+    let out = d.ctl(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("socket load balancing (Services)") && !text.contains("OFF"),
+        "{text}"
+    );
+}

@@ -495,6 +495,18 @@ fn print_status(s: &StatusView) {
         s.edge_mode, s.edge_program_id, s.edge_program
     );
     println!("node netns   cookie {}", s.host_cookie);
+    if let Some(k) = &s.kernel {
+        let on: Vec<&str> = k
+            .features
+            .iter()
+            .filter(|f| f.on)
+            .map(|f| f.name.as_str())
+            .collect();
+        println!("kernel       Linux {}: {}", k.release, on.join(", "));
+        for f in k.features.iter().filter(|f| !f.on) {
+            println!("             OFF {}: lacks {}", f.name, f.why_off);
+        }
+    }
     if !s.lb_stats.is_empty() {
         let parts: Vec<String> = s.lb_stats.iter().map(|(k, n)| format!("{k} {n}")).collect();
         println!("services     connects: {}", parts.join(", "));
