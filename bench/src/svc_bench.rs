@@ -160,6 +160,15 @@ impl Maps {
         }
     }
 
+    /// How many programmed frontends select through a Maglev table.
+    fn maglev_frontends(&self) -> usize {
+        self.svc
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| v.flags & maps::SVC_F_MAGLEV != 0)
+            .count()
+    }
+
     /// Whether backend `ip` is in service `i`'s table.
     fn in_table(&self, i: usize, ip: Ipv4Addr) -> bool {
         use std::os::fd::AsFd;
@@ -250,7 +259,7 @@ fn main() -> ExitCode {
     let mut d = Daemon::configure(
         &node,
         &format!(
-            "services_dir = \"{}\"\nnode_name = \"bench\"\n",
+            "services_dir = \"{}\"\nnode_name = \"bench\"\nreconcile_interval_seconds = 1\nmax_removal_percent = 100\n",
             dir.display()
         ),
     );
@@ -447,7 +456,129 @@ fn main() -> ExitCode {
     let event =
         json!({"changes": lat.len(), "p50_ms": pct(50.0), "p99_ms": pct(99.0), "services": n});
 
-    let figures = json!({"rates": rows, "program": program, "cold": cold, "event": event, "conns_per_sample": conns, "rounds": rounds});
+    // A register under housekeeping (status twenty times a second, the
+    // reconcile every second, 100 frontends removed and added again), then
+    // the daemon's memory, then a restart at the largest size with a tenth
+    // of the services on Maglev.
+    let register = {
+        eprintln!("svc-bench: register under housekeeping at {n} services");
+        let record =
+            sluice_common::endpoint::EndpointRecord::load(&node.state_dir(), &client.cid, "eth0")
+                .unwrap()
+                .unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let churned: Vec<usize> = (0..100.min(n - 1)).collect();
+        let (rtts, took) = std::thread::scope(|sc| {
+            sc.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    d.status();
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            });
+            sc.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for i in &churned {
+                        let _ = std::fs::remove_file(dir.join(format!("svc-{i}.yaml")));
+                    }
+                    std::thread::sleep(Duration::from_millis(400));
+                    for i in &churned {
+                        write_atomic(
+                            &dir,
+                            &format!("svc-{i}.yaml"),
+                            &manifest(*i, &endpoints(*i, n - 1, backend)),
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(400));
+                }
+            });
+            let (mut rtts, mut took) = (Vec::new(), Vec::new());
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(8) {
+                let t = Instant::now();
+                let r = d
+                    .call(sluice_common::api::Request::Register {
+                        endpoint: Box::new(record.clone()),
+                    })
+                    .expect("register");
+                rtts.push(stats::ms(t.elapsed()));
+                took.push(r.data["took_us"].as_f64().unwrap_or(f64::NAN) / 1e3);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            (rtts, took)
+        });
+        let p99 = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[((v.len() * 99).div_ceil(100)).max(1) - 1]
+        };
+        json!({"registers": rtts.len(), "p99_ms": p99(rtts), "p99_in_daemon_ms": p99(took)})
+    };
+    // Settle: every service back, programmed.
+    let t = Instant::now();
+    while maps.svc.keys().count() < n {
+        assert!(t.elapsed() < Duration::from_secs(60), "services not back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rss_mib = |pid: u32| -> f64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            })
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    };
+    let rss = rss_mib(d.pid().unwrap());
+    let restart = {
+        let maglev = (n / 10).max(1);
+        eprintln!("svc-bench: restart with {n} services, {maglev} of them Maglev");
+        for i in 0..maglev {
+            let text = manifest(i, &endpoints(i, n - 1, backend)).replacen(
+                &format!("metadata: {{name: svc-{i}, namespace: bench}}"),
+                &format!("metadata: {{name: svc-{i}, namespace: bench, annotations: {{sluice.dev/load-balancing: maglev}}}}"),
+                1,
+            );
+            write_atomic(&dir, &format!("svc-{i}.yaml"), &text);
+        }
+        let t = Instant::now();
+        while maps.maglev_frontends() < maglev {
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "Maglev services not programmed"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        d.kill9();
+        let ready = d.spawn();
+        let source = |d: &Daemon| {
+            d.call(sluice_common::api::Request::ServiceSource)
+                .expect("service_source")
+                .data["source"]
+                .clone()
+        };
+        let t = Instant::now();
+        while source(&d)["last_apply"].is_null() {
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "no first pass after the restart"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let src = source(&d);
+        json!({
+            "services": n,
+            "maglev": maglev,
+            "ready_ms": stats::ms(ready),
+            "first_pass_after_ready_ms": stats::ms(t.elapsed()),
+            "first_pass_ms": src["last_duration_ms"],
+            "entries_written": src["last_apply"]["entries_written"],
+            "unchanged": src["last_apply"]["unchanged"],
+        })
+    };
+
+    let figures = json!({"rates": rows, "program": program, "cold": cold, "event": event, "register": register, "rss_mib": rss, "restart": restart, "conns_per_sample": conns, "rounds": rounds});
     if as_json {
         println!("{}", serde_json::to_string_pretty(&figures).unwrap());
     } else {
@@ -483,6 +614,18 @@ fn main() -> ExitCode {
         println!(
             "one endpoint change, file written -> datapath, {} changes among {} services: p50 {:.2} ms, p99 {:.2} ms  target p99 < 20 ms",
             lat.len(), n, pct(50.0), pct(99.0)
+        );
+        println!(
+            "register under housekeeping at {n} services ({} registers; status 20/s, reconcile every 1 s, 100 frontends removed and added every 0.8 s): p99 {:.2} ms round trip, {:.2} ms in the daemon  target p99 < 5 ms",
+            register["registers"], register["p99_ms"].as_f64().unwrap_or(f64::NAN), register["p99_in_daemon_ms"].as_f64().unwrap_or(f64::NAN)
+        );
+        println!(
+            "daemon RSS with {n} services x {ENDPOINTS} endpoints from the manifests: {rss:.1} MiB  target < 100 MiB"
+        );
+        println!(
+            "restart (kill -9) with {n} services, {} on Maglev: ready in {:.0} ms; its first pass (after ready) took {:.0} ms and wrote {} entries ({} frontends unchanged)  target ready < 1000 ms, 0 written",
+            restart["maglev"], restart["ready_ms"].as_f64().unwrap_or(f64::NAN),
+            restart["first_pass_ms"].as_f64().unwrap_or(f64::NAN), restart["entries_written"], restart["unchanged"]
         );
     }
     if let Some(to) = std::env::var_os("SVC_BENCH_DAEMON_LOG") {

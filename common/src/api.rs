@@ -38,6 +38,9 @@ pub enum Request {
     /// Programmed service frontends with their backends and counters, and
     /// the objects the service source rejected.
     ListServices,
+    /// The service source's state alone (passes, rejections, warnings,
+    /// map fill), without the frontends: cheap at any number of services.
+    ServiceSource,
     /// Lets a service removal the source's guard held back go through.
     AllowServiceRemoval,
     Status,

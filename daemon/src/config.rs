@@ -38,6 +38,8 @@ struct Raw {
     maglev_seed: Option<u64>,
     service_cidrs: Option<Vec<String>>,
     max_removal_percent: Option<u8>,
+    max_frontends: Option<u32>,
+    max_endpoints_per_frontend: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +78,8 @@ pub struct Config {
     /// A pass that would remove more than this share of the programmed
     /// frontends at once is held back (100: never).
     pub max_removal_percent: u8,
+    /// What the service maps are sized for.
+    pub capacity: sluice_dataplane::maps::Capacity,
 }
 
 /// kubeadm's and kind's default service ranges.
@@ -104,6 +108,7 @@ impl Default for Config {
                 .map(|c| c.parse().expect("a valid default CIDR"))
                 .collect(),
             max_removal_percent: 50,
+            capacity: sluice_dataplane::maps::Capacity::DEFAULT,
         }
     }
 }
@@ -185,7 +190,24 @@ impl Config {
                     .collect::<Result<_, _>>()?,
             },
             max_removal_percent: raw.max_removal_percent.unwrap_or(d.max_removal_percent),
+            capacity: sluice_dataplane::maps::Capacity {
+                frontends: raw.max_frontends.unwrap_or(d.capacity.frontends),
+                endpoints_per_frontend: raw
+                    .max_endpoints_per_frontend
+                    .unwrap_or(d.capacity.endpoints_per_frontend),
+            },
         };
+        let cap = c.capacity;
+        if cap.frontends == 0 || cap.endpoints_per_frontend == 0 {
+            return Err("max_frontends and max_endpoints_per_frontend must be at least 1".into());
+        }
+        if u64::from(cap.frontends) * u64::from(cap.endpoints_per_frontend) * 2 > 1 << 28 {
+            return Err(format!(
+                "max_frontends {} x max_endpoints_per_frontend {} is more than the service maps \
+                 can hold (at most 134 million pairs)",
+                cap.frontends, cap.endpoints_per_frontend
+            ));
+        }
         if !(1..=100).contains(&c.max_removal_percent) {
             return Err(format!(
                 "max_removal_percent {} must be 1-100 (100: never hold a removal back)",
@@ -251,6 +273,11 @@ impl Config {
 
     pub fn pins(&self) -> sluice_dataplane::pins::Pins {
         sluice_dataplane::pins::Pins::new(&self.pin_path)
+    }
+
+    /// Every pinned map, the service maps sized for [`Config::capacity`].
+    pub fn map_specs(&self) -> Vec<sluice_dataplane::maps::MapSpec> {
+        sluice_dataplane::maps::sized(&self.capacity)
     }
 
     pub fn maps_dir(&self) -> PathBuf {
@@ -337,6 +364,11 @@ mod tests {
             ("service_cidrs = [\"10.96.0.0\"]", "network address"),
             ("service_cidrs = [\"nope\"]", "not a CIDR"),
             ("max_removal_percent = 0", "1-100"),
+            ("max_frontends = 0", "at least 1"),
+            (
+                "max_frontends = 4000000\nmax_endpoints_per_frontend = 100",
+                "more than",
+            ),
         ] {
             let e = Config::parse(text).unwrap_err();
             assert!(e.contains(needle), "{text}: {e}");

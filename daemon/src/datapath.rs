@@ -157,29 +157,26 @@ impl Datapath {
         if !load::is_bpffs(&maps_dir) {
             return Err(DatapathError::NotBpffs { path: maps_dir });
         }
-        let maps_reused = maps::ALL
+        let specs = cfg.map_specs();
+        let maps_reused = specs
             .iter()
             .filter(|m| maps_dir.join(m.name).exists())
             .map(|m| m.name)
             .collect();
 
         let (mut tc_obj, mut carried) =
-            load::load_object_carrying("tc_pod", sluice_dataplane::TC_POD, &maps_dir, &maps::ALL)?;
+            load::load_object_carrying("tc_pod", sluice_dataplane::TC_POD, &maps_dir, &specs)?;
         // The socket programs' object only where the kernel can run them
         // (its maps need what the programs need).
         let mut sock_obj = if socket_lb {
             let (obj, more) =
-                load::load_object_carrying("sock", sluice_dataplane::SOCK, &maps_dir, &maps::ALL)?;
+                load::load_object_carrying("sock", sluice_dataplane::SOCK, &maps_dir, &specs)?;
             carried.extend(more);
             Some(obj)
         } else {
             None
         };
-        carried.extend(load::migrate_obsolete(
-            &maps_dir,
-            &maps::OBSOLETE,
-            &maps::ALL,
-        )?);
+        carried.extend(load::migrate_obsolete(&maps_dir, &maps::OBSOLETE, &specs)?);
         for c in &carried {
             info!(
                 map = c.name,
@@ -443,16 +440,24 @@ pub fn map_summary(maps_dir: &Path) -> Vec<MapSummary> {
         .iter()
         .map(|spec| {
             let pin = maps_dir.join(spec.name);
-            let id = aya::maps::MapInfo::from_pin(&pin).ok().map(|i| i.id());
-            let entries = load::check_pinned_maps(maps_dir, std::slice::from_ref(spec))
+            // The pinned map's own size: the service maps are sized by the
+            // daemon's configuration.
+            let info = sys::obj_get(&pin)
                 .ok()
-                .filter(|_| pin.exists())
-                .and_then(|_| count_entries(spec, &pin));
+                .and_then(|fd| sys::map_info(fd.as_fd()).ok());
+            let spec = maps::MapSpec {
+                max_entries: info.map_or(spec.max_entries, |i| i.max_entries),
+                ..*spec
+            };
+            let entries = load::check_pinned_maps(maps_dir, std::slice::from_ref(&spec))
+                .ok()
+                .filter(|_| info.is_some())
+                .and_then(|_| count_entries(&spec, &pin));
             MapSummary {
                 name: spec.name.into(),
                 what: spec.what.into(),
                 pin,
-                id,
+                id: info.map(|i| i.id),
                 entries,
                 max_entries: spec.max_entries,
             }

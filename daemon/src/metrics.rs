@@ -39,7 +39,10 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(state: Arc<Mutex<State>>) -> Self {
+    pub fn new(
+        state: Arc<Mutex<State>>,
+        services: Option<Arc<crate::services::runner::Services>>,
+    ) -> Self {
         let mut registry = Registry::with_prefix("sluice");
         let api_requests = Family::<ApiLabels, Counter>::default();
         registry.register(
@@ -86,7 +89,7 @@ impl Metrics {
             "Pod edges a pass could not check or repair (see the log)",
             edge_failures.clone(),
         );
-        registry.register_collector(Box::new(DatapathCollector { state }));
+        registry.register_collector(Box::new(DatapathCollector { state, services }));
         Metrics {
             registry,
             api_requests,
@@ -125,6 +128,12 @@ impl Metrics {
 #[derive(Debug)]
 struct DatapathCollector {
     state: Arc<Mutex<State>>,
+    services: Option<Arc<crate::services::runner::Services>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabels {
+    map: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -156,6 +165,29 @@ struct HookLabels {
 
 impl Collector for DatapathCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if let Some(s) = &self.services {
+            let fill = s.last_pass().fill;
+            for (name, help, of) in [
+                (
+                    "service_map_entries",
+                    "Entries the service maps hold",
+                    (|f: &crate::services::program::Fill| f.entries as i64)
+                        as fn(&crate::services::program::Fill) -> i64,
+                ),
+                (
+                    "service_map_capacity",
+                    "Entries the service maps are sized for (max_frontends, max_endpoints_per_frontend)",
+                    |f| i64::from(f.capacity),
+                ),
+            ] {
+                let mut m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                for f in &fill {
+                    ConstGauge::new(of(f)).encode(m.encode_family(&MapLabels {
+                        map: f.map.clone(),
+                    })?)?;
+                }
+            }
+        }
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let views = st.views();
         ConstGauge::new(views.len() as i64).encode(encoder.encode_descriptor(

@@ -131,7 +131,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         })
         .collect();
     let state = Arc::new(Mutex::new(state));
-    let metrics = Arc::new(Metrics::new(state.clone()));
+    let metrics = Arc::new(Metrics::new(state.clone(), services.clone()));
     let ready = Arc::new(AtomicBool::new(false));
 
     let listener = bind_api(&cfg)?;
@@ -430,6 +430,7 @@ async fn handle(line: &[u8], d: &Arc<Daemon>) -> Vec<u8> {
         Request::Unregister { .. } => "unregister",
         Request::ListEndpoints => "list_endpoints",
         Request::ListServices => "list_services",
+        Request::ServiceSource => "service_source",
         Request::AllowServiceRemoval => "allow_service_removal",
         Request::Status => "status",
     };
@@ -516,6 +517,10 @@ fn answer(req: Request, d: &Daemon) -> Result<serde_json::Value, String> {
         }
         Request::ListServices => match &d.services {
             Some(s) => Ok(json!({ "services": s.views(), "source": s.last_pass() })),
+            None => Err("no service source: set services_dir in the daemon's config".into()),
+        },
+        Request::ServiceSource => match &d.services {
+            Some(s) => Ok(json!({ "source": s.last_pass() })),
             None => Err("no service source: set services_dir in the daemon's config".into()),
         },
         Request::AllowServiceRemoval => match &d.services {

@@ -418,14 +418,18 @@ pub fn load_object_carrying(
         source,
     })?;
     let set_aside = prepare_pins(pin_dir, specs)?;
-    let ebpf = EbpfLoader::new()
-        .default_map_pin_directory(pin_dir)
-        .load(bytes)
-        .map_err(|source| LoadError::Object {
-            object,
-            pin_dir: pin_dir.into(),
-            source: Box::new(source),
-        })?;
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(pin_dir);
+    // Sizes come from the specs (the service maps from the configured
+    // capacity), not from the object's defaults.
+    for spec in specs {
+        loader.map_max_entries(spec.name, spec.max_entries);
+    }
+    let ebpf = loader.load(bytes).map_err(|source| LoadError::Object {
+        object,
+        pin_dir: pin_dir.into(),
+        source: Box::new(source),
+    })?;
     let mut carried = finish_reshapes(pin_dir, specs)?;
     for c in &mut carried {
         if let Some((_, why)) = set_aside.iter().find(|(n, _)| *n == c.name) {
@@ -481,10 +485,20 @@ impl Loadable for aya::programs::CgroupSockAddr {
 }
 
 /// Opens one pinned map for reading or writing without loading anything
-/// (sluicectl with the daemon down, tests).
+/// (sluicectl with the daemon down, tests). Its size may differ from the
+/// spec's (the service maps are sized by the daemon's configuration); its
+/// type, layout, flags and inner template may not.
 pub fn open_pinned(pin_dir: &Path, spec: &MapSpec) -> Result<Map, LoadError> {
     let path = pin_dir.join(spec.name);
-    check_pinned_maps(pin_dir, std::slice::from_ref(spec))?;
+    if let Ok(fd) = sys::obj_get(&path) {
+        if let Ok(info) = sys::map_info(fd.as_fd()) {
+            let any_size = MapSpec {
+                max_entries: info.max_entries,
+                ..*spec
+            };
+            check_pinned_maps(pin_dir, std::slice::from_ref(&any_size))?;
+        }
+    }
     let data = MapData::from_pin(&path).map_err(|source| LoadError::MapInfo {
         path: path.clone(),
         source,

@@ -55,6 +55,64 @@ pub const BPF_MAP_TYPE_SK_STORAGE: u32 = 24;
 /// freed after an RCU grace period, not recycled at once).
 pub const BPF_F_NO_PREALLOC: u32 = 1 << 0;
 
+/// What the service maps are sized for (`max_frontends`,
+/// `max_endpoints_per_frontend` in sluiced.toml). The maps are allocated as
+/// used (`BPF_F_NO_PREALLOC`); only their hash buckets are reserved up
+/// front.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// Frontends (a dual-stack service with one port is two).
+    pub frontends: u32,
+    /// Endpoints per frontend, on average.
+    pub endpoints_per_frontend: u32,
+}
+
+impl Capacity {
+    /// 10,000 dual-stack services with 30 endpoints each.
+    pub const DEFAULT: Capacity = Capacity {
+        frontends: 20_000,
+        endpoints_per_frontend: 30,
+    };
+
+    /// (frontend, backend) pairs.
+    pub const fn pairs(&self) -> u32 {
+        self.frontends * self.endpoints_per_frontend
+    }
+
+    /// Table memberships: every pair, and a quarter more while tables
+    /// change (old and new members side by side).
+    pub const fn members(&self) -> u32 {
+        self.pairs() / 4 * 5
+    }
+
+    /// Distinct backends: at most one per pair.
+    pub const fn backends(&self) -> u32 {
+        self.members()
+    }
+
+    /// Random-selection slots: every pair twice (a new generation is
+    /// written before the old one goes).
+    pub const fn slots(&self) -> u32 {
+        self.pairs() * 2
+    }
+}
+
+/// Every pinned map, the service maps sized for `cap`.
+pub fn sized(cap: &Capacity) -> Vec<MapSpec> {
+    ALL.iter()
+        .map(|m| {
+            let max_entries = match m.name {
+                n if n == SVC.name || n == LB_TABLES.name => cap.frontends,
+                n if n == SVC_BES.name || n == CONNS.name => cap.members(),
+                n if n == BACKENDS.name => cap.backends(),
+                n if n == LB_SLOTS.name => cap.slots(),
+                _ => m.max_entries,
+            };
+            MapSpec { max_entries, ..*m }
+        })
+        .collect()
+}
+
 /// `BPF_F_INNER_MAP`: inner maps of one outer map may differ in size.
 pub const BPF_F_INNER_MAP: u32 = 1 << 12;
 /// What a selection table (inner map of [`LB_TABLES`]) is created as.
@@ -239,7 +297,7 @@ pub const SVC: MapSpec = MapSpec {
     map_type: BPF_MAP_TYPE_HASH,
     key_size: size_of::<SvcKey>() as u32,
     value_size: size_of::<SvcValue>() as u32,
-    max_entries: 65536,
+    max_entries: Capacity::DEFAULT.frontends,
     flags: BPF_F_NO_PREALLOC,
     inner: None,
     what: "service frontends",
@@ -251,7 +309,7 @@ pub const BACKENDS: MapSpec = MapSpec {
     map_type: BPF_MAP_TYPE_HASH,
     key_size: 4,
     value_size: size_of::<Backend>() as u32,
-    max_entries: 262144,
+    max_entries: Capacity::DEFAULT.backends(),
     flags: BPF_F_NO_PREALLOC,
     inner: None,
     what: "service backends by id",
@@ -263,7 +321,7 @@ pub const LB_SLOTS: MapSpec = MapSpec {
     map_type: BPF_MAP_TYPE_HASH,
     key_size: size_of::<LbSlotKey>() as u32,
     value_size: 4,
-    max_entries: 1048576,
+    max_entries: Capacity::DEFAULT.slots(),
     flags: BPF_F_NO_PREALLOC,
     inner: None,
     what: "random-selection slots per service generation",
@@ -276,7 +334,7 @@ pub const LB_TABLES: MapSpec = MapSpec {
     map_type: BPF_MAP_TYPE_HASH_OF_MAPS,
     key_size: 4,
     value_size: 4,
-    max_entries: 65536,
+    max_entries: Capacity::DEFAULT.frontends,
     flags: 0,
     inner: Some(InnerSpec {
         map_type: LB_TABLE_TYPE,
@@ -293,7 +351,7 @@ pub const SVC_BES: MapSpec = MapSpec {
     map_type: BPF_MAP_TYPE_HASH,
     key_size: size_of::<SvcBackendKey>() as u32,
     value_size: 1,
-    max_entries: 262144,
+    max_entries: Capacity::DEFAULT.members(),
     flags: BPF_F_NO_PREALLOC,
     inner: None,
     what: "backends in each service's table",
@@ -318,7 +376,7 @@ pub const CONNS: MapSpec = MapSpec {
     map_type: BPF_MAP_TYPE_PERCPU_HASH,
     key_size: size_of::<SvcBackendKey>() as u32,
     value_size: 8,
-    max_entries: 262144,
+    max_entries: Capacity::DEFAULT.members(),
     flags: BPF_F_NO_PREALLOC,
     inner: None,
     what: "new connections per frontend and backend",

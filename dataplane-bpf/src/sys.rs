@@ -541,11 +541,13 @@ pub fn user_value_size(map_type: u32, value_size: u32) -> io::Result<usize> {
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
-/// Counts a hash-type map's entries with BPF_MAP_LOOKUP_BATCH, thousands
-/// per call (a walk with BPF_MAP_GET_NEXT_KEY is one call per entry: at
-/// 300,000 slots, a quarter of a second of CPU). Falls back to the walk
-/// where the map type has no batch lookup.
-pub fn count_entries(map: BorrowedFd<'_>) -> io::Result<usize> {
+/// Every (key, value) of a map, read with BPF_MAP_LOOKUP_BATCH, 256 entries
+/// a call (a walk with BPF_MAP_GET_NEXT_KEY plus a lookup is two calls per
+/// entry); falls back to that walk where the map type has no batch
+/// lookup, and hands each entry to `each`. Values are as userspace reads
+/// them (one slot per possible CPU for a per-CPU map; the inner map's id
+/// for a map of maps).
+fn map_batches(map: BorrowedFd<'_>, mut each: impl FnMut(&[u8], &[u8])) -> io::Result<usize> {
     #[repr(C)]
     struct Attr {
         in_batch: u64,
@@ -559,11 +561,12 @@ pub fn count_entries(map: BorrowedFd<'_>) -> io::Result<usize> {
     }
     const CHUNK: usize = 256;
     let info = map_info(map)?;
-    let value = user_value_size(info.map_type, info.value_size)?;
-    let mut keys = vec![0u8; CHUNK * info.key_size as usize];
-    let mut values = vec![0u8; CHUNK * value];
+    let ksz = info.key_size as usize;
+    let vsz = user_value_size(info.map_type, info.value_size)?;
+    let mut keys = vec![0u8; CHUNK * ksz];
+    let mut values = vec![0u8; CHUNK * vsz];
     // Batch tokens: a bucket index for hash maps, a key for arrays.
-    let token = (info.key_size as usize).max(8);
+    let token = ksz.max(8);
     let (mut tin, mut tout) = (vec![0u8; token], vec![0u8; token]);
     let mut first = true;
     let mut n = 0;
@@ -578,20 +581,50 @@ pub fn count_entries(map: BorrowedFd<'_>) -> io::Result<usize> {
             elem_flags: 0,
             flags: 0,
         };
-        match bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) {
-            Ok(_) => n += attr.count as usize,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                return Ok(n + attr.count as usize);
-            }
+        let done = match bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+            Ok(_) => false,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
             Err(e) if first && matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(524)) => {
-                // 524: ENOTSUPP, no batch ops for this map type.
-                return count_keys(map, info.key_size as usize);
+                // 524: ENOTSUPP, no batch ops for this map type: walk it.
+                let mut v = vec![0u8; vsz];
+                let mut m = 0;
+                for k in map_keys(map, ksz)? {
+                    if map_lookup(map, &k, &mut v)? {
+                        each(&k, &v);
+                        m += 1;
+                    }
+                }
+                return Ok(m);
             }
             Err(e) => return Err(e),
+        };
+        let got = attr.count as usize;
+        for i in 0..got {
+            each(
+                &keys[i * ksz..(i + 1) * ksz],
+                &values[i * vsz..(i + 1) * vsz],
+            );
+        }
+        n += got;
+        if done {
+            return Ok(n);
         }
         first = false;
         std::mem::swap(&mut tin, &mut tout);
     }
+}
+
+/// Counts a map's entries in batches (a walk key by key is one call per
+/// entry: at 300,000 slots, a quarter of a second of CPU).
+pub fn count_entries(map: BorrowedFd<'_>) -> io::Result<usize> {
+    map_batches(map, |_, _| {})
+}
+
+/// Every (key, value) of a map, read in batches.
+pub fn map_dump(map: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    map_batches(map, |k, v| out.push((k.to_vec(), v.to_vec())))?;
+    Ok(out)
 }
 
 const BPF_PROG_LOAD: libc::c_long = 5;

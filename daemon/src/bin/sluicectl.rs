@@ -616,6 +616,14 @@ fn print_services(views: &[ServiceView], pass: &Pass) {
     if let Some(n) = &pass.node_name {
         println!("node name {n} (from {})", pass.node_name_source);
     }
+    if !pass.fill.is_empty() {
+        let parts: Vec<String> = pass
+            .fill
+            .iter()
+            .map(|f| format!("{} {}/{}", f.map, f.entries, f.capacity))
+            .collect();
+        println!("maps      {}", parts.join(", "));
+    }
     if !pass.udp_socket_termination.is_empty() {
         println!(
             "connected UDP sockets to a backend that left are ended: {} ({} so far)",

@@ -8,9 +8,12 @@ pub mod program;
 pub mod runner;
 pub mod source;
 pub mod translate;
+pub mod writer;
 
 pub use model::*;
 pub use translate::{translate, Context, Translation};
 
+#[cfg(test)]
+mod program_tests;
 #[cfg(test)]
 mod tests;

@@ -1,34 +1,47 @@
 //! Writes a [`Translation`] into the service maps, changing only what
 //! differs from what is programmed.
 //!
-//! Ordering keeps every connect consistent:
+//! The programmer keeps what is programmed (frontends with their svc_id,
+//! table and members; backend ids) and decides, for each change, the map
+//! operations it takes, in order ([`Op`]); a [`ServiceMaps`] carries them
+//! out (the pinned maps, or the tests' recording fake). Ordering keeps
+//! every connect consistent:
 //! - a new frontend becomes visible (its `sluice_svc` entry) only after its
 //!   backends and its whole selection table are in place;
 //! - a changed frontend gets a new table, built aside and swapped in with
-//!   one update of the outer map; backends joining are members before the
-//!   swap, backends leaving stop being members after it;
-//! - a removed frontend disappears from `sluice_svc` first, then its table,
-//!   members, reverse translations and affinities.
+//!   one update (a new generation of slots and one update of the frontend,
+//!   or a new Maglev table swapped into the outer map); backends joining
+//!   are members before the swap, backends leaving stop being members
+//!   after it;
+//! - a removed frontend disappears from `sluice_svc` first, then its table
+//!   and members; its affinities go in the affinity sweep;
+//! - what a connect may still be reading (replaced slots and tables,
+//!   backends no table holds, their counters) is deleted a second later.
 //!
-//! After a restart the maps are adopted, not flushed: frontends keep their
-//! svc_ids and backends their ids, and entries no translation explains are
-//! removed only by the first [`Programmer::apply`] (made once the source has
-//! read everything).
+//! After a restart the maps are adopted, not flushed or rewritten: frontends
+//! keep their svc_ids, tables and members, backends their ids, so a first
+//! pass that finds everything in place writes nothing. What no frontend
+//! explains (slots of a generation a crash left half-written, tables,
+//! members and counters of frontends that are gone) is collected by the
+//! first full pass. svc_ids are never reused; a backend id is reused only
+//! once no map holds it.
+//!
+//! The maps are sized by [`Capacity`]; a frontend that would not fit is
+//! refused with the limit named, and the rest are programmed.
 
 use super::model::{Frontend, FrontendKey, Protocol, Selection};
 use super::translate::Translation;
+pub use super::writer::{BpfMaps, Op, ServiceMaps, Snapshot};
 use crate::maglev;
-use aya::maps::{HashMap, MapData, PerCpuHashMap};
 use serde::{Deserialize, Serialize};
-use sluice_dataplane::load::{open_pinned, LoadError};
+use sluice_dataplane::load::LoadError;
 use sluice_dataplane::maps::{
-    self, Backend, LbSlotKey, SvcBackendKey, SvcKey, SvcValue, SVC_F_MAGLEV,
+    self, Capacity, LbSlotKey, SvcBackendKey, SvcKey, SvcValue, SVC_F_MAGLEV,
 };
-use sluice_dataplane::sys;
 use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap};
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProgramError {
@@ -51,10 +64,16 @@ pub enum ProgramError {
         frontend: FrontendKey,
         source: maglev::MaglevError,
     },
-}
-
-fn merr(map: &'static str, op: &'static str) -> impl Fn(String) -> ProgramError {
-    move |detail| ProgramError::Map { map, op, detail }
+    #[error("{what} would exceed the capacity the service maps are sized for ({limit}); raise {key} in sluiced.toml (the maps are resized, entries kept, at the daemon's next start)")]
+    Capacity {
+        what: String,
+        limit: u32,
+        key: &'static str,
+    },
+    #[error("{0}")]
+    Write(String),
+    #[error("reading the service maps to adopt them: {0}")]
+    Snapshot(String),
 }
 
 /// What is programmed for one frontend.
@@ -63,7 +82,8 @@ struct Programmed {
     frontend: Option<Frontend>,
     svc_id: u32,
     value: SvcValue,
-    /// The table as written (backend ids, in slot order).
+    /// The table as written (backend ids, in slot order); empty for an
+    /// adopted frontend whose table was not whole (written again).
     table: Vec<u32>,
     members: BTreeSet<u32>,
 }
@@ -81,6 +101,13 @@ pub struct ApplyReport {
     pub unchanged: usize,
     pub backends_added: usize,
     pub backends_removed: usize,
+    /// Map entries written (a restart that finds everything in place
+    /// writes none).
+    #[serde(default)]
+    pub entries_written: usize,
+    /// Entries found at adoption that no frontend explained, collected.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub orphans_collected: usize,
     /// Frontends this pass would have removed but held back (see
     /// [`RemovalGuard`]); they stay programmed.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -147,32 +174,38 @@ impl Default for MaglevConfig {
     }
 }
 
-/// Selection state and backends replaced at `at`, deleted a second later.
+/// State a connect may still be reading, replaced at `at` and deleted a
+/// second later.
 #[derive(Debug)]
 struct Retired {
-    at: std::time::Instant,
+    at: Instant,
+    ops: Vec<Op>,
+    /// Backend ids freed for reuse once the deletion is done.
+    frees: Vec<u32>,
+}
+
+/// How long replaced state is kept: a connect reads its frontend and then
+/// its slots within microseconds.
+const RETIRE_AFTER: Duration = Duration::from_secs(1);
+
+/// What the maps held at adoption that no frontend explains.
+#[derive(Debug, Default)]
+struct Orphans {
     slots: Vec<LbSlotKey>,
-    table: Option<u32>,
-    backends: Vec<u32>,
-    /// Connection counters of backends that left a frontend's table (a
-    /// connect that read the old table may still count one).
+    tables: Vec<u32>,
+    members: Vec<SvcBackendKey>,
     counters: Vec<SvcBackendKey>,
 }
 
-pub struct Programmer {
-    svc: HashMap<MapData, SvcKey, SvcValue>,
-    backends: HashMap<MapData, u32, Backend>,
-    members: HashMap<MapData, SvcBackendKey, u8>,
-    /// New connections per (frontend's svc_id, backend id).
-    conns: PerCpuHashMap<MapData, SvcBackendKey, u64>,
-
-    tables: OwnedFd,
-    slots: HashMap<MapData, LbSlotKey, u32>,
-    /// Replaced selection state waiting to be deleted: when, which slots,
-    /// which Maglev table.
-    retired: Vec<Retired>,
+pub struct Programmer<M: ServiceMaps = BpfMaps> {
+    maps: M,
+    capacity: Capacity,
     maglev: MaglevConfig,
     current: BTreeMap<FrontendKey, Programmed>,
+    /// Replaced state waiting to be deleted.
+    retired: Vec<Retired>,
+    /// Found at adoption; collected by the first full apply.
+    orphans: Option<Orphans>,
     /// Who holds each frontend, shared with the translation (cloned only
     /// when written while a translation still reads it).
     owners: std::sync::Arc<BTreeMap<FrontendKey, super::model::ServiceRef>>,
@@ -182,11 +215,16 @@ pub struct Programmer {
     backend_addrs: StdHashMap<u32, (SocketAddr, Protocol)>,
     /// How many frontends' tables hold each backend.
     backend_refs: StdHashMap<u32, u32>,
+    /// Backend ids no map holds any more, reused smallest first.
+    free_ids: BTreeSet<u32>,
     next_backend_id: u32,
     next_svc_id: u32,
+    /// Entries the maps hold now (members, slots incl. retired ones).
+    members_held: usize,
+    slots_held: usize,
 }
 
-impl std::fmt::Debug for Programmer {
+impl<M: ServiceMaps> std::fmt::Debug for Programmer<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Programmer")
             .field("frontends", &self.current.len())
@@ -203,85 +241,159 @@ fn proto_of(n: u8) -> Option<Protocol> {
     }
 }
 
-impl Programmer {
+fn frontend_key(k: &SvcKey) -> Option<FrontendKey> {
+    let (Some(ip), Some(protocol)) = (maps::addr_from(k.addr, k.family), proto_of(k.proto)) else {
+        return None;
+    };
+    Some(FrontendKey {
+        addr: SocketAddr::new(ip, u16::from_be(k.port)),
+        protocol,
+    })
+}
+
+/// How many entries the maps hold, against what they are sized for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fill {
+    pub map: String,
+    pub entries: usize,
+    pub capacity: u32,
+}
+
+impl Programmer<BpfMaps> {
     /// Opens the pinned service maps (the daemon has loaded the objects, so
     /// they exist) and adopts what they hold.
-    pub fn open(maps_dir: &Path, maglev: MaglevConfig) -> Result<Self, ProgramError> {
-        let open = |m: &maps::MapSpec| open_pinned(maps_dir, m);
-        let typed = |name: &'static str| merr(name, "open");
-        let svc: HashMap<_, SvcKey, SvcValue> = HashMap::try_from(open(&maps::SVC)?)
-            .map_err(|e| typed(maps::SVC.name)(e.to_string()))?;
-        let backends: HashMap<_, u32, Backend> = HashMap::try_from(open(&maps::BACKENDS)?)
-            .map_err(|e| typed(maps::BACKENDS.name)(e.to_string()))?;
-        let members: HashMap<_, SvcBackendKey, u8> = HashMap::try_from(open(&maps::SVC_BES)?)
-            .map_err(|e| typed(maps::SVC_BES.name)(e.to_string()))?;
-        let conns = PerCpuHashMap::try_from(open(&maps::CONNS)?)
-            .map_err(|e| typed(maps::CONNS.name)(e.to_string()))?;
-        let slots: HashMap<_, LbSlotKey, u32> = HashMap::try_from(open(&maps::LB_SLOTS)?)
-            .map_err(|e| typed(maps::LB_SLOTS.name)(e.to_string()))?;
-        let tables = sys::obj_get(&maps_dir.join(maps::LB_TABLES.name))
-            .map_err(|e| typed(maps::LB_TABLES.name)(e.to_string()))?;
+    pub fn open(
+        maps_dir: &Path,
+        maglev: MaglevConfig,
+        capacity: Capacity,
+    ) -> Result<Self, ProgramError> {
+        Programmer::adopt(BpfMaps::open(maps_dir)?, maglev, capacity)
+    }
+}
 
+impl<M: ServiceMaps> Programmer<M> {
+    /// Takes over what `maps` hold: frontends with their real tables and
+    /// members, backends with their ids; what nothing explains is noted for
+    /// the first full apply to collect.
+    pub fn adopt(maps: M, maglev: MaglevConfig, capacity: Capacity) -> Result<Self, ProgramError> {
+        let snap = maps.snapshot().map_err(ProgramError::Snapshot)?;
+        let slots: StdHashMap<(u32, u16, u16), u32> = snap
+            .slots
+            .iter()
+            .map(|(k, id)| ((k.svc_id, k.gen, k.slot), *id))
+            .collect();
+        let tables: StdHashMap<u32, &Vec<u32>> = snap.tables.iter().map(|(s, t)| (*s, t)).collect();
         let mut current = BTreeMap::new();
         let mut next_svc_id = 1;
-        for (k, v) in svc.iter().filter_map(Result::ok) {
-            let (Some(ip), Some(protocol)) = (maps::addr_from(k.addr, k.family), proto_of(k.proto))
-            else {
+        let mut next_backend_id = 1;
+        for (k, v) in &snap.frontends {
+            next_svc_id = next_svc_id.max(v.svc_id + 1);
+            let Some(key) = frontend_key(k) else {
                 continue;
             };
-            let key = FrontendKey {
-                addr: SocketAddr::new(ip, u16::from_be(k.port)),
-                protocol,
+            let table = if v.flags & SVC_F_MAGLEV != 0 {
+                tables.get(&v.svc_id).map(|t| t.to_vec())
+            } else {
+                (0..v.count)
+                    .map(|slot| slots.get(&(v.svc_id, v.gen, slot)).copied())
+                    .collect::<Option<Vec<u32>>>()
             };
-            next_svc_id = next_svc_id.max(v.svc_id + 1);
             current.insert(
                 key,
                 Programmed {
                     frontend: None,
                     svc_id: v.svc_id,
-                    value: v,
-                    table: Vec::new(),
+                    value: *v,
+                    table: table.unwrap_or_default(),
                     members: BTreeSet::new(),
                 },
             );
         }
-        let mut backend_ids = StdHashMap::new();
-        let mut next_backend_id = 1;
-        for (id, b) in backends.iter().filter_map(Result::ok) {
-            next_backend_id = next_backend_id.max(id + 1);
-            if let (Some(addr), Some(p)) = (b.socket_addr(), proto_of(b.proto)) {
-                backend_ids.insert((addr, p), id);
+        let live: StdHashMap<u32, FrontendKey> =
+            current.iter().map(|(k, p)| (p.svc_id, *k)).collect();
+        let mut orphans = Orphans::default();
+        let mut backend_refs: StdHashMap<u32, u32> = StdHashMap::new();
+        for k in &snap.members {
+            next_svc_id = next_svc_id.max(k.svc_id + 1);
+            next_backend_id = next_backend_id.max(k.backend_id + 1);
+            match live.get(&k.svc_id).and_then(|f| current.get_mut(f)) {
+                Some(p) => {
+                    if p.members.insert(k.backend_id) {
+                        *backend_refs.entry(k.backend_id).or_default() += 1;
+                    }
+                }
+                None => orphans.members.push(*k),
             }
         }
-        let by_svc_id: StdHashMap<u32, FrontendKey> =
-            current.iter().map(|(k, p)| (p.svc_id, *k)).collect();
-        let mut backend_refs: StdHashMap<u32, u32> = StdHashMap::new();
-        for (k, _) in members.iter().filter_map(Result::ok) {
-            if let Some(p) = by_svc_id.get(&k.svc_id).and_then(|f| current.get_mut(f)) {
-                if p.members.insert(k.backend_id) {
-                    *backend_refs.entry(k.backend_id).or_default() += 1;
-                }
+        for (k, _) in &snap.slots {
+            next_svc_id = next_svc_id.max(k.svc_id + 1);
+            let in_use = live
+                .get(&k.svc_id)
+                .and_then(|f| current.get(f))
+                .is_some_and(|p| {
+                    p.value.flags & SVC_F_MAGLEV == 0
+                        && p.value.gen == k.gen
+                        && k.slot < p.value.count
+                });
+            if !in_use {
+                orphans.slots.push(*k);
+            }
+        }
+        for (svc_id, _) in &snap.tables {
+            next_svc_id = next_svc_id.max(svc_id + 1);
+            let in_use = live
+                .get(svc_id)
+                .and_then(|f| current.get(f))
+                .is_some_and(|p| p.value.flags & SVC_F_MAGLEV != 0);
+            if !in_use {
+                orphans.tables.push(*svc_id);
+            }
+        }
+        for k in &snap.counters {
+            next_svc_id = next_svc_id.max(k.svc_id + 1);
+            next_backend_id = next_backend_id.max(k.backend_id + 1);
+            let in_use = live
+                .get(&k.svc_id)
+                .and_then(|f| current.get(f))
+                .is_some_and(|p| p.members.contains(&k.backend_id));
+            if !in_use {
+                orphans.counters.push(*k);
+            }
+        }
+        let mut backend_ids = StdHashMap::new();
+        for (id, b) in &snap.backends {
+            next_backend_id = next_backend_id.max(id + 1);
+            if let (Some(addr), Some(p)) = (b.socket_addr(), proto_of(b.proto)) {
+                backend_ids.insert((addr, p), *id);
             }
         }
         let backend_addrs = backend_ids.iter().map(|(k, id)| (*id, *k)).collect();
+        let members_held = snap.members.len();
+        let slots_held = snap.slots.len();
         Ok(Programmer {
-            svc,
-            backends,
-            members,
-            conns,
-            tables,
-            slots,
-            retired: Vec::new(),
+            maps,
+            capacity,
             maglev,
             current,
+            retired: Vec::new(),
+            orphans: Some(orphans),
             owners: Default::default(),
             by_service: StdHashMap::new(),
             backend_ids,
             backend_addrs,
             backend_refs,
+            free_ids: BTreeSet::new(),
             next_backend_id,
             next_svc_id,
+            members_held,
+            slots_held,
         })
+    }
+
+    /// The maps, for tests that look at them.
+    #[cfg(test)]
+    pub fn maps(&mut self) -> &mut M {
+        &mut self.maps
     }
 
     pub fn frontends(&self) -> usize {
@@ -292,6 +404,52 @@ impl Programmer {
     /// keeps it with its holder).
     pub fn owners(&self) -> std::sync::Arc<BTreeMap<FrontendKey, super::model::ServiceRef>> {
         self.owners.clone()
+    }
+
+    /// The svc_ids programmed now: affinity entries of any other are of a
+    /// frontend that is gone (svc_ids are never reused).
+    pub fn live_svc_ids(&self) -> std::collections::HashSet<u32> {
+        self.current.values().map(|p| p.svc_id).collect()
+    }
+
+    /// Entries held against capacity, per service map.
+    pub fn fill(&self) -> Vec<Fill> {
+        let c = &self.capacity;
+        vec![
+            Fill {
+                map: maps::SVC.name.into(),
+                entries: self.current.len(),
+                capacity: c.frontends,
+            },
+            Fill {
+                map: maps::BACKENDS.name.into(),
+                entries: self.backend_addrs.len(),
+                capacity: c.backends(),
+            },
+            Fill {
+                map: maps::SVC_BES.name.into(),
+                entries: self.members_held,
+                capacity: c.members(),
+            },
+            Fill {
+                map: maps::LB_SLOTS.name.into(),
+                entries: self.slots_held,
+                capacity: c.slots(),
+            },
+        ]
+    }
+
+    fn write(&mut self, op: Op, rep: &mut ApplyReport) -> Result<(), ProgramError> {
+        self.maps.apply(&op).map_err(ProgramError::Write)?;
+        rep.entries_written += op.entries_written();
+        match &op {
+            Op::PutMember(_) => self.members_held += 1,
+            Op::DelMember(_) => self.members_held = self.members_held.saturating_sub(1),
+            Op::PutSlots { ids, .. } => self.slots_held += ids.len(),
+            Op::DelSlots(keys) => self.slots_held = self.slots_held.saturating_sub(keys.len()),
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Programs `t`, changing only what differs.
@@ -307,16 +465,27 @@ impl Programmer {
         scope: Option<&BTreeSet<super::model::ServiceRef>>,
         guard: RemovalGuard,
     ) -> Result<ApplyReport, ProgramError> {
-        self.collect();
-        let programmed = self.current.len();
+        self.apply_at(t, scope, guard, Instant::now())
+    }
+
+    /// [`Programmer::apply_scoped`] at time `now` (the tests' clock).
+    pub fn apply_at(
+        &mut self,
+        t: &Translation,
+        scope: Option<&BTreeSet<super::model::ServiceRef>>,
+        guard: RemovalGuard,
+        now: Instant,
+    ) -> Result<ApplyReport, ProgramError> {
         let mut rep = ApplyReport::default();
+        self.collect_at(now, &mut rep);
+        let programmed = self.current.len();
         // Backends that left some table: freed below if no table holds them.
         let mut released: Vec<u32> = Vec::new();
         let mut failed = Vec::new();
         for (key, f) in &t.frontends {
             // One frontend's failure (a Maglev table that cannot be built, a
             // full map) must not stop the others or the removals below.
-            if let Err(e) = self.apply_one(key, f, &mut rep, &mut released) {
+            if let Err(e) = self.apply_one(key, f, &mut rep, &mut released, now) {
                 failed.push(format!("{} ({key}): {e}", f.service));
             }
         }
@@ -343,40 +512,55 @@ impl Programmer {
             gone.clear();
         }
         for key in gone {
-            let p = self.current.remove(&key).expect("listed above");
-            let _ = self
-                .svc
-                .remove(&SvcKey::new(key.addr, key.protocol.number()));
-            // Its slots (or Maglev table) go a second later, like any
-            // replaced selection state.
-            let was_maglev = p.value.flags & SVC_F_MAGLEV != 0;
-            self.retire(&p, !was_maglev);
-            let mut counters = Vec::new();
-            for id in &p.members {
-                let k = SvcBackendKey {
-                    svc_id: p.svc_id,
-                    backend_id: *id,
-                };
-                let _ = self.members.remove(&k);
-                counters.push(k);
-                released.push(*id);
-                if key.protocol == Protocol::Udp {
-                    rep.udp_left.push((p.svc_id, *id));
-                }
-            }
-            self.retire_counters(counters);
-            if let Some(owner) = std::sync::Arc::make_mut(&mut self.owners).remove(&key) {
-                if let Some(set) = self.by_service.get_mut(&owner) {
-                    set.remove(&key);
-                    if set.is_empty() {
-                        self.by_service.remove(&owner);
-                    }
-                }
-            }
-            rep.removed += 1;
+            self.remove_one(key, &mut rep, &mut released, now)?;
         }
-        rep.backends_removed = self.release_unused_backends(released, scope.is_none());
+        rep.backends_removed = self.release_unused_backends(released, scope.is_none(), now);
+        if scope.is_none() && rep.held_removals == 0 {
+            if let Some(o) = self.orphans.take() {
+                self.collect_orphans(o, &mut rep)?;
+            }
+        }
         Ok(rep)
+    }
+
+    /// A frontend goes: first from `sluice_svc`, then (a second later) its
+    /// selection state; its members at once (nothing selects it any more).
+    fn remove_one(
+        &mut self,
+        key: FrontendKey,
+        rep: &mut ApplyReport,
+        released: &mut Vec<u32>,
+        now: Instant,
+    ) -> Result<(), ProgramError> {
+        let p = self.current.remove(&key).expect("a programmed frontend");
+        self.write(
+            Op::DelFrontend(SvcKey::new(key.addr, key.protocol.number())),
+            rep,
+        )?;
+        let mut later = self.retire_ops(&p, false);
+        for id in &p.members {
+            let k = SvcBackendKey {
+                svc_id: p.svc_id,
+                backend_id: *id,
+            };
+            self.write(Op::DelMember(k), rep)?;
+            later.push(Op::DelCounter(k));
+            released.push(*id);
+            if key.protocol == Protocol::Udp {
+                rep.udp_left.push((p.svc_id, *id));
+            }
+        }
+        self.retire(now, later, Vec::new());
+        if let Some(owner) = std::sync::Arc::make_mut(&mut self.owners).remove(&key) {
+            if let Some(set) = self.by_service.get_mut(&owner) {
+                set.remove(&key);
+                if set.is_empty() {
+                    self.by_service.remove(&owner);
+                }
+            }
+        }
+        rep.removed += 1;
+        Ok(())
     }
 
     /// Programs one frontend (see the module doc for the order).
@@ -386,20 +570,40 @@ impl Programmer {
         f: &Frontend,
         rep: &mut ApplyReport,
         released: &mut Vec<u32>,
+        now: Instant,
     ) -> Result<(), ProgramError> {
         let prev = self.current.get(key).cloned();
-        let eligible = f.eligible();
-        let mut ids = Vec::with_capacity(eligible.len());
-        for addr in &eligible {
-            let (id, new) = self.backend_id(*addr, key.protocol)?;
-            rep.backends_added += usize::from(new);
-            ids.push(id);
+        if prev.is_none() && self.current.len() >= self.capacity.frontends as usize {
+            return Err(ProgramError::Capacity {
+                what: format!("frontend number {}", self.current.len() + 1),
+                limit: self.capacity.frontends,
+                key: "max_frontends",
+            });
         }
-        if f.selection == Selection::Random && ids.len() > u16::MAX as usize {
+        let eligible = f.eligible();
+        if f.selection == Selection::Random && eligible.len() > u16::MAX as usize {
             return Err(ProgramError::TooManyBackends {
                 frontend: *key,
-                backends: ids.len(),
+                backends: eligible.len(),
             });
+        }
+        // Backends this frontend needs that have no id yet.
+        let new_backends = eligible
+            .iter()
+            .filter(|a| !self.backend_ids.contains_key(&(**a, key.protocol)))
+            .count();
+        if self.backend_addrs.len() + new_backends > self.capacity.backends() as usize {
+            return Err(ProgramError::Capacity {
+                what: format!("{} backends", self.backend_addrs.len() + new_backends),
+                limit: self.capacity.backends(),
+                key: "max_endpoints_per_frontend",
+            });
+        }
+        let mut ids = Vec::with_capacity(eligible.len());
+        for addr in &eligible {
+            let (id, new) = self.backend_id(*addr, key.protocol, rep)?;
+            rep.backends_added += usize::from(new);
+            ids.push(id);
         }
         let table = match f.selection {
             Selection::Random => ids.clone(),
@@ -415,14 +619,24 @@ impl Programmer {
         };
         let maglev = f.selection == Selection::Maglev;
         let members: BTreeSet<u32> = ids.iter().copied().collect();
+        let was_maglev = prev
+            .as_ref()
+            .is_some_and(|p| p.value.flags & SVC_F_MAGLEV != 0);
         let same_table = prev
             .as_ref()
-            .is_some_and(|p| p.table == table && p.frontend.is_some());
-        // Random selection: a changed table is a new generation of
-        // slots; an unchanged one keeps its generation.
+            .is_some_and(|p| p.table == table && was_maglev == maglev && !table.is_empty())
+            || prev.as_ref().is_some_and(|p| {
+                p.table.is_empty()
+                    && table.is_empty()
+                    && p.value.count == 0
+                    && !maglev
+                    && !was_maglev
+            });
+        // Random selection: a changed table is a new generation of slots;
+        // an unchanged one keeps its generation. Generations only move
+        // forward, also across a switch to Maglev and back, so a retired
+        // generation is never live again.
         let (count, gen) = match (&prev, maglev, same_table) {
-            // Generations only move forward, also across a switch to Maglev
-            // and back, so a retired generation is never live again.
             (_, true, _) => (0, prev.as_ref().map_or(0, |p| p.value.gen)),
             (Some(p), false, true) => (p.value.count, p.value.gen),
             (Some(p), false, false) => (table.len() as u16, p.value.gen.wrapping_add(1)),
@@ -436,7 +650,10 @@ impl Programmer {
             gen,
         };
         let same_value = prev.as_ref().is_some_and(|p| p.value == value);
-        if same_table && same_value {
+        let old_members = prev.as_ref().map(|p| p.members.clone()).unwrap_or_default();
+        // A frontend adopted with all its members and table in place, and
+        // its value unchanged, is already programmed.
+        if same_table && same_value && old_members == members {
             self.set_owner(key, &f.service);
             if let Some(p) = self.current.get_mut(key) {
                 p.frontend = Some(f.clone());
@@ -444,57 +661,86 @@ impl Programmer {
             rep.unchanged += 1;
             return Ok(());
         }
-        let old_members = prev.as_ref().map(|p| p.members.clone()).unwrap_or_default();
         if !same_table {
-            for id in members.difference(&old_members) {
-                self.members
-                    .insert(
-                        SvcBackendKey {
-                            svc_id,
-                            backend_id: *id,
-                        },
-                        1,
-                        0,
-                    )
-                    .map_err(|e| merr(maps::SVC_BES.name, "insert")(e.to_string()))?;
+            let joining = members.difference(&old_members).count();
+            let slots_needed = if maglev { 0 } else { table.len() };
+            if self.members_held + joining > self.capacity.members() as usize {
+                return Err(ProgramError::Capacity {
+                    what: format!("{} table memberships", self.members_held + joining),
+                    limit: self.capacity.members(),
+                    key: "max_endpoints_per_frontend",
+                });
             }
+            if self.slots_held + slots_needed > self.capacity.slots() as usize {
+                return Err(ProgramError::Capacity {
+                    what: format!("{} selection slots", self.slots_held + slots_needed),
+                    limit: self.capacity.slots(),
+                    key: "max_endpoints_per_frontend",
+                });
+            }
+        }
+        for id in members.difference(&old_members) {
+            self.write(
+                Op::PutMember(SvcBackendKey {
+                    svc_id,
+                    backend_id: *id,
+                }),
+                rep,
+            )?;
+        }
+        if !same_table {
             if maglev {
-                self.swap_table(svc_id, &table)?;
+                self.write(
+                    Op::PutTable {
+                        svc_id,
+                        ids: table.clone(),
+                    },
+                    rep,
+                )?;
             } else {
-                self.write_slots(svc_id, gen, &table)?;
+                self.write(
+                    Op::PutSlots {
+                        svc_id,
+                        gen,
+                        ids: table.clone(),
+                    },
+                    rep,
+                )?;
             }
         }
         if !same_value {
-            self.svc
-                .insert(SvcKey::new(key.addr, key.protocol.number()), value, 0)
-                .map_err(|e| merr(maps::SVC.name, "insert")(e.to_string()))?;
+            self.write(
+                Op::PutFrontend {
+                    key: SvcKey::new(key.addr, key.protocol.number()),
+                    value,
+                },
+                rep,
+            )?;
         }
         // Only now is the old state unreachable for new connects.
-        if !same_table {
-            for id in members.difference(&old_members) {
-                *self.backend_refs.entry(*id).or_default() += 1;
-            }
-            let mut counters = Vec::new();
-            for id in old_members.difference(&members) {
-                let k = SvcBackendKey {
-                    svc_id,
-                    backend_id: *id,
-                };
-                let _ = self.members.remove(&k);
-                counters.push(k);
-                released.push(*id);
-                if key.protocol == Protocol::Udp {
-                    rep.udp_left.push((svc_id, *id));
-                }
-            }
-            self.retire_counters(counters);
+        for id in members.difference(&old_members) {
+            *self.backend_refs.entry(*id).or_default() += 1;
         }
-        self.set_owner(key, &f.service);
+        let mut later = Vec::new();
+        for id in old_members.difference(&members) {
+            let k = SvcBackendKey {
+                svc_id,
+                backend_id: *id,
+            };
+            self.write(Op::DelMember(k), rep)?;
+            later.push(Op::DelCounter(k));
+            released.push(*id);
+            if key.protocol == Protocol::Udp {
+                rep.udp_left.push((svc_id, *id));
+            }
+        }
         // Only a replaced selection state is retired: with the table
         // unchanged (an affinity change) the live slots stay.
         if let Some(p) = prev.as_ref().filter(|_| !same_table) {
-            self.retire(p, maglev);
+            later.extend(self.retire_ops(p, maglev));
         }
+        self.retire(now, later, Vec::new());
+        self.set_owner(key, &f.service);
         if prev.is_some() {
             rep.changed += 1;
         } else {
@@ -527,23 +773,43 @@ impl Programmer {
             .insert(*key);
     }
 
-    /// The id of a backend, allocating (and writing) it if it is new.
-    fn backend_id(&mut self, addr: SocketAddr, p: Protocol) -> Result<(u32, bool), ProgramError> {
+    /// The id of a backend, allocating (and writing) it if it is new: the
+    /// smallest id no map holds.
+    fn backend_id(
+        &mut self,
+        addr: SocketAddr,
+        p: Protocol,
+        rep: &mut ApplyReport,
+    ) -> Result<(u32, bool), ProgramError> {
         if let Some(id) = self.backend_ids.get(&(addr, p)) {
             return Ok((*id, false));
         }
-        let id = self.next_backend_id;
-        if id > maps::MAX_BACKEND_ID {
-            return Err(ProgramError::Map {
-                map: maps::BACKENDS.name,
-                op: "allocate a backend id",
-                detail: format!("every id up to {} is taken", maps::MAX_BACKEND_ID),
-            });
+        let id = match self.free_ids.pop_first() {
+            Some(id) => id,
+            None => {
+                let id = self.next_backend_id;
+                if id > maps::MAX_BACKEND_ID {
+                    return Err(ProgramError::Capacity {
+                        what: format!("backend id {id}"),
+                        limit: maps::MAX_BACKEND_ID,
+                        key: "max_endpoints_per_frontend",
+                    });
+                }
+                self.next_backend_id += 1;
+                id
+            }
+        };
+        if let Err(e) = self.write(
+            Op::PutBackend {
+                id,
+                addr,
+                protocol: p,
+            },
+            rep,
+        ) {
+            self.free_ids.insert(id);
+            return Err(e);
         }
-        self.next_backend_id += 1;
-        self.backends
-            .insert(id, Backend::new(addr, p.number()), 0)
-            .map_err(|e| merr(maps::BACKENDS.name, "insert")(e.to_string()))?;
         self.backend_ids.insert((addr, p), id);
         self.backend_addrs.insert(id, (addr, p));
         Ok((id, true))
@@ -574,142 +840,159 @@ impl Programmer {
         Ok(t.into_iter().map(|i| ids[i as usize]).collect())
     }
 
-    /// Writes one generation of random-selection slots.
-    fn write_slots(&mut self, svc_id: u32, gen: u16, ids: &[u32]) -> Result<(), ProgramError> {
-        for (i, id) in ids.iter().enumerate() {
-            let k = LbSlotKey {
-                svc_id,
-                gen,
-                slot: i as u16,
-            };
-            self.slots
-                .insert(k, *id, 0)
-                .map_err(|e| merr(maps::LB_SLOTS.name, "insert")(e.to_string()))?;
-        }
-        Ok(())
-    }
-
-    /// Queues the selection state `p` used, now replaced, for deletion once
-    /// no connect can still be reading it (see [`Programmer::collect`]).
-    fn retire(&mut self, p: &Programmed, now_maglev: bool) {
+    /// The deletions that the selection state `p` used takes, now replaced
+    /// (`now_maglev`: the frontend is Maglev now, so its table stays).
+    fn retire_ops(&self, p: &Programmed, now_maglev: bool) -> Vec<Op> {
         let was_maglev = p.value.flags & SVC_F_MAGLEV != 0;
-        let mut keys = Vec::new();
-        if !was_maglev && (p.value.count > 0 || p.value.gen > 0) {
-            // An adopted frontend's old count is what the map said.
-            let n = p.value.count;
-            keys.extend((0..n).map(|slot| LbSlotKey {
-                svc_id: p.svc_id,
-                gen: p.value.gen,
-                slot,
-            }));
+        let mut ops = Vec::new();
+        if !was_maglev && p.value.count > 0 {
+            ops.push(Op::DelSlots(
+                (0..p.value.count)
+                    .map(|slot| LbSlotKey {
+                        svc_id: p.svc_id,
+                        gen: p.value.gen,
+                        slot,
+                    })
+                    .collect(),
+            ));
         }
-        let drop_table = was_maglev && !now_maglev;
-        if !keys.is_empty() || drop_table {
+        if was_maglev && !now_maglev {
+            ops.push(Op::DelTable(p.svc_id));
+        }
+        ops
+    }
+
+    fn retire(&mut self, now: Instant, ops: Vec<Op>, frees: Vec<u32>) {
+        if !ops.is_empty() || !frees.is_empty() {
             self.retired.push(Retired {
-                at: std::time::Instant::now(),
-                slots: keys,
-                table: drop_table.then_some(p.svc_id),
-                backends: Vec::new(),
-                counters: Vec::new(),
+                at: now,
+                ops,
+                frees,
             });
         }
     }
 
-    /// Queues connection counters of backends that left a frontend for
-    /// deletion with the rest of the replaced state.
-    fn retire_counters(&mut self, counters: Vec<SvcBackendKey>) {
-        if !counters.is_empty() {
-            self.retired.push(Retired {
-                at: std::time::Instant::now(),
-                slots: Vec::new(),
-                table: None,
-                backends: Vec::new(),
-                counters,
-            });
-        }
-    }
-
-    /// Deletes retired slots and tables older than a second: a connect
-    /// reads its frontend and then its slots within microseconds, so by
-    /// then nothing can still use them.
+    /// Deletes retired state older than [`RETIRE_AFTER`].
     pub fn collect(&mut self) {
-        let now = std::time::Instant::now();
+        let mut rep = ApplyReport::default();
+        self.collect_at(Instant::now(), &mut rep);
+    }
+
+    fn collect_at(&mut self, now: Instant, rep: &mut ApplyReport) {
         let (old, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retired)
             .into_iter()
-            .partition(|r| now.duration_since(r.at) >= std::time::Duration::from_secs(1));
+            .partition(|r| now.saturating_duration_since(r.at) >= RETIRE_AFTER);
         self.retired = keep;
         if old.is_empty() {
             return;
         }
         // What is live now must survive, whatever was queued before it.
-        let live_members: std::collections::HashSet<(u32, u32)> = self
+        let live: StdHashMap<u32, (u16, bool, &BTreeSet<u32>)> = self
             .current
             .values()
-            .flat_map(|p| p.members.iter().map(move |b| (p.svc_id, *b)))
+            .map(|p| {
+                (
+                    p.svc_id,
+                    (p.value.gen, p.value.flags & SVC_F_MAGLEV != 0, &p.members),
+                )
+            })
             .collect();
-        let live: StdHashMap<u32, (u16, bool)> = self
-            .current
-            .values()
-            .map(|p| (p.svc_id, (p.value.gen, p.value.flags & SVC_F_MAGLEV != 0)))
-            .collect();
-        for Retired {
-            slots: keys,
-            table,
-            backends,
-            counters,
-            ..
-        } in old
-        {
-            // Backend ids are never reused, so these are nobody's now.
-            for id in backends {
-                let _ = self.backends.remove(&id);
-            }
-            for k in counters {
-                // Back in the frontend's table since: its count goes on.
-                let back = live_members.contains(&(k.svc_id, k.backend_id));
-                if !back {
-                    let _ = self.conns.remove(&k);
-                }
-            }
-            for k in keys {
-                let is_live = live
-                    .get(&k.svc_id)
-                    .is_some_and(|(gen, maglev)| !maglev && *gen == k.gen);
-                if !is_live {
-                    let _ = self.slots.remove(&k);
-                }
-            }
-            if let Some(svc_id) = table {
-                if !live.get(&svc_id).is_some_and(|(_, maglev)| *maglev) {
-                    let _ = sys::map_delete(self.tables.as_fd(), &svc_id.to_ne_bytes());
+        let mut ops = Vec::new();
+        let mut frees = Vec::new();
+        for r in old {
+            frees.extend(r.frees);
+            for op in r.ops {
+                let still_live = match &op {
+                    Op::DelSlots(keys) => keys.first().is_some_and(|k| {
+                        live.get(&k.svc_id)
+                            .is_some_and(|(gen, maglev, _)| !maglev && *gen == k.gen)
+                    }),
+                    Op::DelTable(svc_id) => live.get(svc_id).is_some_and(|(_, maglev, _)| *maglev),
+                    // Back in the frontend's table since: its count goes on.
+                    Op::DelCounter(k) => live
+                        .get(&k.svc_id)
+                        .is_some_and(|(_, _, m)| m.contains(&k.backend_id)),
+                    // Backend ids are reused only after this.
+                    Op::DelBackend(id) => self.backend_addrs.contains_key(id),
+                    _ => false,
+                };
+                if !still_live {
+                    ops.push(op);
                 }
             }
         }
+        for op in ops {
+            if let Err(e) = self.write(op, rep) {
+                tracing::warn!("deleting replaced service state: {e}");
+            }
+        }
+        self.free_ids.extend(
+            frees
+                .into_iter()
+                .filter(|id| !self.backend_addrs.contains_key(id)),
+        );
     }
 
-    /// Builds the table aside and swaps it in with one outer-map update.
-    fn swap_table(&mut self, svc_id: u32, table: &[u32]) -> Result<(), ProgramError> {
-        let inner = sys::lb_table(table, "sluice_lb_tbl")
-            .map_err(|e| merr("selection table", "create")(e.to_string()))?;
-        sys::map_update(
-            self.tables.as_fd(),
-            &svc_id.to_ne_bytes(),
-            &(inner.as_raw_fd() as u32).to_ne_bytes(),
-            0,
-        )
-        .map_err(|e| merr(maps::LB_TABLES.name, "swap in a table")(e.to_string()))
-    }
-
-    /// The svc_ids programmed now: affinity entries of any other are of a
-    /// frontend that is gone (svc_ids are never reused).
-    pub fn live_svc_ids(&self) -> std::collections::HashSet<u32> {
-        self.current.values().map(|p| p.svc_id).collect()
+    /// Deletes what the maps held at adoption that no frontend explains.
+    fn collect_orphans(&mut self, o: Orphans, rep: &mut ApplyReport) -> Result<(), ProgramError> {
+        let ops = {
+            let live: StdHashMap<u32, &Programmed> =
+                self.current.values().map(|p| (p.svc_id, p)).collect();
+            let slots: Vec<LbSlotKey> = o
+                .slots
+                .into_iter()
+                .filter(|k| {
+                    !live.get(&k.svc_id).is_some_and(|p| {
+                        p.value.flags & SVC_F_MAGLEV == 0
+                            && p.value.gen == k.gen
+                            && k.slot < p.value.count
+                    })
+                })
+                .collect();
+            let mut ops = Vec::new();
+            if !slots.is_empty() {
+                ops.push(Op::DelSlots(slots));
+            }
+            ops.extend(
+                o.tables
+                    .into_iter()
+                    .filter(|t| {
+                        live.get(t)
+                            .is_none_or(|p| p.value.flags & SVC_F_MAGLEV == 0)
+                    })
+                    .map(Op::DelTable),
+            );
+            let unexplained = |k: &SvcBackendKey| {
+                !live
+                    .get(&k.svc_id)
+                    .is_some_and(|p| p.members.contains(&k.backend_id))
+            };
+            ops.extend(o.members.into_iter().filter(unexplained).map(Op::DelMember));
+            ops.extend(
+                o.counters
+                    .into_iter()
+                    .filter(unexplained)
+                    .map(Op::DelCounter),
+            );
+            ops
+        };
+        rep.orphans_collected = ops
+            .iter()
+            .map(|op| match op {
+                Op::DelSlots(k) => k.len(),
+                _ => 1,
+            })
+            .sum();
+        for op in ops {
+            self.write(op, rep)?;
+        }
+        Ok(())
     }
 
     /// Drops one reference of each `released` backend and removes those no
     /// table holds any more; `sweep` (a full apply) also removes every
     /// other unreferenced one (adopted leftovers). Returns how many went.
-    fn release_unused_backends(&mut self, released: Vec<u32>, sweep: bool) -> usize {
+    fn release_unused_backends(&mut self, released: Vec<u32>, sweep: bool, now: Instant) -> usize {
         let mut gone = Vec::new();
         for id in released {
             let r = self.backend_refs.entry(id).or_default();
@@ -728,8 +1011,8 @@ impl Programmer {
         }
         gone.sort_unstable();
         gone.dedup();
-        let mut n = 0;
-        let mut retired = Vec::new();
+        let mut ops = Vec::new();
+        let mut frees = Vec::new();
         for id in gone {
             if self.backend_refs.get(&id).copied().unwrap_or(0) > 0 {
                 continue;
@@ -737,33 +1020,15 @@ impl Programmer {
             self.backend_refs.remove(&id);
             if let Some(k) = self.backend_addrs.remove(&id) {
                 self.backend_ids.remove(&k);
-                retired.push(id);
-                n += 1;
+                ops.push(Op::DelBackend(id));
+                frees.push(id);
             }
         }
+        let n = ops.len();
         // The map entries go a second later: a connect that read the old
-        // slots a moment ago still finds its backend.
-        if !retired.is_empty() {
-            self.retired.push(Retired {
-                at: std::time::Instant::now(),
-                slots: Vec::new(),
-                table: None,
-                backends: retired,
-                counters: Vec::new(),
-            });
-        }
+        // slots a moment ago still finds its backend; the id is free after.
+        self.retire(now, ops, frees);
         n
-    }
-
-    /// New connections frontend `svc_id` sent to a backend (summed over
-    /// CPUs).
-    pub fn connections(&self, svc_id: u32, addr: SocketAddr, p: Protocol) -> Option<u64> {
-        let id = self.backend_ids.get(&(addr, p))?;
-        let k = SvcBackendKey {
-            svc_id,
-            backend_id: *id,
-        };
-        Some(self.conns.get(&k, 0).map(|v| v.iter().sum()).unwrap_or(0))
     }
 
     /// Every programmed frontend, with what the datapath counted.
@@ -785,18 +1050,21 @@ impl Programmer {
                         .map(|f| {
                             f.backends
                                 .iter()
-                                .map(|b| BackendView {
-                                    addr: b.addr,
-                                    state: b.state,
-                                    local: b.local,
-                                    excluded_by_policy: b.excluded_by_policy,
-                                    in_table: self
-                                        .backend_ids
-                                        .get(&(b.addr, k.protocol))
-                                        .is_some_and(|id| p.members.contains(id)),
-                                    connections: self
-                                        .connections(p.svc_id, b.addr, k.protocol)
-                                        .unwrap_or(0),
+                                .map(|b| {
+                                    let id = self.backend_ids.get(&(b.addr, k.protocol));
+                                    BackendView {
+                                        addr: b.addr,
+                                        state: b.state,
+                                        local: b.local,
+                                        excluded_by_policy: b.excluded_by_policy,
+                                        in_table: id.is_some_and(|id| p.members.contains(id)),
+                                        connections: id.map_or(0, |id| {
+                                            self.maps.connections(&SvcBackendKey {
+                                                svc_id: p.svc_id,
+                                                backend_id: *id,
+                                            })
+                                        }),
+                                    }
                                 })
                                 .collect()
                         })

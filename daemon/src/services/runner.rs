@@ -63,6 +63,9 @@ pub struct Pass {
     /// Connected UDP sockets ended so far (their backend left).
     #[serde(default)]
     pub udp_sockets_ended: u64,
+    /// Entries the service maps hold, against what they are sized for.
+    #[serde(default)]
+    pub fill: Vec<super::program::Fill>,
 }
 
 #[derive(Debug)]
@@ -118,6 +121,7 @@ impl Services {
                 table_size: cfg.maglev_table_size,
                 seed: cfg.maglev_seed,
             },
+            cfg.capacity,
         )?;
         let (node_name, node_name_source) = cfg.resolved_node_name();
         let (terminator, udp_socket_termination) = match start_terminator(cfg, maps_dir) {
@@ -163,19 +167,35 @@ impl Services {
             sweep_due: Default::default(),
         });
         // Watch first: a change made during the first pass is not missed.
-        let rx = if dir.is_dir() {
+        // A restart that adopted programmed frontends is ready at once:
+        // the datapath already holds them, and its first pass (which
+        // finds them in place and writes nothing) runs on the services
+        // thread. A first start programs its services before it is ready.
+        let adopted = {
+            let p = lock(&s.programmer);
+            let mut pass = lock(&s.pass);
+            pass.frontends = p.frontends();
+            pass.fill = p.fill();
+            p.frontends() > 0
+        };
+        let (rx, first_pass_due) = if dir.is_dir() {
             let rx = watch(dir).map_err(|e| anyhow::anyhow!(e))?;
-            s.pass(true);
-            Some(rx)
+            if !adopted {
+                s.pass(true);
+            }
+            (Some(rx), adopted)
         } else {
             s.dir_missing();
-            None
+            (None, false)
         };
         let s2 = s.clone();
         std::thread::Builder::new()
             .name("sluiced-services".into())
             .spawn(move || {
                 crate::housekeeping_priority();
+                if first_pass_due {
+                    s2.pass(true);
+                }
                 s2.run(rx)
             })?;
         Ok(Some(s))
@@ -339,6 +359,7 @@ impl Services {
         let warnings = self.node_warnings(&t);
         let report = apply_logged(programmer.apply_scoped(&t, None, self.guard()));
         let frontends = programmer.frontends();
+        lock(&self.pass).fill = programmer.fill();
         drop(programmer);
         lock(&self.pass).warnings = warnings;
         let ms = self.record(rejected, report.as_ref(), frontends, t0);
@@ -395,6 +416,7 @@ impl Services {
             report
         };
         let frontends = programmer.frontends();
+        lock(&self.pass).fill = programmer.fill();
         drop(programmer);
         let ms = self.record(rejected, report.as_ref(), frontends, t0);
         if let Some(r) = &report {
