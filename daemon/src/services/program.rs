@@ -85,6 +85,8 @@ struct Programmed {
     /// The table as written (backend ids, in slot order); empty for an
     /// adopted frontend whose table was not whole (written again).
     table: Vec<u32>,
+    /// An adopted Maglev table not read yet: its length.
+    unread: Option<u32>,
     members: BTreeSet<u32>,
 }
 
@@ -201,6 +203,11 @@ pub struct Programmer<M: ServiceMaps = BpfMaps> {
     maps: M,
     capacity: Capacity,
     maglev: MaglevConfig,
+    /// Whether the adopted Maglev tables were built with this Maglev
+    /// configuration: the first one whose members are unchanged is read
+    /// and compared whole; the others are taken by their length and
+    /// members if it matched, and written again if it did not.
+    maglev_checked: Option<bool>,
     current: BTreeMap<FrontendKey, Programmed>,
     /// Replaced state waiting to be deleted.
     retired: Vec<Retired>,
@@ -282,7 +289,7 @@ impl<M: ServiceMaps> Programmer<M> {
             .iter()
             .map(|(k, id)| ((k.svc_id, k.gen, k.slot), *id))
             .collect();
-        let tables: StdHashMap<u32, &Vec<u32>> = snap.tables.iter().map(|(s, t)| (*s, t)).collect();
+        let tables: StdHashMap<u32, u32> = snap.tables.iter().copied().collect();
         let mut current = BTreeMap::new();
         let mut next_svc_id = 1;
         let mut next_backend_id = 1;
@@ -291,12 +298,13 @@ impl<M: ServiceMaps> Programmer<M> {
             let Some(key) = frontend_key(k) else {
                 continue;
             };
-            let table = if v.flags & SVC_F_MAGLEV != 0 {
-                tables.get(&v.svc_id).map(|t| t.to_vec())
+            let (table, unread) = if v.flags & SVC_F_MAGLEV != 0 {
+                (Vec::new(), tables.get(&v.svc_id).copied())
             } else {
-                (0..v.count)
+                let t = (0..v.count)
                     .map(|slot| slots.get(&(v.svc_id, v.gen, slot)).copied())
-                    .collect::<Option<Vec<u32>>>()
+                    .collect::<Option<Vec<u32>>>();
+                (t.unwrap_or_default(), None)
             };
             current.insert(
                 key,
@@ -304,7 +312,8 @@ impl<M: ServiceMaps> Programmer<M> {
                     frontend: None,
                     svc_id: v.svc_id,
                     value: *v,
-                    table: table.unwrap_or_default(),
+                    table,
+                    unread,
                     members: BTreeSet::new(),
                 },
             );
@@ -374,6 +383,7 @@ impl<M: ServiceMaps> Programmer<M> {
             maps,
             capacity,
             maglev,
+            maglev_checked: None,
             current,
             retired: Vec::new(),
             orphans: Some(orphans),
@@ -622,6 +632,21 @@ impl<M: ServiceMaps> Programmer<M> {
         let was_maglev = prev
             .as_ref()
             .is_some_and(|p| p.value.flags & SVC_F_MAGLEV != 0);
+        if let Some(p) = prev.as_ref().filter(|_| maglev && was_maglev) {
+            if p.unread == Some(table.len() as u32) && p.members == members {
+                if self.maglev_checked.is_none() {
+                    let found = self.maps.table(p.svc_id).map_err(ProgramError::Write)?;
+                    self.maglev_checked = Some(found == table);
+                }
+                if self.maglev_checked == Some(true) {
+                    if let Some(q) = self.current.get_mut(key) {
+                        q.table = table.clone();
+                        q.unread = None;
+                    }
+                }
+            }
+        }
+        let prev = self.current.get(key).cloned();
         let same_table = prev
             .as_ref()
             .is_some_and(|p| p.table == table && was_maglev == maglev && !table.is_empty())
@@ -753,6 +778,7 @@ impl<M: ServiceMaps> Programmer<M> {
                 svc_id,
                 value,
                 table,
+                unread: None,
                 members,
             },
         );
@@ -1045,7 +1071,7 @@ impl<M: ServiceMaps> Programmer<M> {
                     selection: f.map(|f| f.selection),
                     affinity_timeout: f.and_then(|f| f.affinity_timeout),
                     internal_local: f.is_some_and(|f| f.internal_local),
-                    table_size: p.table.len(),
+                    table_size: p.unread.map_or(p.table.len(), |n| n as usize),
                     backends: f
                         .map(|f| {
                             f.backends

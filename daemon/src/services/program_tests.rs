@@ -405,3 +405,49 @@ fn a_failed_write_is_retried_by_the_next_pass() {
     let k = SvcKey::new("10.96.0.1:80".parse().unwrap(), 6);
     assert!(p.maps().svc.values().any(|(sk, _)| *sk == k));
 }
+
+/// Adopted Maglev tables are not read whole (a thousand tables are sixteen
+/// million entries): one is, to check it was built with this Maglev
+/// configuration; if it was, the others are taken by their length and
+/// members; if the seed changed, every table is written again.
+#[test]
+fn adopted_maglev_tables_are_checked_once_and_rebuilt_if_the_seed_changed() {
+    let fs = |n: usize| -> Translation {
+        translation(
+            (0..n)
+                .map(|i| {
+                    frontend(
+                        &format!("10.96.0.{}:80", i + 1),
+                        &format!("m{i}"),
+                        &["10.244.0.1:8080", "10.244.0.2:8080", "10.244.0.3:8080"],
+                        Selection::Maglev,
+                    )
+                })
+                .collect(),
+        )
+    };
+    let mut p = programmer();
+    let t0 = Instant::now();
+    full(&mut p, &fs(3), t0);
+    let maps = std::mem::take(p.maps());
+    let mut same = Programmer::adopt(maps, MaglevConfig::default(), Capacity::DEFAULT).unwrap();
+    let rep = full(&mut same, &fs(3), t0 + Duration::from_secs(2));
+    assert_eq!((rep.unchanged, rep.entries_written), (3, 0), "{rep:?}");
+
+    let mut maps = std::mem::take(same.maps());
+    maps.take();
+    let other_seed = MaglevConfig {
+        seed: 7,
+        ..MaglevConfig::default()
+    };
+    let mut reseeded = Programmer::adopt(maps, other_seed, Capacity::DEFAULT).unwrap();
+    let rep = full(&mut reseeded, &fs(3), t0 + Duration::from_secs(4));
+    assert_eq!(rep.changed, 3, "{rep:?}");
+    let tables = reseeded
+        .maps()
+        .take()
+        .iter()
+        .filter(|o| matches!(o, Op::PutTable { .. }))
+        .count();
+    assert_eq!(tables, 3);
+}

@@ -65,14 +65,18 @@ pub struct Snapshot {
     pub backends: Vec<(u32, Backend)>,
     pub members: Vec<SvcBackendKey>,
     pub slots: Vec<(LbSlotKey, u32)>,
-    /// Maglev tables: svc_id → backend ids in slot order.
-    pub tables: Vec<(u32, Vec<u32>)>,
+    /// Maglev tables: svc_id → the table's length (its header). The ids
+    /// are read one table at a time, when needed ([`ServiceMaps::table`]):
+    /// a thousand tables of 16,381 slots are sixteen million entries.
+    pub tables: Vec<(u32, u32)>,
     pub counters: Vec<SvcBackendKey>,
 }
 
 pub trait ServiceMaps {
     fn apply(&mut self, op: &Op) -> Result<(), String>;
     fn snapshot(&self) -> Result<Snapshot, String>;
+    /// The backend ids of a Maglev table, in slot order.
+    fn table(&self, svc_id: u32) -> Result<Vec<u32>, String>;
     /// New connections counted for (frontend, backend), over all CPUs.
     fn connections(&self, key: &SvcBackendKey) -> u64;
 }
@@ -248,16 +252,12 @@ impl ServiceMaps for BpfMaps {
         let mut tables = Vec::new();
         for (svc_id, inner_id) in dump::<u32, u32>(self.tables.as_fd(), maps::LB_TABLES.name)? {
             let inner = sys::map_fd_by_id(inner_id).map_err(|e| e.to_string())?;
-            let mut slots: Vec<(u32, u32)> = dump(inner.as_fd(), "a selection table")?;
-            slots.sort_unstable();
-            let n = slots.first().map_or(0, |(_, n)| *n) as usize;
-            let ids: Vec<u32> = slots
-                .into_iter()
-                .skip(maps::LB_TABLE_HEADER as usize)
-                .take(n)
-                .map(|(_, id)| id)
-                .collect();
-            tables.push((svc_id, ids));
+            let mut n = [0u8; 4];
+            if sys::map_lookup(inner.as_fd(), &0u32.to_ne_bytes(), &mut n)
+                .map_err(|e| e.to_string())?
+            {
+                tables.push((svc_id, u32::from_ne_bytes(n)));
+            }
         }
         Ok(Snapshot {
             frontends: dump(svc.as_fd(), maps::SVC.name)?,
@@ -274,6 +274,25 @@ impl ServiceMaps for BpfMaps {
                 .map(|(k, _)| pod(&k))
                 .collect(),
         })
+    }
+
+    fn table(&self, svc_id: u32) -> Result<Vec<u32>, String> {
+        let mut id = [0u8; 4];
+        if !sys::map_lookup(self.tables.as_fd(), &svc_id.to_ne_bytes(), &mut id)
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(Vec::new());
+        }
+        let inner = sys::map_fd_by_id(u32::from_ne_bytes(id)).map_err(|e| e.to_string())?;
+        let mut slots: Vec<(u32, u32)> = dump(inner.as_fd(), "a selection table")?;
+        slots.sort_unstable();
+        let n = slots.first().map_or(0, |(_, n)| *n) as usize;
+        Ok(slots
+            .into_iter()
+            .skip(maps::LB_TABLE_HEADER as usize)
+            .take(n)
+            .map(|(_, id)| id)
+            .collect())
     }
 
     fn connections(&self, key: &SvcBackendKey) -> u64 {
@@ -390,7 +409,11 @@ pub mod fake {
                         )
                     })
                     .collect(),
-                tables: self.tables.iter().map(|(k, v)| (*k, v.clone())).collect(),
+                tables: self
+                    .tables
+                    .iter()
+                    .map(|(k, v)| (*k, v.len() as u32))
+                    .collect(),
                 counters: self
                     .counters
                     .iter()
@@ -400,6 +423,10 @@ pub mod fake {
                     })
                     .collect(),
             })
+        }
+
+        fn table(&self, svc_id: u32) -> Result<Vec<u32>, String> {
+            Ok(self.tables.get(&svc_id).cloned().unwrap_or_default())
         }
 
         fn connections(&self, _: &SvcBackendKey) -> u64 {
