@@ -340,21 +340,22 @@ impl Services {
         if !changed && !force {
             return;
         }
-        let (services, slices, rejected) = dir.objects();
-        drop(dir);
         if !self.dir_path.is_dir() {
             // Removed while we read it: nothing read can be trusted.
+            drop(dir);
             self.dir_missing();
             return;
         }
+        let (services, slices, rejected) = dir.objects();
         let mut programmer = lock(&self.programmer);
         // The context (and its share of the owners map) is dropped before
         // apply writes the map, so the write does not copy it.
         let t = {
             let mut ctx = self.ctx.clone();
             ctx.previous_owners = programmer.owners();
-            translate(&services, &slices, &ctx)
+            translate(services, slices, &ctx)
         };
+        drop(dir);
         *lock(&self.translation_rejected) = t.rejected.clone();
         let warnings = self.node_warnings(&t);
         let report = apply_logged(programmer.apply_scoped(&t, None, self.guard()));
@@ -362,6 +363,7 @@ impl Services {
         lock(&self.pass).fill = programmer.fill();
         drop(programmer);
         lock(&self.pass).warnings = warnings;
+        drop(t);
         let ms = self.record(rejected, report.as_ref(), frontends, t0);
         if let Some(r) = &report {
             info!(
@@ -382,20 +384,21 @@ impl Services {
         let t0 = Instant::now();
         let mut dir = lock(&self.dir);
         let refs = dir.refresh(names, forget_missing);
-        let (services, slices) = dir.objects_for(&refs);
         let rejected = dir.file_rejections();
-        drop(dir);
         let mut programmer = lock(&self.programmer);
         let report = if refs.is_empty() {
+            drop(dir);
             None
         } else {
             let t = {
+                let (services, slices) = dir.objects_for(&refs);
                 let mut ctx = self.ctx.clone();
                 ctx.previous_owners = programmer.owners();
                 ctx.partial = true;
                 ctx.scope = refs.clone();
-                translate(&services, &slices, &ctx)
+                translate(services, slices, &ctx)
             };
+            drop(dir);
             let conflicts = {
                 let mut tr = lock(&self.translation_rejected);
                 tr.retain(|r| r.service.as_ref().is_none_or(|s| !refs.contains(s)));

@@ -187,7 +187,7 @@ impl ManifestDir {
     }
 
     /// The Services and EndpointSlices of the given services only.
-    pub fn objects_for(&self, refs: &BTreeSet<ServiceRef>) -> (Vec<Service>, Vec<EndpointSlice>) {
+    pub fn objects_for(&self, refs: &BTreeSet<ServiceRef>) -> (Vec<&Service>, Vec<&EndpointSlice>) {
         let mut services = Vec::new();
         let mut slices = Vec::new();
         let paths: BTreeSet<&PathBuf> = refs
@@ -198,12 +198,12 @@ impl ManifestDir {
         for f in paths.into_iter().filter_map(|p| self.files.get(p)) {
             for s in &f.objects.services {
                 if service_ref(s).is_some_and(|r| refs.contains(&r)) {
-                    services.push(s.clone());
+                    services.push(s);
                 }
             }
             for s in &f.objects.slices {
                 if slice_service(s).is_some_and(|r| refs.contains(&r)) {
-                    slices.push(s.clone());
+                    slices.push(s);
                 }
             }
         }
@@ -227,17 +227,18 @@ impl ManifestDir {
         out
     }
 
-    /// Everything the files hold, and everything that could not be used.
-    pub fn objects(&self) -> (Vec<Service>, Vec<EndpointSlice>, Vec<Rejection>) {
+    /// Everything the files hold (borrowed: a pass at 10,000 services does
+    /// not copy them), and everything that could not be used.
+    pub fn objects(&self) -> (Vec<&Service>, Vec<&EndpointSlice>, Vec<Rejection>) {
         let services = self
             .files
             .values()
-            .flat_map(|f| f.objects.services.iter().cloned())
+            .flat_map(|f| f.objects.services.iter())
             .collect();
         let slices = self
             .files
             .values()
-            .flat_map(|f| f.objects.slices.iter().cloned())
+            .flat_map(|f| f.objects.slices.iter())
             .collect();
         (services, slices, self.file_rejections())
     }

@@ -379,7 +379,11 @@ fn parse_slice(
 
 /// Translates the whole set. Deterministic: the same objects in any order
 /// give the same frontends and the same rejections.
-pub fn translate(services: &[Service], slices: &[EndpointSlice], ctx: &Context) -> Translation {
+pub fn translate<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    ctx: &Context,
+) -> Translation {
     let mut out = Translation::default();
     let mut reject = |object: String, reason: String, service: Option<ServiceRef>| {
         out.rejected.push(Rejection {
@@ -391,7 +395,7 @@ pub fn translate(services: &[Service], slices: &[EndpointSlice], ctx: &Context) 
 
     let mut parsed: BTreeMap<ServiceRef, ParsedService> = BTreeMap::new();
     let mut seen: BTreeSet<ServiceRef> = BTreeSet::new();
-    let mut ordered: Vec<&Service> = services.iter().collect();
+    let mut ordered: Vec<&Service> = services.into_iter().collect();
     ordered.sort_by_key(|s| (s.metadata.namespace.clone(), s.metadata.name.clone()));
     for s in ordered {
         let label = format!(
@@ -436,7 +440,7 @@ pub fn translate(services: &[Service], slices: &[EndpointSlice], ctx: &Context) 
     }
 
     let mut by_service: HashMap<ServiceRef, Vec<ParsedSlice>> = HashMap::new();
-    let mut ordered: Vec<&EndpointSlice> = slices.iter().collect();
+    let mut ordered: Vec<&EndpointSlice> = slices.into_iter().collect();
     ordered.sort_by_key(|s| (s.metadata.namespace.clone(), s.metadata.name.clone()));
     for s in ordered {
         let label = format!(
