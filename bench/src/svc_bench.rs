@@ -1,7 +1,10 @@
 //! svc-bench: what a service costs a new connection, against connecting to
 //! the backend directly and against the same services programmed the way
-//! kube-proxy's iptables mode programs them, all in one run; plus the time
-//! to program 10,000 services and the latency of one endpoint change.
+//! kube-proxy's iptables mode programs them, all in one run, and from a pod
+//! that opted out of socket load balancing (`sluice.dev/socket-lb:
+//! "false"`), whose connects are translated per packet on its host veth;
+//! plus the time to program 10,000 services and the latency of one
+//! endpoint change.
 //!
 //! A node namespace runs a real `sluiced` with a manifest directory (one
 //! file per service, as a GitOps checkout would hold them); a backend pod
@@ -24,7 +27,7 @@ use serde_json::{json, Value};
 use sluice_dataplane::load::open_pinned;
 use sluice_dataplane::maps::{self, Backend, LbSlotKey, SvcKey, SvcValue};
 use sluice_tests::daemon::Daemon;
-use sluice_tests::{bin, Node, Ns, Pod, Server};
+use sluice_tests::{bin, with_pod_annotations, Node, Ns, Pod, Server};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
@@ -278,13 +281,18 @@ fn main() -> ExitCode {
     let ipt_client = Pod::add(&node, &conf);
     let _it = Track::new(Some(&ipt_client.ns.name), &[]);
     let ipt_client_ip: Ipv4Addr = ipt_client.ips()[0].parse().unwrap();
+    // The per-packet client: a pod that opted out of socket load balancing.
+    let opted = Pod::add(
+        &node,
+        &with_pod_annotations(&conf, &[("sluice.dev/socket-lb", "false")]),
+    );
+    let _ot = Track::new(Some(&opted.ns.name), &[]);
     let backend: Ipv4Addr = backend_pod.ips()[0].parse().unwrap();
     let server = Server::start(&backend_pod.ns, "tcp", BACKEND_PORT, "backend");
     let _server_track = Track::process(server.0.id());
-    in_ns(
-        &client.ns.name,
-        &["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"],
-    );
+    for ns in [&client.ns, &ipt_client.ns, &opted.ns] {
+        in_ns(&ns.name, &["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"]);
+    }
     let direct = SocketAddr::new(backend.into(), BACKEND_PORT);
     // Warm up and wait for the server.
     let t = Instant::now();
@@ -361,21 +369,24 @@ fn main() -> ExitCode {
 
         let svc = SocketAddr::new(cluster_ip(last, false).into(), PORT);
         let ipt = SocketAddr::new(cluster_ip(last, true).into(), PORT);
-        let (mut rd, mut rs, mut ri) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut rd, mut rs, mut ri, mut rp) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for r in 0..rounds {
             // Rotate which variant goes first.
-            for v in 0..3 {
-                match (r + v) % 3 {
+            for v in 0..4 {
+                match (r + v) % 4 {
                     0 => rd.push(rate(&client.ns, direct, conns)),
                     1 => rs.push(rate(&client.ns, svc, conns)),
-                    _ => ri.push(rate(&ipt_client.ns, ipt, conns)),
+                    2 => ri.push(rate(&ipt_client.ns, ipt, conns)),
+                    _ => rp.push(rate(&opted.ns, svc, conns)),
                 }
             }
         }
-        let (d_, s_, i_) = (median(rd), median(rs), median(ri));
+        let (d_, s_, i_, p_) = (median(rd), median(rs), median(ri), median(rp));
         rows.push(json!({
             "services": n, "direct_per_sec": d_, "sluice_per_sec": s_, "iptables_per_sec": i_,
+            "per_packet_per_sec": p_,
             "sluice_vs_direct": s_ / d_, "iptables_vs_direct": i_ / d_,
+            "per_packet_vs_direct": p_ / d_,
             "sluice_program_ms": sluice_ms, "iptables_restore_ms": iptables_ms,
         }));
     }
@@ -583,18 +594,28 @@ fn main() -> ExitCode {
         println!("{}", serde_json::to_string_pretty(&figures).unwrap());
     } else {
         println!("New connections per second from a pod (connect, one answer, close; median of {rounds} x {conns})");
+        println!("(per-packet: a pod that opted out of socket load balancing, translated on its host veth)");
         println!(
-            "{:>9} {:>12} {:>12} {:>12} {:>14} {:>16}",
-            "services", "direct", "sluice", "iptables", "sluice/direct", "iptables/direct"
+            "{:>9} {:>10} {:>10} {:>10} {:>10} {:>14} {:>16} {:>18}",
+            "services",
+            "direct",
+            "sluice",
+            "per-packet",
+            "iptables",
+            "sluice/direct",
+            "per-packet/direct",
+            "iptables/direct"
         );
         for r in figures["rates"].as_array().unwrap() {
             println!(
-                "{:>9} {:>12.0} {:>12.0} {:>12.0} {:>14.3} {:>16.3}",
+                "{:>9} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>14.3} {:>16.3} {:>18.3}",
                 r["services"].as_u64().unwrap(),
                 r["direct_per_sec"].as_f64().unwrap(),
                 r["sluice_per_sec"].as_f64().unwrap(),
+                r["per_packet_per_sec"].as_f64().unwrap(),
                 r["iptables_per_sec"].as_f64().unwrap(),
                 r["sluice_vs_direct"].as_f64().unwrap(),
+                r["per_packet_vs_direct"].as_f64().unwrap(),
                 r["iptables_vs_direct"].as_f64().unwrap()
             );
         }

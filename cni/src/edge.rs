@@ -183,12 +183,13 @@ impl EdgeMaps {
         &self,
         ifindex: u32,
         addrs: &[IpAddr],
+        src_flags: u8,
         cookie: u64,
         entry: &Endpoint,
     ) -> Result<(), EdgeError> {
         for a in addrs {
             let k = SrcKey::new(ifindex, *a);
-            sys::map_update(self.src.as_fd(), bytes_of(&k), &[1], 0)
+            sys::map_update(self.src.as_fd(), bytes_of(&k), &[src_flags], 0)
                 .map_err(bpf_err(format!("allow source {a} on ifindex {ifindex}")))?;
         }
         sys::map_delete(self.stats.as_fd(), &ifindex.to_ne_bytes())
@@ -252,6 +253,17 @@ pub fn endpoint_entry(rec: &EndpointRecord) -> Endpoint {
         e.flags |= EP_F_NO_SOCK_LB;
     }
     e
+}
+
+/// What the pod's source entries hold: allowed, and, for a pod that opted
+/// out of socket load balancing, its packets to services translated per
+/// packet on its host veth.
+pub fn source_flags(rec: &EndpointRecord) -> u8 {
+    if rec.socket_lb_opt_out() {
+        maps::SRC_F_ALLOWED | maps::SRC_F_SVC_NAT
+    } else {
+        maps::SRC_F_ALLOWED
+    }
 }
 
 fn now_ms() -> u64 {
@@ -476,13 +488,16 @@ pub fn inspect(nl: &mut Netlink, pins: &Pins, ifindex: u32) -> Result<Observed, 
     })
 }
 
-/// Removes a pod's tcx link pin (the link detaches if the device is still
-/// there); a pin that is not there is not an error.
+/// Removes a pod's tcx link pins, ingress and egress (the links detach if
+/// the device is still there); a pin that is not there is not an error.
 pub fn unpin_tc_link(pins: &Pins, ifindex: u32) -> io::Result<()> {
-    match std::fs::remove_file(pins.tc_link(ifindex)) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+    for p in [pins.tc_link(ifindex), pins.tc_egress_link(ifindex)] {
+        match std::fs::remove_file(p) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
     }
+    Ok(())
 }
 
 /// What a pod's host-side veth is set to before it comes up. First the

@@ -448,7 +448,7 @@ fn protect_edge(
             Some(prog) => {
                 let addrs: Vec<IpAddr> = record.addresses.iter().map(|a| a.ip()).collect();
                 let entry = edge::endpoint_entry(record);
-                let put = maps.put(ifindex, &addrs, cookie, &entry);
+                let put = maps.put(ifindex, &addrs, edge::source_flags(record), cookie, &entry);
                 undo.edge_entries = Some((maps, ifindex, addrs, cookie));
                 put.map_err(edge_err)?;
                 prog
@@ -571,7 +571,7 @@ fn tell_daemon(inv: &Invocation, req: Request) {
 }
 
 /// Removes what ADD wrote into the daemon's maps for a record, and its
-/// tcx link pin. Failures are logged, not returned: DEL must not fail for
+/// tcx link pins. Failures are logged, not returned: DEL must not fail for
 /// want of the daemon's maps, and the daemon sweeps leftovers at start.
 fn release_edge(inv: &Invocation, rec: &EndpointRecord) {
     let pins = inv.plugin.pins();
@@ -585,7 +585,9 @@ fn release_edge(inv: &Invocation, rec: &EndpointRecord) {
         Ok(None) => {}
         Err(e) => eprintln!("sluice: {e}; sluiced removes the entries at its next start"),
     }
-    if rec.edge.is_some_and(|e| e.mode == EdgeMode::Tcx) {
+    // A tcx edge, and the reply translation of a pod translated per packet
+    // (a tcx egress link in either mode), are pinned.
+    if rec.edge.is_some_and(|e| e.mode == EdgeMode::Tcx) || rec.socket_lb_opt_out() {
         if let Err(e) = edge::unpin_tc_link(&pins, rec.host_ifindex) {
             eprintln!(
                 "sluice: removing the tcx link pin of ifindex {}: {e}",

@@ -108,6 +108,9 @@ pub struct Datapath {
     pub edge_prog: Arc<EdgeProg>,
     /// What happened to the pinned edge program at start.
     pub edge_prog_outcome: LinkOutcome,
+    /// The reverse translation of opted-out pods' replies (tcx egress);
+    /// `None` without tcx.
+    pub reply_prog: Option<Arc<EdgeProg>>,
     /// How this daemon attaches an edge itself (pods whose record names no
     /// attachment): `tc_attach`, where auto means clsact.
     pub edge_mode: EdgeMode,
@@ -124,6 +127,7 @@ pub struct Datapath {
     /// The socket programs' counters (none where they do not run).
     sockstat: Option<PerCpuArray<MapData, u64>>,
     lbstat: Option<PerCpuArray<MapData, u64>>,
+    ctstat: PerCpuArray<MapData, u64>,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -213,8 +217,30 @@ impl Datapath {
             .map_err(map_err(maps::SRC.name, "open"))?;
         let drops = HashMap::try_from(take(&mut tc_obj, maps::EDGE_STATS.name)?)
             .map_err(map_err(maps::EDGE_STATS.name, "open"))?;
+        let ctstat = PerCpuArray::try_from(take(&mut tc_obj, maps::CTSTAT.name)?)
+            .map_err(map_err(maps::CTSTAT.name, "open"))?;
         let pins = Pins::new(&cfg.pin_path);
-        let (edge_prog, edge_prog_outcome) = pin_edge_program(&mut tc_obj, &pins)?;
+        let (edge_prog, edge_prog_outcome) = pin_tc_program(
+            &mut tc_obj,
+            &pins,
+            sluice_dataplane::TC_POD_INGRESS,
+            pins.pod_program(),
+        )?;
+        // The replies' reverse translation goes on a tcx egress link of
+        // each opted-out pod: without tcx, those pods keep what they had
+        // (their own traffic, no service translation).
+        let reply_prog = if sluice_cni::edge::tcx_supported() {
+            let (p, _) = pin_tc_program(
+                &mut tc_obj,
+                &pins,
+                sluice_dataplane::TC_POD_EGRESS,
+                pins.pod_egress_program(),
+            )?;
+            Some(Arc::new(p))
+        } else {
+            warn!("no tcx on this kernel (Linux 6.6): pods that opted out of socket load balancing get no per-packet service translation");
+            None
+        };
 
         let cgroup_root = cgroup_root(cfg)?;
         let cgroup_links = match sock_obj.as_mut() {
@@ -237,6 +263,7 @@ impl Datapath {
             tc_links_dir: cfg.tc_links_dir(),
             edge_prog: Arc::new(edge_prog),
             edge_prog_outcome,
+            reply_prog,
             edge_mode,
             cgroup_root,
             cgroup_links,
@@ -247,6 +274,7 @@ impl Datapath {
             drops,
             sockstat,
             lbstat,
+            ctstat,
         })
     }
 
@@ -262,13 +290,15 @@ impl Datapath {
         }
     }
 
-    /// ifindexes that have a pinned tc link.
+    /// ifindexes that have a pinned tc link (ingress or egress).
     pub fn tc_pins(&self) -> Vec<u32> {
         std::fs::read_dir(&self.tc_links_dir)
             .into_iter()
             .flatten()
             .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .filter_map(|e| sluice_dataplane::pins::tc_pin_ifindex(e.file_name().to_str()?))
+            .collect::<std::collections::BTreeSet<u32>>()
+            .into_iter()
             .collect()
     }
 
@@ -294,10 +324,11 @@ impl Datapath {
         &mut self,
         ifindex: u32,
         addrs: &[std::net::IpAddr],
+        flags: u8,
     ) -> Result<(), DatapathError> {
         for a in addrs {
             self.src
-                .insert(SrcKey::new(ifindex, *a), 1, 0)
+                .insert(SrcKey::new(ifindex, *a), flags, 0)
                 .map_err(map_err(maps::SRC.name, "insert"))?;
         }
         Ok(())
@@ -331,42 +362,41 @@ impl Datapath {
 
     /// Socket operations of known endpoints per hook, summed over CPUs.
     pub fn sock_stats(&self) -> Vec<(&'static str, u64)> {
-        maps::SOCK_HOOKS
-            .iter()
-            .enumerate()
-            .map(|(i, h)| {
-                let n = self
-                    .sockstat
-                    .as_ref()
-                    .and_then(|m| m.get(&(i as u32), 0).ok())
-                    .map(|v| v.iter().sum())
-                    .unwrap_or(0);
-                (*h, n)
-            })
-            .collect()
+        per_cpu_counts(self.sockstat.as_ref(), &maps::SOCK_HOOKS)
     }
 
     /// Service translations by outcome, summed over CPUs.
     pub fn lb_stats(&self) -> Vec<(&'static str, u64)> {
-        maps::LB_STATS
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                let n = self
-                    .lbstat
-                    .as_ref()
-                    .and_then(|m| m.get(&(i as u32), 0).ok())
-                    .map(|v| v.iter().sum())
-                    .unwrap_or(0);
-                (*name, n)
-            })
-            .collect()
+        per_cpu_counts(self.lbstat.as_ref(), &maps::LB_STATS)
+    }
+
+    /// The per-packet service translation by outcome, summed over CPUs.
+    pub fn ct_stats(&self) -> Vec<(&'static str, u64)> {
+        per_cpu_counts(Some(&self.ctstat), &maps::CT_STATS)
     }
 
     /// Each pinned map with its entry count.
     pub fn map_summary(&self) -> Vec<MapSummary> {
         map_summary(&self.maps_dir)
     }
+}
+
+/// Each slot of a per-CPU counter array, summed over CPUs, by name.
+fn per_cpu_counts(
+    map: Option<&PerCpuArray<MapData, u64>>,
+    names: &[&'static str],
+) -> Vec<(&'static str, u64)> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let n = map
+                .and_then(|m| m.get(&(i as u32), 0).ok())
+                .map(|v| v.iter().sum())
+                .unwrap_or(0);
+            (*name, n)
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -482,24 +512,30 @@ fn count_entries(spec: &maps::MapSpec, pin: &Path) -> Option<usize> {
 /// pods' filters and links keep matching its ID; a different one (an
 /// upgrade) is replaced in one rename, and the pods' attachments follow in
 /// the edge pass.
-fn pin_edge_program(obj: &mut Ebpf, pins: &Pins) -> Result<(EdgeProg, LinkOutcome), DatapathError> {
-    let prog =
-        load::load_program::<SchedClassifier>(obj, "tc_pod", sluice_dataplane::TC_POD_INGRESS)?;
+/// Loads tc program `name` and pins it at `path`, or takes the program
+/// already pinned there when it is the same (same tag): links and filters
+/// that run it stay as they are.
+fn pin_tc_program(
+    obj: &mut Ebpf,
+    pins: &Pins,
+    name: &'static str,
+    path: PathBuf,
+) -> Result<(EdgeProg, LinkOutcome), DatapathError> {
+    let prog = load::load_program::<SchedClassifier>(obj, "tc_pod", name)?;
     let ours = owned_fd(prog.fd()).map_err(|detail| DatapathError::Attach {
-        program: sluice_dataplane::TC_POD_INGRESS.into(),
+        program: name.into(),
         target: "to its pin".into(),
         detail,
     })?;
-    let path = pins.pod_program();
     let pin_err = |source| DatapathError::Io {
-        what: "pin the edge program at",
+        what: "pin a tc program at",
         path: path.clone(),
         source,
     };
     std::fs::create_dir_all(pins.progs()).map_err(io_err("create pin directory", &pins.progs()))?;
     let to_prog = |fd| {
         EdgeProg::from_fd(fd, EdgeProgram::Check).map_err(|e| DatapathError::Attach {
-            program: sluice_dataplane::TC_POD_INGRESS.into(),
+            program: name.into(),
             target: "to its pin".into(),
             detail: e.to_string(),
         })
@@ -511,7 +547,7 @@ fn pin_edge_program(obj: &mut Ebpf, pins: &Pins) -> Result<(EdgeProg, LinkOutcom
         }
         Ok(_) => {
             sys::obj_pin_replace(ours.as_fd(), &path).map_err(pin_err)?;
-            info!(pin = %path.display(), "pinned a newer edge program; pods move to it in the edge pass");
+            info!(pin = %path.display(), "pinned a newer tc program; pods move to it in the edge pass");
             Ok((to_prog(ours)?, LinkOutcome::Updated))
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {

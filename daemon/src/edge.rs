@@ -13,6 +13,7 @@ use sluice_cni::edge::{self, EdgeError, EdgeProg, Observed};
 use sluice_cni::netlink::Netlink;
 use sluice_common::endpoint::{EdgeMode, EdgeProgram, EdgeRecord};
 use sluice_dataplane::pins::Pins;
+use std::os::fd::AsFd;
 
 /// Who attached the edge that is in place now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +39,15 @@ pub struct EdgeState {
     /// What the last repair found, or why the last pass could not repair.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_problem: Option<String>,
+    /// For a pod whose services are translated per packet: when the
+    /// reverse translation of its replies was attached (ms since the
+    /// epoch; 0: not attached yet, or not such a pod).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reply_since_unix_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl EdgeState {
@@ -52,6 +62,7 @@ impl EdgeState {
             verified_unix_ms: 0,
             repairs: 0,
             last_problem: None,
+            reply_since_unix_ms: 0,
         }
     }
 
@@ -87,6 +98,9 @@ pub struct Veth<'a> {
     pub ifname: &'a str,
     /// The pod has an IPv6 address (its veth keeps a link-local one).
     pub ipv6: bool,
+    /// For a pod whose services are translated per packet: the reverse
+    /// translation its replies need on the veth's tcx egress.
+    pub reply: Option<&'a EdgeProg>,
 }
 
 pub fn ensure(
@@ -101,6 +115,7 @@ pub fn ensure(
         ifindex,
         ifname,
         ipv6,
+        reply,
     } = veth;
     let obs = edge::inspect(nl, pins, ifindex)?;
     let mut problems = Vec::new();
@@ -158,6 +173,17 @@ pub fn ensure(
             attached = Some(edge::attach(nl, pins, ifindex, mode, prog, false)?);
         }
     }
+    // The first attach of a pod's reply translation is expected, not a
+    // repair (the plugin attaches only the edge).
+    let reply_since = known.map_or(0, |k| k.reply_since_unix_ms);
+    let reply_changed = match ensure_reply(pins, ifindex, reply)? {
+        Some(_) if reply.is_some() && reply_since == 0 => true,
+        Some(why) => {
+            problems.push(why);
+            true
+        }
+        None => false,
+    };
     let drift = edge::backstop_drift(ifname, ipv6);
     if !drift.is_empty() {
         problems.push(format!("host veth settings changed ({})", drift.join(", ")));
@@ -182,12 +208,18 @@ pub fn ensure(
             verified_unix_ms: 0,
             repairs: 0,
             last_problem: None,
+            reply_since_unix_ms: 0,
         },
     };
     st.mode = mode;
     st.program = prog.program;
     st.prog_id = prog.id;
     st.verified_unix_ms = now;
+    st.reply_since_unix_ms = match (reply.is_some(), reply_changed) {
+        (false, _) => 0,
+        (true, true) => now,
+        (true, false) => reply_since.max(st.reply_since_unix_ms),
+    };
     if problems.is_empty() {
         Ok((st, Outcome::Kept))
     } else {
@@ -201,6 +233,62 @@ pub fn ensure(
         st.last_problem = Some(why.clone());
         Ok((st, Outcome::Repaired(why)))
     }
+}
+
+/// Makes sure the pod's replies are translated back when it wants that
+/// (`reply`): our link on the veth's tcx egress, running `reply`. A pod
+/// that does not want it has no such link. Returns what had to change.
+fn ensure_reply(
+    pins: &Pins,
+    ifindex: u32,
+    reply: Option<&EdgeProg>,
+) -> Result<Option<String>, EdgeError> {
+    use sluice_dataplane::sys;
+    let path = pins.tc_egress_link(ifindex);
+    let bpf = |what: String| move |source| EdgeError::Bpf { what, source };
+    let Some(prog) = reply else {
+        if !path.exists() {
+            return Ok(None);
+        }
+        std::fs::remove_file(&path).map_err(|source| EdgeError::Pin {
+            what: "remove",
+            path: path.clone(),
+            source,
+        })?;
+        return Ok(Some(
+            "a reply translation link it does not need was removed".into(),
+        ));
+    };
+    let found = sys::obj_get(&path)
+        .ok()
+        .and_then(|fd| Some((sys::link_info(fd.as_fd()).ok()?, fd)));
+    let why = match found {
+        Some((info, _)) if info.tcx_ifindex == ifindex && info.prog_id == prog.id => {
+            return Ok(None)
+        }
+        Some((info, link)) if info.tcx_ifindex == ifindex => {
+            let old = sys::prog_fd_by_id(info.prog_id)
+                .map_err(bpf(format!("open program {}", info.prog_id)))?;
+            sys::link_update(link.as_fd(), prog.fd.as_fd(), old.as_fd())
+                .map_err(bpf(format!("replace the program of {}", path.display())))?;
+            return Ok(Some(format!(
+                "the reply translation ran program {}",
+                info.prog_id
+            )));
+        }
+        Some(_) => "the reply translation link was detached",
+        None => "the reply translation link was missing",
+    };
+    let link =
+        sys::tcx_link_create_at(prog.fd.as_fd(), ifindex, sys::TcxHook::Egress).map_err(bpf(
+            format!("attach the reply translation to the tcx egress of ifindex {ifindex}"),
+        ))?;
+    sys::obj_pin_replace(link.as_fd(), &path).map_err(|source| EdgeError::Pin {
+        what: "pin the tcx link at",
+        path,
+        source,
+    })?;
+    Ok(Some(why.into()))
 }
 
 fn tcx_problem(obs: &Observed, ifindex: u32) -> String {

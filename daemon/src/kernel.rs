@@ -57,7 +57,7 @@ pub struct Kernel {
 /// The pod edge (a tc program on the host veth, clsact) needs nothing a
 /// supported kernel lacks; the daemon cannot run without
 /// `SO_NETNS_COOKIE`.
-pub const NEEDS: [(&str, &[&str]); 3] = [
+pub const NEEDS: [(&str, &[&str]); 4] = [
     (
         SOCKET_LB,
         &[
@@ -79,11 +79,22 @@ pub const NEEDS: [(&str, &[&str]); 3] = [
         &["cgroup sock_release hook", "SOCK_DESTROY on UDP sockets"],
     ),
     (TCX, &["tcx"]),
+    (
+        PER_PACKET,
+        &[
+            "tcx",
+            "atomic compare-and-exchange",
+            "inner maps of any size (BPF_F_INNER_MAP)",
+        ],
+    ),
 ];
 
 pub const SOCKET_LB: &str = "socket load balancing (Services)";
 pub const UDP_TERMINATION: &str = "ending UDP sockets of a backend that left";
 pub const TCX: &str = "tcx attach mode";
+/// Services for pods that opted out of socket load balancing: translated
+/// per packet on the host veth, replies on a tcx egress link.
+pub const PER_PACKET: &str = "per-packet service translation (opted-out pods)";
 
 /// The minimum Linux release for every feature: what the README states.
 pub const MINIMUM: &str = "6.1";
@@ -283,6 +294,8 @@ mod tests {
             .contains("bpf_set_retval in connect and sendmsg (Linux 6.1)"));
         assert!(by(UDP_TERMINATION).on);
         assert!(!by(TCX).on);
+        assert!(!by(PER_PACKET).on);
+        assert!(by(PER_PACKET).why_off.contains("tcx"));
 
         let mut p = all_present();
         p.iter_mut()

@@ -567,6 +567,12 @@ fn answer(req: Request, d: &Daemon) -> Result<serde_json::Value, String> {
                     .into_iter()
                     .map(|(h, n)| (h.to_string(), n))
                     .collect(),
+                per_packet: st
+                    .dp
+                    .ct_stats()
+                    .into_iter()
+                    .map(|(h, n)| (h.to_string(), n))
+                    .collect(),
                 maps,
             };
             Ok(serde_json::to_value(s).expect("status serializes"))

@@ -9,7 +9,7 @@ use crate::datapath::{Datapath, DatapathError};
 use crate::edge::{EdgeState, Outcome};
 use crate::netns::{CookieError, CookieReader};
 use crate::views::{EdgeView, EndpointView, ReconcileReport};
-use sluice_cni::edge::endpoint_entry;
+use sluice_cni::edge::{endpoint_entry, source_flags};
 use sluice_common::endpoint::{EdgeMode, EndpointRecord};
 use sluice_dataplane::maps::{Endpoint, EP_F_NO_SOCK_LB};
 use std::collections::{BTreeMap, HashSet};
@@ -186,7 +186,8 @@ impl State {
             // An older plugin's ADD: it did not reset the counters.
             self.dp.reset_counters(rec.host_ifindex);
         }
-        self.dp.put_sources(rec.host_ifindex, &addrs(rec))?;
+        self.dp
+            .put_sources(rec.host_ifindex, &addrs(rec), source_flags(rec))?;
         self.dp.put_endpoint(cookie, &endpoint_entry(rec))?;
         let r = Registered {
             record: rec.clone(),
@@ -457,9 +458,9 @@ pub fn edge_pass(
     only: Option<&HashSet<Key>>,
 ) -> EdgePassReport {
     let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
-    let (work, pins, prog, default_mode) = {
+    let (work, pins, prog, reply_prog, default_mode) = {
         let st = lock();
-        let work: Vec<(Key, u32, String, bool, Option<EdgeState>)> = st
+        let work: Vec<(Key, u32, String, bool, bool, Option<EdgeState>)> = st
             .endpoints
             .iter()
             .filter(|(k, _)| only.is_none_or(|o| o.contains(*k)))
@@ -469,6 +470,7 @@ pub fn edge_pass(
                     r.record.host_ifindex,
                     r.record.host_ifname.clone(),
                     r.record.addresses.iter().any(|a| a.is_ipv6()),
+                    r.record.socket_lb_opt_out(),
                     r.edge.clone(),
                 )
             })
@@ -477,16 +479,18 @@ pub fn edge_pass(
             work,
             st.dp.pins.clone(),
             st.dp.edge_prog.clone(),
+            st.dp.reply_prog.clone(),
             st.dp.edge_mode,
         )
     };
     let mut rep = EdgePassReport::default();
-    for (key, ifindex, ifname, ipv6, known) in work {
+    for (key, ifindex, ifname, ipv6, per_packet, known) in work {
         let mode: EdgeMode = known.as_ref().map_or(default_mode, |k| k.mode);
         let veth = crate::edge::Veth {
             ifindex,
             ifname: &ifname,
             ipv6,
+            reply: reply_prog.as_deref().filter(|_| per_packet),
         };
         let res = crate::edge::ensure(nl, &pins, &prog, veth, mode, known.as_ref());
         rep.checked += 1;

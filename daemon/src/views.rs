@@ -146,5 +146,8 @@ pub struct StatusView {
     /// Service translations by outcome.
     #[serde(default)]
     pub lb_stats: Vec<(String, u64)>,
+    /// The per-packet service translation of opted-out pods, by outcome.
+    #[serde(default)]
+    pub per_packet: std::collections::BTreeMap<String, u64>,
     pub maps: Vec<MapSummary>,
 }

@@ -21,10 +21,12 @@ int sluice_test_edge(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct edge_test_hdr *h = data;
+	__u8 flags;
 
 	if ((void *)(h + 1) > data_end)
 		return XDP_ABORTED;
-	h->reason = edge_check(h + 1, data_end, h->ifindex, h->protocol, h->vlan_present);
+	h->reason = edge_check(h + 1, data_end, h->ifindex, h->protocol, h->vlan_present,
+			       &flags);
 	edge_count(h->ifindex, h->reason, (__u32)((long)data_end - (long)(h + 1)));
 	return XDP_PASS;
 }

@@ -9,8 +9,9 @@ pub mod maps;
 pub mod pins;
 pub mod sys;
 
-/// tc program for a pod's host-side veth (`sluice_pod_ingress`): the pod
-/// edge (source check, default deny).
+/// tc programs for a pod's host-side veth: `sluice_pod_ingress`, the pod
+/// edge (source check, default deny) and per-packet service translation;
+/// `sluice_pod_egress`, the replies' reverse translation.
 pub static TC_POD: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc_pod.o"));
 
 /// cgroup sock_addr programs attached at the cgroup v2 root.
@@ -33,8 +34,11 @@ pub static TEST_POD_OLD: &[u8] =
 pub static TEST_CONNECT4_OLD: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/test_connect4_old.o"));
 
-/// The tc entry point in [`TC_POD`].
+/// The tc entry points in [`TC_POD`]: the edge (and the per-packet
+/// service translation of opted-out pods), and their replies' reverse
+/// translation.
 pub const TC_POD_INGRESS: &str = "sluice_pod_ingress";
+pub const TC_POD_EGRESS: &str = "sluice_pod_egress";
 
 /// The `cgroup/sock_release` entry point in [`SOCK`]: drops a closing
 /// UDP socket's connected-socket record.

@@ -130,7 +130,13 @@ pub const ENDPOINTS: MapSpec = MapSpec {
     what: "endpoints by netns cookie",
 };
 
-/// [`SrcKey`] → 1: addresses each pod may send from.
+/// `SLUICE_SRC_F_*`, the value of a [`SrcKey`]: the pod may send from
+/// the address; its packets to services are translated per packet (it
+/// opted out of socket load balancing).
+pub const SRC_F_ALLOWED: u8 = 1 << 0;
+pub const SRC_F_SVC_NAT: u8 = 1 << 1;
+
+/// [`SrcKey`] → `SRC_F_*`: addresses each pod may send from.
 pub const SRC: MapSpec = MapSpec {
     name: "sluice_src",
     map_type: BPF_MAP_TYPE_HASH,
@@ -423,10 +429,39 @@ pub const LBSTAT: MapSpec = MapSpec {
     what: "service translations by outcome",
 };
 
+/// [`CtKey`] → [`CtEntry`]: connection tracking of the per-packet service
+/// translation, two entries per flow; LRU, so it is bounded, and
+/// preallocated (an LRU map always is).
+pub const CT: MapSpec = MapSpec {
+    name: "sluice_ct",
+    map_type: BPF_MAP_TYPE_LRU_HASH,
+    key_size: size_of::<CtKey>() as u32,
+    value_size: size_of::<CtEntry>() as u32,
+    max_entries: 131072,
+    flags: 0,
+    inner: None,
+    what: "connection tracking of per-packet service translation",
+};
+
+/// `enum ct_stat`, in order.
+pub const CT_STATS: [&str; 5] = ["new", "translated", "replies", "no_backend", "reselected"];
+
+/// `enum ct_stat` → u64 per CPU.
+pub const CTSTAT: MapSpec = MapSpec {
+    name: "sluice_ctstat",
+    map_type: BPF_MAP_TYPE_PERCPU_ARRAY,
+    key_size: 4,
+    value_size: 8,
+    max_entries: CT_STATS.len() as u32,
+    flags: 0,
+    inner: None,
+    what: "per-packet service translation by outcome",
+};
+
 /// Every pinned map.
-pub const ALL: [MapSpec; 14] = [
+pub const ALL: [MapSpec; 16] = [
     ENDPOINTS, SRC, EDGE_STATS, SOCKSTAT, SVC, BACKENDS, LB_SLOTS, LB_TABLES, SVC_BES, AFFINITY,
-    CONNS, SK_NAT, UDP_CONN, LBSTAT,
+    CONNS, SK_NAT, UDP_CONN, LBSTAT, CT, CTSTAT,
 ];
 
 /// `enum sock_hook`, in order.
@@ -826,6 +861,50 @@ impl AffinityValue {
     }
 }
 
+/// `SLUICE_CT_DIR_*`.
+pub const CT_DIR_FWD: u8 = 0;
+pub const CT_DIR_REPLY: u8 = 1;
+/// `SLUICE_CT_F_*`.
+pub const CT_F_FIN: u8 = 1 << 0;
+pub const CT_F_RST: u8 = 1 << 1;
+
+/// `struct ct_key`: one direction of a translated flow.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct CtKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub dir: u8,
+    pub pad: u8,
+}
+// SAFETY: plain old data, no implicit padding (asserted below).
+unsafe impl aya::Pod for CtKey {}
+
+/// `struct ct_entry`: where a direction of a flow is translated to.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CtEntry {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub flags: u8,
+    pub pad: u8,
+    pub svc_id: u32,
+    pub backend_id: u32,
+    pub pad2: u32,
+    pub last_seen_ns: u64,
+}
+// SAFETY: plain old data, no implicit padding (asserted below).
+unsafe impl aya::Pod for CtEntry {}
+
+/// The session-affinity identity the per-packet path gives a pod
+/// (`NAT_AFF_ID`): its host ifindex with the top bit set, where the socket
+/// path uses the netns cookie.
+pub const AFF_ID_IFINDEX: u64 = 1 << 63;
+
 /// `enum lb_verdict`.
 pub const LB_PASS: u32 = 0;
 pub const LB_XLATE: u32 = 1;
@@ -857,6 +936,22 @@ unsafe impl aya::Pod for LbReq {}
 mod tests {
     use super::*;
     use std::mem::offset_of;
+
+    #[test]
+    fn ct_layout_matches_c() {
+        assert_eq!(size_of::<CtKey>(), 40);
+        assert_eq!(offset_of!(CtKey, sport), 32);
+        assert_eq!(offset_of!(CtKey, dport), 34);
+        assert_eq!(offset_of!(CtKey, proto), 36);
+        assert_eq!(offset_of!(CtKey, family), 37);
+        assert_eq!(offset_of!(CtKey, dir), 38);
+        assert_eq!(size_of::<CtEntry>(), 40);
+        assert_eq!(offset_of!(CtEntry, port), 16);
+        assert_eq!(offset_of!(CtEntry, flags), 18);
+        assert_eq!(offset_of!(CtEntry, svc_id), 20);
+        assert_eq!(offset_of!(CtEntry, backend_id), 24);
+        assert_eq!(offset_of!(CtEntry, last_seen_ns), 32);
+    }
 
     #[test]
     fn endpoint_matches_c() {
@@ -1033,8 +1128,14 @@ mod tests {
             include_str!("../bpf/include/edge.h"),
             include_str!("../bpf/include/sock.h"),
             include_str!("../bpf/include/lb.h"),
+            include_str!("../bpf/include/nat.h"),
         ]
         .concat();
+        let ct_stats = h
+            .lines()
+            .filter(|l| l.trim().starts_with("CT_STAT_") && !l.contains("CT_STAT_MAX"))
+            .count();
+        assert_eq!(ct_stats, CT_STATS.len());
         for m in ALL {
             assert!(
                 all_c.contains(&format!("}} {} SEC(\".maps\")", m.name)),
@@ -1056,7 +1157,7 @@ mod tests {
     /// [`OBSOLETE`] with its conversion, and add a line here.
     #[test]
     fn layouts_change_only_under_a_new_name() {
-        let released: [(&str, u32, u32, u32); 14] = [
+        let released: [(&str, u32, u32, u32); 16] = [
             ("sluice_eps", 1, 8, 32),
             ("sluice_src", 1, 24, 1),
             ("sluice_edgestat", 1, 4, 72),
@@ -1071,6 +1172,8 @@ mod tests {
             ("sluice_sk_nat", 24, 4, 392),
             ("sluice_udp_conn", 1, 8, 16),
             ("sluice_lbstat", 6, 4, 8),
+            ("sluice_ct", 9, 40, 40),
+            ("sluice_ctstat", 6, 4, 8),
         ];
         for m in ALL {
             let r = released

@@ -7,6 +7,18 @@ use std::path::{Path, PathBuf};
 /// The pod edge program, pinned by the daemon under `progs/`.
 pub const POD_PROGRAM: &str = crate::TC_POD_INGRESS;
 
+/// What follows the ifindex in the name of a tcx egress link's pin.
+pub const EGRESS_SUFFIX: &str = "-egress";
+
+/// The host ifindex a pin under `links/tc/` belongs to (`7` or
+/// `7-egress`).
+pub fn tc_pin_ifindex(name: &str) -> Option<u32> {
+    name.strip_suffix(EGRESS_SUFFIX)
+        .unwrap_or(name)
+        .parse()
+        .ok()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pins {
     root: PathBuf,
@@ -51,5 +63,16 @@ impl Pins {
 
     pub fn tc_link(&self, ifindex: u32) -> PathBuf {
         self.tc_links().join(ifindex.to_string())
+    }
+
+    /// The tcx egress link of a pod whose services are translated per
+    /// packet (the reverse translation of its replies).
+    pub fn tc_egress_link(&self, ifindex: u32) -> PathBuf {
+        self.tc_links().join(format!("{ifindex}{EGRESS_SUFFIX}"))
+    }
+
+    /// The reverse-translation program, pinned by the daemon.
+    pub fn pod_egress_program(&self) -> PathBuf {
+        self.progs().join(crate::TC_POD_EGRESS)
     }
 }

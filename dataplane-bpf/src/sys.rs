@@ -634,6 +634,8 @@ const BPF_LINK_CREATE: libc::c_long = 28;
 
 /// `BPF_TCX_INGRESS` attach type (Linux 6.6).
 pub const BPF_TCX_INGRESS: u32 = 46;
+/// `BPF_TCX_EGRESS`.
+pub const BPF_TCX_EGRESS: u32 = 47;
 /// Attach before every other program of the hook (with no relative one).
 pub const BPF_F_BEFORE: u32 = 1 << 3;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
@@ -684,6 +686,31 @@ pub fn obj_pin_replace(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
 /// ahead of every program already there (`BPF_F_BEFORE`). Each tcx attach
 /// waits for an RCU grace period in the kernel (with RTNL held).
 pub fn tcx_link_create(prog: BorrowedFd<'_>, ifindex: u32) -> io::Result<OwnedFd> {
+    tcx_link_create_at(prog, ifindex, TcxHook::Ingress)
+}
+
+/// A tcx hook of a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcxHook {
+    Ingress,
+    Egress,
+}
+
+impl TcxHook {
+    fn attach_type(self) -> u32 {
+        match self {
+            TcxHook::Ingress => BPF_TCX_INGRESS,
+            TcxHook::Egress => BPF_TCX_EGRESS,
+        }
+    }
+}
+
+/// [`tcx_link_create`] on either hook.
+pub fn tcx_link_create_at(
+    prog: BorrowedFd<'_>,
+    ifindex: u32,
+    hook: TcxHook,
+) -> io::Result<OwnedFd> {
     #[repr(C)]
     struct Attr {
         prog_fd: u32,
@@ -697,7 +724,7 @@ pub fn tcx_link_create(prog: BorrowedFd<'_>, ifindex: u32) -> io::Result<OwnedFd
     let mut attr = Attr {
         prog_fd: prog.as_raw_fd() as u32,
         target_ifindex: ifindex,
-        attach_type: BPF_TCX_INGRESS,
+        attach_type: hook.attach_type(),
         flags: BPF_F_BEFORE,
         relative_fd: 0,
         _pad: 0,

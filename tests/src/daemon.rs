@@ -221,6 +221,23 @@ impl<'a> Daemon<'a> {
         m.keys().map(Result::unwrap).collect()
     }
 
+    /// The per-packet translation's connection tracking entries.
+    pub fn pinned_ct(&self) -> Vec<(maps::CtKey, maps::CtEntry)> {
+        let m: HashMap<_, maps::CtKey, maps::CtEntry> =
+            HashMap::try_from(open_pinned(&self.maps_dir(), &maps::CT).unwrap()).unwrap();
+        m.iter().map(Result::unwrap).collect()
+    }
+
+    /// Whether the tcx egress link that translates a per-packet pod's
+    /// replies is pinned and on `ifindex`.
+    pub fn reply_link_on(&self, ifindex: u32) -> bool {
+        let pin = self.pin_path.join("links/tc").join(format!(
+            "{ifindex}{}",
+            sluice_dataplane::pins::EGRESS_SUFFIX
+        ));
+        sluice_dataplane::sys::pinned_link_info(&pin).is_ok_and(|i| i.tcx_ifindex == ifindex)
+    }
+
     pub fn pinned_counters(&self, ifindex: u32) -> EdgeStats {
         pinned_edge_stats(&self.pin_path, ifindex)
     }

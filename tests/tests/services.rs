@@ -1122,3 +1122,161 @@ fn incremental_changes_keep_services_whole() {
         "slots of replaced and removed tables are gone: {m}"
     );
 }
+
+/// A pod that opted out of socket load balancing reaches services through
+/// the per-packet path on its host veth: TCP and UDP, IPv4 and IPv6, the
+/// pod seeing the service address as its peer and the backend seeing the
+/// pod's own address; flows are tracked in a pinned map, so a connection
+/// outlives a `kill -9` of the daemon; a removed reply link is put back; a
+/// UDP flow whose backend left chooses again.
+#[test]
+fn an_opted_out_pod_reaches_services_per_packet() {
+    if !require_root() {
+        return;
+    }
+    use std::io::{BufRead, BufReader, Write};
+    let node = Node::new();
+    let mut c = Cluster::new(&node, "");
+    let conf = with_pod_annotations(
+        &node.conf("1.0.0", RANGES),
+        &[("sluice.dev/socket-lb", "false")],
+    );
+    let opted = Pod::add(&node, &conf);
+    let rec = sluice_common::endpoint::EndpointRecord::load(&node.state_dir(), &opted.cid, "eth0")
+        .unwrap()
+        .unwrap();
+    let client_rec =
+        sluice_common::endpoint::EndpointRecord::load(&node.state_dir(), &c.client.cid, "eth0")
+            .unwrap()
+            .unwrap();
+    assert!(
+        eventually(5, || c.d.reply_link_on(rec.host_ifindex)),
+        "the reply translation is attached to the opted-out pod's veth"
+    );
+    assert!(
+        !c.d.reply_link_on(client_rec.host_ifindex),
+        "an ordinary pod has none"
+    );
+
+    let check = || {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..12 {
+            for dst in ["10.96.10.10:80", "[fd00:10:96::10]:80"] {
+                let v = probe_ok(&opted.ns, &["tcp", dst]);
+                let reply = v["reply"].as_str().unwrap_or_else(|| panic!("{v}"));
+                assert!(reply.starts_with("web-"), "{dst}: {v}");
+                assert_eq!(v["peer"], dst, "the pod sees the service: {v}");
+                seen.insert(reply.to_string());
+            }
+            for dst in ["10.96.10.10:53", "[fd00:10:96::10]:53"] {
+                let v = probe_ok(&opted.ns, &["udp", dst]);
+                assert!(v["reply"].as_str().unwrap().starts_with("web-"), "{v}");
+                assert_eq!(v["from"], dst, "the reply comes from the service: {v}");
+                let v = probe_ok(&opted.ns, &["udp-connected", dst]);
+                assert!(v["reply"].as_str().unwrap().starts_with("web-"), "{v}");
+                assert_eq!(v["from"], dst, "{v}");
+            }
+        }
+        assert_eq!(seen.len(), 2, "both backends get flows: {seen:?}");
+    };
+    check();
+    // The flows are tracked, both directions, with the pod's own address.
+    let pod4: std::net::Ipv4Addr = ip_of(&opted, false).parse().unwrap();
+    let ct = c.d.pinned_ct();
+    let fwd = ct
+        .iter()
+        .filter(|(k, _)| k.dir == sluice_dataplane::maps::CT_DIR_FWD && k.src[..4] == pod4.octets())
+        .count();
+    let reply = ct
+        .iter()
+        .filter(|(k, _)| {
+            k.dir == sluice_dataplane::maps::CT_DIR_REPLY && k.dst[..4] == pod4.octets()
+        })
+        .count();
+    assert!(
+        fwd >= 24 && reply >= 24,
+        "{fwd} forward, {reply} reply entries"
+    );
+    assert!(
+        c.d.status()["per_packet"]["translated"].as_u64().unwrap() > 0,
+        "{:#}",
+        c.d.status()["per_packet"]
+    );
+
+    // The backend sees the pod's address: no source NAT.
+    let hold = Command::new("ip")
+        .args(["netns", "exec", &opted.ns.name])
+        .arg(bin("sluice-probe"))
+        .args(["tcp-hold", "10.96.10.10:80", "4"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pod4s = pod4.to_string();
+    assert!(
+        eventually(5, || c.web.iter().any(|w| {
+            let out = w.ns.exec(&["ss", "-tnH", "state", "established"]);
+            // The server listens on [::]: IPv4 peers show v4-mapped.
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.contains(&format!("{pod4s}:")) || text.contains(&format!("{pod4s}]:"))
+        })),
+        "a backend sees the connection from {pod4s}"
+    );
+    // A connection outlives the daemon: programs and tracking are pinned.
+    c.d.kill9();
+    let out = hold.wait_with_output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["echo"], "still-there", "{v}");
+    check();
+    // A reply link removed by hand (here while the daemon is down) is put
+    // back.
+    let pin = node
+        .pin_path
+        .join("links/tc")
+        .join(format!("{}-egress", rec.host_ifindex));
+    std::fs::remove_file(&pin).unwrap();
+    assert!(!c.d.reply_link_on(rec.host_ifindex));
+    c.d.spawn();
+    assert!(
+        eventually(10, || c.d.reply_link_on(rec.host_ifindex)),
+        "the reply link is put back"
+    );
+    check();
+
+    // A UDP flow whose backend left chooses again; its socket, connected to
+    // the service, keeps working.
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &opted.ns.name])
+        .arg(bin("sluice-probe"))
+        .args(["udp-connected-wait", "10.96.10.10:53"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let first: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    let gone = first["reply"].as_str().unwrap().to_string();
+    let left: Vec<_> = c
+        .web
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| format!("web-{i}") != gone)
+        .map(|(_, p)| (p, true, true, false))
+        .collect();
+    c.write(&manifests(&left, ""));
+    c.wait_programmed(|v| {
+        c.frontend(v, "10.96.10.10:53/Udp")["backends"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    });
+    child.stdin.take().unwrap().write_all(b"again\n").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    let _ = child.wait();
+    let second: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_ne!(second["reply"], gone.as_str(), "{first} then {second}");
+    assert_eq!(second["from"], "10.96.10.10:53", "{second}");
+}

@@ -1,12 +1,13 @@
 //! Affinity entries that no longer mean anything go: those of pods that
 //! are gone (their netns cookie is no longer an endpoint; cookies are never
-//! reused) and those of frontends that are gone (svc_ids are never reused).
+//! reused; on the per-packet path, no endpoint has their host ifindex) and
+//! those of frontends that are gone (svc_ids are never reused).
 //! The walk runs on its own map handles, outside the programmer's lock.
 
 use super::program::ProgramError;
 use aya::maps::{HashMap, MapData, MapError};
 use sluice_dataplane::load::open_pinned;
-use sluice_dataplane::maps::{self, AffinityKey, AffinityValue, Endpoint};
+use sluice_dataplane::maps::{self, AffinityKey, AffinityValue, Endpoint, AFF_ID_IFINDEX};
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -52,9 +53,24 @@ impl Sweeper {
             return 0;
         }
         let live = live();
+        // The per-packet path keys a pod by its host ifindex (tagged).
+        let ifindexes: HashSet<u64> = if keys.iter().any(|k| k.netns_cookie & AFF_ID_IFINDEX != 0) {
+            self.eps
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(_, e)| e.host_ifindex != 0)
+                .map(|(_, e)| AFF_ID_IFINDEX | u64::from(e.host_ifindex))
+                .collect()
+        } else {
+            HashSet::new()
+        };
         let mut n = 0;
         for k in keys {
-            let pod_gone = matches!(self.eps.get(&k.netns_cookie, 0), Err(MapError::KeyNotFound));
+            let pod_gone = if k.netns_cookie & AFF_ID_IFINDEX != 0 {
+                !ifindexes.contains(&k.netns_cookie)
+            } else {
+                matches!(self.eps.get(&k.netns_cookie, 0), Err(MapError::KeyNotFound))
+            };
             if (pod_gone || !live.contains(&k.svc_id)) && self.affinity.remove(&k).is_ok() {
                 n += 1;
             }

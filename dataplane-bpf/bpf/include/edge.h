@@ -63,18 +63,23 @@ static __always_inline void edge_count(__u32 ifindex, __u32 reason, __u32 len)
 	}
 }
 
-static __always_inline int edge_own(__u32 ifindex, __u8 family, const void *addr)
+/* The flags (SLUICE_SRC_F_*) of the pod's own address `addr`, 0 when it
+ * is not one of the addresses of the pod behind ifindex. */
+static __always_inline __u8 edge_own(__u32 ifindex, __u8 family, const void *addr)
 {
 	struct src_key key = { .ifindex = ifindex, .family = family };
+	__u8 *v;
 
 	if (family == SLUICE_AF_INET)
 		__builtin_memcpy(key.addr, addr, 4);
 	else
 		__builtin_memcpy(key.addr, addr, 16);
-	return bpf_map_lookup_elem(&sluice_src, &key) != NULL;
+	v = bpf_map_lookup_elem(&sluice_src, &key);
+	/* An entry of an older build holds 1: allowed, no flags. */
+	return v ? (*v | SLUICE_SRC_F_ALLOWED) : 0;
 }
 
-static __always_inline __u32 edge_ipv4(void *l3, void *data_end, __u32 ifindex)
+static __always_inline __u32 edge_ipv4(void *l3, void *data_end, __u32 ifindex, __u8 *flags)
 {
 	struct iphdr *ip = l3;
 
@@ -82,7 +87,8 @@ static __always_inline __u32 edge_ipv4(void *l3, void *data_end, __u32 ifindex)
 		return EDGE_DROP_MALFORMED;
 	if (ip->version != 4 || ip->ihl < 5)
 		return EDGE_DROP_MALFORMED;
-	return edge_own(ifindex, SLUICE_AF_INET, &ip->saddr) ? EDGE_PASS : EDGE_DROP_SPOOFED;
+	*flags = edge_own(ifindex, SLUICE_AF_INET, &ip->saddr);
+	return *flags ? EDGE_PASS : EDGE_DROP_SPOOFED;
 }
 
 /* ICMPv6 types a link-local or unspecified source may send: router
@@ -108,7 +114,7 @@ struct edge_frag_hdr {
 
 #define EDGE_IPV6_MAX_EXT 4
 
-static __always_inline __u32 edge_ipv6(void *l3, void *data_end, __u32 ifindex)
+static __always_inline __u32 edge_ipv6(void *l3, void *data_end, __u32 ifindex, __u8 *flags)
 {
 	struct ipv6hdr *ip6 = l3;
 	void *p = ip6 + 1;
@@ -164,7 +170,8 @@ static __always_inline __u32 edge_ipv6(void *l3, void *data_end, __u32 ifindex)
 
 	if (link_local || unspecified)
 		return icmp && !fragment && edge_nd_or_mld(type) ? EDGE_PASS : EDGE_DROP_LINK_LOCAL;
-	return edge_own(ifindex, SLUICE_AF_INET6, s) ? EDGE_PASS : EDGE_DROP_SPOOFED;
+	*flags = edge_own(ifindex, SLUICE_AF_INET6, s);
+	return *flags ? EDGE_PASS : EDGE_DROP_SPOOFED;
 }
 
 /* An ARP packet for Ethernet and IPv4. */
@@ -197,30 +204,33 @@ static __always_inline __u32 edge_arp(void *l3, void *data_end, __u32 ifindex)
 /* Decides one frame [data, data_end) arriving from the pod behind ifindex.
  * `protocol` is skb->protocol (network order) and `vlan_present` whether
  * the kernel already moved a VLAN tag out of the data. Returns EDGE_PASS
- * or the reason to drop. */
+ * or the reason to drop; for IPv4 and IPv6 from the pod's own address,
+ * `flags` gets that address's SLUICE_SRC_F_* (0 otherwise). */
 static __always_inline __u32 edge_check(void *data, void *data_end, __u32 ifindex,
-					__u16 protocol, __u32 vlan_present)
+					__u16 protocol, __u32 vlan_present, __u8 *flags)
 {
 	struct ethhdr *eth = data;
 	__u16 proto;
 
 	if ((void *)(eth + 1) > data_end)
 		return EDGE_DROP_MALFORMED;
+	*flags = 0;
 	proto = eth->h_proto;
 	if (vlan_present || proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD))
 		return EDGE_DROP_VLAN;
 	if (proto == bpf_htons(ETH_P_IP) && protocol == proto)
-		return edge_ipv4(eth + 1, data_end, ifindex);
+		return edge_ipv4(eth + 1, data_end, ifindex, flags);
 	if (proto == bpf_htons(ETH_P_IPV6) && protocol == proto)
-		return edge_ipv6(eth + 1, data_end, ifindex);
+		return edge_ipv6(eth + 1, data_end, ifindex, flags);
 	if (proto == bpf_htons(ETH_P_ARP) && protocol == proto)
 		return edge_arp(eth + 1, data_end, ifindex);
 	return EDGE_DROP_PROTOCOL;
 }
 
 /* The whole verdict for one skb: pulls the headers into the linear part,
- * decides, counts a drop. Returns EDGE_PASS or the drop reason. */
-static __always_inline __u32 edge_skb(struct __sk_buff *skb)
+ * decides, counts a drop. Returns EDGE_PASS (with the source's flags in
+ * `flags`) or the drop reason. */
+static __always_inline __u32 edge_skb(struct __sk_buff *skb, __u8 *flags)
 {
 	__u32 len = skb->len;
 	__u32 want = len < EDGE_PULL_LEN ? len : EDGE_PULL_LEN;
@@ -229,7 +239,7 @@ static __always_inline __u32 edge_skb(struct __sk_buff *skb)
 	if ((long)skb->data_end - (long)skb->data < (long)want)
 		bpf_skb_pull_data(skb, want);
 	reason = edge_check((void *)(long)skb->data, (void *)(long)skb->data_end, skb->ifindex,
-			    (__u16)skb->protocol, skb->vlan_present);
+			    (__u16)skb->protocol, skb->vlan_present, flags);
 	edge_count(skb->ifindex, reason, len);
 	return reason;
 }

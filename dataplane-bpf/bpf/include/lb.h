@@ -161,6 +161,18 @@ static __always_inline void lb_count(__u32 svc_id, __u32 backend_id)
 	}
 }
 
+/* A 64-bit value mixed down to a 32-bit flow hash (the finaliser of
+ * MurmurHash3), for Maglev's table index. */
+static __always_inline __u32 lb_mix32(__u64 x)
+{
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdULL;
+	x ^= x >> 33;
+	x *= 0xc4ceb9fe1a85ec53ULL;
+	x ^= x >> 33;
+	return (__u32)x;
+}
+
 static __always_inline int lb_refuse(struct lb_req *r, __u32 why)
 {
 	lb_stat(why);

@@ -19,6 +19,10 @@ struct src_key {
 };
 _Static_assert(sizeof(struct src_key) == 24, "src_key layout");
 
+/* The value of a src_key: what the pod behind the interface gets. */
+#define SLUICE_SRC_F_ALLOWED (1U << 0) /* may send from the address */
+#define SLUICE_SRC_F_SVC_NAT (1U << 1) /* services translated per packet */
+
 /* A pod (or the node itself) known to this daemon, keyed by the
  * netns cookie of its network namespace (bpf_get_netns_cookie). Socket
  * programs act only on sockets whose netns has an entry. */
@@ -227,5 +231,50 @@ struct lb_req {
 	struct backend be;
 };
 _Static_assert(sizeof(struct lb_req) == 88, "lb_req layout");
+
+/* Per-packet service translation (pods that opted out of socket load
+ * balancing): connection tracking in one LRU map, two entries per flow.
+ * The forward entry is keyed by what the pod sent (pod -> service) and
+ * holds the backend; the reply entry is keyed by what the backend sends
+ * back (backend -> pod) and holds the service address to show the pod. */
+#define SLUICE_CT_DIR_FWD 0
+#define SLUICE_CT_DIR_REPLY 1
+
+struct ct_key {
+	__u8 src[16];
+	__u8 dst[16];
+	__u16 sport; /* network order */
+	__u16 dport; /* network order */
+	__u8 proto;
+	__u8 family;
+	__u8 dir; /* SLUICE_CT_DIR_* */
+	__u8 pad;
+};
+_Static_assert(sizeof(struct ct_key) == 40, "ct_key layout");
+
+#define SLUICE_CT_F_FIN (1U << 0) /* a FIN went by: short timeout */
+#define SLUICE_CT_F_RST (1U << 1) /* a RST went by: shorter still */
+
+struct ct_entry {
+	__u8 addr[16]; /* forward: the backend; reply: the service */
+	__u16 port;    /* network order */
+	__u8 flags;    /* SLUICE_CT_F_* */
+	__u8 pad;
+	__u32 svc_id;
+	__u32 backend_id;
+	__u32 pad2;
+	__u64 last_seen_ns; /* bpf_ktime_get_ns() of the last packet */
+};
+_Static_assert(sizeof(struct ct_entry) == 40, "ct_entry layout");
+
+/* Why the per-packet path did what it did (index into sluice_ctstat). */
+enum ct_stat {
+	CT_STAT_NEW = 0,	/* a flow to a service, new entries */
+	CT_STAT_FWD,		/* a packet to a service translated */
+	CT_STAT_REPLY,		/* a reply translated back */
+	CT_STAT_NO_BACKEND,	/* dropped: the service has no backend */
+	CT_STAT_RESELECT,	/* an expired or stale flow chose again */
+	CT_STAT_MAX,
+};
 
 #endif

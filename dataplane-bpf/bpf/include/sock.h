@@ -108,16 +108,6 @@ static __always_inline void sock_nat_remember(struct bpf_sock_addr *ctx, const s
 	sn->slot[i].backend_id = r->backend_id;
 }
 
-static __always_inline __u32 sock_mix32(__u64 x)
-{
-	x ^= x >> 33;
-	x *= 0xff51afd7ed558ccdULL;
-	x ^= x >> 33;
-	x *= 0xc4ceb9fe1a85ec53ULL;
-	x ^= x >> 33;
-	return (__u32)x;
-}
-
 /* The address a sock_addr hook sees, in the datapath's form. */
 static __always_inline void sock_read_addr(struct bpf_sock_addr *ctx, int v6, __u8 addr[16])
 {
@@ -213,7 +203,7 @@ static __always_inline int sock_xlate_fwd(struct bpf_sock_addr *ctx, const struc
 	}
 	sock_cookie = bpf_get_socket_cookie(ctx);
 	r.rnd = bpf_get_prandom_u32();
-	r.hash = sock_mix32(sock_cookie ^ netns_cookie);
+	r.hash = lb_mix32(sock_cookie ^ netns_cookie);
 	r.netns_cookie = netns_cookie;
 	r.now_ns = bpf_ktime_get_ns();
 	switch (lb_select(&r)) {
