@@ -10,7 +10,7 @@
 use super::model::Rejection;
 use super::program::{ApplyReport, MaglevConfig, Programmer, RemovalGuard, ServiceView};
 use super::source::{watch, ManifestDir};
-use super::translate::{translate, Context};
+use super::translate::{translate_parsed, Context};
 use crate::config::Config;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -141,14 +141,15 @@ impl Services {
             "service source: {}",
             dir.display()
         );
+        let ctx = Context {
+            node_name: node_name.clone(),
+            service_cidrs: cfg.service_cidrs.clone(),
+            ..Default::default()
+        };
         let s = Arc::new(Services {
             programmer: Mutex::new(programmer),
-            dir: Mutex::new(ManifestDir::new(dir)),
-            ctx: Context {
-                node_name: node_name.clone(),
-                service_cidrs: cfg.service_cidrs.clone(),
-                ..Default::default()
-            },
+            dir: Mutex::new(ManifestDir::new(dir, &ctx)),
+            ctx,
             pass: Mutex::new(Pass {
                 dir: dir.display().to_string(),
                 node_name,
@@ -346,14 +347,14 @@ impl Services {
             self.dir_missing();
             return;
         }
-        let (services, slices, rejected) = dir.objects();
+        let (objects, rejected) = dir.objects();
         let mut programmer = lock(&self.programmer);
         // The context (and its share of the owners map) is dropped before
         // apply writes the map, so the write does not copy it.
         let t = {
             let mut ctx = self.ctx.clone();
             ctx.previous_owners = programmer.owners();
-            translate(services, slices, &ctx)
+            translate_parsed(objects, &ctx)
         };
         drop(dir);
         *lock(&self.translation_rejected) = t.rejected.clone();
@@ -391,12 +392,12 @@ impl Services {
             None
         } else {
             let t = {
-                let (services, slices) = dir.objects_for(&refs);
+                let objects = dir.objects_for(&refs);
                 let mut ctx = self.ctx.clone();
                 ctx.previous_owners = programmer.owners();
                 ctx.partial = true;
                 ctx.scope = refs.clone();
-                translate(services, slices, &ctx)
+                translate_parsed(objects, &ctx)
             };
             drop(dir);
             let conflicts = {

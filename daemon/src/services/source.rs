@@ -3,12 +3,14 @@
 //! longer parses (half-written, broken) keeps contributing what it held
 //! before, so nothing programmed is lost to a bad save; the error is
 //! reported until the file is fixed.
+//!
+//! Each object is kept as what the translation reads of it
+//! ([`ParsedObject`]), parsed once when its file is read, not as the
+//! Kubernetes object.
 
-use super::manifest::{self, Objects};
+use super::manifest;
 use super::model::{Rejection, ServiceRef};
-use super::translate::{service_ref, slice_service};
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use super::translate::{Context, ParsedObject};
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -20,11 +22,19 @@ struct Stamp {
     size: u64,
 }
 
+/// What one file held the last time it parsed.
+#[derive(Debug, Default)]
+struct FileObjects {
+    objects: Vec<ParsedObject>,
+    /// Documents that are a Service or EndpointSlice but not a valid one.
+    rejected: Vec<Rejection>,
+}
+
 #[derive(Debug)]
 struct FileEntry {
     stamp: Stamp,
     /// The last objects the file parsed to.
-    objects: Objects,
+    objects: FileObjects,
     /// Why the file's current content is not used, if it is not.
     error: Option<String>,
 }
@@ -32,16 +42,17 @@ struct FileEntry {
 #[derive(Debug)]
 pub struct ManifestDir {
     dir: PathBuf,
+    /// What objects are parsed with (the service ranges).
+    ctx: Context,
     files: BTreeMap<PathBuf, FileEntry>,
     /// Which files hold objects of each service.
     index: std::collections::HashMap<ServiceRef, BTreeSet<PathBuf>>,
 }
 
-fn refs_of(o: &Objects) -> Vec<ServiceRef> {
-    o.services
+fn refs_of(o: &FileObjects) -> Vec<ServiceRef> {
+    o.objects
         .iter()
-        .filter_map(service_ref)
-        .chain(o.slices.iter().filter_map(slice_service))
+        .filter_map(|x| x.service_ref().cloned())
         .collect()
 }
 
@@ -55,9 +66,14 @@ fn is_manifest(p: &Path) -> bool {
 }
 
 impl ManifestDir {
-    pub fn new(dir: &Path) -> Self {
+    /// `ctx`: the service ranges objects are parsed with.
+    pub fn new(dir: &Path, ctx: &Context) -> Self {
         ManifestDir {
             dir: dir.into(),
+            ctx: Context {
+                service_cidrs: ctx.service_cidrs.clone(),
+                ..Default::default()
+            },
             files: BTreeMap::new(),
             index: Default::default(),
         }
@@ -113,7 +129,16 @@ impl ManifestDir {
         let name = path.display().to_string();
         let parsed = std::fs::read_to_string(path)
             .map_err(|e| format!("{name}: {e}"))
-            .and_then(|text| manifest::parse(&name, &text));
+            .and_then(|text| manifest::parse(&name, &text))
+            .map(|o| FileObjects {
+                objects: o
+                    .services
+                    .iter()
+                    .map(|s| ParsedObject::service(s, &self.ctx))
+                    .chain(o.slices.iter().map(|s| ParsedObject::slice(s, &self.ctx)))
+                    .collect(),
+                rejected: o.rejected,
+            });
         let previous = self.forget(path).unwrap_or_default();
         let entry = match parsed {
             Ok(objects) => FileEntry {
@@ -135,7 +160,7 @@ impl ManifestDir {
     }
 
     /// Drops a file and its index entries; returns its objects.
-    fn forget(&mut self, path: &Path) -> Option<Objects> {
+    fn forget(&mut self, path: &Path) -> Option<FileObjects> {
         let f = self.files.remove(path)?;
         for r in refs_of(&f.objects) {
             if let Some(set) = self.index.get_mut(&r) {
@@ -187,27 +212,18 @@ impl ManifestDir {
     }
 
     /// The Services and EndpointSlices of the given services only.
-    pub fn objects_for(&self, refs: &BTreeSet<ServiceRef>) -> (Vec<&Service>, Vec<&EndpointSlice>) {
-        let mut services = Vec::new();
-        let mut slices = Vec::new();
+    pub fn objects_for(&self, refs: &BTreeSet<ServiceRef>) -> Vec<&ParsedObject> {
         let paths: BTreeSet<&PathBuf> = refs
             .iter()
             .filter_map(|r| self.index.get(r))
             .flatten()
             .collect();
-        for f in paths.into_iter().filter_map(|p| self.files.get(p)) {
-            for s in &f.objects.services {
-                if service_ref(s).is_some_and(|r| refs.contains(&r)) {
-                    services.push(s);
-                }
-            }
-            for s in &f.objects.slices {
-                if slice_service(s).is_some_and(|r| refs.contains(&r)) {
-                    slices.push(s);
-                }
-            }
-        }
-        (services, slices)
+        paths
+            .into_iter()
+            .filter_map(|p| self.files.get(p))
+            .flat_map(|f| &f.objects.objects)
+            .filter(|o| o.service_ref().is_some_and(|r| refs.contains(r)))
+            .collect()
     }
 
     /// What the files themselves could not give (broken files, bad
@@ -229,18 +245,13 @@ impl ManifestDir {
 
     /// Everything the files hold (borrowed: a pass at 10,000 services does
     /// not copy them), and everything that could not be used.
-    pub fn objects(&self) -> (Vec<&Service>, Vec<&EndpointSlice>, Vec<Rejection>) {
-        let services = self
+    pub fn objects(&self) -> (Vec<&ParsedObject>, Vec<Rejection>) {
+        let objects = self
             .files
             .values()
-            .flat_map(|f| f.objects.services.iter())
+            .flat_map(|f| f.objects.objects.iter())
             .collect();
-        let slices = self
-            .files
-            .values()
-            .flat_map(|f| f.objects.slices.iter())
-            .collect();
-        (services, slices, self.file_rejections())
+        (objects, self.file_rejections())
     }
 }
 
@@ -295,7 +306,11 @@ mod tests {
     #[test]
     fn a_broken_save_keeps_the_previous_objects() {
         let d = tempfile::tempdir().unwrap();
-        let mut m = ManifestDir::new(d.path());
+        let ctx = Context {
+            service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+            ..Default::default()
+        };
+        let mut m = ManifestDir::new(d.path(), &ctx);
         std::fs::write(d.path().join("a.yaml"), SVC).unwrap();
         std::fs::write(d.path().join(".a.yaml.swp"), "junk: [").unwrap();
         std::fs::write(d.path().join("notes.txt"), "junk: [").unwrap();
@@ -309,7 +324,7 @@ mod tests {
         )
         .unwrap();
         assert!(m.scan().unwrap());
-        let (svcs, _, rej) = m.objects();
+        let (svcs, rej) = m.objects();
         assert_eq!(svcs.len(), 1, "previous objects kept");
         assert_eq!(rej.len(), 1);
         assert!(
@@ -320,8 +335,8 @@ mod tests {
         // Fixed: the error goes.
         std::fs::write(d.path().join("a.yaml"), SVC.replace("name: a", "name: b")).unwrap();
         assert!(m.scan().unwrap());
-        let (svcs, _, rej) = m.objects();
-        assert_eq!(svcs[0].metadata.name.as_deref(), Some("b"));
+        let (svcs, rej) = m.objects();
+        assert_eq!(svcs[0].service_ref().unwrap().name, "b");
         assert!(rej.is_empty());
         // Deleted: its objects go.
         std::fs::remove_file(d.path().join("a.yaml")).unwrap();

@@ -377,11 +377,97 @@ fn parse_slice(
     )))
 }
 
+/// One Service or EndpointSlice reduced to what the translation reads of
+/// it: parsed once, when its file is read, and kept instead of the object
+/// (a daemon with 10,000 services keeps what the datapath and the next
+/// diff need, not every field of every object). Parsing reads only the
+/// context's service ranges, which do not change while the daemon runs.
+#[derive(Debug)]
+pub struct ParsedObject {
+    /// (namespace, name) as the object has them: the order objects are
+    /// taken in, so the first definition of a service wins whatever order
+    /// they come in.
+    order: (Option<String>, Option<String>),
+    /// The service it defines (a Service) or belongs to (a slice).
+    service: Option<ServiceRef>,
+    notes: Vec<String>,
+    kind: ParsedKind,
+}
+
+#[derive(Debug)]
+enum ParsedKind {
+    Service(Result<Option<ParsedService>, String>),
+    Slice(Result<Option<(ServiceRef, ParsedSlice)>, String>),
+}
+
+impl ParsedObject {
+    pub fn service(s: &Service, ctx: &Context) -> Self {
+        let mut notes = Vec::new();
+        let parsed = parse_service(s, ctx, &mut notes);
+        // A service refused whole says why once, not port by port.
+        if parsed.is_err() {
+            notes.clear();
+        }
+        ParsedObject {
+            order: (s.metadata.namespace.clone(), s.metadata.name.clone()),
+            service: service_ref(s),
+            notes,
+            kind: ParsedKind::Service(parsed),
+        }
+    }
+
+    pub fn slice(s: &EndpointSlice, ctx: &Context) -> Self {
+        let mut notes = Vec::new();
+        let parsed = parse_slice(s, ctx, &mut notes);
+        ParsedObject {
+            order: (s.metadata.namespace.clone(), s.metadata.name.clone()),
+            service: slice_service(s),
+            notes,
+            kind: ParsedKind::Slice(parsed),
+        }
+    }
+
+    /// The service the object defines or belongs to.
+    pub fn service_ref(&self) -> Option<&ServiceRef> {
+        self.service.as_ref()
+    }
+
+    pub fn is_service(&self) -> bool {
+        matches!(self.kind, ParsedKind::Service(_))
+    }
+
+    fn label(&self) -> String {
+        format!(
+            "{} {}/{}",
+            if self.is_service() {
+                "Service"
+            } else {
+                "EndpointSlice"
+            },
+            self.order.0.as_deref().unwrap_or("default"),
+            self.order.1.as_deref().unwrap_or("?")
+        )
+    }
+}
+
 /// Translates the whole set. Deterministic: the same objects in any order
 /// give the same frontends and the same rejections.
 pub fn translate<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    ctx: &Context,
+) -> Translation {
+    let parsed: Vec<ParsedObject> = services
+        .into_iter()
+        .map(|s| ParsedObject::service(s, ctx))
+        .chain(slices.into_iter().map(|s| ParsedObject::slice(s, ctx)))
+        .collect();
+    translate_parsed(&parsed, ctx)
+}
+
+/// [`translate`] over objects parsed beforehand (see [`ParsedObject`]).
+pub fn translate_parsed<'a>(
+    objects: impl IntoIterator<Item = &'a ParsedObject>,
     ctx: &Context,
 ) -> Translation {
     let mut out = Translation::default();
@@ -393,80 +479,71 @@ pub fn translate<'a>(
         })
     };
 
-    let mut parsed: BTreeMap<ServiceRef, ParsedService> = BTreeMap::new();
-    let mut seen: BTreeSet<ServiceRef> = BTreeSet::new();
-    let mut ordered: Vec<&Service> = services.into_iter().collect();
-    ordered.sort_by_key(|s| (s.metadata.namespace.clone(), s.metadata.name.clone()));
-    for s in ordered {
-        let label = format!(
-            "Service {}/{}",
-            s.metadata.namespace.as_deref().unwrap_or("default"),
-            s.metadata.name.as_deref().unwrap_or("?")
-        );
-        let mut notes = Vec::new();
-        let parsed_one = parse_service(s, ctx, &mut notes);
-        // A service refused whole says why once, not port by port.
-        if parsed_one.is_ok() {
-            for n in notes {
-                reject(label.clone(), n, service_ref(s));
-            }
+    let (mut services, mut slices): (Vec<&ParsedObject>, Vec<&ParsedObject>) =
+        objects.into_iter().partition(|o| o.is_service());
+    services.sort_by(|a, b| a.order.cmp(&b.order));
+    slices.sort_by(|a, b| a.order.cmp(&b.order));
+
+    let mut parsed: BTreeMap<&ServiceRef, &ParsedService> = BTreeMap::new();
+    let mut seen: BTreeSet<&ServiceRef> = BTreeSet::new();
+    for o in services {
+        let ParsedKind::Service(parsed_one) = &o.kind else {
+            continue;
+        };
+        let label = o.label();
+        for n in &o.notes {
+            reject(label.clone(), n.clone(), o.service.clone());
         }
         match parsed_one {
             Ok(Some(p)) => {
-                if !seen.insert(p.svc.clone()) {
-                    let r = p.svc.clone();
+                if !seen.insert(&p.svc) {
                     reject(
                         label,
                         "defined twice; the first definition is kept".into(),
-                        Some(r),
+                        Some(p.svc.clone()),
                     );
                     continue;
                 }
-                parsed.insert(p.svc.clone(), p);
+                parsed.insert(&p.svc, p);
             }
             Ok(None) => {
-                if let Some(r) = service_ref(s) {
+                if let Some(r) = &o.service {
                     seen.insert(r);
                 }
             }
             Err(reason) => {
                 // Its slices are not orphans: they just have no use now.
-                if let Some(r) = service_ref(s) {
+                if let Some(r) = &o.service {
                     seen.insert(r);
                 }
-                reject(label, reason, service_ref(s))
+                reject(label, reason.clone(), o.service.clone())
             }
         }
     }
 
-    let mut by_service: HashMap<ServiceRef, Vec<ParsedSlice>> = HashMap::new();
-    let mut ordered: Vec<&EndpointSlice> = slices.into_iter().collect();
-    ordered.sort_by_key(|s| (s.metadata.namespace.clone(), s.metadata.name.clone()));
-    for s in ordered {
-        let label = format!(
-            "EndpointSlice {}/{}",
-            s.metadata.namespace.as_deref().unwrap_or("default"),
-            s.metadata.name.as_deref().unwrap_or("?")
-        );
-        let mut notes = Vec::new();
-        let parsed_one = parse_slice(s, ctx, &mut notes);
-        for n in notes {
-            reject(label.clone(), n, slice_service(s));
+    let mut by_service: HashMap<&ServiceRef, Vec<&ParsedSlice>> = HashMap::new();
+    for o in slices {
+        let ParsedKind::Slice(parsed_one) = &o.kind else {
+            continue;
+        };
+        let label = o.label();
+        for n in &o.notes {
+            reject(label.clone(), n.clone(), o.service.clone());
         }
         match parsed_one {
             Ok(Some((svc, slice))) => {
-                if !seen.contains(&svc) {
+                if !seen.contains(svc) {
                     reject(
                         label,
                         format!("its service {svc} does not exist"),
-                        Some(svc),
+                        Some(svc.clone()),
                     );
                     continue;
                 }
                 by_service.entry(svc).or_default().push(slice);
             }
             Ok(None) => {}
-            Err(reason) => reject(label, reason, slice_service(s)),
+            Err(reason) => reject(label, reason.clone(), o.service.clone()),
         }
     }
 
@@ -481,7 +558,8 @@ pub fn translate<'a>(
             })
         })
     };
-    let mut order: Vec<(&ServiceRef, &ParsedService)> = parsed.iter().collect();
+    let mut order: Vec<(&ServiceRef, &ParsedService)> =
+        parsed.iter().map(|(s, p)| (*s, *p)).collect();
     order.sort_by_key(|(svc, p)| !holds(svc, p));
     for (svc, p) in order {
         let keys: Vec<FrontendKey> = p
