@@ -367,18 +367,35 @@ pub fn attach(
 }
 
 fn pin_tc_link(pins: &Pins, ifindex: u32, link: BorrowedFd<'_>) -> Result<(), EdgeError> {
+    pin_link_at(pins, pins.tc_link(ifindex), link)
+}
+
+/// Pins a tcx link at `path` under `links/tc/`, replacing what was pinned
+/// there (an older link then detaches).
+fn pin_link_at(pins: &Pins, path: PathBuf, link: BorrowedFd<'_>) -> Result<(), EdgeError> {
     let dir = pins.tc_links();
     std::fs::create_dir_all(&dir).map_err(|source| EdgeError::Pin {
         what: "create",
         path: dir.clone(),
         source,
     })?;
-    let path = pins.tc_link(ifindex);
     sys::obj_pin_replace(link, &path).map_err(|source| EdgeError::Pin {
         what: "pin the tcx link at",
         path,
         source,
     })
+}
+
+/// Puts `prog` (the replies' reverse translation) on the tcx egress of the
+/// pod veth `ifindex` through a new link, pinned at
+/// `links/tc/<ifindex>-egress`.
+pub fn attach_reply(pins: &Pins, ifindex: u32, prog: &EdgeProg) -> Result<(), EdgeError> {
+    let link = sys::tcx_link_create_at(prog.fd.as_fd(), ifindex, sys::TcxHook::Egress).map_err(
+        bpf_err(format!(
+            "attach the reply translation to the tcx egress of ifindex {ifindex}"
+        )),
+    )?;
+    pin_link_at(pins, pins.tc_egress_link(ifindex), link.as_fd())
 }
 
 /// The name a program is attached under (shown by `tc filter show`).
@@ -397,7 +414,21 @@ pub fn update_tcx_program(
     old_prog_id: u32,
     prog: &EdgeProg,
 ) -> Result<(), EdgeError> {
-    let path = pins.tc_link(ifindex);
+    update_link_program(pins.tc_link(ifindex), old_prog_id, prog)
+}
+
+/// [`update_tcx_program`] for the link of a pod's reply translation.
+pub fn update_reply_program(
+    pins: &Pins,
+    ifindex: u32,
+    old_prog_id: u32,
+    prog: &EdgeProg,
+) -> Result<(), EdgeError> {
+    update_link_program(pins.tc_egress_link(ifindex), old_prog_id, prog)
+}
+
+/// Swaps the program of the link pinned at `path` in place.
+fn update_link_program(path: PathBuf, old_prog_id: u32, prog: &EdgeProg) -> Result<(), EdgeError> {
     let link = sys::obj_get(&path).map_err(|source| EdgeError::Pin {
         what: "open the tcx link pinned at",
         path: path.clone(),

@@ -142,8 +142,10 @@ impl std::fmt::Debug for Datapath {
 
 impl Datapath {
     /// Opens the datapath; the socket programs are attached only if
-    /// `socket_lb` (the kernel has what they need, see [`crate::kernel`]).
-    pub fn open(cfg: &Config, socket_lb: bool) -> Result<Self, DatapathError> {
+    /// `socket_lb`, and the replies' reverse translation is pinned for
+    /// opted-out pods only if `per_packet` (the kernel has what each needs,
+    /// see [`crate::kernel`]).
+    pub fn open(cfg: &Config, socket_lb: bool, per_packet: bool) -> Result<Self, DatapathError> {
         match load::ensure_bpffs(&cfg.bpffs) {
             Ok(true) => info!(path = %cfg.bpffs.display(), "mounted a bpf filesystem"),
             Ok(false) => {}
@@ -227,9 +229,10 @@ impl Datapath {
             pins.pod_program(),
         )?;
         // The replies' reverse translation goes on a tcx egress link of
-        // each opted-out pod: without tcx, those pods keep what they had
-        // (their own traffic, no service translation).
-        let reply_prog = if sluice_cni::edge::tcx_supported() {
+        // each opted-out pod: without it (no tcx; start-up said so), those
+        // pods keep what they had (their own traffic, no service
+        // translation).
+        let reply_prog = if per_packet {
             let (p, _) = pin_tc_program(
                 &mut tc_obj,
                 &pins,
@@ -238,7 +241,6 @@ impl Datapath {
             )?;
             Some(Arc::new(p))
         } else {
-            warn!("no tcx on this kernel (Linux 6.6): pods that opted out of socket load balancing get no per-packet service translation");
             None
         };
 

@@ -13,7 +13,6 @@ use sluice_cni::edge::{self, EdgeError, EdgeProg, Observed};
 use sluice_cni::netlink::Netlink;
 use sluice_common::endpoint::{EdgeMode, EdgeProgram, EdgeRecord};
 use sluice_dataplane::pins::Pins;
-use std::os::fd::AsFd;
 
 /// Who attached the edge that is in place now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,7 +217,7 @@ pub fn ensure(
     st.reply_since_unix_ms = match (reply.is_some(), reply_changed) {
         (false, _) => 0,
         (true, true) => now,
-        (true, false) => reply_since.max(st.reply_since_unix_ms),
+        (true, false) => reply_since,
     };
     if problems.is_empty() {
         Ok((st, Outcome::Kept))
@@ -243,9 +242,7 @@ fn ensure_reply(
     ifindex: u32,
     reply: Option<&EdgeProg>,
 ) -> Result<Option<String>, EdgeError> {
-    use sluice_dataplane::sys;
     let path = pins.tc_egress_link(ifindex);
-    let bpf = |what: String| move |source| EdgeError::Bpf { what, source };
     let Some(prog) = reply else {
         if !path.exists() {
             return Ok(None);
@@ -259,18 +256,10 @@ fn ensure_reply(
             "a reply translation link it does not need was removed".into(),
         ));
     };
-    let found = sys::obj_get(&path)
-        .ok()
-        .and_then(|fd| Some((sys::link_info(fd.as_fd()).ok()?, fd)));
-    let why = match found {
-        Some((info, _)) if info.tcx_ifindex == ifindex && info.prog_id == prog.id => {
-            return Ok(None)
-        }
-        Some((info, link)) if info.tcx_ifindex == ifindex => {
-            let old = sys::prog_fd_by_id(info.prog_id)
-                .map_err(bpf(format!("open program {}", info.prog_id)))?;
-            sys::link_update(link.as_fd(), prog.fd.as_fd(), old.as_fd())
-                .map_err(bpf(format!("replace the program of {}", path.display())))?;
+    let why = match sluice_dataplane::sys::pinned_link_info(&path).ok() {
+        Some(info) if info.tcx_ifindex == ifindex && info.prog_id == prog.id => return Ok(None),
+        Some(info) if info.tcx_ifindex == ifindex => {
+            edge::update_reply_program(pins, ifindex, info.prog_id, prog)?;
             return Ok(Some(format!(
                 "the reply translation ran program {}",
                 info.prog_id
@@ -279,15 +268,7 @@ fn ensure_reply(
         Some(_) => "the reply translation link was detached",
         None => "the reply translation link was missing",
     };
-    let link =
-        sys::tcx_link_create_at(prog.fd.as_fd(), ifindex, sys::TcxHook::Egress).map_err(bpf(
-            format!("attach the reply translation to the tcx egress of ifindex {ifindex}"),
-        ))?;
-    sys::obj_pin_replace(link.as_fd(), &path).map_err(|source| EdgeError::Pin {
-        what: "pin the tcx link at",
-        path,
-        source,
-    })?;
+    edge::attach_reply(pins, ifindex, prog)?;
     Ok(Some(why.into()))
 }
 

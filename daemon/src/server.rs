@@ -92,8 +92,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         );
     }
     let socket_lb = kernel.has(crate::kernel::SOCKET_LB);
+    let per_packet = kernel.has(crate::kernel::PER_PACKET);
     let (state, report, services) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let dp = Datapath::open(&cfg2, socket_lb)?;
+        let dp = Datapath::open(&cfg2, socket_lb, per_packet)?;
         info!(
             pin_path = %cfg2.pin_path.display(),
             cgroup_root = %dp.cgroup_root.display(),
