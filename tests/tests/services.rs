@@ -38,6 +38,54 @@ fn probe_ok(ns: &Ns, args: &[&str]) -> Value {
     }
 }
 
+/// A connected UDP socket held open in a pod by `sluice-probe
+/// udp-connected-wait`: one round trip at start, another on [`again`].
+///
+/// [`again`]: HeldUdp::again
+struct HeldUdp {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl HeldUdp {
+    /// Connects to `dst` from `ns`; the first round trip's JSON line.
+    fn start(ns: &Ns, dst: &str) -> (Self, Value) {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(bin("sluice-probe"))
+            .args(["udp-connected-wait", dst])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut held = HeldUdp { child, out };
+        let first = held.line();
+        (held, first)
+    }
+
+    fn line(&mut self) -> Value {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+    }
+
+    /// Another round trip on the same socket; the probe then exits.
+    fn again(mut self) -> Value {
+        use std::io::Write;
+        self.child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"again\n")
+            .unwrap();
+        let v = self.line();
+        let _ = self.child.wait();
+        v
+    }
+}
+
 const RANGES: &str = r#"[[{"subnet":"10.230.0.0/24","gateway":"10.230.0.1"}],[{"subnet":"fd00:230::/64","gateway":"fd00:230::1"}]]"#;
 
 struct Cluster<'a> {
@@ -170,6 +218,26 @@ impl<'a> Cluster<'a> {
             .find(|s| s["frontend"] == fe)
             .cloned()
             .unwrap_or_else(|| panic!("no frontend {fe}: {v:#}"))
+    }
+
+    /// Rewrites web's slices without the backend named `gone` (`web-N`),
+    /// and waits until its UDP frontend has the one backend left.
+    fn drop_backend(&self, gone: &str) {
+        let left: Vec<_> = self
+            .web
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| format!("web-{i}") != gone)
+            .map(|(_, p)| (p, true, true, false))
+            .collect();
+        self.write(&manifests(&left, ""));
+        self.wait_programmed(|v| {
+            self.frontend(v, "10.96.10.10:53/Udp")["backends"]
+                .as_array()
+                .unwrap()
+                .len()
+                == 1
+        });
     }
 
     fn in_table(&self, fe: &str) -> Vec<String> {
@@ -506,34 +574,18 @@ fn no_pod_can_flush_another_pods_reverse_translation() {
     if !require_root() {
         return;
     }
-    use std::io::{BufRead, BufReader, Write};
     let node = Node::new();
     let c = Cluster::new(&node, "");
     let conf = node.conf("1.0.0", RANGES);
     let flooder = Pod::add(&node, &conf);
-    let mut held = Command::new("ip")
-        .args(["netns", "exec", &c.client.ns.name])
-        .arg(bin("sluice-probe"))
-        .args(["udp-connected-wait", "10.96.10.10:53"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(held.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let first: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    let (held, first) = HeldUdp::start(&c.client.ns, "10.96.10.10:53");
     assert_eq!(first["peer"], "10.96.10.10:53", "{first}");
     assert_eq!(first["from"], "10.96.10.10:53", "{first}");
 
     let flood = probe(&flooder.ns, &["flood", "10.96.10.10:53", "800000"]);
     assert_eq!(flood["count"], 800000, "{flood}");
 
-    held.stdin.take().unwrap().write_all(b"again\n").unwrap();
-    line.clear();
-    out.read_line(&mut line).unwrap();
-    let _ = held.wait();
-    let second: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    let second = held.again();
     assert_eq!(
         second["peer"], "10.96.10.10:53",
         "getpeername after the flood: {second}"
@@ -555,7 +607,6 @@ fn a_connected_udp_socket_follows_its_backend_out() {
     if !require_root() {
         return;
     }
-    use std::io::{BufRead, BufReader, Write};
     let node = Node::new();
     let c = Cluster::new(&node, "");
     let web1 = ip_of(&c.web[1], false);
@@ -574,55 +625,18 @@ fn a_connected_udp_socket_follows_its_backend_out() {
     );
     // Connected sockets held open: pod and node to web, pod to stay.
     let hold = |ns: &Ns, dst: &str| {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns.name])
-            .arg(bin("sluice-probe"))
-            .args(["udp-connected-wait", dst])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        let first: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let (held, first) = HeldUdp::start(ns, dst);
         assert_eq!(first["from"], dst, "{first}");
-        (child, out, first["reply"].as_str().unwrap().to_string())
+        (held, first["reply"].as_str().unwrap().to_string())
     };
-    let again = |(mut child, mut out, _): (
-        std::process::Child,
-        BufReader<std::process::ChildStdout>,
-        String,
-    )|
-     -> Value {
-        child.stdin.take().unwrap().write_all(b"again\n").unwrap();
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        let _ = child.wait();
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
-    };
-    let pod = hold(&c.client.ns, "10.96.10.10:53");
-    let from_node = hold(&node.ns, "10.96.10.10:53");
-    let kept = hold(&c.client.ns, "10.96.10.60:53");
-    assert_eq!(kept.2, "web-1");
+    let (pod, pod_on) = hold(&c.client.ns, "10.96.10.10:53");
+    let (from_node, node_on) = hold(&node.ns, "10.96.10.10:53");
+    let (kept, kept_on) = hold(&c.client.ns, "10.96.10.60:53");
+    assert_eq!(kept_on, "web-1");
     // The pod's socket's backend leaves web's slices.
-    let gone = pod.2.clone();
-    let left: Vec<_> = c
-        .web
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| format!("web-{i}") != gone)
-        .map(|(_, p)| (p, true, true, false))
-        .collect();
-    c.write(&manifests(&left, ""));
-    c.wait_programmed(|v| {
-        c.frontend(v, "10.96.10.10:53/Udp")["backends"]
-            .as_array()
-            .unwrap()
-            .len()
-            == 1
-    });
-    let node_was_on_gone = from_node.2 == gone;
+    let gone = pod_on;
+    c.drop_backend(&gone);
+    let node_was_on_gone = node_on == gone;
     assert!(
         eventually(5, || c.services()["source"]["udp_sockets_ended"]
             .as_u64()
@@ -631,18 +645,18 @@ fn a_connected_udp_socket_follows_its_backend_out() {
         "{:#}",
         c.services()["source"]
     );
-    let p = again(pod);
+    let p = pod.again();
     assert!(
         p["error"].is_string(),
         "the pod's socket to {gone} was ended: {p}"
     );
-    let n = again(from_node);
+    let n = from_node.again();
     if node_was_on_gone {
         assert!(n["error"].is_string(), "the node's socket was ended: {n}");
     } else {
         assert_eq!(n["from"], "10.96.10.10:53", "{n}");
     }
-    let k = again(kept);
+    let k = kept.again();
     assert_eq!(
         k["reply"], "web-1",
         "a socket whose backend stays is untouched: {k}"
@@ -1134,7 +1148,6 @@ fn an_opted_out_pod_reaches_services_per_packet() {
     if !require_root() {
         return;
     }
-    use std::io::{BufRead, BufReader, Write};
     let node = Node::new();
     let mut c = Cluster::new(&node, "");
     let conf = with_pod_annotations(
@@ -1244,39 +1257,10 @@ fn an_opted_out_pod_reaches_services_per_packet() {
 
     // A UDP flow whose backend left chooses again; its socket, connected to
     // the service, keeps working.
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &opted.ns.name])
-        .arg(bin("sluice-probe"))
-        .args(["udp-connected-wait", "10.96.10.10:53"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let first: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    let (held, first) = HeldUdp::start(&opted.ns, "10.96.10.10:53");
     let gone = first["reply"].as_str().unwrap().to_string();
-    let left: Vec<_> = c
-        .web
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| format!("web-{i}") != gone)
-        .map(|(_, p)| (p, true, true, false))
-        .collect();
-    c.write(&manifests(&left, ""));
-    c.wait_programmed(|v| {
-        c.frontend(v, "10.96.10.10:53/Udp")["backends"]
-            .as_array()
-            .unwrap()
-            .len()
-            == 1
-    });
-    child.stdin.take().unwrap().write_all(b"again\n").unwrap();
-    line.clear();
-    out.read_line(&mut line).unwrap();
-    let _ = child.wait();
-    let second: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    c.drop_backend(&gone);
+    let second = held.again();
     assert_ne!(second["reply"], gone.as_str(), "{first} then {second}");
     assert_eq!(second["from"], "10.96.10.10:53", "{second}");
 }
