@@ -245,12 +245,17 @@ impl EdgeMaps {
 }
 
 /// The endpoint map entry of a record: the pod's host veth and addresses,
-/// and `EP_F_NO_SOCK_LB` when the pod opted out of the socket-level
-/// service load balancing (`sluice.dev/socket-lb: "false"`).
+/// `EP_F_NO_SOCK_LB` when the pod opted out of the socket-level service
+/// load balancing (`sluice.dev/socket-lb: "false"`), `EP_F_NO_ACCEL` when
+/// it opted out of the same-node TCP shortcut (`sluice.dev/accel:
+/// "false"`).
 pub fn endpoint_entry(rec: &EndpointRecord) -> Endpoint {
     let mut e = Endpoint::pod(rec.host_ifindex, rec.addresses.iter().map(|n| n.ip()));
     if rec.socket_lb_opt_out() {
         e.flags |= EP_F_NO_SOCK_LB;
+    }
+    if rec.accel_opt_out() {
+        e.flags |= maps::EP_F_NO_ACCEL;
     }
     e
 }

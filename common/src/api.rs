@@ -44,6 +44,12 @@ pub enum Request {
     /// Lets a service removal the source's guard held back go through.
     AllowServiceRemoval,
     Status,
+    /// The same-node TCP acceleration: its state and counters; with
+    /// `enabled`, first switches it on or off for the whole node.
+    Accel {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        enabled: Option<bool>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -23,6 +23,9 @@ pub const POD_ANNOTATIONS_CAPABILITY: &str = "io.kubernetes.cri.pod-annotations"
 /// The pod annotation that opts a pod out of the socket-level service load
 /// balancing: exactly `"false"` opts out; any other value, or none, keeps it.
 pub const SOCKET_LB_ANNOTATION: &str = "sluice.dev/socket-lb";
+/// `"false"` keeps the pod's TCP connections off the same-node shortcut
+/// (sockmap): every byte goes through the TCP stack.
+pub const ACCEL_ANNOTATION: &str = "sluice.dev/accel";
 
 /// The pod's Kubernetes identity, from `CNI_ARGS`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,6 +204,14 @@ impl EndpointRecord {
     pub fn socket_lb_opt_out(&self) -> bool {
         self.annotations
             .get(SOCKET_LB_ANNOTATION)
+            .is_some_and(|v| v == "false")
+    }
+
+    /// True when the pod asked, with `sluice.dev/accel: "false"`, that its
+    /// TCP connections stay on the TCP stack.
+    pub fn accel_opt_out(&self) -> bool {
+        self.annotations
+            .get(ACCEL_ANNOTATION)
             .is_some_and(|v| v == "false")
     }
 

@@ -40,6 +40,7 @@ struct Raw {
     max_removal_percent: Option<u8>,
     max_frontends: Option<u32>,
     max_endpoints_per_frontend: Option<u32>,
+    accel: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +81,9 @@ pub struct Config {
     pub max_removal_percent: u8,
     /// What the service maps are sized for.
     pub capacity: sluice_dataplane::maps::Capacity,
+    /// Same-node TCP acceleration (sockmap) at start; `sluicectl accel
+    /// on|off` switches it at runtime.
+    pub accel: bool,
 }
 
 /// kubeadm's and kind's default service ranges.
@@ -109,6 +113,7 @@ impl Default for Config {
                 .collect(),
             max_removal_percent: 50,
             capacity: sluice_dataplane::maps::Capacity::DEFAULT,
+            accel: true,
         }
     }
 }
@@ -196,6 +201,7 @@ impl Config {
                     .max_endpoints_per_frontend
                     .unwrap_or(d.capacity.endpoints_per_frontend),
             },
+            accel: raw.accel.unwrap_or(d.accel),
         };
         let cap = c.capacity;
         if cap.frontends == 0 || cap.endpoints_per_frontend == 0 {

@@ -70,7 +70,7 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> D
     }
 }
 
-fn map_err(
+pub(crate) fn map_err(
     map: &'static str,
     op: &'static str,
 ) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
@@ -128,6 +128,8 @@ pub struct Datapath {
     sockstat: Option<PerCpuArray<MapData, u64>>,
     lbstat: Option<PerCpuArray<MapData, u64>>,
     ctstat: PerCpuArray<MapData, u64>,
+    /// The same-node TCP acceleration, where the kernel can give it.
+    pub accel: Option<crate::accel::Accel>,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -142,10 +144,17 @@ impl std::fmt::Debug for Datapath {
 
 impl Datapath {
     /// Opens the datapath; the socket programs are attached only if
-    /// `socket_lb`, and the replies' reverse translation is pinned for
-    /// opted-out pods only if `per_packet` (the kernel has what each needs,
-    /// see [`crate::kernel`]).
-    pub fn open(cfg: &Config, socket_lb: bool, per_packet: bool) -> Result<Self, DatapathError> {
+    /// `socket_lb`, the replies' reverse translation is pinned for
+    /// opted-out pods only if `per_packet`, and the same-node TCP
+    /// acceleration loaded only if `accel` (the kernel has what each needs,
+    /// see [`crate::kernel`]; the config's `accel` is the switch's
+    /// position).
+    pub fn open(
+        cfg: &Config,
+        socket_lb: bool,
+        per_packet: bool,
+        accel: bool,
+    ) -> Result<Self, DatapathError> {
         match load::ensure_bpffs(&cfg.bpffs) {
             Ok(true) => info!(path = %cfg.bpffs.display(), "mounted a bpf filesystem"),
             Ok(false) => {}
@@ -177,6 +186,14 @@ impl Datapath {
         let mut sock_obj = if socket_lb {
             let (obj, more) =
                 load::load_object_carrying("sock", sluice_dataplane::SOCK, &maps_dir, &specs)?;
+            carried.extend(more);
+            Some(obj)
+        } else {
+            None
+        };
+        let mut accel_obj = if accel {
+            let (obj, more) =
+                load::load_object_carrying("accel", sluice_dataplane::ACCEL, &maps_dir, &specs)?;
             carried.extend(more);
             Some(obj)
         } else {
@@ -249,6 +266,25 @@ impl Datapath {
             Some(obj) => attach_socket_programs(obj, &cgroup_root, &cfg.cgroup_links_dir())?,
             None => Vec::new(),
         };
+        let accel = match accel_obj.as_mut() {
+            Some(obj) => {
+                use std::os::unix::fs::MetadataExt;
+                let cgroup = std::fs::File::open(&cgroup_root)
+                    .map_err(io_err("open cgroup", &cgroup_root))?;
+                let id = cgroup
+                    .metadata()
+                    .map_err(io_err("stat cgroup", &cgroup_root))?
+                    .ino();
+                Some(crate::accel::Accel::open(
+                    obj,
+                    &cgroup,
+                    id,
+                    &cfg.cgroup_links_dir(),
+                    cfg.accel,
+                )?)
+            }
+            None => None,
+        };
 
         let edge_mode = match cfg.tc_attach {
             TcAttach::Tcx if !sluice_cni::edge::tcx_supported() => {
@@ -277,6 +313,7 @@ impl Datapath {
             sockstat,
             lbstat,
             ctstat,
+            accel,
         })
     }
 
@@ -384,7 +421,7 @@ impl Datapath {
 }
 
 /// Each slot of a per-CPU counter array, summed over CPUs, by name.
-fn per_cpu_counts(
+pub(crate) fn per_cpu_counts(
     map: Option<&PerCpuArray<MapData, u64>>,
     names: &[&'static str],
 ) -> Vec<(&'static str, u64)> {
@@ -650,7 +687,7 @@ fn owned_fd(
 /// Keeps the cgroup link pinned at `pin` if it is on this cgroup (swapping
 /// in `prog` when its instructions differ); otherwise replaces the pin with
 /// a fresh attachment made by `attach`.
-fn keep_or_attach(
+pub(crate) fn keep_or_attach(
     name: &str,
     pin: &Path,
     cgroup_id: u64,

@@ -57,7 +57,7 @@ pub struct Kernel {
 /// The pod edge (a tc program on the host veth, clsact) needs nothing a
 /// supported kernel lacks; the daemon cannot run without
 /// `SO_NETNS_COOKIE`.
-pub const NEEDS: [(&str, &[&str]); 4] = [
+pub const NEEDS: [(&str, &[&str]); 5] = [
     (
         SOCKET_LB,
         &[
@@ -80,6 +80,16 @@ pub const NEEDS: [(&str, &[&str]); 4] = [
     ),
     (TCX, &["tcx"]),
     (
+        ACCEL,
+        &[
+            "SOCKHASH maps with sockops and sk_msg",
+            "kernel BTF (CO-RE)",
+            "redirected data charged to the receiver",
+            "bpf_get_netns_cookie in socket programs",
+            "bpf_sk_storage_get in socket programs",
+        ],
+    ),
+    (
         PER_PACKET,
         &[
             "tcx",
@@ -95,6 +105,9 @@ pub const TCX: &str = "tcx attach mode";
 /// Services for pods that opted out of socket load balancing: translated
 /// per packet on the host veth, replies on a tcx egress link.
 pub const PER_PACKET: &str = "per-packet service translation (opted-out pods)";
+
+/// The same-node TCP shortcut (sockmap): docs/sockmap.md.
+pub const ACCEL: &str = "same-node TCP acceleration (sockmap)";
 
 /// The minimum Linux release for every feature: what the README states.
 pub const MINIMUM: &str = "6.1";
@@ -188,6 +201,27 @@ pub fn probe_all() -> Vec<Probe> {
             crate::sockterm::probe(),
         ),
         probe(
+            "SOCKHASH maps with sockops and sk_msg",
+            "5.6",
+            sys::map_create(BPF_MAP_TYPE_SOCKHASH, 8, 8, 1, 0, "sluice_probe")
+                .map(drop)
+                .map_err(|e| e.to_string()),
+        ),
+        probe(
+            "kernel BTF (CO-RE)",
+            "5.4 (CONFIG_DEBUG_INFO_BTF)",
+            if std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+                Ok(())
+            } else {
+                Err("no /sys/kernel/btf/vmlinux".into())
+            },
+        ),
+        probe(
+            "redirected data charged to the receiver",
+            "6.13",
+            release_at_least(&release(), (6, 13)),
+        ),
+        probe(
             "tcx",
             "6.6",
             if sluice_cni::edge::tcx_supported() {
@@ -197,6 +231,36 @@ pub fn probe_all() -> Vec<Probe> {
             },
         ),
     ]
+}
+
+/// `BPF_MAP_TYPE_SOCKHASH`.
+const BPF_MAP_TYPE_SOCKHASH: u32 = 18;
+
+fn release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Whether a release string ("6.18.44-foo") is at least `want`: the
+/// receive-memory charge of redirected messages (tcp_bpf, Linux 6.13) has
+/// no probe of its own, and without it the sender's flow control reads
+/// nothing.
+fn release_at_least(release: &str, want: (u32, u32)) -> Result<(), String> {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let have = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if have >= want {
+        Ok(())
+    } else {
+        Err(format!(
+            "Linux {}.{} does not charge redirected messages to the receiving socket \
+             (needs {}.{})",
+            have.0, have.1, want.0, want.1
+        ))
+    }
 }
 
 /// Which features the probes allow.
@@ -226,9 +290,7 @@ pub fn features(probes: &[Probe]) -> Vec<Feature> {
 pub fn detect() -> Kernel {
     let probes = probe_all();
     Kernel {
-        release: nix::sys::utsname::uname()
-            .map(|u| u.release().to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        release: release(),
         features: features(&probes),
         probes,
     }
@@ -255,6 +317,16 @@ impl Kernel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn release_comparison() {
+        assert!(release_at_least("6.18.44-fc-v973", (6, 13)).is_ok());
+        assert!(release_at_least("6.13.0", (6, 13)).is_ok());
+        assert!(release_at_least("7.0-rc1", (6, 13)).is_ok());
+        let e = release_at_least("6.12.9-amd64", (6, 13)).unwrap_err();
+        assert!(e.contains("6.12") && e.contains("6.13"), "{e}");
+        assert!(release_at_least("", (6, 13)).is_err());
+    }
 
     fn all_present() -> Vec<Probe> {
         NEEDS

@@ -3,6 +3,7 @@
 //! API on a unix socket, and exposes metrics. `sluicectl` reads the same
 //! config to find the daemon, or its pins when the daemon is down.
 
+pub mod accel;
 pub mod config;
 pub mod datapath;
 pub mod edge;

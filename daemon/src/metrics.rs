@@ -267,6 +267,31 @@ impl Collector for DatapathCollector {
         for (hook, n) in st.dp.sock_stats() {
             ConstCounter::new(n).encode(m.encode_family(&HookLabels { hook: hook.into() })?)?;
         }
+        if let Some(a) = &st.dp.accel {
+            ConstGauge::new(i64::from(a.enabled())).encode(encoder.encode_descriptor(
+                "accel_enabled",
+                "Same-node TCP acceleration switched on (1) or off (0)",
+                None,
+                MetricType::Gauge,
+            )?)?;
+            ConstGauge::new(a.sockets() as i64).encode(encoder.encode_descriptor(
+                "accel_sockets",
+                "TCP sockets accelerated now (both ends of each connection)",
+                None,
+                MetricType::Gauge,
+            )?)?;
+            let mut m = encoder.encode_descriptor(
+                "accel_events",
+                "Same-node TCP acceleration: sockets added, skipped or refused; messages and bytes redirected or passed to TCP; fallbacks to TCP by reason",
+                None,
+                MetricType::Counter,
+            )?;
+            for (result, n) in a.stats() {
+                ConstCounter::new(n).encode(m.encode_family(&ResultLabels {
+                    result: result.into(),
+                })?)?;
+            }
+        }
         Ok(())
     }
 }

@@ -93,8 +93,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let socket_lb = kernel.has(crate::kernel::SOCKET_LB);
     let per_packet = kernel.has(crate::kernel::PER_PACKET);
+    let accel = kernel.has(crate::kernel::ACCEL);
     let (state, report, services) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let dp = Datapath::open(&cfg2, socket_lb, per_packet)?;
+        let dp = Datapath::open(&cfg2, socket_lb, per_packet, accel)?;
         info!(
             pin_path = %cfg2.pin_path.display(),
             cgroup_root = %dp.cgroup_root.display(),
@@ -434,6 +435,7 @@ async fn handle(line: &[u8], d: &Arc<Daemon>) -> Vec<u8> {
         Request::ServiceSource => "service_source",
         Request::AllowServiceRemoval => "allow_service_removal",
         Request::Status => "status",
+        Request::Accel { .. } => "accel",
     };
     let registered = match &req.request {
         Request::Register { endpoint } => {
@@ -532,6 +534,27 @@ fn answer(req: Request, d: &Daemon) -> Result<serde_json::Value, String> {
             }
             None => Err("no service source: set services_dir in the daemon's config".into()),
         },
+        Request::Accel { enabled } => {
+            let mut st = lock(&d.state);
+            let why_off = d
+                .kernel
+                .features
+                .iter()
+                .find(|f| f.name == crate::kernel::ACCEL)
+                .map(|f| f.why_off.clone())
+                .unwrap_or_default();
+            let Some(a) = st.dp.accel.as_mut() else {
+                return Err(format!(
+                    "same-node TCP acceleration is not available on this kernel ({}): {why_off}",
+                    d.kernel.release
+                ));
+            };
+            if let Some(on) = enabled {
+                a.set_enabled(on).map_err(|e| e.to_string())?;
+                info!(enabled = on, "same-node TCP acceleration switched");
+            }
+            Ok(serde_json::to_value(crate::views::AccelView::of(a)).expect("accel serializes"))
+        }
         Request::Status => {
             // Counting the maps' entries walks every map: done (or taken
             // from the last second's count) before the state lock, which
@@ -574,6 +597,7 @@ fn answer(req: Request, d: &Daemon) -> Result<serde_json::Value, String> {
                     .into_iter()
                     .map(|(h, n)| (h.to_string(), n))
                     .collect(),
+                accel: st.dp.accel.as_ref().map(crate::views::AccelView::of),
                 maps,
             };
             Ok(serde_json::to_value(s).expect("status serializes"))

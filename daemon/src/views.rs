@@ -149,5 +149,37 @@ pub struct StatusView {
     /// The per-packet service translation of opted-out pods, by outcome.
     #[serde(default)]
     pub per_packet: std::collections::BTreeMap<String, u64>,
+    /// The same-node TCP acceleration (absent where the kernel lacks it).
+    #[serde(default)]
+    pub accel: Option<AccelView>,
     pub maps: Vec<MapSummary>,
+}
+
+/// The same-node TCP acceleration of this node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccelView {
+    /// The node switch (config `accel`, or `sluicectl accel on|off`).
+    pub enabled: bool,
+    /// Sockets in the map now (both ends of each accelerated connection).
+    pub sockets: usize,
+    /// The sockops link on the cgroup root.
+    pub link: LinkState,
+    /// Sockets added, messages and bytes redirected and passed, fallbacks
+    /// by reason (`sluice_dataplane::maps::ACCEL_STATS`).
+    pub counters: std::collections::BTreeMap<String, u64>,
+}
+
+impl AccelView {
+    pub fn of(a: &crate::accel::Accel) -> Self {
+        AccelView {
+            enabled: a.enabled(),
+            sockets: a.sockets(),
+            link: a.link.clone(),
+            counters: a
+                .stats()
+                .into_iter()
+                .map(|(k, n)| (k.to_string(), n))
+                .collect(),
+        }
+    }
 }

@@ -17,6 +17,14 @@ pub static TC_POD: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// cgroup sock_addr programs attached at the cgroup v2 root.
 pub static SOCK: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock.o"));
 
+/// Same-node TCP acceleration: sockops at the cgroup v2 root, sk_msg on
+/// the SOCKHASH.
+pub static ACCEL: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/accel.o"));
+
+/// The entry points in [`ACCEL`].
+pub const ACCEL_SOCKOPS: &str = "sluice_sockops";
+pub const ACCEL_SK_MSG: &str = "sluice_sk_msg";
+
 /// Test fixtures, not datapath: a program the verifier refuses, the
 /// service selection and edge logic in XDP programs, and connect4 and pod
 /// programs standing in for an older build's.

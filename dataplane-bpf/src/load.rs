@@ -478,6 +478,18 @@ impl Loadable for aya::programs::SchedClassifier {
     }
 }
 
+impl Loadable for aya::programs::SockOps {
+    fn load_into_kernel(&mut self) -> Result<(), ProgramError> {
+        self.load()
+    }
+}
+
+impl Loadable for aya::programs::SkMsg {
+    fn load_into_kernel(&mut self) -> Result<(), ProgramError> {
+        self.load()
+    }
+}
+
 impl Loadable for aya::programs::CgroupSockAddr {
     fn load_into_kernel(&mut self) -> Result<(), ProgramError> {
         self.load()

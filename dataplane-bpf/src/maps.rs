@@ -50,6 +50,7 @@ const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 const BPF_MAP_TYPE_HASH_OF_MAPS: u32 = 13;
 /// `BPF_MAP_TYPE_SK_STORAGE`: a value per socket, freed with it.
 pub const BPF_MAP_TYPE_SK_STORAGE: u32 = 24;
+pub const BPF_MAP_TYPE_SOCKHASH: u32 = 18;
 
 /// `BPF_F_NO_PREALLOC`: entries allocated as used (and a replaced element
 /// freed after an RCU grace period, not recycled at once).
@@ -458,11 +459,143 @@ pub const CTSTAT: MapSpec = MapSpec {
     what: "per-packet service translation by outcome",
 };
 
-/// Every pinned map.
-pub const ALL: [MapSpec; 16] = [
-    ENDPOINTS, SRC, EDGE_STATS, SOCKSTAT, SVC, BACKENDS, LB_SLOTS, LB_TABLES, SVC_BES, AFFINITY,
-    CONNS, SK_NAT, UDP_CONN, LBSTAT, CT, CTSTAT,
+/// [`SkPairKey`] → socket: the accelerated sockets of this node's pods;
+/// the sk_msg program is attached to it (the pinned map holds it).
+pub const SOCKHASH: MapSpec = MapSpec {
+    name: "sluice_sockhash",
+    map_type: BPF_MAP_TYPE_SOCKHASH,
+    key_size: size_of::<SkPairKey>() as u32,
+    value_size: 8,
+    max_entries: 131072,
+    flags: 0,
+    inner: None,
+    what: "accelerated TCP sockets",
+};
+
+/// [`SkPairKey`] → [`SkPeer`]: what a sender checks of its peer before it
+/// redirects to it.
+pub const SK_PEER: MapSpec = MapSpec {
+    name: "sluice_sk_peer",
+    map_type: BPF_MAP_TYPE_HASH,
+    key_size: size_of::<SkPairKey>() as u32,
+    value_size: size_of::<SkPeer>() as u32,
+    max_entries: 131072,
+    flags: BPF_F_NO_PREALLOC,
+    inner: None,
+    what: "accelerated sockets' peer state",
+};
+
+/// Socket → [`SkAccel`]: each accelerated socket's key and mode.
+pub const SK_ACCEL: MapSpec = MapSpec {
+    name: "sluice_sk_accel",
+    map_type: BPF_MAP_TYPE_SK_STORAGE,
+    key_size: 4,
+    value_size: size_of::<SkAccel>() as u32,
+    max_entries: 0,
+    flags: BPF_F_NO_PREALLOC,
+    inner: None,
+    what: "acceleration mode, in each socket",
+};
+
+/// One [`AccelCfg`]: the node's switch and limits.
+pub const ACCEL_CFG: MapSpec = MapSpec {
+    name: "sluice_acc_cfg",
+    map_type: BPF_MAP_TYPE_ARRAY,
+    key_size: 4,
+    value_size: size_of::<AccelCfg>() as u32,
+    max_entries: 1,
+    flags: 0,
+    inner: None,
+    what: "TCP acceleration switch and limits",
+};
+
+/// `enum accel_stat`, in order.
+pub const ACCEL_STATS: [&str; 13] = [
+    "sockets_added",
+    "sockets_add_failed",
+    "sockets_skipped",
+    "redirected_msgs",
+    "redirected_bytes",
+    "passed_msgs",
+    "passed_bytes",
+    "fallback_no_peer",
+    "fallback_off",
+    "fallback_tcp_reader",
+    "fallback_backpressure",
+    "fallback_memory_pressure",
+    "fallback_redirect_refused",
 ];
+
+/// `enum accel_stat` → u64 per CPU.
+pub const ACCELSTAT: MapSpec = MapSpec {
+    name: "sluice_accstat",
+    map_type: BPF_MAP_TYPE_PERCPU_ARRAY,
+    key_size: 4,
+    value_size: 8,
+    max_entries: ACCEL_STATS.len() as u32,
+    flags: 0,
+    inner: None,
+    what: "TCP acceleration by outcome",
+};
+
+/// Every pinned map.
+pub const ALL: [MapSpec; 21] = [
+    ENDPOINTS, SRC, EDGE_STATS, SOCKSTAT, SVC, BACKENDS, LB_SLOTS, LB_TABLES, SVC_BES, AFFINITY,
+    CONNS, SK_NAT, UDP_CONN, LBSTAT, CT, CTSTAT, SOCKHASH, SK_PEER, SK_ACCEL, ACCEL_CFG, ACCELSTAT,
+];
+
+/// `struct sk_pair_key`: a socket of an accelerated connection by its
+/// sequence numbers at ESTABLISHED (ISN+1, IRS+1); its peer's key is the
+/// same two swapped.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct SkPairKey {
+    pub snd: u32,
+    pub rcv: u32,
+}
+// SAFETY: plain old data, no implicit padding (asserted below).
+unsafe impl aya::Pod for SkPairKey {}
+
+/// `SLUICE_SKP_F_TCP_READER`: the socket's reader needs the TCP path.
+pub const SKP_F_TCP_READER: u32 = 1 << 0;
+
+/// `struct sk_peer`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SkPeer {
+    pub sk: u64,
+    pub cookie: u64,
+    pub netns_cookie: u64,
+    pub flags: u32,
+    pub pad: u32,
+}
+// SAFETY: plain old data, no implicit padding (asserted below).
+unsafe impl aya::Pod for SkPeer {}
+
+/// `struct sk_accel`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SkAccel {
+    pub self_key: SkPairKey,
+    pub mode: u32,
+    pub reason: u32,
+    pub msgs: u32,
+    pub pad: u32,
+}
+// SAFETY: plain old data, no implicit padding (asserted below).
+unsafe impl aya::Pod for SkAccel {}
+
+/// `struct accel_cfg`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AccelCfg {
+    pub enabled: u32,
+    pub rmem_max: u32,
+    pub msg_cost: u32,
+    pub pad: u32,
+}
+// SAFETY: plain old data, no implicit padding (asserted below).
+unsafe impl aya::Pod for AccelCfg {}
 
 /// `enum sock_hook`, in order.
 pub const SOCK_HOOKS: [&str; 8] = [
@@ -481,6 +614,7 @@ pub const EP_F_HOST: u32 = 1 << 0;
 pub const EP_F_IPV4: u32 = 1 << 1;
 pub const EP_F_IPV6: u32 = 1 << 2;
 pub const EP_F_NO_SOCK_LB: u32 = 1 << 3;
+pub const EP_F_NO_ACCEL: u32 = 1 << 4;
 
 /// `struct endpoint`, keyed by netns cookie.
 #[repr(C)]
@@ -938,6 +1072,23 @@ mod tests {
     use std::mem::offset_of;
 
     #[test]
+    fn accel_layout_matches_c() {
+        assert_eq!(size_of::<SkPairKey>(), 8);
+        assert_eq!(offset_of!(SkPairKey, rcv), 4);
+        assert_eq!(size_of::<SkPeer>(), 32);
+        assert_eq!(offset_of!(SkPeer, cookie), 8);
+        assert_eq!(offset_of!(SkPeer, netns_cookie), 16);
+        assert_eq!(offset_of!(SkPeer, flags), 24);
+        assert_eq!(size_of::<SkAccel>(), 24);
+        assert_eq!(offset_of!(SkAccel, mode), 8);
+        assert_eq!(offset_of!(SkAccel, reason), 12);
+        assert_eq!(offset_of!(SkAccel, msgs), 16);
+        assert_eq!(size_of::<AccelCfg>(), 16);
+        assert_eq!(offset_of!(AccelCfg, rmem_max), 4);
+        assert_eq!(offset_of!(AccelCfg, msg_cost), 8);
+    }
+
+    #[test]
     fn ct_layout_matches_c() {
         assert_eq!(size_of::<CtKey>(), 40);
         assert_eq!(offset_of!(CtKey, sport), 32);
@@ -1097,6 +1248,13 @@ mod tests {
         assert!(h.contains("#define SLUICE_EP_F_IPV4 (1U << 1)"));
         assert!(h.contains("#define SLUICE_EP_F_IPV6 (1U << 2)"));
         assert!(h.contains("#define SLUICE_EP_F_NO_SOCK_LB (1U << 3)"));
+        assert!(h.contains("#define SLUICE_EP_F_NO_ACCEL (1U << 4)"));
+        assert!(h.contains("#define SLUICE_SKP_F_TCP_READER (1U << 0)"));
+        let accel_stats = h
+            .lines()
+            .filter(|l| l.trim().starts_with("ACCEL_STAT_") && !l.contains("ACCEL_STAT_MAX"))
+            .count();
+        assert_eq!(accel_stats, ACCEL_STATS.len());
         assert!(h.contains("#define SLUICE_SVC_F_MAGLEV (1U << 0)"));
         assert!(h.contains("#define SLUICE_LB_TABLE_HEADER 1"));
         assert!(
@@ -1129,6 +1287,7 @@ mod tests {
             include_str!("../bpf/include/sock.h"),
             include_str!("../bpf/include/lb.h"),
             include_str!("../bpf/include/nat.h"),
+            include_str!("../bpf/include/accel.h"),
         ]
         .concat();
         let ct_stats = h
@@ -1157,7 +1316,7 @@ mod tests {
     /// [`OBSOLETE`] with its conversion, and add a line here.
     #[test]
     fn layouts_change_only_under_a_new_name() {
-        let released: [(&str, u32, u32, u32); 16] = [
+        let released: [(&str, u32, u32, u32); 21] = [
             ("sluice_eps", 1, 8, 32),
             ("sluice_src", 1, 24, 1),
             ("sluice_edgestat", 1, 4, 72),
@@ -1174,6 +1333,11 @@ mod tests {
             ("sluice_lbstat", 6, 4, 8),
             ("sluice_ct", 9, 40, 40),
             ("sluice_ctstat", 6, 4, 8),
+            ("sluice_sockhash", 18, 8, 8),
+            ("sluice_sk_peer", 1, 8, 32),
+            ("sluice_sk_accel", 24, 4, 24),
+            ("sluice_acc_cfg", 2, 4, 16),
+            ("sluice_accstat", 6, 4, 8),
         ];
         for m in ALL {
             let r = released

@@ -1005,3 +1005,65 @@ pub fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
     };
     bpf(BPF_LINK_DETACH, &mut attr).map(|_| ())
 }
+
+const BPF_PROG_ATTACH: libc::c_long = 8;
+/// `BPF_CGROUP_SOCK_OPS`: a sockops program on a cgroup.
+pub const BPF_CGROUP_SOCK_OPS: u32 = 3;
+/// `BPF_SK_MSG_VERDICT`: an sk_msg program on a sockmap or sockhash.
+pub const BPF_SK_MSG_VERDICT: u32 = 7;
+
+/// Attaches `prog` to the cgroup `cgroup` at `attach_type` through a new
+/// link (`BPF_LINK_CREATE`; a cgroup link is multi-attach by nature).
+pub fn cgroup_link_create(
+    prog: BorrowedFd<'_>,
+    cgroup: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<OwnedFd> {
+    #[repr(C)]
+    struct Attr {
+        prog_fd: u32,
+        target_fd: u32,
+        attach_type: u32,
+        flags: u32,
+        _pad: [u64; 4],
+    }
+    let mut attr = Attr {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_type,
+        flags: 0,
+        _pad: [0; 4],
+    };
+    let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
+    // SAFETY: BPF_LINK_CREATE returned a new descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Attaches `prog` to `target` (a map, for sk_msg) with `BPF_PROG_ATTACH`.
+/// The attachment belongs to the target, not to any descriptor: for a
+/// sockhash it lasts as long as the map (its pin), and attaching again
+/// replaces the program in place.
+pub fn prog_attach(
+    prog: BorrowedFd<'_>,
+    target: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<()> {
+    #[repr(C)]
+    struct Attr {
+        target_fd: u32,
+        attach_bpf_fd: u32,
+        attach_type: u32,
+        attach_flags: u32,
+        replace_bpf_fd: u32,
+        _pad: u32,
+    }
+    let mut attr = Attr {
+        target_fd: target.as_raw_fd() as u32,
+        attach_bpf_fd: prog.as_raw_fd() as u32,
+        attach_type,
+        attach_flags: 0,
+        replace_bpf_fd: 0,
+        _pad: 0,
+    };
+    bpf(BPF_PROG_ATTACH, &mut attr).map(drop)
+}

@@ -11,7 +11,7 @@ use sluice_daemon::datapath::{map_summary, MapSummary};
 use sluice_daemon::edge::EdgeState;
 use sluice_daemon::services::program::ServiceView;
 use sluice_daemon::services::runner::Pass;
-use sluice_daemon::views::{EdgeView, EndpointView, StatusView};
+use sluice_daemon::views::{AccelView, EdgeView, EndpointView, StatusView};
 use sluice_dataplane::load::open_pinned;
 use sluice_dataplane::maps::{self, EdgeStats, Endpoint};
 use sluice_dataplane::sys;
@@ -57,11 +57,24 @@ enum Cmd {
         #[command(subcommand)]
         what: Option<ServicesCmd>,
     },
+    /// Same-node TCP acceleration: sockets accelerated, messages and bytes
+    /// redirected against passed, fallbacks by reason; `on`/`off` switch
+    /// it for the whole node (open connections keep working).
+    Accel {
+        #[arg(value_enum)]
+        switch: Option<Switch>,
+    },
     /// BPF objects.
     Bpf {
         #[command(subcommand)]
         what: BpfCmd,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Switch {
+    On,
+    Off,
 }
 
 #[derive(Debug, Subcommand)]
@@ -167,6 +180,17 @@ fn run(args: &Args) -> anyhow::Result<i32> {
                 Output::Table => print_services(&views, &pass),
             }
             Ok(if pass.rejected.is_empty() { 0 } else { 1 })
+        }
+        Cmd::Accel { switch } => {
+            let r = ask(Request::Accel {
+                enabled: switch.map(|s| s == Switch::On),
+            })?;
+            let v: AccelView = serde_json::from_value(r.data).context("reading the state")?;
+            match args.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                Output::Table => print_accel(&v),
+            }
+            Ok(0)
         }
         Cmd::Bpf { what: BpfCmd::Maps } => {
             let maps = map_summary(&cfg.maps_dir());
@@ -481,6 +505,32 @@ fn print_links(links: &[PinnedLink]) {
     );
 }
 
+fn print_accel(v: &AccelView) {
+    let c = |k: &str| v.counters.get(k).copied().unwrap_or(0);
+    println!(
+        "accel        {}; {} sockets accelerated now ({} added, {} not added: opted out or \
+         host; {} refused by a full map)",
+        if v.enabled { "on" } else { "off" },
+        v.sockets,
+        c("sockets_added"),
+        c("sockets_skipped"),
+        c("sockets_add_failed")
+    );
+    println!(
+        "             redirected {} msgs / {} bytes; passed to TCP {} msgs / {} bytes",
+        c("redirected_msgs"),
+        c("redirected_bytes"),
+        c("passed_msgs"),
+        c("passed_bytes")
+    );
+    let fb: Vec<String> = v
+        .counters
+        .iter()
+        .filter_map(|(k, n)| Some(format!("{} {n}", k.strip_prefix("fallback_")?)))
+        .collect();
+    println!("             fallbacks to TCP: {}", fb.join(", "));
+}
+
 fn print_status(s: &StatusView) {
     println!(
         "daemon       sluiced {} (pid {}, up {} s, API v{})",
@@ -510,6 +560,9 @@ fn print_status(s: &StatusView) {
     if !s.lb_stats.is_empty() {
         let parts: Vec<String> = s.lb_stats.iter().map(|(k, n)| format!("{k} {n}")).collect();
         println!("services     connects: {}", parts.join(", "));
+    }
+    if let Some(a) = &s.accel {
+        print_accel(a);
     }
     let r = &s.restore.report;
     println!(

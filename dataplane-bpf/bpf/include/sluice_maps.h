@@ -30,6 +30,7 @@ _Static_assert(sizeof(struct src_key) == 24, "src_key layout");
 #define SLUICE_EP_F_IPV4 (1U << 1) /* ipv4 is set */
 #define SLUICE_EP_F_IPV6 (1U << 2) /* ipv6 is set */
 #define SLUICE_EP_F_NO_SOCK_LB (1U << 3) /* pod opted out of socket LB */
+#define SLUICE_EP_F_NO_ACCEL (1U << 4) /* pod opted out of TCP acceleration */
 
 struct endpoint {
 	__u32 host_ifindex; /* 0 for the node's own entry */
@@ -275,6 +276,80 @@ enum ct_stat {
 	CT_STAT_NO_BACKEND,	/* dropped: the service has no backend */
 	CT_STAT_RESELECT,	/* an expired or stale flow chose again */
 	CT_STAT_MAX,
+};
+
+/* Same-node TCP acceleration (sockops + sk_msg, include/accel.h). The two
+ * sockets of one connection are paired by their sequence numbers, which
+ * no address or port translation changes (socket LB, iptables REDIRECT to
+ * a proxy in the pod): each socket is keyed by (snd, rcv) = (ISN+1, IRS+1)
+ * as sockops sees them at ESTABLISHED, and its peer is the socket keyed
+ * (rcv, snd). */
+struct sk_pair_key {
+	__u32 snd;
+	__u32 rcv;
+};
+_Static_assert(sizeof(struct sk_pair_key) == 8, "sk_pair_key layout");
+
+/* sluice_sk_peer: what a sender needs to know of its peer before it
+ * redirects to it, keyed by the peer's sk_pair_key. `sk` is the kernel
+ * address of the peer's struct sock, read (never written) with
+ * bpf_probe_read_kernel and trusted only while the socket cookie found
+ * there is `cookie`. Removed when the socket closes. */
+#define SLUICE_SKP_F_TCP_READER (1U << 0) /* its reader needs the TCP path */
+
+struct sk_peer {
+	__u64 sk;
+	__u64 cookie; /* bpf_get_socket_cookie */
+	__u64 netns_cookie;
+	__u32 flags; /* SLUICE_SKP_F_* */
+	__u32 pad;
+};
+_Static_assert(sizeof(struct sk_peer) == 32, "sk_peer layout");
+
+/* In each accelerated socket (socket-local storage): its own key and
+ * whether its sends are still redirected. A socket that has sent one
+ * byte through TCP never redirects again: redirected bytes would overtake
+ * TCP bytes its peer has not read yet. */
+enum sk_accel_mode {
+	SK_ACCEL_REDIRECT = 0,
+	SK_ACCEL_TCP = 1,
+};
+
+struct sk_accel {
+	struct sk_pair_key self;
+	__u32 mode;   /* enum sk_accel_mode */
+	__u32 reason; /* enum accel_stat of the fallback, in SK_ACCEL_TCP */
+	__u32 msgs;   /* messages redirected since the peer last had none queued */
+	__u32 pad;
+};
+_Static_assert(sizeof(struct sk_accel) == 24, "sk_accel layout");
+
+/* The node's switch and limits (sluice_acc_cfg, one entry). */
+struct accel_cfg {
+	__u32 enabled;	   /* 0: no new socket is added, every send passes */
+	__u32 rmem_max;	   /* net.ipv4.tcp_rmem[2]: what autotuning allows */
+	__u32 msg_cost;	   /* bytes of kernel memory each queued message costs */
+	__u32 pad;
+};
+_Static_assert(sizeof(struct accel_cfg) == 16, "accel_cfg layout");
+
+/* Per-CPU counters (sluice_accstat). */
+enum accel_stat {
+	ACCEL_STAT_ADDED = 0,	   /* sockets added to the map */
+	ACCEL_STAT_ADD_FAILED,	   /* sockets the map refused (full) */
+	ACCEL_STAT_SKIPPED,	   /* established sockets of known pods not added */
+	ACCEL_STAT_REDIR_MSGS,	   /* messages redirected to the peer */
+	ACCEL_STAT_REDIR_BYTES,
+	ACCEL_STAT_PASS_MSGS,	   /* messages passed to TCP */
+	ACCEL_STAT_PASS_BYTES,
+	/* fallbacks, one per socket, by reason: */
+	ACCEL_STAT_FB_NO_PEER,	   /* the peer is not (or no longer) in the map */
+	ACCEL_STAT_FB_OFF,	   /* the node switch was turned off */
+	ACCEL_STAT_FB_TCP_READER,  /* the peer's reader needs the TCP path */
+	ACCEL_STAT_FB_BACKPRESSURE, /* the peer's reader fell behind */
+	ACCEL_STAT_FB_MEM_PRESSURE, /* TCP memory pressure on the node */
+	ACCEL_STAT_FB_REDIRECT,	   /* the kernel refused the redirect */
+	ACCEL_STAT_MAX,
 };
 
 #endif
