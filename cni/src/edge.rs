@@ -248,7 +248,7 @@ impl EdgeMaps {
 /// `EP_F_NO_SOCK_LB` when the pod opted out of the socket-level service
 /// load balancing (`sluice.dev/socket-lb: "false"`), `EP_F_NO_ACCEL` when
 /// it opted out of the same-node TCP shortcut (`sluice.dev/accel:
-/// "false"`).
+/// "false"`), `EP_F_ACCEL` when it opted in (`"true"`).
 pub fn endpoint_entry(rec: &EndpointRecord) -> Endpoint {
     let mut e = Endpoint::pod(rec.host_ifindex, rec.addresses.iter().map(|n| n.ip()));
     if rec.socket_lb_opt_out() {
@@ -256,6 +256,9 @@ pub fn endpoint_entry(rec: &EndpointRecord) -> Endpoint {
     }
     if rec.accel_opt_out() {
         e.flags |= maps::EP_F_NO_ACCEL;
+    }
+    if rec.accel_opt_in() {
+        e.flags |= maps::EP_F_ACCEL;
     }
     e
 }

@@ -24,7 +24,9 @@ pub const POD_ANNOTATIONS_CAPABILITY: &str = "io.kubernetes.cri.pod-annotations"
 /// balancing: exactly `"false"` opts out; any other value, or none, keeps it.
 pub const SOCKET_LB_ANNOTATION: &str = "sluice.dev/socket-lb";
 /// `"false"` keeps the pod's TCP connections off the same-node shortcut
-/// (sockmap): every byte goes through the TCP stack.
+/// (sockmap): every byte goes through the TCP stack. `"true"` opts the pod
+/// in where the node accelerates only pods that opted in (a kernel without
+/// the acceleration's guards, docs/sockmap.md).
 pub const ACCEL_ANNOTATION: &str = "sluice.dev/accel";
 
 /// The pod's Kubernetes identity, from `CNI_ARGS`.
@@ -213,6 +215,15 @@ impl EndpointRecord {
         self.annotations
             .get(ACCEL_ANNOTATION)
             .is_some_and(|v| v == "false")
+    }
+
+    /// True when the pod vouched, with `sluice.dev/accel: "true"`, that
+    /// its readers use recv/read only (no splice, MSG_WAITALL, SO_RCVLOWAT
+    /// or urgent data): what a node without the guards requires.
+    pub fn accel_opt_in(&self) -> bool {
+        self.annotations
+            .get(ACCEL_ANNOTATION)
+            .is_some_and(|v| v == "true")
     }
 
     pub fn path(&self, state_dir: &Path) -> PathBuf {

@@ -12,14 +12,14 @@
 
 use crate::datapath::{error_chain, keep_or_attach, DatapathError, LinkState};
 use aya::maps::{Array, MapData, PerCpuArray};
-use aya::programs::{SkMsg, SockOps};
+use aya::programs::{Lsm, SkMsg, SockOps};
 use aya::Ebpf;
 use sluice_dataplane::load::{self, LoadError};
 use sluice_dataplane::maps::{self, AccelCfg};
 use sluice_dataplane::sys;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
-use tracing::info;
+use tracing::{info, warn};
 
 /// What each redirected message costs the receiver beyond its bytes (the
 /// `struct sk_msg` the kernel queues, from a 1 KiB slab), counted against
@@ -34,6 +34,12 @@ pub struct Accel {
     stats: PerCpuArray<MapData, u64>,
     sockhash: OwnedFd,
     pub link: LinkState,
+    /// The guards' links, or why they cannot be attached on this kernel
+    /// (then only pods that opted in are accelerated).
+    pub guards: Result<Vec<LinkState>, String>,
+    /// Redirected bytes a reader may have waiting (see
+    /// `Config::accel_max_queue_bytes`).
+    pub max_queue: u32,
 }
 
 impl std::fmt::Debug for Accel {
@@ -61,6 +67,7 @@ impl Accel {
         cgroup_id: u64,
         links_dir: &Path,
         enabled: bool,
+        max_queue: Option<u32>,
     ) -> Result<Self, DatapathError> {
         let attach_err = |name: &str, detail: String| DatapathError::Attach {
             program: name.into(),
@@ -136,16 +143,27 @@ impl Accel {
             .map_err(crate::datapath::map_err(maps::ACCEL_CFG.name, "open"))?;
         let stats = PerCpuArray::try_from(take(obj, maps::ACCELSTAT.name)?)
             .map_err(crate::datapath::map_err(maps::ACCELSTAT.name, "open"))?;
+        start_evictor(obj, links_dir)?;
+        let guards = attach_guards(obj, links_dir);
+        if let Err(why) = &guards {
+            warn!(
+                "the acceleration's guards cannot run here ({why}): only pods annotated \
+                 sluice.dev/accel: \"true\" are accelerated (docs/sockmap.md)"
+            );
+        }
         let mut a = Accel {
             cfg,
             stats,
             sockhash,
             link,
+            guards,
+            max_queue: max_queue.map_or(rmem_max(), |q| q.min(rmem_max())),
         };
         a.set_enabled(enabled)?;
         info!(
             enabled,
-            rmem_max = rmem_max(),
+            guarded = a.guards.is_ok(),
+            max_queue = a.max_queue,
             "same-node TCP acceleration ready"
         );
         Ok(a)
@@ -156,9 +174,9 @@ impl Accel {
     pub fn set_enabled(&mut self, enabled: bool) -> Result<(), DatapathError> {
         let v = AccelCfg {
             enabled: u32::from(enabled),
-            rmem_max: rmem_max(),
+            rmem_max: self.max_queue,
             msg_cost: MSG_COST,
-            pad: 0,
+            opt_in_only: u32::from(self.guards.is_err()),
         };
         self.cfg
             .set(0, v, 0)
@@ -178,4 +196,167 @@ impl Accel {
     pub fn stats(&self) -> Vec<(&'static str, u64)> {
         crate::datapath::per_cpu_counts(Some(&self.stats), &maps::ACCEL_STATS)
     }
+}
+
+/// Whether the bpf LSM is active: listed in `/sys/kernel/security/lsm`
+/// (securityfs mounted there first if it is not).
+fn bpf_lsm_active() -> Result<(), String> {
+    let list = Path::new("/sys/kernel/security/lsm");
+    if !list.exists() {
+        let _ = nix::mount::mount(
+            Some("securityfs"),
+            "/sys/kernel/security",
+            Some("securityfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        );
+    }
+    let active = std::fs::read_to_string(list)
+        .map_err(|e| format!("cannot read {}: {e}", list.display()))?;
+    if active.trim().split(',').any(|l| l == "bpf") {
+        Ok(())
+    } else {
+        Err(format!(
+            "the bpf LSM is not active (active: {}; boot with lsm=...,bpf)",
+            active.trim()
+        ))
+    }
+}
+
+/// Loads and attaches every guard, each through a pinned link under
+/// `links_dir` (kept when a restart finds the same program there); all or
+/// none: a partly guarded node would not be guarded.
+fn attach_guards(obj: &mut Ebpf, links_dir: &Path) -> Result<Vec<LinkState>, String> {
+    bpf_lsm_active()?;
+    let btf = aya::Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {}", error_chain(&e)))?;
+    let mut out = Vec::new();
+    let mut made = Vec::new();
+    let result = (|| {
+        for (name, hook) in sluice_dataplane::ACCEL_GUARDS {
+            let pin = links_dir.join(name);
+            let prog: &mut Lsm = obj
+                .program_mut(name)
+                .ok_or_else(|| format!("no program {name}"))?
+                .try_into()
+                .map_err(|e| error_chain(&e))?;
+            prog.load(hook, &btf)
+                .map_err(|e| format!("loading {name} (lsm/{hook}): {}", error_chain(&e)))?;
+            let fd = prog.fd().map_err(|e| error_chain(&e))?;
+            let tag = sys::prog_tag(fd.as_fd()).map_err(|e| e.to_string())?;
+            if let Ok(info) = sys::pinned_link_info(&pin) {
+                let same = info.link_type == sys::LINK_TYPE_TRACING
+                    && sys::prog_fd_by_id(info.prog_id)
+                        .and_then(|f| sys::prog_tag(f.as_fd()))
+                        .is_ok_and(|t| t == tag);
+                if same {
+                    out.push(LinkState {
+                        program: name.into(),
+                        id: info.id,
+                        prog_id: info.prog_id,
+                        pin: pin.clone(),
+                        outcome: crate::datapath::LinkOutcome::Reused,
+                    });
+                    continue;
+                }
+            }
+            let id = prog
+                .attach()
+                .map_err(|e| format!("attaching {name} (lsm/{hook}): {}", error_chain(&e)))?;
+            let link = aya::programs::links::FdLink::from(
+                prog.take_link(id).map_err(|e| error_chain(&e))?,
+            );
+            // Pinned aside, then renamed over an older build's guard: the
+            // old link goes with its pin.
+            let aside = pin.with_extension("new");
+            let _ = std::fs::remove_file(&aside);
+            drop(
+                link.pin(&aside)
+                    .map_err(|e| format!("pinning {}: {}", aside.display(), error_chain(&e)))?,
+            );
+            std::fs::rename(&aside, &pin)
+                .map_err(|e| format!("renaming {} to {}: {e}", aside.display(), pin.display()))?;
+            made.push(pin.clone());
+            let info = sys::pinned_link_info(&pin).map_err(|e| e.to_string())?;
+            out.push(LinkState {
+                program: name.into(),
+                id: info.id,
+                prog_id: info.prog_id,
+                pin,
+                outcome: crate::datapath::LinkOutcome::Created,
+            });
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(out),
+        Err(e) => {
+            for p in made {
+                let _ = std::fs::remove_file(p);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Takes accepted sockets whose reader turned out to block out of the map,
+/// as sk_msg queues them (`sluice_sk_evict`; sk_msg may not delete from a
+/// sockhash, userspace may). Nothing was ever redirected to such a socket
+/// (sk_msg claims it first), so leaving frees no data; from then on it
+/// reads through plain TCP. Polls every few milliseconds, for as long as
+/// the daemon runs; the pinned queue keeps what arrives while it does not.
+fn start_evictor(obj: &Ebpf, links_dir: &Path) -> Result<(), DatapathError> {
+    let fd = |name: &'static str| -> Result<OwnedFd, DatapathError> {
+        let map = obj.map(name).ok_or(LoadError::NoProgram {
+            object: "accel",
+            program: name,
+        })?;
+        let data: &aya::maps::MapData = match map {
+            aya::maps::Map::Queue(m) | aya::maps::Map::HashMap(m) | aya::maps::Map::SockHash(m) => {
+                m
+            }
+            _ => {
+                return Err(LoadError::NoProgram {
+                    object: "accel",
+                    program: name,
+                }
+                .into())
+            }
+        };
+        data.fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| DatapathError::Io {
+                what: "duplicate a map fd of the acceleration under",
+                path: links_dir.into(),
+                source,
+            })
+    };
+    let (queue, sockhash, peers) = (
+        fd(maps::SK_EVICT.name)?,
+        fd(maps::SOCKHASH.name)?,
+        fd(maps::SK_PEER.name)?,
+    );
+    std::thread::Builder::new()
+        .name("accel-evict".into())
+        .spawn(move || loop {
+            let mut key = [0u8; size_of::<maps::SkPairKey>()];
+            match sys::map_pop(queue.as_fd(), &mut key) {
+                Ok(true) => {
+                    // Gone already (closed) is as good as taken out.
+                    let _ = sys::map_delete(sockhash.as_fd(), &key);
+                    let _ = sys::map_delete(peers.as_fd(), &key);
+                }
+                Ok(false) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                Err(e) => {
+                    warn!("reading the acceleration's eviction queue: {e}");
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
+            }
+        })
+        .map_err(|source| DatapathError::Io {
+            what: "start the acceleration's eviction thread for",
+            path: links_dir.into(),
+            source,
+        })?;
+    Ok(())
 }

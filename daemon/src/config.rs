@@ -41,6 +41,7 @@ struct Raw {
     max_frontends: Option<u32>,
     max_endpoints_per_frontend: Option<u32>,
     accel: Option<bool>,
+    accel_max_queue_bytes: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +85,11 @@ pub struct Config {
     /// Same-node TCP acceleration (sockmap) at start; `sluicectl accel
     /// on|off` switches it at runtime.
     pub accel: bool,
+    /// What a reader may have queued of redirected data before its writer
+    /// falls back to TCP (and blocks where TCP would); `None`: as much as
+    /// TCP autotuning lets a receive buffer grow (`net.ipv4.tcp_rmem`'s
+    /// maximum). Never more than that, nor than a socket's SO_RCVBUF.
+    pub accel_max_queue_bytes: Option<u32>,
 }
 
 /// kubeadm's and kind's default service ranges.
@@ -114,6 +120,7 @@ impl Default for Config {
             max_removal_percent: 50,
             capacity: sluice_dataplane::maps::Capacity::DEFAULT,
             accel: true,
+            accel_max_queue_bytes: None,
         }
     }
 }
@@ -202,6 +209,7 @@ impl Config {
                     .unwrap_or(d.capacity.endpoints_per_frontend),
             },
             accel: raw.accel.unwrap_or(d.accel),
+            accel_max_queue_bytes: raw.accel_max_queue_bytes,
         };
         let cap = c.capacity;
         if cap.frontends == 0 || cap.endpoints_per_frontend == 0 {
@@ -254,6 +262,11 @@ impl Config {
         }
         if c.reconcile_interval.is_zero() {
             return Err("reconcile_interval_seconds must be at least 1".into());
+        }
+        if let Some(q) = c.accel_max_queue_bytes.filter(|q| *q < 64 << 10) {
+            return Err(format!(
+                "accel_max_queue_bytes {q} is below 64 KiB: every bulk writer would fall back to TCP"
+            ));
         }
         if c.edge_check_interval.is_zero() {
             return Err("edge_check_interval_seconds must be at least 1".into());

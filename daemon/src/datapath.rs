@@ -191,11 +191,19 @@ impl Datapath {
         } else {
             None
         };
+        // The acceleration is an optimisation: a kernel that refuses any
+        // part of it leaves the node on plain TCP, never without a daemon.
         let mut accel_obj = if accel {
-            let (obj, more) =
-                load::load_object_carrying("accel", sluice_dataplane::ACCEL, &maps_dir, &specs)?;
-            carried.extend(more);
-            Some(obj)
+            match load::load_object_carrying("accel", sluice_dataplane::ACCEL, &maps_dir, &specs) {
+                Ok((obj, more)) => {
+                    carried.extend(more);
+                    Some(obj)
+                }
+                Err(e) => {
+                    warn!("same-node TCP acceleration is off: {}", error_chain(&e));
+                    None
+                }
+            }
         } else {
             None
         };
@@ -275,13 +283,20 @@ impl Datapath {
                     .metadata()
                     .map_err(io_err("stat cgroup", &cgroup_root))?
                     .ino();
-                Some(crate::accel::Accel::open(
+                match crate::accel::Accel::open(
                     obj,
                     &cgroup,
                     id,
                     &cfg.cgroup_links_dir(),
                     cfg.accel,
-                )?)
+                    cfg.accel_max_queue_bytes,
+                ) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        warn!("same-node TCP acceleration is off: {}", error_chain(&e));
+                        None
+                    }
+                }
             }
             None => None,
         };

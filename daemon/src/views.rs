@@ -162,8 +162,19 @@ pub struct AccelView {
     pub enabled: bool,
     /// Sockets in the map now (both ends of each accelerated connection).
     pub sockets: usize,
+    /// Redirected bytes a reader may have waiting before its writer falls
+    /// back to TCP.
+    #[serde(default)]
+    pub max_queue_bytes: u32,
     /// The sockops link on the cgroup root.
     pub link: LinkState,
+    /// The guards' LSM links; empty where they cannot run, and then
+    /// `unguarded` says why and only pods annotated
+    /// `sluice.dev/accel: "true"` are accelerated.
+    #[serde(default)]
+    pub guards: Vec<LinkState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unguarded: Option<String>,
     /// Sockets added, messages and bytes redirected and passed, fallbacks
     /// by reason (`sluice_dataplane::maps::ACCEL_STATS`).
     pub counters: std::collections::BTreeMap<String, u64>,
@@ -174,7 +185,10 @@ impl AccelView {
         AccelView {
             enabled: a.enabled(),
             sockets: a.sockets(),
+            max_queue_bytes: a.max_queue,
             link: a.link.clone(),
+            guards: a.guards.clone().unwrap_or_default(),
+            unguarded: a.guards.as_ref().err().cloned(),
             counters: a
                 .stats()
                 .into_iter()

@@ -24,6 +24,13 @@ pub static ACCEL: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "
 /// The entry points in [`ACCEL`].
 pub const ACCEL_SOCKOPS: &str = "sluice_sockops";
 pub const ACCEL_SK_MSG: &str = "sluice_sk_msg";
+/// The acceleration's guards in [`ACCEL`]: (program, LSM hook).
+pub const ACCEL_GUARDS: [(&str, &str); 4] = [
+    ("sluice_file_perm", "file_permission"),
+    ("sluice_sock_recv", "socket_recvmsg"),
+    ("sluice_sock_setopt", "socket_setsockopt"),
+    ("sluice_sock_send", "socket_sendmsg"),
+];
 
 /// Test fixtures, not datapath: a program the verifier refuses, the
 /// service selection and edge logic in XDP programs, and connect4 and pod

@@ -51,6 +51,7 @@ const BPF_MAP_TYPE_HASH_OF_MAPS: u32 = 13;
 /// `BPF_MAP_TYPE_SK_STORAGE`: a value per socket, freed with it.
 pub const BPF_MAP_TYPE_SK_STORAGE: u32 = 24;
 pub const BPF_MAP_TYPE_SOCKHASH: u32 = 18;
+pub const BPF_MAP_TYPE_QUEUE: u32 = 22;
 
 /// `BPF_F_NO_PREALLOC`: entries allocated as used (and a replaced element
 /// freed after an RCU grace period, not recycled at once).
@@ -497,6 +498,33 @@ pub const SK_ACCEL: MapSpec = MapSpec {
     what: "acceleration mode, in each socket",
 };
 
+/// [`SkListenKey`] → [`SkPeer`] (its `sk` and `cookie`): the listening
+/// sockets of known pods, whose file says whether what they accept reads
+/// in non-blocking mode.
+pub const SK_LISTEN: MapSpec = MapSpec {
+    name: "sluice_sk_lsn",
+    map_type: BPF_MAP_TYPE_HASH,
+    key_size: size_of::<SkListenKey>() as u32,
+    value_size: size_of::<SkPeer>() as u32,
+    max_entries: 65536,
+    flags: BPF_F_NO_PREALLOC,
+    inner: None,
+    what: "pods' listening sockets",
+};
+
+/// [`SkPairKey`]s of accepted sockets whose reader blocks, queued by
+/// sk_msg for the daemon to take out of [`SOCKHASH`].
+pub const SK_EVICT: MapSpec = MapSpec {
+    name: "sluice_sk_evict",
+    map_type: BPF_MAP_TYPE_QUEUE,
+    key_size: 0,
+    value_size: size_of::<SkPairKey>() as u32,
+    max_entries: 4096,
+    flags: 0,
+    inner: None,
+    what: "blocking sockets to take out of the acceleration",
+};
+
 /// One [`AccelCfg`]: the node's switch and limits.
 pub const ACCEL_CFG: MapSpec = MapSpec {
     name: "sluice_acc_cfg",
@@ -509,21 +537,35 @@ pub const ACCEL_CFG: MapSpec = MapSpec {
     what: "TCP acceleration switch and limits",
 };
 
-/// `enum accel_stat`, in order.
-pub const ACCEL_STATS: [&str; 13] = [
-    "sockets_added",
-    "sockets_add_failed",
-    "sockets_skipped",
-    "redirected_msgs",
-    "redirected_bytes",
-    "passed_msgs",
-    "passed_bytes",
-    "fallback_no_peer",
-    "fallback_off",
-    "fallback_tcp_reader",
-    "fallback_backpressure",
-    "fallback_memory_pressure",
-    "fallback_redirect_refused",
+/// `enum accel_stat`, in order, named as in C without the prefix: sockets
+/// added or not, messages and bytes redirected or passed, fallbacks to TCP
+/// (`fb_*`) and returns from it, evictions, and what the guards saw.
+pub const ACCEL_STATS: [&str; 25] = [
+    "added",
+    "add_failed",
+    "skipped",
+    "skipped_blocking",
+    "skipped_unpaired",
+    "skipped_listener",
+    "redir_msgs",
+    "redir_bytes",
+    "pass_msgs",
+    "pass_bytes",
+    "fb_no_peer",
+    "fb_off",
+    "fb_tcp_reader",
+    "fb_backpressure",
+    "fb_mem_pressure",
+    "fb_redirect",
+    "fb_oob",
+    "fb_blocking",
+    "resumed",
+    "evicted",
+    "guard_splice",
+    "guard_waitall",
+    "guard_rcvlowat",
+    "guard_oob",
+    "guard_refused",
 ];
 
 /// `enum accel_stat` → u64 per CPU.
@@ -539,9 +581,10 @@ pub const ACCELSTAT: MapSpec = MapSpec {
 };
 
 /// Every pinned map.
-pub const ALL: [MapSpec; 21] = [
+pub const ALL: [MapSpec; 23] = [
     ENDPOINTS, SRC, EDGE_STATS, SOCKSTAT, SVC, BACKENDS, LB_SLOTS, LB_TABLES, SVC_BES, AFFINITY,
     CONNS, SK_NAT, UDP_CONN, LBSTAT, CT, CTSTAT, SOCKHASH, SK_PEER, SK_ACCEL, ACCEL_CFG, ACCELSTAT,
+    SK_EVICT, SK_LISTEN,
 ];
 
 /// `struct sk_pair_key`: a socket of an accelerated connection by its
@@ -555,6 +598,18 @@ pub struct SkPairKey {
 }
 // SAFETY: plain old data, no implicit padding (asserted below).
 unsafe impl aya::Pod for SkPairKey {}
+
+/// `struct sk_listen_key`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SkListenKey {
+    pub netns_cookie: u64,
+    pub port: u16,
+    pub pad: u16,
+    pub pad2: u32,
+}
+// SAFETY: plain old data, no implicit padding (asserted below).
+unsafe impl aya::Pod for SkListenKey {}
 
 /// `SLUICE_SKP_F_TCP_READER`: the socket's reader needs the TCP path.
 pub const SKP_F_TCP_READER: u32 = 1 << 0;
@@ -592,7 +647,7 @@ pub struct AccelCfg {
     pub enabled: u32,
     pub rmem_max: u32,
     pub msg_cost: u32,
-    pub pad: u32,
+    pub opt_in_only: u32,
 }
 // SAFETY: plain old data, no implicit padding (asserted below).
 unsafe impl aya::Pod for AccelCfg {}
@@ -615,6 +670,7 @@ pub const EP_F_IPV4: u32 = 1 << 1;
 pub const EP_F_IPV6: u32 = 1 << 2;
 pub const EP_F_NO_SOCK_LB: u32 = 1 << 3;
 pub const EP_F_NO_ACCEL: u32 = 1 << 4;
+pub const EP_F_ACCEL: u32 = 1 << 5;
 
 /// `struct endpoint`, keyed by netns cookie.
 #[repr(C)]
@@ -1076,6 +1132,8 @@ mod tests {
         assert_eq!(size_of::<SkPairKey>(), 8);
         assert_eq!(offset_of!(SkPairKey, rcv), 4);
         assert_eq!(size_of::<SkPeer>(), 32);
+        assert_eq!(size_of::<SkListenKey>(), 16);
+        assert_eq!(offset_of!(SkListenKey, port), 8);
         assert_eq!(offset_of!(SkPeer, cookie), 8);
         assert_eq!(offset_of!(SkPeer, netns_cookie), 16);
         assert_eq!(offset_of!(SkPeer, flags), 24);
@@ -1086,6 +1144,7 @@ mod tests {
         assert_eq!(size_of::<AccelCfg>(), 16);
         assert_eq!(offset_of!(AccelCfg, rmem_max), 4);
         assert_eq!(offset_of!(AccelCfg, msg_cost), 8);
+        assert_eq!(offset_of!(AccelCfg, opt_in_only), 12);
     }
 
     #[test]
@@ -1249,12 +1308,16 @@ mod tests {
         assert!(h.contains("#define SLUICE_EP_F_IPV6 (1U << 2)"));
         assert!(h.contains("#define SLUICE_EP_F_NO_SOCK_LB (1U << 3)"));
         assert!(h.contains("#define SLUICE_EP_F_NO_ACCEL (1U << 4)"));
+        assert!(h.contains("#define SLUICE_EP_F_ACCEL (1U << 5)"));
+        assert!(h.contains("#define SLUICE_SKP_F_SENDS_TCP (1U << 1)"));
         assert!(h.contains("#define SLUICE_SKP_F_TCP_READER (1U << 0)"));
-        let accel_stats = h
+        let accel_stats: Vec<String> = h
             .lines()
-            .filter(|l| l.trim().starts_with("ACCEL_STAT_") && !l.contains("ACCEL_STAT_MAX"))
-            .count();
-        assert_eq!(accel_stats, ACCEL_STATS.len());
+            .filter_map(|l| l.trim().strip_prefix("ACCEL_STAT_"))
+            .map(|l| l.split([',', ' ']).next().unwrap().to_lowercase())
+            .filter(|n| n != "max")
+            .collect();
+        assert_eq!(accel_stats, ACCEL_STATS);
         assert!(h.contains("#define SLUICE_SVC_F_MAGLEV (1U << 0)"));
         assert!(h.contains("#define SLUICE_LB_TABLE_HEADER 1"));
         assert!(
@@ -1288,6 +1351,7 @@ mod tests {
             include_str!("../bpf/include/lb.h"),
             include_str!("../bpf/include/nat.h"),
             include_str!("../bpf/include/accel.h"),
+            include_str!("../bpf/include/accel_guard.h"),
         ]
         .concat();
         let ct_stats = h
@@ -1316,7 +1380,7 @@ mod tests {
     /// [`OBSOLETE`] with its conversion, and add a line here.
     #[test]
     fn layouts_change_only_under_a_new_name() {
-        let released: [(&str, u32, u32, u32); 21] = [
+        let released: [(&str, u32, u32, u32); 23] = [
             ("sluice_eps", 1, 8, 32),
             ("sluice_src", 1, 24, 1),
             ("sluice_edgestat", 1, 4, 72),
@@ -1338,6 +1402,8 @@ mod tests {
             ("sluice_sk_accel", 24, 4, 24),
             ("sluice_acc_cfg", 2, 4, 16),
             ("sluice_accstat", 6, 4, 8),
+            ("sluice_sk_evict", 22, 0, 8),
+            ("sluice_sk_lsn", 1, 16, 32),
         ];
         for m in ALL {
             let r = released

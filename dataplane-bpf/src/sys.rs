@@ -18,6 +18,8 @@ const BPF_F_REPLACE: u32 = 1 << 2;
 /// `bpf_link_type` values we look at.
 pub const LINK_TYPE_CGROUP: u32 = 3;
 pub const LINK_TYPE_TCX: u32 = 11;
+/// fentry/fexit and BPF LSM links.
+pub const LINK_TYPE_TRACING: u32 = 2;
 
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: attr is a fully initialised bpf_attr prefix for `cmd`, and the
@@ -1066,4 +1068,30 @@ pub fn prog_attach(
         _pad: 0,
     };
     bpf(BPF_PROG_ATTACH, &mut attr).map(drop)
+}
+
+const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+
+/// Pops the oldest value of a queue map into `value`; false when empty.
+pub fn map_pop(map: BorrowedFd<'_>, value: &mut [u8]) -> io::Result<bool> {
+    #[repr(C)]
+    struct Attr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let mut attr = Attr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: 0,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    match bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
 }

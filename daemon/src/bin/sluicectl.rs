@@ -508,27 +508,45 @@ fn print_links(links: &[PinnedLink]) {
 fn print_accel(v: &AccelView) {
     let c = |k: &str| v.counters.get(k).copied().unwrap_or(0);
     println!(
-        "accel        {}; {} sockets accelerated now ({} added, {} not added: opted out or \
-         host; {} refused by a full map)",
+        "accel        {}; {} sockets accelerated now ({} added, {} taken out as blocking \
+         readers; not added: {} opted out or host, {} blocking, {} refused by a full map)",
         if v.enabled { "on" } else { "off" },
         v.sockets,
-        c("sockets_added"),
-        c("sockets_skipped"),
-        c("sockets_add_failed")
+        c("added"),
+        c("evicted"),
+        c("skipped"),
+        c("skipped_blocking"),
+        c("add_failed")
     );
+    match &v.unguarded {
+        None => println!(
+            "             guarded ({} LSM links): every pod not opted out",
+            v.guards.len()
+        ),
+        Some(why) => println!(
+            "             only pods annotated sluice.dev/accel: \"true\": no guards here ({why})"
+        ),
+    }
     println!(
         "             redirected {} msgs / {} bytes; passed to TCP {} msgs / {} bytes",
-        c("redirected_msgs"),
-        c("redirected_bytes"),
-        c("passed_msgs"),
-        c("passed_bytes")
+        c("redir_msgs"),
+        c("redir_bytes"),
+        c("pass_msgs"),
+        c("pass_bytes")
     );
-    let fb: Vec<String> = v
-        .counters
-        .iter()
-        .filter_map(|(k, n)| Some(format!("{} {n}", k.strip_prefix("fallback_")?)))
-        .collect();
-    println!("             fallbacks to TCP: {}", fb.join(", "));
+    let by = |prefix: &str| -> String {
+        v.counters
+            .iter()
+            .filter_map(|(k, n)| Some(format!("{} {n}", k.strip_prefix(prefix)?)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "             fallbacks to TCP: {}; back to redirecting: {}",
+        by("fb_"),
+        c("resumed")
+    );
+    println!("             guards: {}", by("guard_"));
 }
 
 fn print_status(s: &StatusView) {

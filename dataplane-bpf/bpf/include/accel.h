@@ -41,6 +41,15 @@ struct {
 } sluice_sk_peer SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sk_listen_key);
+	__type(value, struct sk_peer);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_sk_lsn SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
@@ -79,18 +88,82 @@ static __always_inline const struct accel_cfg *accel_config(void)
 	return bpf_map_lookup_elem(&sluice_acc_cfg, &zero);
 }
 
+/* The kernel address of the socket keyed `key` in sluice_sk_peer, as a
+ * number (BPF_CORE_READ's source), or 0. */
+static __always_inline struct sock *accel_addr(const struct sk_peer *p)
+{
+	return p ? (struct sock *)p->sk : 0;
+}
+
+/* Whether socket `sk` reads in non-blocking mode. The kernel's receive
+ * path for redirected data returns EAGAIN from a blocking read that is
+ * woken without data (a reset, a signal, its own writer waiting for
+ * buffer space: tcp_bpf_recvmsg, Linux 6.18), which TCP never does; a
+ * non-blocking reader expects EAGAIN. A socket without a file (not
+ * accepted yet) has no reader yet. */
+static __always_inline int accel_nonblocking(struct sock *sk)
+{
+	struct file *f = BPF_CORE_READ(sk, sk_socket, file);
+
+	if (!f)
+		return 0;
+	return (BPF_CORE_READ(f, f_flags) & SLUICE_O_NONBLOCK) != 0;
+}
+
 /* Whether the reader of socket `sk` needs the TCP path: SO_RCVLOWAT
  * above one byte is not honoured for redirected data. */
-static __always_inline __u32 accel_reader_flags(struct bpf_sock *sk)
+static __always_inline __u32 accel_reader_flags(struct sock *sk)
 {
-	struct sock *s = (struct sock *)bpf_skc_to_tcp_sock(sk);
+	return BPF_CORE_READ(sk, sk_rcvlowat) > 1 ? SLUICE_SKP_F_TCP_READER : 0;
+}
 
-	return s && s->sk_rcvlowat > 1 ? SLUICE_SKP_F_TCP_READER : 0;
+/* sockops, listen(2) by a known pod: remember the listener, so that the
+ * sockets it accepts can look at its file (accel_established). */
+static __always_inline void accel_listening(struct bpf_sock_ops *o)
+{
+	__u64 netns = bpf_get_netns_cookie(o);
+
+	if (!bpf_map_lookup_elem(&sluice_eps, &netns) || !o->sk)
+		return;
+	struct sk_listen_key k = {.netns_cookie = netns, .port = o->local_port};
+	struct sk_peer p = {
+		.sk = (__u64)(unsigned long)o->sk,
+		.cookie = bpf_get_socket_cookie(o),
+		.netns_cookie = netns,
+	};
+
+	if (!bpf_map_update_elem(&sluice_sk_lsn, &k, &p, BPF_ANY))
+		bpf_sock_ops_cb_flags_set(o, o->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+/* Whether the listener that accepted a socket on `port` of netns `netns`
+ * accepts in non-blocking mode (so will, almost always, its sockets);
+ * unknown listeners count as non-blocking and the accepted socket's own
+ * file decides later (accel_evict). */
+static __always_inline int accel_listener_nonblocking(__u64 netns, __u32 port)
+{
+	struct sk_listen_key k = {.netns_cookie = netns, .port = port};
+	struct sk_peer *l = bpf_map_lookup_elem(&sluice_sk_lsn, &k);
+
+	if (!l)
+		return 1;
+	struct sock *sk = accel_addr(l);
+
+	if (BPF_CORE_READ(sk, __sk_common.skc_cookie.counter) != (__s64)l->cookie)
+		return 1;
+	return accel_nonblocking(sk);
 }
 
 /* sockops, ESTABLISHED (either side): add the socket if it is a pod's
- * (known netns, not opted out) and no data went through TCP yet. */
-static __always_inline void accel_established(struct bpf_sock_ops *o)
+ * (known netns, not opted out) and no data went through TCP yet. The
+ * connecting side is added only if it reads in non-blocking mode; the
+ * accepting side (whose ESTABLISHED comes second) only if its peer was
+ * added, else the connecting side leaves too: a socket in the map reads
+ * through the redirected path, so none stays there without a peer. An
+ * accepted socket gets its file later: it is never redirected to before
+ * it shows a non-blocking reader, and one that shows a blocking reader
+ * is taken out (accel_evict). */
+static __always_inline void accel_established(struct bpf_sock_ops *o, int passive)
 {
 	const struct accel_cfg *cfg = accel_config();
 
@@ -102,10 +175,12 @@ static __always_inline void accel_established(struct bpf_sock_ops *o)
 	if (!ep)
 		return;
 	/* The node's own sockets, and pods that chose packet-level handling
-	 * or no acceleration, stay on TCP; so does a connection whose SYN
-	 * carried data (TCP Fast Open): those bytes went through TCP. */
+	 * or no acceleration, stay on TCP; without the guards (opt_in_only)
+	 * so does every pod that did not opt in; and so does a connection
+	 * whose SYN carried data (TCP Fast Open): those bytes went through
+	 * TCP. */
 	if (ep->flags & (SLUICE_EP_F_HOST | SLUICE_EP_F_NO_SOCK_LB | SLUICE_EP_F_NO_ACCEL) ||
-	    o->bytes_received) {
+	    (cfg->opt_in_only && !(ep->flags & SLUICE_EP_F_ACCEL)) || o->bytes_received) {
 		accel_count(ACCEL_STAT_SKIPPED, 1);
 		return;
 	}
@@ -113,38 +188,65 @@ static __always_inline void accel_established(struct bpf_sock_ops *o)
 
 	if (!sk)
 		return;
-	struct sk_accel *a = bpf_sk_storage_get(&sluice_sk_accel, sk, 0,
-						BPF_SK_STORAGE_GET_F_CREATE);
-	if (!a) {
-		accel_count(ACCEL_STAT_ADD_FAILED, 1);
-		return;
-	}
 	struct sk_pair_key self = {.snd = o->snd_una, .rcv = o->rcv_nxt};
 	struct sk_peer p = {
 		.sk = (__u64)(unsigned long)sk,
 		.cookie = bpf_get_socket_cookie(o),
 		.netns_cookie = netns,
-		.flags = accel_reader_flags(sk),
 	};
 
-	a->self = self;
-	a->mode = SK_ACCEL_TCP;
-	a->reason = ACCEL_STAT_ADD_FAILED;
-	a->msgs = 0;
 	if (bpf_map_update_elem(&sluice_sk_peer, &self, &p, BPF_ANY)) {
 		accel_count(ACCEL_STAT_ADD_FAILED, 1);
 		return;
 	}
-	if (bpf_sock_hash_update(o, &sluice_sockhash, &self, BPF_NOEXIST)) {
+	/* The entry holds the address as a number the CO-RE reads take. */
+	struct sk_peer *me = bpf_map_lookup_elem(&sluice_sk_peer, &self);
+
+	if (!me)
+		return;
+	struct sock *addr = accel_addr(me);
+
+	if (!passive && !accel_nonblocking(addr)) {
 		bpf_map_delete_elem(&sluice_sk_peer, &self);
-		accel_count(ACCEL_STAT_ADD_FAILED, 1);
+		accel_count(ACCEL_STAT_SKIPPED_BLOCKING, 1);
 		return;
 	}
+	struct sk_pair_key peer_key = {.snd = self.rcv, .rcv = self.snd};
+
+	if (passive && !bpf_map_lookup_elem(&sluice_sk_peer, &peer_key)) {
+		bpf_map_delete_elem(&sluice_sk_peer, &self);
+		accel_count(ACCEL_STAT_SKIPPED_UNPAIRED, 1);
+		return;
+	}
+	if (passive && !accel_listener_nonblocking(netns, o->local_port)) {
+		bpf_map_delete_elem(&sluice_sk_peer, &self);
+		accel_count(ACCEL_STAT_SKIPPED_LISTENER, 1);
+		goto drop_peer;
+	}
+	me->flags = accel_reader_flags(addr);
+	struct sk_accel *a = bpf_sk_storage_get(&sluice_sk_accel, sk, 0,
+						BPF_SK_STORAGE_GET_F_CREATE);
+	if (!a || bpf_sock_hash_update(o, &sluice_sockhash, &self, BPF_NOEXIST)) {
+		bpf_map_delete_elem(&sluice_sk_peer, &self);
+		accel_count(ACCEL_STAT_ADD_FAILED, 1);
+		goto drop_peer;
+	}
+	a->self = self;
 	a->mode = SK_ACCEL_REDIRECT;
 	a->reason = 0;
+	a->msgs = 0;
 	/* to forget the peer entry when the socket closes */
 	bpf_sock_ops_cb_flags_set(o, o->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 	accel_count(ACCEL_STAT_ADDED, 1);
+	return;
+drop_peer:
+	/* The connecting side, added at its ESTABLISHED, has nobody to
+	 * redirect to and nobody redirects to it: it leaves (sockops may
+	 * delete from a sockhash). */
+	if (passive) {
+		bpf_map_delete_elem(&sluice_sockhash, &peer_key);
+		bpf_map_delete_elem(&sluice_sk_peer, &peer_key);
+	}
 }
 
 static __always_inline void accel_closed(struct bpf_sock_ops *o)
@@ -153,6 +255,15 @@ static __always_inline void accel_closed(struct bpf_sock_ops *o)
 
 	if (!sk)
 		return;
+	if (o->args[0] == BPF_TCP_LISTEN) {
+		struct sk_listen_key k = {.netns_cookie = bpf_get_netns_cookie(o),
+					  .port = o->local_port};
+		struct sk_peer *l = bpf_map_lookup_elem(&sluice_sk_lsn, &k);
+
+		if (l && l->cookie == bpf_get_socket_cookie(o))
+			bpf_map_delete_elem(&sluice_sk_lsn, &k);
+		return;
+	}
 	struct sk_accel *a = bpf_sk_storage_get(&sluice_sk_accel, sk, 0, 0);
 
 	if (a)
@@ -163,8 +274,13 @@ static __always_inline int accel_sockops(struct bpf_sock_ops *o)
 {
 	switch (o->op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		accel_established(o, 0);
+		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		accel_established(o);
+		accel_established(o, 1);
+		break;
+	case BPF_SOCK_OPS_TCP_LISTEN_CB:
+		accel_listening(o);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
 		if (o->args[1] == BPF_TCP_CLOSE)
@@ -174,22 +290,69 @@ static __always_inline int accel_sockops(struct bpf_sock_ops *o)
 	return 1;
 }
 
+/* Sockets whose reader turned out to block, for the daemon to take out
+ * of the map (userspace may delete from a sockhash; sk_msg may not). */
+struct {
+	__uint(type, BPF_MAP_TYPE_QUEUE);
+	__uint(max_entries, 4096);
+	__type(value, struct sk_pair_key);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_sk_evict SEC(".maps");
+
+/* Asks for socket `key` (entry `e`) to leave the map: its reader blocks.
+ * Only if nothing was ever redirected to it (leaving frees its queue);
+ * from then on nothing is (SLUICE_SKP_F_EVICTING). */
+static __always_inline void accel_evict(struct sk_pair_key *key, struct sk_peer *e)
+{
+	if (e->flags & SLUICE_SKP_F_EVICTING)
+		return;
+	__u32 old = __sync_fetch_and_or(&e->flags, SLUICE_SKP_F_EVICTING);
+
+	if (old & (SLUICE_SKP_F_REDIRECTED | SLUICE_SKP_F_EVICTING))
+		return;
+	if (!bpf_map_push_elem(&sluice_sk_evict, key, 0))
+		accel_count(ACCEL_STAT_EVICTED, 1);
+}
+
+/* Bytes of redirected messages waiting in socket `sk`'s queue: the
+ * queue's own count where the kernel keeps one (6.18.14+), else the
+ * receive memory they are charged to (6.13+; it also counts TCP's queue). */
+static __always_inline __s64 accel_queued(struct sock *sk)
+{
+	unsigned long ud = (unsigned long)BPF_CORE_READ(sk, sk_user_data);
+	struct sk_psock *psock = (struct sk_psock *)(ud & ~SLUICE_SK_USER_DATA_FLAGS);
+
+	if (bpf_core_field_exists(psock->msg_tot_len)) {
+		if (!psock)
+			return 0;
+		return BPF_CORE_READ(psock, msg_tot_len);
+	}
+	return BPF_CORE_READ(sk, sk_backlog.rmem_alloc.counter);
+}
+
 /* Why a message of `a` may not be redirected to `peer` now (an
  * enum accel_stat fallback reason), or 0. */
 static __always_inline __u32 accel_refusal(const struct accel_cfg *cfg, struct sk_accel *a,
-					   const struct sk_peer *peer, __u32 size)
+					   struct sk_pair_key peer_key, struct sk_peer *peer,
+					   __u32 size)
 {
 	if (!cfg || !cfg->enabled)
 		return ACCEL_STAT_FB_OFF;
-	if (!peer)
+	if (!peer || peer->flags & SLUICE_SKP_F_EVICTING)
 		return ACCEL_STAT_FB_NO_PEER;
 	if (peer->flags & SLUICE_SKP_F_TCP_READER)
 		return ACCEL_STAT_FB_TCP_READER;
-	struct sock *sk = (struct sock *)peer->sk;
+	struct sock *sk = accel_addr(peer);
 
 	/* The address is the peer's only while its cookie is there. */
 	if (BPF_CORE_READ(sk, __sk_common.skc_cookie.counter) != (__s64)peer->cookie)
 		return ACCEL_STAT_FB_NO_PEER;
+	if (!accel_nonblocking(sk)) {
+		/* an accepted peer whose reader blocks leaves the map */
+		if (BPF_CORE_READ(sk, sk_socket, file))
+			accel_evict(&peer_key, (struct sk_peer *)peer);
+		return ACCEL_STAT_FB_BLOCKING;
+	}
 	unsigned long *mp = BPF_CORE_READ(sk, __sk_common.skc_prot, memory_pressure);
 	unsigned long pressure = 0;
 
@@ -204,10 +367,9 @@ static __always_inline __u32 accel_refusal(const struct accel_cfg *cfg, struct s
 
 	if (!(locks & SLUICE_SOCK_RCVBUF_LOCK) && cfg->rmem_max > limit)
 		limit = cfg->rmem_max;
-	/* Redirected data is charged to the peer's receive memory (Linux
-	 * 6.13+), but not the message each redirect queues: count those
-	 * while any are queued. */
-	int queued = BPF_CORE_READ(sk, sk_backlog.rmem_alloc.counter);
+	/* Each queued message also costs its struct sk_msg, which no
+	 * counter shows: count those redirected while any are queued. */
+	__s64 queued = accel_queued(sk);
 
 	if (queued <= 0) {
 		queued = 0;
@@ -220,6 +382,33 @@ static __always_inline __u32 accel_refusal(const struct accel_cfg *cfg, struct s
 	return 0;
 }
 
+/* Socket `a` sends through TCP from now on; its peer's guards learn it
+ * from its entry (SLUICE_SKP_F_SENDS_TCP). */
+static __always_inline void accel_fall_back(struct sk_accel *a, __u32 why)
+{
+	struct sk_peer *me = bpf_map_lookup_elem(&sluice_sk_peer, &a->self);
+
+	a->mode = SK_ACCEL_TCP;
+	a->reason = why;
+	if (me)
+		__sync_fetch_and_or(&me->flags, SLUICE_SKP_F_SENDS_TCP);
+	accel_count(why, 1);
+}
+
+/* Whether every byte `a` wrote to TCP has been read by the peer's
+ * application: only then may a redirected byte follow them. */
+static __always_inline int accel_tcp_drained(struct sk_accel *a, const struct sk_peer *peer)
+{
+	const struct sk_peer *me = bpf_map_lookup_elem(&sluice_sk_peer, &a->self);
+
+	if (!me)
+		return 0;
+	__u32 written = BPF_CORE_READ((struct tcp_sock *)accel_addr(me), write_seq);
+	__u32 read = BPF_CORE_READ((struct tcp_sock *)accel_addr(peer), copied_seq);
+
+	return written == read;
+}
+
 static __always_inline int accel_msg(struct sk_msg_md *m)
 {
 	struct bpf_sock *sk = m->sk;
@@ -229,18 +418,36 @@ static __always_inline int accel_msg(struct sk_msg_md *m)
 		return SK_PASS;
 	struct sk_accel *a = bpf_sk_storage_get(&sluice_sk_accel, sk, 0, 0);
 
-	if (!a || a->mode != SK_ACCEL_REDIRECT)
+	if (!a)
 		goto pass;
-	struct sk_pair_key peer_key = {.snd = a->self.rcv, .rcv = a->self.snd};
-	const struct sk_peer *peer = bpf_map_lookup_elem(&sluice_sk_peer, &peer_key);
-	__u32 why = accel_refusal(accel_config(), a, peer, size);
+	struct sk_peer *me = bpf_map_lookup_elem(&sluice_sk_peer, &a->self);
 
+	/* An accepted socket that sends shows its own reader's mode. */
+	if (me && !(me->flags & SLUICE_SKP_F_EVICTING) && BPF_CORE_READ(accel_addr(me), sk_socket, file) &&
+	    !accel_nonblocking(accel_addr(me)))
+		accel_evict(&a->self, me);
+	struct sk_pair_key peer_key = {.snd = a->self.rcv, .rcv = a->self.snd};
+	struct sk_peer *peer = bpf_map_lookup_elem(&sluice_sk_peer, &peer_key);
+	__u32 why = accel_refusal(accel_config(), a, peer_key, peer, size);
+
+	if (a->mode != SK_ACCEL_REDIRECT) {
+		/* Urgent data keeps the connection on TCP for good. */
+		if (why || a->reason == ACCEL_STAT_FB_OOB || !accel_tcp_drained(a, peer))
+			goto pass;
+		if (me)
+			__sync_fetch_and_and(&me->flags, ~SLUICE_SKP_F_SENDS_TCP);
+		a->mode = SK_ACCEL_REDIRECT;
+		a->reason = 0;
+		accel_count(ACCEL_STAT_RESUMED, 1);
+	}
+	/* Claim the peer against its eviction (accel_passive_check). */
+	if (!why && peer &&
+	    __sync_fetch_and_or(&peer->flags, SLUICE_SKP_F_REDIRECTED) & SLUICE_SKP_F_EVICTING)
+		why = ACCEL_STAT_FB_NO_PEER;
 	if (!why && bpf_msg_redirect_hash(m, &sluice_sockhash, &peer_key, BPF_F_INGRESS) != SK_PASS)
 		why = ACCEL_STAT_FB_REDIRECT;
 	if (why) {
-		a->mode = SK_ACCEL_TCP;
-		a->reason = why;
-		accel_count(why, 1);
+		accel_fall_back(a, why);
 		goto pass;
 	}
 	a->msgs++;

@@ -35,6 +35,51 @@ struct sock {
 	int sk_rcvbuf;
 	int sk_rcvlowat;
 	__u8 sk_userlocks;
+	void *sk_user_data;
+	struct socket *sk_socket;
+} __attribute__((preserve_access_index));
+
+struct tcp_sock {
+	__u32 copied_seq; /* what the application has read */
+	__u32 write_seq;  /* what the application has written to TCP */
+} __attribute__((preserve_access_index));
+
+struct list_head {
+	struct list_head *next;
+	struct list_head *prev;
+} __attribute__((preserve_access_index));
+
+/* The sockmap state of a socket in a map (its sk_user_data, low bits
+ * flags): redirected messages wait on ingress_msg. */
+struct sk_psock {
+	struct list_head ingress_msg;
+	__u32 msg_tot_len; /* bytes queued on ingress_msg (Linux 6.18.14+) */
+} __attribute__((preserve_access_index));
+
+/* include/linux/sock.h SK_USER_DATA_PTRMASK: the flag bits below it */
+#define SLUICE_SK_USER_DATA_FLAGS 7UL
+
+struct file {
+	unsigned int f_flags;
+} __attribute__((preserve_access_index));
+
+struct socket {
+	struct sock *sk;
+	struct file *file;
+} __attribute__((preserve_access_index));
+
+/* O_NONBLOCK (x86-64, arm64) */
+#define SLUICE_O_NONBLOCK 04000
+
+struct msghdr {
+	unsigned int msg_flags;
+} __attribute__((preserve_access_index));
+
+struct task_struct;
+
+/* x86-64: the syscall a task is in */
+struct pt_regs {
+	unsigned long orig_ax;
 } __attribute__((preserve_access_index));
 
 /* include/net/sock.h */

@@ -31,6 +31,7 @@ _Static_assert(sizeof(struct src_key) == 24, "src_key layout");
 #define SLUICE_EP_F_IPV6 (1U << 2) /* ipv6 is set */
 #define SLUICE_EP_F_NO_SOCK_LB (1U << 3) /* pod opted out of socket LB */
 #define SLUICE_EP_F_NO_ACCEL (1U << 4) /* pod opted out of TCP acceleration */
+#define SLUICE_EP_F_ACCEL (1U << 5)	  /* pod opted in to TCP acceleration */
 
 struct endpoint {
 	__u32 host_ifindex; /* 0 for the node's own entry */
@@ -296,6 +297,9 @@ _Static_assert(sizeof(struct sk_pair_key) == 8, "sk_pair_key layout");
  * bpf_probe_read_kernel and trusted only while the socket cookie found
  * there is `cookie`. Removed when the socket closes. */
 #define SLUICE_SKP_F_TCP_READER (1U << 0) /* its reader needs the TCP path */
+#define SLUICE_SKP_F_SENDS_TCP (1U << 1)  /* it sends through TCP now */
+#define SLUICE_SKP_F_REDIRECTED (1U << 2) /* a peer has redirected to it */
+#define SLUICE_SKP_F_EVICTING (1U << 3)	  /* leaving the map: never redirect to it */
 
 struct sk_peer {
 	__u64 sk;
@@ -307,9 +311,9 @@ struct sk_peer {
 _Static_assert(sizeof(struct sk_peer) == 32, "sk_peer layout");
 
 /* In each accelerated socket (socket-local storage): its own key and
- * whether its sends are still redirected. A socket that has sent one
- * byte through TCP never redirects again: redirected bytes would overtake
- * TCP bytes its peer has not read yet. */
+ * whether its sends are redirected now. A socket that has sent bytes
+ * through TCP redirects again only once its peer has read every one of
+ * them: redirected bytes must never overtake TCP bytes. */
 enum sk_accel_mode {
 	SK_ACCEL_REDIRECT = 0,
 	SK_ACCEL_TCP = 1,
@@ -324,12 +328,24 @@ struct sk_accel {
 };
 _Static_assert(sizeof(struct sk_accel) == 24, "sk_accel layout");
 
+/* A listening socket of a known pod (sluice_sk_lsn), by netns and
+ * port: where an accepted socket's ESTABLISHED finds whether its
+ * application accepts in non-blocking mode (the accepted socket has no
+ * file yet). */
+struct sk_listen_key {
+	__u64 netns_cookie;
+	__u16 port; /* host order */
+	__u16 pad;
+	__u32 pad2;
+};
+_Static_assert(sizeof(struct sk_listen_key) == 16, "sk_listen_key layout");
+
 /* The node's switch and limits (sluice_acc_cfg, one entry). */
 struct accel_cfg {
 	__u32 enabled;	   /* 0: no new socket is added, every send passes */
-	__u32 rmem_max;	   /* net.ipv4.tcp_rmem[2]: what autotuning allows */
+	__u32 rmem_max;	   /* bytes a peer may have queued: tcp_rmem[2], at most accel_max_queue */
 	__u32 msg_cost;	   /* bytes of kernel memory each queued message costs */
-	__u32 pad;
+	__u32 opt_in_only; /* no guards on this kernel: only pods that opted in */
 };
 _Static_assert(sizeof(struct accel_cfg) == 16, "accel_cfg layout");
 
@@ -338,6 +354,9 @@ enum accel_stat {
 	ACCEL_STAT_ADDED = 0,	   /* sockets added to the map */
 	ACCEL_STAT_ADD_FAILED,	   /* sockets the map refused (full) */
 	ACCEL_STAT_SKIPPED,	   /* established sockets of known pods not added */
+	ACCEL_STAT_SKIPPED_BLOCKING, /* ...because the connecting socket blocks */
+	ACCEL_STAT_SKIPPED_UNPAIRED, /* ...because its peer was not added */
+	ACCEL_STAT_SKIPPED_LISTENER, /* ...because its listener blocks */
 	ACCEL_STAT_REDIR_MSGS,	   /* messages redirected to the peer */
 	ACCEL_STAT_REDIR_BYTES,
 	ACCEL_STAT_PASS_MSGS,	   /* messages passed to TCP */
@@ -349,6 +368,17 @@ enum accel_stat {
 	ACCEL_STAT_FB_BACKPRESSURE, /* the peer's reader fell behind */
 	ACCEL_STAT_FB_MEM_PRESSURE, /* TCP memory pressure on the node */
 	ACCEL_STAT_FB_REDIRECT,	   /* the kernel refused the redirect */
+	ACCEL_STAT_FB_OOB,	   /* the application sent urgent data */
+	ACCEL_STAT_FB_BLOCKING,	   /* the peer reads in blocking mode (or is not accepted yet) */
+	ACCEL_STAT_RESUMED,	   /* back to redirecting: the peer read every TCP byte */
+	ACCEL_STAT_EVICTED,	   /* accepted sockets with a blocking reader sent out of the map */
+	/* calls the redirected path cannot honour, seen on accelerated
+	 * sockets (the socket's reader moves to TCP): */
+	ACCEL_STAT_GUARD_SPLICE,   /* splice/sendfile/io_uring read from it */
+	ACCEL_STAT_GUARD_WAITALL,  /* recv with MSG_WAITALL */
+	ACCEL_STAT_GUARD_RCVLOWAT, /* setsockopt SO_RCVLOWAT */
+	ACCEL_STAT_GUARD_OOB,	   /* recv with MSG_OOB */
+	ACCEL_STAT_GUARD_REFUSED,  /* such a call refused with EINVAL: redirected data still queued */
 	ACCEL_STAT_MAX,
 };
 
