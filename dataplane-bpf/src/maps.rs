@@ -635,7 +635,7 @@ pub struct SkAccel {
     pub mode: u32,
     pub reason: u32,
     pub msgs: u32,
-    pub pad: u32,
+    pub flags: u32,
 }
 // SAFETY: plain old data, no implicit padding (asserted below).
 unsafe impl aya::Pod for SkAccel {}

@@ -10,6 +10,7 @@
 pub mod daemon;
 pub mod frames;
 pub mod manifests;
+pub mod nbsock;
 
 use serde_json::Value;
 use std::fs::File;

@@ -235,6 +235,7 @@ static __always_inline void accel_established(struct bpf_sock_ops *o, int passiv
 	a->mode = SK_ACCEL_REDIRECT;
 	a->reason = 0;
 	a->msgs = 0;
+	a->flags = passive ? 0 : SLUICE_SKA_F_SELF_NONBLOCK;
 	/* to forget the peer entry when the socket closes */
 	bpf_sock_ops_cb_flags_set(o, o->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 	accel_count(ACCEL_STAT_ADDED, 1);
@@ -347,11 +348,14 @@ static __always_inline __u32 accel_refusal(const struct accel_cfg *cfg, struct s
 	/* The address is the peer's only while its cookie is there. */
 	if (BPF_CORE_READ(sk, __sk_common.skc_cookie.counter) != (__s64)peer->cookie)
 		return ACCEL_STAT_FB_NO_PEER;
-	if (!accel_nonblocking(sk)) {
-		/* an accepted peer whose reader blocks leaves the map */
-		if (BPF_CORE_READ(sk, sk_socket, file))
-			accel_evict(&peer_key, (struct sk_peer *)peer);
-		return ACCEL_STAT_FB_BLOCKING;
+	if (!(a->flags & SLUICE_SKA_F_PEER_NONBLOCK)) {
+		if (!accel_nonblocking(sk)) {
+			/* an accepted peer whose reader blocks leaves the map */
+			if (BPF_CORE_READ(sk, sk_socket, file))
+				accel_evict(&peer_key, (struct sk_peer *)peer);
+			return ACCEL_STAT_FB_BLOCKING;
+		}
+		a->flags |= SLUICE_SKA_F_PEER_NONBLOCK;
 	}
 	unsigned long *mp = BPF_CORE_READ(sk, __sk_common.skc_prot, memory_pressure);
 	unsigned long pressure = 0;
@@ -423,9 +427,13 @@ static __always_inline int accel_msg(struct sk_msg_md *m)
 	struct sk_peer *me = bpf_map_lookup_elem(&sluice_sk_peer, &a->self);
 
 	/* An accepted socket that sends shows its own reader's mode. */
-	if (me && !(me->flags & SLUICE_SKP_F_EVICTING) && BPF_CORE_READ(accel_addr(me), sk_socket, file) &&
-	    !accel_nonblocking(accel_addr(me)))
-		accel_evict(&a->self, me);
+	if (me && !(a->flags & SLUICE_SKA_F_SELF_NONBLOCK) &&
+	    BPF_CORE_READ(accel_addr(me), sk_socket, file)) {
+		if (accel_nonblocking(accel_addr(me)))
+			a->flags |= SLUICE_SKA_F_SELF_NONBLOCK;
+		else
+			accel_evict(&a->self, me);
+	}
 	struct sk_pair_key peer_key = {.snd = a->self.rcv, .rcv = a->self.snd};
 	struct sk_peer *peer = bpf_map_lookup_elem(&sluice_sk_peer, &peer_key);
 	__u32 why = accel_refusal(accel_config(), a, peer_key, peer, size);
@@ -440,8 +448,8 @@ static __always_inline int accel_msg(struct sk_msg_md *m)
 		a->reason = 0;
 		accel_count(ACCEL_STAT_RESUMED, 1);
 	}
-	/* Claim the peer against its eviction (accel_passive_check). */
-	if (!why && peer &&
+	/* Claim the peer against its eviction (accel_evict), once. */
+	if (!why && peer && !(peer->flags & SLUICE_SKP_F_REDIRECTED) &&
 	    __sync_fetch_and_or(&peer->flags, SLUICE_SKP_F_REDIRECTED) & SLUICE_SKP_F_EVICTING)
 		why = ACCEL_STAT_FB_NO_PEER;
 	if (!why && bpf_msg_redirect_hash(m, &sluice_sockhash, &peer_key, BPF_F_INGRESS) != SK_PASS)

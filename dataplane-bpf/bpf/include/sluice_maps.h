@@ -324,9 +324,13 @@ struct sk_accel {
 	__u32 mode;   /* enum sk_accel_mode */
 	__u32 reason; /* enum accel_stat of the fallback, in SK_ACCEL_TCP */
 	__u32 msgs;   /* messages redirected since the peer last had none queued */
-	__u32 pad;
+	__u32 flags;  /* SLUICE_SKA_F_* */
 };
 _Static_assert(sizeof(struct sk_accel) == 24, "sk_accel layout");
+/* Seen once, not looked at again (a reader that turns blocking after it
+ * read in non-blocking mode is not followed; docs/sockmap.md). */
+#define SLUICE_SKA_F_SELF_NONBLOCK (1U << 0) /* its own reader is non-blocking */
+#define SLUICE_SKA_F_PEER_NONBLOCK (1U << 1) /* its peer's reader is non-blocking */
 
 /* A listening socket of a known pod (sluice_sk_lsn), by netns and
  * port: where an accepted socket's ESTABLISHED finds whether its

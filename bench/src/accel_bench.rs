@@ -1,0 +1,596 @@
+//! accel-bench: what the same-node TCP acceleration (sockmap) gives two
+//! pods on one node, against the same connection through the kernel's TCP
+//! stack, in one run: acceleration switched off and on for alternate
+//! connections (`sluicectl accel off|on` through the API), rounds
+//! interleaved. The client and server threads are pinned first to the same
+//! CPU, then to different CPUs. Measured: request/response rate and
+//! p50/p99 latency for 1 B and 1 KiB messages over one connection;
+//! one-way and bidirectional throughput in 64 KiB writes; the time from a
+//! writer's close to its reader's EOF; the same between an application
+//! and a proxy inside one pod (over 127.0.0.1). Beside them, the same
+//! ping-pong over a Unix-domain socketpair: the next rung of the ladder
+//! (TCP, Unix socket, sockmap).
+//!
+//! Sockets are non-blocking and driven as event loops drive them (read or
+//! write, poll when it would block), for both variants alike: the
+//! acceleration applies to such sockets only (docs/sockmap.md).
+//!
+//! Needs root and release builds next to this binary.
+
+#[path = "cleanup.rs"]
+mod cleanup;
+
+use cleanup::Track;
+use serde_json::{json, Value};
+use sluice_common::api::Request;
+use sluice_tests::daemon::Daemon;
+use sluice_tests::nbsock::{accept_nb, connect_nb, listen_nb, Nb};
+use sluice_tests::{with_pod_annotations, Node, NsRunner, Pod};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::os::unix::net::UnixStream;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "\
+usage: accel-bench [--rounds N] [--secs S] [--max-queue BYTES] [--only TEXT] [--quick] [--json]
+
+  --rounds N  samples per variant and test, variants interleaved (default 5)
+  --secs S    length of one sample in seconds (default 1)
+  --max-queue BYTES  sluiced's accel_max_queue_bytes (default: its default)
+  --only TEXT  run only the tests whose name contains TEXT
+  --quick     2 rounds of 0.3 s: the figures are rough, the code runs
+  --json      print the figures as JSON instead of the table
+
+Runs as root: bench/run accel-bench [options] builds the release binaries first.";
+
+const RANGES: &str = r#"[[{"subnet":"10.234.0.0/24","gateway":"10.234.0.1"}]]"#;
+
+/// Pins the calling thread to `cpu`.
+fn pin(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Where the two ends are.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// pod a to pod b
+    Pods,
+    /// two threads of pod a over 127.0.0.1 (an app and its proxy)
+    InPod,
+}
+
+impl Path {
+    fn name(self) -> &'static str {
+        match self {
+            Path::Pods => "pod to pod",
+            Path::InPod => "app to proxy in a pod",
+        }
+    }
+}
+
+struct Env<'a> {
+    d: Daemon<'a>,
+    _a: Pod<'a>,
+    b_ip: std::net::IpAddr,
+    ra: NsRunner,
+    rb: NsRunner,
+}
+
+impl Env<'_> {
+    fn switch(&self, on: bool) {
+        self.d
+            .call(Request::Accel { enabled: Some(on) })
+            .expect("switch the acceleration");
+    }
+
+    fn accel(&self) -> Value {
+        self.d
+            .call(Request::Accel { enabled: None })
+            .expect("acceleration state")
+            .data
+    }
+
+    /// A new connection on `path`, accelerated if the switch is on.
+    fn connect(&self, path: Path) -> (Nb, Nb) {
+        let (listener_runner, bind): (&NsRunner, SocketAddr) = match path {
+            Path::Pods => (&self.rb, (self.b_ip, 0).into()),
+            Path::InPod => (&self.ra, "127.0.0.1:0".parse().unwrap()),
+        };
+        let l = listener_runner.run(move || listen_nb(bind));
+        let addr = l.local_addr().unwrap();
+        let c = self.ra.run(move || connect_nb(addr));
+        (c, accept_nb(&l))
+    }
+}
+
+/// One sample: the figure and, for latency tests, p50/p99 in µs.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sample {
+    value: f64,
+    p50: f64,
+    p99: f64,
+}
+
+fn percentile(sorted: &[u64], p: usize) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[(sorted.len() * p).div_ceil(100).max(1) - 1] as f64 / 1e3
+}
+
+/// Ping-pong of `size`-byte messages for `dur`: round trips per second
+/// and their p50/p99 in µs. The server echoes on `cpus.1`, the client on
+/// `cpus.0`.
+fn rr<S: Read + Write + Send + 'static>(
+    mut c: S,
+    mut s: S,
+    size: usize,
+    dur: Duration,
+    cpus: (usize, usize),
+) -> Sample {
+    let srv = std::thread::spawn(move || {
+        pin(cpus.1);
+        let mut buf = vec![0u8; size];
+        while s.read_exact(&mut buf).is_ok() {
+            if s.write_all(&buf).is_err() {
+                break;
+            }
+        }
+    });
+    let cli = std::thread::spawn(move || {
+        pin(cpus.0);
+        let mut buf = vec![1u8; size];
+        let mut lat = Vec::with_capacity(1 << 20);
+        let t0 = Instant::now();
+        while t0.elapsed() < dur {
+            let t = Instant::now();
+            c.write_all(&buf).unwrap();
+            c.read_exact(&mut buf).unwrap();
+            lat.push(t.elapsed().as_nanos() as u64);
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        drop(c);
+        (lat, secs)
+    });
+    let (mut lat, secs) = cli.join().unwrap();
+    srv.join().unwrap();
+    lat.sort_unstable();
+    Sample {
+        value: lat.len() as f64 / secs,
+        p50: percentile(&lat, 50),
+        p99: percentile(&lat, 99),
+    }
+}
+
+/// Writes 64 KiB writes from `c` for `dur` while `s` reads: Gbit/s
+/// received. `both`: `s` writes to `c` at the same time too, and the sum
+/// of both directions is returned.
+fn bulk(c: Nb, s: Nb, dur: Duration, cpus: (usize, usize), both: bool) -> Sample {
+    let stop = Arc::new(AtomicBool::new(false));
+    let got = Arc::new(AtomicU64::new(0));
+    let writer = |mut w: Nb, cpu: usize, stop: Arc<AtomicBool>| {
+        std::thread::spawn(move || {
+            pin(cpu);
+            let buf = vec![7u8; 64 << 10];
+            while !stop.load(Ordering::Relaxed) {
+                if w.write_all(&buf).is_err() {
+                    break;
+                }
+            }
+            w.shutdown(Shutdown::Write);
+        })
+    };
+    let reader = |mut r: Nb, cpu: usize, got: Arc<AtomicU64>| {
+        std::thread::spawn(move || {
+            pin(cpu);
+            let mut buf = vec![0u8; 256 << 10];
+            while let Ok(n) = r.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        })
+    };
+    let mut threads = vec![
+        writer(c.try_clone(), cpus.0, stop.clone()),
+        reader(s.try_clone(), cpus.1, got.clone()),
+    ];
+    if both {
+        threads.push(writer(s.try_clone(), cpus.1, stop.clone()));
+        threads.push(reader(c.try_clone(), cpus.0, got.clone()));
+    }
+    // Warm up, then count over `dur`.
+    std::thread::sleep(dur / 5);
+    let (g0, t0) = (got.load(Ordering::Relaxed), Instant::now());
+    std::thread::sleep(dur);
+    let bytes = got.load(Ordering::Relaxed) - g0;
+    let secs = t0.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    drop((c, s));
+    Sample {
+        value: bytes as f64 * 8.0 / secs / 1e9,
+        ..Sample::default()
+    }
+}
+
+/// `n` connections: each writes 64 KiB and closes; the reader's EOF
+/// follows. p50/p99 of close → EOF in µs (value: the p50).
+fn close_to_eof(env: &Env, path: Path, n: usize, cpus: (usize, usize)) -> Sample {
+    let mut d = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (mut c, mut s) = env.connect(path);
+        let closed = std::thread::spawn(move || {
+            pin(cpus.0);
+            c.write_all(&[3u8; 64 << 10]).unwrap();
+            let t = Instant::now();
+            drop(c);
+            t
+        });
+        pin(cpus.1);
+        let mut buf = vec![0u8; 64 << 10];
+        while s.read(&mut buf).unwrap() > 0 {}
+        let eof = Instant::now();
+        let t = closed.join().unwrap();
+        d.push(eof.saturating_duration_since(t).as_nanos() as u64);
+    }
+    d.sort_unstable();
+    let p50 = percentile(&d, 50);
+    Sample {
+        value: p50,
+        p50,
+        p99: percentile(&d, 99),
+    }
+}
+
+/// One test's samples of both variants.
+struct Row {
+    test: String,
+    cpus: &'static str,
+    unit: &'static str,
+    off: Vec<Sample>,
+    on: Vec<Sample>,
+    /// The share of the "on" samples' bytes that went the redirected way.
+    redirected: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return 0.0;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+impl Row {
+    fn med(v: &[Sample], f: fn(&Sample) -> f64) -> f64 {
+        median(v.iter().map(f).collect())
+    }
+
+    /// on ÷ off of the medians, and the lowest and highest ratio of the
+    /// rounds (each round's on against its own off).
+    fn ratio(&self) -> (f64, f64, f64) {
+        let r: Vec<f64> = self
+            .on
+            .iter()
+            .zip(&self.off)
+            .map(|(a, b)| a.value / b.value)
+            .collect();
+        let lo = r.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = r.iter().copied().fold(0.0, f64::max);
+        (
+            Self::med(&self.on, |s| s.value) / Self::med(&self.off, |s| s.value),
+            lo,
+            hi,
+        )
+    }
+
+    fn json(&self) -> Value {
+        let (ratio, lo, hi) = self.ratio();
+        let side = |v: &[Sample]| {
+            json!({
+                "median": Self::med(v, |s| s.value),
+                "p50_us": Self::med(v, |s| s.p50),
+                "p99_us": Self::med(v, |s| s.p99),
+                "samples": v.iter().map(|s| s.value).collect::<Vec<_>>(),
+            })
+        };
+        json!({
+            "test": self.test, "cpus": self.cpus, "unit": self.unit,
+            "tcp": side(&self.off), "sluice": side(&self.on),
+            "ratio": ratio, "ratio_min": lo, "ratio_max": hi,
+            "redirected_share": self.redirected,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let mut rounds = 5usize;
+    let mut secs = 1.0f64;
+    let mut as_json = false;
+    let mut max_queue: Option<u64> = None;
+    let mut only = String::new();
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--rounds" => rounds = it.next().and_then(|v| v.parse().ok()).unwrap_or(0),
+            "--secs" => secs = it.next().and_then(|v| v.parse().ok()).unwrap_or(0.0),
+            "--quick" => {
+                rounds = 2;
+                secs = 0.3;
+            }
+            "--json" => as_json = true,
+            "--max-queue" => max_queue = it.next().and_then(|v| v.parse().ok()),
+            "--only" => only = it.next().unwrap_or_default(),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            _ => {
+                eprintln!("unknown argument {a:?}\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if rounds == 0 || secs <= 0.0 {
+        eprintln!("accel-bench: --rounds and --secs must be positive\n{USAGE}");
+        return ExitCode::from(2);
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("accel-bench: needs root (namespaces, BPF)");
+        return ExitCode::from(2);
+    }
+    if let Err(e) = cleanup::install() {
+        eprintln!("accel-bench: {e}");
+        return ExitCode::from(2);
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let dur = Duration::from_secs_f64(secs);
+
+    let node = Node::new();
+    let _node_track = Track::new(Some(&node.ns.name), &[node.dir.path()]);
+    let d = Daemon::start_with(
+        &node,
+        &max_queue.map_or(String::new(), |q| format!("accel_max_queue_bytes = {q}\n")),
+    );
+    let _pin_track = Track::new(None, &[&d.pin_path]);
+    let _daemon_track = Track::process(d.pid().unwrap());
+    // Opted in: where the kernel cannot run the guards, only such pods
+    // are accelerated.
+    let conf = with_pod_annotations(&node.conf("1.0.0", RANGES), &[("sluice.dev/accel", "true")]);
+    let a = Pod::add(&node, &conf);
+    let _at = Track::new(Some(&a.ns.name), &[]);
+    let b = Pod::add(&node, &conf);
+    let _bt = Track::new(Some(&b.ns.name), &[]);
+    let b_ip = b.ips()[0].parse().unwrap();
+    let env = Env {
+        ra: NsRunner::new(&a.ns),
+        rb: NsRunner::new(&b.ns),
+        d,
+        _a: a,
+        b_ip,
+    };
+    let state = env.accel();
+    let unguarded = state["unguarded"].as_str().map(str::to_string);
+
+    let mut layouts = vec![("same CPU", (0, 0))];
+    if cpus > 1 {
+        layouts.push(("two CPUs", (0, 1)));
+    }
+    let mut rows = Vec::new();
+    for path in [Path::Pods, Path::InPod] {
+        for (cpu_name, cpu) in &layouts {
+            for size in [1usize, 1024] {
+                rows.push(measure(
+                    &env,
+                    &only,
+                    format!("request/response {size} B, {}", path.name()),
+                    cpu_name,
+                    "round trips/s",
+                    rounds,
+                    |env| {
+                        let (c, s) = env.connect(path);
+                        rr(c, s, size, dur, *cpu)
+                    },
+                ));
+            }
+            for (name, both) in [("one-way", false), ("bidirectional", true)] {
+                rows.push(measure(
+                    &env,
+                    &only,
+                    format!("{name} throughput, 64 KiB writes, {}", path.name()),
+                    cpu_name,
+                    "Gbit/s",
+                    rounds,
+                    |env| {
+                        let (c, s) = env.connect(path);
+                        bulk(c, s, dur, *cpu, both)
+                    },
+                ));
+            }
+            rows.push(measure(
+                &env,
+                &only,
+                format!("close to EOF after 64 KiB, {}", path.name()),
+                cpu_name,
+                "µs (p50)",
+                rounds,
+                |env| close_to_eof(env, path, 50, *cpu),
+            ));
+        }
+    }
+    // The ladder's middle rung: a Unix socketpair, same ping-pong.
+    let mut unix = Vec::new();
+    for (cpu_name, cpu) in &layouts {
+        for size in [1usize, 1024] {
+            let samples: Vec<Sample> = (0..rounds)
+                .map(|_| {
+                    let (c, s) = UnixStream::pair().unwrap();
+                    rr(c, s, size, dur, *cpu)
+                })
+                .collect();
+            unix.push((
+                format!("request/response {size} B, Unix socketpair"),
+                *cpu_name,
+                samples,
+            ));
+        }
+    }
+    let after = env.accel();
+
+    let machine = json!({
+        "kernel": nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
+        "cpus": cpus,
+        "rounds": rounds,
+        "secs": secs,
+        "guards": unguarded.is_none(),
+        "unguarded": unguarded,
+    });
+    if as_json {
+        let out = json!({
+            "machine": machine,
+            "rows": rows.iter().map(Row::json).collect::<Vec<_>>(),
+            "unix": unix.iter().map(|(t, c, v)| json!({
+                "test": t, "cpus": c,
+                "median": median(v.iter().map(|s| s.value).collect()),
+                "p50_us": median(v.iter().map(|s| s.p50).collect()),
+                "p99_us": median(v.iter().map(|s| s.p99).collect()),
+            })).collect::<Vec<_>>(),
+            "counters": after["counters"],
+        });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap());
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "accel-bench: Linux {}, {} CPUs, {} rounds of {:.1} s per variant, interleaved",
+        machine["kernel"].as_str().unwrap_or(""),
+        cpus,
+        rounds,
+        secs
+    );
+    if let Some(why) = &machine["unguarded"].as_str() {
+        println!(
+            "(no guards on this kernel: {why}; the pods are annotated sluice.dev/accel: \"true\")"
+        );
+    }
+    println!(
+        "\n{:<56} {:<9} {:>14} {:>14} {:>7} {:>13} {:>7}",
+        "test", "cpus", "TCP", "sluice", "ratio", "rounds", "redir"
+    );
+    rows.retain(|r| !r.on.is_empty());
+    for r in &rows {
+        let (ratio, lo, hi) = r.ratio();
+        let fmt = |v: &[Sample]| {
+            let m = Row::med(v, |s| s.value);
+            if m >= 1000.0 {
+                format!("{m:.0}")
+            } else {
+                format!("{m:.2}")
+            }
+        };
+        println!(
+            "{:<56} {:<9} {:>14} {:>14} {:>6.2}x {:>5.2}-{:<5.2}  {:>5.0}%   {}",
+            r.test,
+            r.cpus,
+            fmt(&r.off),
+            fmt(&r.on),
+            ratio,
+            lo,
+            hi,
+            r.redirected * 100.0,
+            r.unit
+        );
+        if r.test.starts_with("request/response") {
+            println!(
+                "{:<56} {:<9} {:>14} {:>14} {:>7}",
+                "  latency p50 / p99 (µs)",
+                "",
+                format!(
+                    "{:.1} / {:.1}",
+                    Row::med(&r.off, |s| s.p50),
+                    Row::med(&r.off, |s| s.p99)
+                ),
+                format!(
+                    "{:.1} / {:.1}",
+                    Row::med(&r.on, |s| s.p50),
+                    Row::med(&r.on, |s| s.p99)
+                ),
+                ""
+            );
+        }
+    }
+    println!();
+    for (t, c, v) in &unix {
+        println!(
+            "{:<56} {:<9} {:>14.0} round trips/s, p50 / p99 {:.1} / {:.1} µs",
+            t,
+            c,
+            median(v.iter().map(|s| s.value).collect()),
+            median(v.iter().map(|s| s.p50).collect()),
+            median(v.iter().map(|s| s.p99).collect()),
+        );
+    }
+    println!(
+        "\nratio: sluice ÷ TCP of the medians (times: lower is better); rounds: lowest-highest \
+         ratio of one round's pair; redir: share of the accelerated variant's bytes that were \
+         redirected (the rest fell back to TCP, counters: {})",
+        after["counters"]
+    );
+    ExitCode::SUCCESS
+}
+
+/// Runs `sample` `rounds` times with the acceleration off and on,
+/// alternating, and keeps what each variant gave.
+fn measure(
+    env: &Env,
+    only: &str,
+    test: String,
+    cpus: &'static str,
+    unit: &'static str,
+    rounds: usize,
+    mut sample: impl FnMut(&Env) -> Sample,
+) -> Row {
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    let (mut redir, mut passed) = (0u64, 0u64);
+    let rounds = if test.contains(only) { rounds } else { 0 };
+    for _ in 0..rounds {
+        env.switch(false);
+        off.push(sample(env));
+        env.switch(true);
+        let c0 = env.accel()["counters"].clone();
+        on.push(sample(env));
+        let c1 = env.accel()["counters"].clone();
+        let delta = |k: &str| c1[k].as_u64().unwrap_or(0) - c0[k].as_u64().unwrap_or(0);
+        redir += delta("redir_bytes");
+        passed += delta("pass_bytes");
+    }
+    eprintln!("  measured: {test} ({cpus})");
+    Row {
+        test,
+        cpus,
+        unit,
+        off,
+        on,
+        redirected: if redir + passed > 0 {
+            redir as f64 / (redir + passed) as f64
+        } else {
+            0.0
+        },
+    }
+}
