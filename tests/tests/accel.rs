@@ -1179,3 +1179,48 @@ fn a_splicing_reader_gets_every_byte() {
         assert_eq!(t.counter("redir_msgs"), 0, "{}", t.accel());
     }
 }
+
+#[test]
+fn a_service_whose_backend_is_a_local_pod_is_accelerated() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let dir = node.dir.path().join("services");
+    std::fs::create_dir_all(&dir).unwrap();
+    let t = Two::with_config(&node, &format!("services_dir = \"{}\"\n", dir.display()));
+    let backend = std::net::Ipv4Addr::from(match ip(&t.b, false) {
+        IpAddr::V4(v4) => v4.octets(),
+        IpAddr::V6(_) => unreachable!(),
+    });
+    let bind: SocketAddr = (IpAddr::V4(backend), 8080).into();
+    let l = t.rb.run(move || listen_nb(bind));
+    let vip = std::net::Ipv4Addr::new(10, 96, 50, 1);
+    sluice_tests::manifests::write_atomic(
+        &dir,
+        "web.yaml",
+        &sluice_tests::manifests::service("demo", 1, vip, 80, &[backend], 8080),
+    );
+    assert!(
+        eventually(10, || {
+            t.d.call(Request::ListServices)
+                .map(|r| r.data["services"].as_array().is_some_and(|s| !s.is_empty()))
+                .unwrap_or(false)
+        }),
+        "service not programmed"
+    );
+    // The connect is translated to the backend pod before the connection
+    // exists, so its two sockets pair like any two pods'.
+    let before = t.counter("redir_bytes");
+    let to: SocketAddr = (IpAddr::V4(vip), 80).into();
+    let c = t.ra.run(move || connect_nb(to));
+    let s = accept_nb(&l);
+    assert_eq!(c.0.peer_addr().unwrap(), to, "the client sees the service");
+    t.wait_sockets(2);
+    one_way(c, s, Arc::new(pattern(41, 4 << 20)), 64 << 10);
+    assert!(
+        t.counter("redir_bytes") - before >= 4 << 20,
+        "{}",
+        t.accel()
+    );
+}
