@@ -35,12 +35,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "\
-usage: accel-bench [--rounds N] [--secs S] [--max-queue BYTES] [--only TEXT] [--quick] [--json]
+usage: accel-bench [--rounds N] [--secs S] [--max-queue BYTES] [--only TEXT] [--cpus TEXT] [--quick] [--json]
 
   --rounds N  samples per variant and test, variants interleaved (default 5)
   --secs S    length of one sample in seconds (default 1)
   --max-queue BYTES  sluiced's accel_max_queue_bytes (default: its default)
   --only TEXT  run only the tests whose name contains TEXT
+  --cpus TEXT  run only the CPU layout whose name contains TEXT (\"same\", \"two\")
   --quick     2 rounds of 0.3 s: the figures are rough, the code runs
   --json      print the figures as JSON instead of the table
 
@@ -326,6 +327,7 @@ fn main() -> ExitCode {
     let mut as_json = false;
     let mut max_queue: Option<u64> = None;
     let mut only = String::new();
+    let mut layout_filter = String::new();
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -338,6 +340,7 @@ fn main() -> ExitCode {
             "--json" => as_json = true,
             "--max-queue" => max_queue = it.next().and_then(|v| v.parse().ok()),
             "--only" => only = it.next().unwrap_or_default(),
+            "--cpus" => layout_filter = it.next().unwrap_or_default(),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -393,6 +396,7 @@ fn main() -> ExitCode {
     if cpus > 1 {
         layouts.push(("two CPUs", (0, 1)));
     }
+    layouts.retain(|(name, _)| name.contains(&layout_filter));
     let mut rows = Vec::new();
     for path in [Path::Pods, Path::InPod] {
         for (cpu_name, cpu) in &layouts {
