@@ -35,13 +35,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "\
-usage: accel-bench [--rounds N] [--secs S] [--max-queue BYTES] [--only TEXT] [--cpus TEXT] [--quick] [--json]
+usage: accel-bench [--rounds N] [--secs S] [--max-queue BYTES] [--only TEXT] [--cpus TEXT]
+                   [--variant tcp|sluice] [--quick] [--json]
 
   --rounds N  samples per variant and test, variants interleaved (default 5)
   --secs S    length of one sample in seconds (default 1)
   --max-queue BYTES  sluiced's accel_max_queue_bytes (default: its default)
   --only TEXT  run only the tests whose name contains TEXT
   --cpus TEXT  run only the CPU layout whose name contains TEXT (\"same\", \"two\")
+  --variant V  measure only \"tcp\" or only \"sluice\" (for profiling one; no ratio)
   --quick     2 rounds of 0.3 s: the figures are rough, the code runs
   --json      print the figures as JSON instead of the table
 
@@ -328,6 +330,7 @@ fn main() -> ExitCode {
     let mut max_queue: Option<u64> = None;
     let mut only = String::new();
     let mut layout_filter = String::new();
+    let mut variant = String::new();
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -341,6 +344,7 @@ fn main() -> ExitCode {
             "--max-queue" => max_queue = it.next().and_then(|v| v.parse().ok()),
             "--only" => only = it.next().unwrap_or_default(),
             "--cpus" => layout_filter = it.next().unwrap_or_default(),
+            "--variant" => variant = it.next().unwrap_or_default(),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -351,6 +355,11 @@ fn main() -> ExitCode {
             }
         }
     }
+    if !["", "tcp", "sluice"].contains(&variant.as_str()) {
+        eprintln!("accel-bench: --variant is tcp or sluice\n{USAGE}");
+        return ExitCode::from(2);
+    }
+    VARIANT.set(variant).expect("set once");
     if rounds == 0 || secs <= 0.0 {
         eprintln!("accel-bench: --rounds and --secs must be positive\n{USAGE}");
         return ExitCode::from(2);
@@ -559,8 +568,12 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `--variant`: "" (both), "tcp" or "sluice".
+static VARIANT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// Runs `sample` `rounds` times with the acceleration off and on,
-/// alternating, and keeps what each variant gave.
+/// alternating, and keeps what each variant gave (one only with
+/// `--variant`: the other's samples are then the same, for the table).
 fn measure(
     env: &Env,
     only: &str,
@@ -573,12 +586,22 @@ fn measure(
     let (mut off, mut on) = (Vec::new(), Vec::new());
     let (mut redir, mut passed) = (0u64, 0u64);
     let rounds = if test.contains(only) { rounds } else { 0 };
+    let which = VARIANT.get().map_or("", String::as_str);
     for _ in 0..rounds {
-        env.switch(false);
-        off.push(sample(env));
+        if which != "sluice" {
+            env.switch(false);
+            off.push(sample(env));
+        }
+        if which == "tcp" {
+            on.push(*off.last().expect("a sample"));
+            continue;
+        }
         env.switch(true);
         let c0 = env.accel()["counters"].clone();
         on.push(sample(env));
+        if which == "sluice" {
+            off.push(*on.last().expect("a sample"));
+        }
         let c1 = env.accel()["counters"].clone();
         let delta = |k: &str| c1[k].as_u64().unwrap_or(0) - c0[k].as_u64().unwrap_or(0);
         redir += delta("redir_bytes");

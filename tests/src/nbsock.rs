@@ -169,3 +169,9 @@ pub fn accept_nb(l: &TcpListener) -> Nb {
     // SAFETY: fd is ours.
     Nb(unsafe { TcpStream::from_raw_fd(fd) })
 }
+
+impl AsRawFd for Nb {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}

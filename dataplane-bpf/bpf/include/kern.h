@@ -34,7 +34,6 @@ struct sock {
 	} sk_backlog;
 	int sk_rcvbuf;
 	int sk_rcvlowat;
-	__u8 sk_userlocks;
 	void *sk_user_data;
 	struct socket *sk_socket;
 } __attribute__((preserve_access_index));
@@ -53,7 +52,6 @@ struct list_head {
  * flags): redirected messages wait on ingress_msg. */
 struct sk_psock {
 	struct list_head ingress_msg;
-	__u32 msg_tot_len; /* bytes queued on ingress_msg (Linux 6.18.14+) */
 } __attribute__((preserve_access_index));
 
 /* include/linux/sock.h SK_USER_DATA_PTRMASK: the flag bits below it */
@@ -82,7 +80,5 @@ struct pt_regs {
 	unsigned long orig_ax;
 } __attribute__((preserve_access_index));
 
-/* include/net/sock.h */
-#define SLUICE_SOCK_RCVBUF_LOCK 2
 
 #endif
