@@ -85,10 +85,10 @@ pub struct Config {
     /// Same-node TCP acceleration (sockmap) at start; `sluicectl accel
     /// on|off` switches it at runtime.
     pub accel: bool,
-    /// What a reader may have queued of redirected data before its writer
-    /// falls back to TCP (and blocks where TCP would); `None`: as much as
-    /// TCP autotuning lets a receive buffer grow (`net.ipv4.tcp_rmem`'s
-    /// maximum). Never more than that, nor than a socket's SO_RCVBUF.
+    /// The most a reader may have queued of redirected data before its
+    /// writer falls back to TCP (and blocks where TCP would): the budget is
+    /// half the reader's receive buffer as it stands, at most this; `None`:
+    /// `net.ipv4.tcp_rmem`'s maximum.
     pub accel_max_queue_bytes: Option<u32>,
 }
 
