@@ -10,7 +10,9 @@
 //! ever removed from the map by the daemon, because the kernel frees a
 //! removed socket's unread redirected data.
 
-use crate::datapath::{error_chain, keep_or_attach, DatapathError, LinkState};
+use crate::datapath::{
+    error_chain, keep_or_attach, owned_fd, take_map, CgroupRoot, DatapathError, LinkState,
+};
 use aya::maps::{Array, MapData, PerCpuArray};
 use aya::programs::{Lsm, SkMsg, SockOps};
 use aya::Ebpf;
@@ -63,8 +65,7 @@ impl Accel {
     /// writes the switch.
     pub fn open(
         obj: &mut Ebpf,
-        cgroup: &std::fs::File,
-        cgroup_id: u64,
+        cgroup: &CgroupRoot,
         links_dir: &Path,
         enabled: bool,
         max_queue: Option<u32>,
@@ -77,21 +78,20 @@ impl Accel {
         let name = sluice_dataplane::ACCEL_SOCKOPS;
         let pin = links_dir.join(name);
         let sockops = load::load_program::<SockOps>(obj, "accel", name)?;
-        let own = sockops.fd().map_err(|e| error_chain(&e)).and_then(|f| {
-            f.as_fd()
-                .try_clone_to_owned()
-                .map_err(|e| format!("duplicating a program fd: {e}"))
-        });
+        let own = owned_fd(sockops.fd());
         let link = keep_or_attach(
             name,
             &pin,
-            cgroup_id,
+            cgroup.id,
             own.as_ref().map(|f| f.as_fd()).map_err(String::clone),
             || {
                 let prog = own.as_ref().map_err(String::clone)?;
-                let fd =
-                    sys::cgroup_link_create(prog.as_fd(), cgroup.as_fd(), sys::BPF_CGROUP_SOCK_OPS)
-                        .map_err(|e| format!("BPF_LINK_CREATE: {e}"))?;
+                let fd = sys::cgroup_link_create(
+                    prog.as_fd(),
+                    cgroup.file.as_fd(),
+                    sys::BPF_CGROUP_SOCK_OPS,
+                )
+                .map_err(|e| format!("BPF_LINK_CREATE: {e}"))?;
                 sys::obj_pin(fd.as_fd(), &pin)
                     .map_err(|e| format!("pinning {}: {e}", pin.display()))?;
                 sys::pinned_link_info(&pin).map_err(|e| format!("reading {}: {e}", pin.display()))
@@ -99,25 +99,7 @@ impl Accel {
         )
         .map_err(|e| attach_err(name, e))?;
 
-        let sockhash = match obj.map(maps::SOCKHASH.name) {
-            Some(aya::maps::Map::SockHash(m)) => {
-                m.fd()
-                    .as_fd()
-                    .try_clone_to_owned()
-                    .map_err(|source| DatapathError::Io {
-                        what: "duplicate the sockhash fd of",
-                        path: links_dir.into(),
-                        source,
-                    })?
-            }
-            _ => {
-                return Err(LoadError::NoProgram {
-                    object: "accel",
-                    program: maps::SOCKHASH.name,
-                }
-                .into())
-            }
-        };
+        let sockhash = map_fd(obj, maps::SOCKHASH.name, links_dir)?;
         let msg = load::load_program::<SkMsg>(obj, "accel", sluice_dataplane::ACCEL_SK_MSG)?;
         let msg_fd = msg
             .fd()
@@ -133,15 +115,9 @@ impl Accel {
             },
         )?;
 
-        let take = |obj: &mut Ebpf, name: &'static str| {
-            obj.take_map(name).ok_or(LoadError::NoProgram {
-                object: "map",
-                program: name,
-            })
-        };
-        let cfg = Array::try_from(take(obj, maps::ACCEL_CFG.name)?)
+        let cfg = Array::try_from(take_map(obj, maps::ACCEL_CFG.name)?)
             .map_err(crate::datapath::map_err(maps::ACCEL_CFG.name, "open"))?;
-        let stats = PerCpuArray::try_from(take(obj, maps::ACCELSTAT.name)?)
+        let stats = PerCpuArray::try_from(take_map(obj, maps::ACCELSTAT.name)?)
             .map_err(crate::datapath::map_err(maps::ACCELSTAT.name, "open"))?;
         start_evictor(obj, links_dir)?;
         let guards = attach_guards(obj, links_dir);
@@ -157,7 +133,10 @@ impl Accel {
             sockhash,
             link,
             guards,
-            max_queue: max_queue.map_or(rmem_max(), |q| q.min(rmem_max())),
+            max_queue: {
+                let cap = rmem_max();
+                max_queue.map_or(cap, |q| q.min(cap))
+            },
         };
         a.set_enabled(enabled)?;
         info!(
@@ -298,6 +277,32 @@ fn attach_guards(obj: &mut Ebpf, links_dir: &Path) -> Result<Vec<LinkState>, Str
     }
 }
 
+/// A descriptor of our own for map `name` of `obj`, which keeps it.
+fn map_fd(obj: &Ebpf, name: &'static str, links_dir: &Path) -> Result<OwnedFd, DatapathError> {
+    let map = obj.map(name).ok_or(LoadError::NoProgram {
+        object: "accel",
+        program: name,
+    })?;
+    let data: &aya::maps::MapData = match map {
+        aya::maps::Map::Queue(m) | aya::maps::Map::HashMap(m) | aya::maps::Map::SockHash(m) => m,
+        _ => {
+            return Err(LoadError::NoProgram {
+                object: "accel",
+                program: name,
+            }
+            .into())
+        }
+    };
+    data.fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| DatapathError::Io {
+            what: "duplicate a map fd of the acceleration under",
+            path: links_dir.into(),
+            source,
+        })
+}
+
 /// Takes accepted sockets whose reader turned out to block out of the map,
 /// as sk_msg queues them (`sluice_sk_evict`; sk_msg may not delete from a
 /// sockhash, userspace may). Nothing was ever redirected to such a socket
@@ -305,36 +310,10 @@ fn attach_guards(obj: &mut Ebpf, links_dir: &Path) -> Result<Vec<LinkState>, Str
 /// reads through plain TCP. Polls every few milliseconds, for as long as
 /// the daemon runs; the pinned queue keeps what arrives while it does not.
 fn start_evictor(obj: &Ebpf, links_dir: &Path) -> Result<(), DatapathError> {
-    let fd = |name: &'static str| -> Result<OwnedFd, DatapathError> {
-        let map = obj.map(name).ok_or(LoadError::NoProgram {
-            object: "accel",
-            program: name,
-        })?;
-        let data: &aya::maps::MapData = match map {
-            aya::maps::Map::Queue(m) | aya::maps::Map::HashMap(m) | aya::maps::Map::SockHash(m) => {
-                m
-            }
-            _ => {
-                return Err(LoadError::NoProgram {
-                    object: "accel",
-                    program: name,
-                }
-                .into())
-            }
-        };
-        data.fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|source| DatapathError::Io {
-                what: "duplicate a map fd of the acceleration under",
-                path: links_dir.into(),
-                source,
-            })
-    };
     let (queue, sockhash, peers) = (
-        fd(maps::SK_EVICT.name)?,
-        fd(maps::SOCKHASH.name)?,
-        fd(maps::SK_PEER.name)?,
+        map_fd(obj, maps::SK_EVICT.name, links_dir)?,
+        map_fd(obj, maps::SOCKHASH.name, links_dir)?,
+        map_fd(obj, maps::SK_PEER.name, links_dir)?,
     );
     std::thread::Builder::new()
         .name("accel-evict".into())

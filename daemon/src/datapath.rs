@@ -219,32 +219,26 @@ impl Datapath {
             );
         }
 
-        let take = |obj: &mut Ebpf, name: &'static str| {
-            obj.take_map(name).ok_or(LoadError::NoProgram {
-                object: "map",
-                program: name,
-            })
-        };
-        let eps = HashMap::try_from(take(&mut tc_obj, maps::ENDPOINTS.name)?)
+        let eps = HashMap::try_from(take_map(&mut tc_obj, maps::ENDPOINTS.name)?)
             .map_err(map_err(maps::ENDPOINTS.name, "open"))?;
         let (sockstat, lbstat) = match sock_obj.as_mut() {
             Some(obj) => (
                 Some(
-                    PerCpuArray::try_from(take(obj, maps::SOCKSTAT.name)?)
+                    PerCpuArray::try_from(take_map(obj, maps::SOCKSTAT.name)?)
                         .map_err(map_err(maps::SOCKSTAT.name, "open"))?,
                 ),
                 Some(
-                    PerCpuArray::try_from(take(obj, maps::LBSTAT.name)?)
+                    PerCpuArray::try_from(take_map(obj, maps::LBSTAT.name)?)
                         .map_err(map_err(maps::LBSTAT.name, "open"))?,
                 ),
             ),
             None => (None, None),
         };
-        let src = HashMap::try_from(take(&mut tc_obj, maps::SRC.name)?)
+        let src = HashMap::try_from(take_map(&mut tc_obj, maps::SRC.name)?)
             .map_err(map_err(maps::SRC.name, "open"))?;
-        let drops = HashMap::try_from(take(&mut tc_obj, maps::EDGE_STATS.name)?)
+        let drops = HashMap::try_from(take_map(&mut tc_obj, maps::EDGE_STATS.name)?)
             .map_err(map_err(maps::EDGE_STATS.name, "open"))?;
-        let ctstat = PerCpuArray::try_from(take(&mut tc_obj, maps::CTSTAT.name)?)
+        let ctstat = PerCpuArray::try_from(take_map(&mut tc_obj, maps::CTSTAT.name)?)
             .map_err(map_err(maps::CTSTAT.name, "open"))?;
         let pins = Pins::new(&cfg.pin_path);
         let (edge_prog, edge_prog_outcome) = pin_tc_program(
@@ -269,24 +263,16 @@ impl Datapath {
             None
         };
 
-        let cgroup_root = cgroup_root(cfg)?;
+        let cgroup = CgroupRoot::open(cgroup_root(cfg)?)?;
         let cgroup_links = match sock_obj.as_mut() {
-            Some(obj) => attach_socket_programs(obj, &cgroup_root, &cfg.cgroup_links_dir())?,
+            Some(obj) => attach_socket_programs(obj, &cgroup, &cfg.cgroup_links_dir())?,
             None => Vec::new(),
         };
         let accel = match accel_obj.as_mut() {
             Some(obj) => {
-                use std::os::unix::fs::MetadataExt;
-                let cgroup = std::fs::File::open(&cgroup_root)
-                    .map_err(io_err("open cgroup", &cgroup_root))?;
-                let id = cgroup
-                    .metadata()
-                    .map_err(io_err("stat cgroup", &cgroup_root))?
-                    .ino();
                 match crate::accel::Accel::open(
                     obj,
                     &cgroup,
-                    id,
                     &cfg.cgroup_links_dir(),
                     cfg.accel,
                     cfg.accel_max_queue_bytes,
@@ -318,7 +304,7 @@ impl Datapath {
             edge_prog_outcome,
             reply_prog,
             edge_mode,
-            cgroup_root,
+            cgroup_root: cgroup.path,
             cgroup_links,
             maps_reused,
             maps_migrated: carried,
@@ -636,20 +622,41 @@ pub fn cgroup_root(cfg: &Config) -> Result<PathBuf, DatapathError> {
         .ok_or(DatapathError::NoCgroup2)
 }
 
+/// The cgroup v2 root the socket programs attach to, opened once.
+#[derive(Debug)]
+pub struct CgroupRoot {
+    pub path: PathBuf,
+    pub file: std::fs::File,
+    /// Its inode number: the cgroup id a cgroup link reports.
+    pub id: u64,
+}
+
+impl CgroupRoot {
+    fn open(path: PathBuf) -> Result<Self, DatapathError> {
+        use std::os::unix::fs::MetadataExt;
+        let file = std::fs::File::open(&path).map_err(io_err("open cgroup", &path))?;
+        let id = file.metadata().map_err(io_err("stat cgroup", &path))?.ino();
+        Ok(CgroupRoot { path, file, id })
+    }
+}
+
+/// Takes map `name` out of `obj`, or says the object lacks it.
+pub(crate) fn take_map(obj: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {
+    obj.take_map(name).ok_or(LoadError::NoProgram {
+        object: "map",
+        program: name,
+    })
+}
+
 fn attach_socket_programs(
     obj: &mut Ebpf,
-    cgroup_root: &Path,
+    cgroup_root: &CgroupRoot,
     links_dir: &Path,
 ) -> Result<Vec<LinkState>, DatapathError> {
-    use std::os::unix::fs::MetadataExt;
-    let cgroup = std::fs::File::open(cgroup_root).map_err(io_err("open cgroup", cgroup_root))?;
-    let cgroup_id = cgroup
-        .metadata()
-        .map_err(io_err("stat cgroup", cgroup_root))?
-        .ino();
+    let (cgroup, cgroup_id) = (&cgroup_root.file, cgroup_root.id);
     let attach_err = |name: &str, detail: String| DatapathError::Attach {
         program: name.into(),
-        target: format!("to cgroup {}", cgroup_root.display()),
+        target: format!("to cgroup {}", cgroup_root.path.display()),
         detail,
     };
     // Both program types attach the same way but are different types; a
@@ -690,7 +697,7 @@ fn attach_socket_programs(
 
 /// A program's fd of our own, so the program can be attached (a mutable
 /// borrow) while its fd is compared with a pinned link's program.
-fn owned_fd(
+pub(crate) fn owned_fd(
     fd: Result<&aya::programs::ProgramFd, aya::programs::ProgramError>,
 ) -> Result<std::os::fd::OwnedFd, String> {
     fd.map_err(|e| error_chain(&e))?
