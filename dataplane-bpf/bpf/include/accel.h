@@ -95,6 +95,17 @@ static __always_inline struct sock *accel_addr(const struct sk_peer *p)
 	return p ? (struct sock *)p->sk : 0;
 }
 
+/* The socket of entry `p`, or 0 if that address no longer holds it (its
+ * cookie is gone: the socket was freed, the memory reused). */
+static __always_inline struct sock *accel_live(const struct sk_peer *p)
+{
+	struct sock *sk = accel_addr(p);
+
+	if (BPF_CORE_READ(sk, __sk_common.skc_cookie.counter) != (__s64)p->cookie)
+		return 0;
+	return sk;
+}
+
 /* Whether socket `sk` reads in non-blocking mode. The kernel's receive
  * path for redirected data returns EAGAIN from a blocking read that is
  * woken without data (a reset, a signal, its own writer waiting for
@@ -145,13 +156,9 @@ static __always_inline int accel_listener_nonblocking(__u64 netns, __u32 port)
 	struct sk_listen_key k = {.netns_cookie = netns, .port = port};
 	struct sk_peer *l = bpf_map_lookup_elem(&sluice_sk_lsn, &k);
 
-	if (!l)
-		return 1;
-	struct sock *sk = accel_addr(l);
+	struct sock *sk = l ? accel_live(l) : 0;
 
-	if (BPF_CORE_READ(sk, __sk_common.skc_cookie.counter) != (__s64)l->cookie)
-		return 1;
-	return accel_nonblocking(sk);
+	return sk ? accel_nonblocking(sk) : 1;
 }
 
 /* sockops, ESTABLISHED (either side): add the socket if it is a pod's
@@ -327,10 +334,9 @@ static __always_inline __u32 accel_refusal(const struct accel_cfg *cfg, struct s
 		return ACCEL_STAT_FB_NO_PEER;
 	if (peer->flags & SLUICE_SKP_F_TCP_READER)
 		return ACCEL_STAT_FB_TCP_READER;
-	struct sock *sk = accel_addr(peer);
+	struct sock *sk = accel_live(peer);
 
-	/* The address is the peer's only while its cookie is there. */
-	if (BPF_CORE_READ(sk, __sk_common.skc_cookie.counter) != (__s64)peer->cookie)
+	if (!sk)
 		return ACCEL_STAT_FB_NO_PEER;
 	if (!(a->flags & SLUICE_SKA_F_PEER_NONBLOCK)) {
 		if (!accel_nonblocking(sk)) {
@@ -377,12 +383,10 @@ static __always_inline __u32 accel_refusal(const struct accel_cfg *cfg, struct s
 	return 0;
 }
 
-/* Socket `a` sends through TCP from now on; its peer's guards learn it
- * from its entry (SLUICE_SKP_F_SENDS_TCP). */
-static __always_inline void accel_fall_back(struct sk_accel *a, __u32 why)
+/* Socket `a` (entry `me`) sends through TCP from now on; its peer's guards
+ * learn it from its entry (SLUICE_SKP_F_SENDS_TCP). */
+static __always_inline void accel_fall_back(struct sk_accel *a, struct sk_peer *me, __u32 why)
 {
-	struct sk_peer *me = bpf_map_lookup_elem(&sluice_sk_peer, &a->self);
-
 	a->mode = SK_ACCEL_TCP;
 	a->reason = why;
 	if (me)
@@ -390,12 +394,10 @@ static __always_inline void accel_fall_back(struct sk_accel *a, __u32 why)
 	accel_count(why, 1);
 }
 
-/* Whether every byte `a` wrote to TCP has been read by the peer's
+/* Whether every byte socket `me` wrote to TCP has been read by `peer`'s
  * application: only then may a redirected byte follow them. */
-static __always_inline int accel_tcp_drained(struct sk_accel *a, const struct sk_peer *peer)
+static __always_inline int accel_tcp_drained(const struct sk_peer *me, const struct sk_peer *peer)
 {
-	const struct sk_peer *me = bpf_map_lookup_elem(&sluice_sk_peer, &a->self);
-
 	if (!me)
 		return 0;
 	__u32 written = BPF_CORE_READ((struct tcp_sock *)accel_addr(me), write_seq);
@@ -431,7 +433,7 @@ static __always_inline int accel_msg(struct sk_msg_md *m)
 
 	if (a->mode != SK_ACCEL_REDIRECT) {
 		/* Urgent data keeps the connection on TCP for good. */
-		if (why || a->reason == ACCEL_STAT_FB_OOB || !accel_tcp_drained(a, peer))
+		if (why || a->reason == ACCEL_STAT_FB_OOB || !accel_tcp_drained(me, peer))
 			goto pass;
 		if (me)
 			__sync_fetch_and_and(&me->flags, ~SLUICE_SKP_F_SENDS_TCP);
@@ -446,7 +448,7 @@ static __always_inline int accel_msg(struct sk_msg_md *m)
 	if (!why && bpf_msg_redirect_hash(m, &sluice_sockhash, &peer_key, BPF_F_INGRESS) != SK_PASS)
 		why = ACCEL_STAT_FB_REDIRECT;
 	if (why) {
-		accel_fall_back(a, why);
+		accel_fall_back(a, me, why);
 		goto pass;
 	}
 	a->msgs++;

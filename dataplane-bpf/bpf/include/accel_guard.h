@@ -140,7 +140,8 @@ static __always_inline int guard_sendmsg(struct socket *sock, struct msghdr *msg
 	struct sk_accel *a = guard_accel(sock->sk);
 
 	if (a && a->mode == SK_ACCEL_REDIRECT)
-		accel_fall_back(a, ACCEL_STAT_FB_OOB);
+		accel_fall_back(a, bpf_map_lookup_elem(&sluice_sk_peer, &a->self),
+				ACCEL_STAT_FB_OOB);
 	return 0;
 }
 
