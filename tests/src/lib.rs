@@ -681,6 +681,16 @@ impl<'a> Pod<'a> {
             .collect()
     }
 
+    /// The pod's address of one family (its first).
+    pub fn ip(&self, v6: bool) -> std::net::IpAddr {
+        self.ips()
+            .into_iter()
+            .find(|i| i.contains(':') == v6)
+            .expect("an address of that family")
+            .parse()
+            .expect("an address")
+    }
+
     pub fn del(&self) -> Cni {
         self.node
             .cni("DEL", &self.cid, Some(&self.ns.path()), "eth0", &self.conf)

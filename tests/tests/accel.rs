@@ -76,15 +76,6 @@ fn pod<'a>(node: &'a Node, ranges: &str, ann: &[(&str, &str)]) -> Pod<'a> {
     Pod::add(node, &conf)
 }
 
-fn ip(p: &Pod<'_>, v6: bool) -> IpAddr {
-    p.ips()
-        .into_iter()
-        .find(|i| i.contains(':') == v6)
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 impl<'a> Two<'a> {
     fn new(node: &'a Node) -> Self {
         Self::with(node, OPT_IN, OPT_IN)
@@ -118,7 +109,7 @@ impl<'a> Two<'a> {
     /// A non-blocking listener in pod b on its address, as event-loop
     /// servers listen.
     fn listen(&self, v6: bool) -> TcpListener {
-        let bind: SocketAddr = (ip(&self.b, v6), 0).into();
+        let bind: SocketAddr = (self.b.ip(v6), 0).into();
         self.rb.run(move || listen_nb(bind))
     }
 
@@ -137,7 +128,7 @@ impl<'a> Two<'a> {
     /// The same with blocking sockets, as thread-per-connection programs
     /// use them.
     fn pair_blocking(&self) -> (TcpStream, TcpStream) {
-        let bind: SocketAddr = (ip(&self.b, false), 0).into();
+        let bind: SocketAddr = (self.b.ip(false), 0).into();
         let l = self.rb.run(move || TcpListener::bind(bind).unwrap());
         let addr = l.local_addr().unwrap();
         let c = self.ra.run(move || TcpStream::connect(addr).unwrap());
@@ -154,6 +145,17 @@ impl<'a> Two<'a> {
 
     fn counter(&self, k: &str) -> u64 {
         self.accel()["counters"][k].as_u64().unwrap_or(0)
+    }
+
+    /// Asserts that at least `at_least` bytes were redirected since the
+    /// counter read `before`.
+    fn assert_redirected(&self, before: u64, at_least: u64) {
+        let n = self.counter("redir_bytes") - before;
+        assert!(
+            n >= at_least,
+            "{n} bytes redirected, expected at least {at_least}: {}",
+            self.accel()
+        );
     }
 
     fn sockets(&self) -> u64 {
@@ -240,7 +242,6 @@ fn messages_from_1_byte_to_16_mib_arrive_exact_both_ways() {
             }
         }
     });
-    let mut total = 0;
     for (i, n) in [
         1usize,
         2,
@@ -262,16 +263,10 @@ fn messages_from_1_byte_to_16_mib_arrive_exact_both_ways() {
         let back = read_exact_or_eof(&mut c, n);
         w.join().unwrap();
         assert!(back == *msg, "message of {n} bytes came back different");
-        total += 2 * n as u64;
     }
     c.shutdown(Shutdown::Write);
     echo.join().unwrap();
-    let redirected = t.counter("redir_bytes") - before;
-    assert!(
-        redirected >= SMALL_MESSAGES,
-        "{redirected} of {total} bytes redirected: {}",
-        t.accel()
-    );
+    t.assert_redirected(before, SMALL_MESSAGES);
 }
 
 #[test]
@@ -311,11 +306,7 @@ fn request_response_and_one_way_bulk_are_exact_without_a_close_delay() {
         delay < Duration::from_millis(200),
         "EOF {delay:?} after close"
     );
-    assert!(
-        t.counter("redir_bytes") - before >= BULK_MIN,
-        "{}",
-        t.accel()
-    );
+    t.assert_redirected(before, BULK_MIN);
 }
 
 /// Each end writes `n` bytes of its pattern (client 1, server 2) in 64 KiB
@@ -361,11 +352,7 @@ fn bidirectional_bulk_at_the_same_time_is_exact() {
     assert!(got_c == pattern(2, n), "client received different bytes");
     // Each writer may outrun its reader now and then (two CPUs, four
     // threads): what follows a fallback goes through TCP.
-    assert!(
-        t.counter("redir_bytes") - before >= BULK_MIN,
-        "{}",
-        t.accel()
-    );
+    t.assert_redirected(before, BULK_MIN);
 }
 
 #[test]
@@ -402,7 +389,7 @@ fn blocking_sockets_stay_on_tcp_and_behave_as_tcp() {
     // A non-blocking client of a server that accepts in blocking mode
     // (its listener blocks): neither is accelerated.
     let listener_blocks = t.counter("skipped_listener");
-    let bind: SocketAddr = (ip(&t.b, false), 0).into();
+    let bind: SocketAddr = (t.b.ip(false), 0).into();
     let l = t.rb.run(move || TcpListener::bind(bind).unwrap());
     let addr = l.local_addr().unwrap();
     let c = t.ra.run(move || connect_nb(addr));
@@ -518,11 +505,7 @@ fn half_close_reset_and_peek_behave_as_tcp() {
     let mut back = Vec::new();
     c.read_to_end(&mut back).unwrap();
     assert!(back == pattern(2, 200_000));
-    assert!(
-        t.counter("redir_bytes") - before >= 400_000,
-        "{}",
-        t.accel()
-    );
+    t.assert_redirected(before, 400_000);
 
     // MSG_PEEK shows the bytes and leaves them for the next read.
     let (mut c, mut s) = t.pair(false);
@@ -594,11 +577,7 @@ fn sendfile_nonblocking_epoll_and_a_rcvlowat_reader() {
     s.read_to_end(&mut got).unwrap();
     w.join().unwrap();
     assert!(got == data, "sendfile bytes differ");
-    assert!(
-        t.counter("redir_bytes") - before >= BULK_MIN,
-        "{}",
-        t.accel()
-    );
+    t.assert_redirected(before, BULK_MIN);
 
     // Both ends driven by one epoll loop, 16 MiB each way.
     let (c, s) = t.pair(false);
@@ -728,11 +707,7 @@ fn a_thousand_concurrent_connections_and_churn_leave_nothing_behind() {
         c.read_exact(&mut back).unwrap();
         assert_eq!(&back[..], &b[..100]);
     }
-    assert!(
-        t.counter("redir_bytes") - before >= 1000 * 3100,
-        "{}",
-        t.accel()
-    );
+    t.assert_redirected(before, 1000 * 3100);
     drop(conns);
     // Churn: 2,000 connections opened, used and closed one after another.
     for i in 0..2000u64 {
@@ -771,7 +746,7 @@ fn ipv6_and_v4_mapped_connections_are_accelerated() {
     // socket: paired all the same.
     let l = t.rb.run(|| listen_nb("[::]:0".parse().unwrap()));
     let port = l.local_addr().unwrap().port();
-    let to: SocketAddr = (ip(&t.b, false), port).into();
+    let to: SocketAddr = (t.b.ip(false), port).into();
     let c = t.ra.run(move || connect_nb(to));
     let s = accept_nb(&l);
     bulk_buffers(&[&c, &s]);
@@ -779,11 +754,7 @@ fn ipv6_and_v4_mapped_connections_are_accelerated() {
     assert!(matches!(peer, SocketAddr::V6(p) if p.ip().to_ipv4_mapped().is_some()));
     t.wait_sockets(2);
     one_way(c, s, Arc::new(pattern(4, 8 << 20)), 64 << 10);
-    assert!(
-        t.counter("redir_bytes") - before >= BULK_MIN,
-        "{}",
-        t.accel()
-    );
+    t.assert_redirected(before, BULK_MIN);
 }
 
 /// A writer of `total` bytes as fast as it can against a reader of 64 KiB
@@ -998,11 +969,7 @@ fn an_app_and_its_proxy_in_one_pod_are_accelerated_both_hops() {
     }
     // Both hops of both connections were in the map (checked above) and
     // redirected: each of the four at least a bulk minimum.
-    assert!(
-        t.counter("redir_bytes") - before >= 4 * BULK_MIN,
-        "{}",
-        t.accel()
-    );
+    t.assert_redirected(before, 4 * BULK_MIN);
 }
 
 #[test]
@@ -1149,7 +1116,7 @@ fn opted_out_unannotated_and_other_nodes_pods_stay_on_tcp() {
     t.d.wait_edge(&x.cid);
     d2.wait_edge(&y.cid);
     let (rx, ry) = (NsRunner::new(&x.ns), NsRunner::new(&y.ns));
-    let bind: SocketAddr = (ip(&y, false), 0).into();
+    let bind: SocketAddr = (y.ip(false), 0).into();
     let l = ry.run(move || listen_nb(bind));
     let addr = l.local_addr().unwrap();
     let c = rx.run(move || connect_nb(addr));
@@ -1250,7 +1217,7 @@ fn a_service_whose_backend_is_a_local_pod_is_accelerated() {
     let dir = node.dir.path().join("services");
     std::fs::create_dir_all(&dir).unwrap();
     let t = Two::with_config(&node, &format!("services_dir = \"{}\"\n", dir.display()));
-    let backend = std::net::Ipv4Addr::from(match ip(&t.b, false) {
+    let backend = std::net::Ipv4Addr::from(match t.b.ip(false) {
         IpAddr::V4(v4) => v4.octets(),
         IpAddr::V6(_) => unreachable!(),
     });
@@ -1280,9 +1247,5 @@ fn a_service_whose_backend_is_a_local_pod_is_accelerated() {
     assert_eq!(c.0.peer_addr().unwrap(), to, "the client sees the service");
     t.wait_sockets(2);
     one_way(c, s, Arc::new(pattern(41, 4 << 20)), 64 << 10);
-    assert!(
-        t.counter("redir_bytes") - before >= BULK_MIN,
-        "{}",
-        t.accel()
-    );
+    t.assert_redirected(before, BULK_MIN);
 }

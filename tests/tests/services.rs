@@ -98,7 +98,7 @@ struct Cluster<'a> {
 }
 
 fn ip_of(p: &Pod<'_>, v6: bool) -> String {
-    p.ips().into_iter().find(|i| i.contains(':') == v6).unwrap()
+    p.ip(v6).to_string()
 }
 
 /// The manifests for service `web` over the given backends; each backend
