@@ -365,25 +365,27 @@ pub fn lb_table(ids: &[u32], name: &str) -> io::Result<OwnedFd> {
 
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
+/// `bpf_attr` of the BPF_MAP_*_BATCH commands.
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
 /// Writes `keys[i] -> values[i]` in one BPF_MAP_UPDATE_BATCH call (arrays
 /// and hashes of plain values; a Maglev table is one call, not 16381).
 pub fn map_update_batch(map: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> io::Result<()> {
-    #[repr(C)]
-    struct Attr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
     assert_eq!(keys.len(), values.len());
     if keys.is_empty() {
         return Ok(());
     }
-    let mut attr = Attr {
+    let mut attr = BatchAttr {
         in_batch: 0,
         out_batch: 0,
         keys: keys.as_ptr() as u64,
@@ -550,17 +552,6 @@ const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 /// them (one slot per possible CPU for a per-CPU map; the inner map's id
 /// for a map of maps).
 fn map_batches(map: BorrowedFd<'_>, mut each: impl FnMut(&[u8], &[u8])) -> io::Result<usize> {
-    #[repr(C)]
-    struct Attr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
     const CHUNK: usize = 256;
     let info = map_info(map)?;
     let ksz = info.key_size as usize;
@@ -573,7 +564,7 @@ fn map_batches(map: BorrowedFd<'_>, mut each: impl FnMut(&[u8], &[u8])) -> io::R
     let mut first = true;
     let mut n = 0;
     loop {
-        let mut attr = Attr {
+        let mut attr = BatchAttr {
             in_batch: if first { 0 } else { tin.as_mut_ptr() as u64 },
             out_batch: tout.as_mut_ptr() as u64,
             keys: keys.as_mut_ptr() as u64,
