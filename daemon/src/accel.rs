@@ -50,6 +50,11 @@ impl std::fmt::Debug for Accel {
     }
 }
 
+/// Sockets in the sockhash `fd` now (a walk of its keys).
+pub fn count_sockets(fd: std::os::fd::BorrowedFd<'_>) -> usize {
+    sys::count_keys(fd, size_of::<maps::SkPairKey>()).unwrap_or(0)
+}
+
 /// How far TCP autotuning may grow a socket's receive buffer: the third
 /// field of `net.ipv4.tcp_rmem` (pods' namespaces start with the node's).
 pub fn rmem_max() -> u32 {
@@ -166,9 +171,10 @@ impl Accel {
         self.cfg.get(&0, 0).map(|c| c.enabled != 0).unwrap_or(false)
     }
 
-    /// Sockets in the map now.
-    pub fn sockets(&self) -> usize {
-        sys::count_keys(self.sockhash.as_fd(), size_of::<maps::SkPairKey>()).unwrap_or(0)
+    /// A descriptor of the sockhash of our own, to count its sockets
+    /// (`count_sockets`) without holding whatever holds `self`.
+    pub fn sockhash(&self) -> std::io::Result<OwnedFd> {
+        self.sockhash.try_clone()
     }
 
     /// The counters, summed over CPUs, by name (`maps::ACCEL_STATS`).

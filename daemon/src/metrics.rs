@@ -258,23 +258,27 @@ impl Collector for DatapathCollector {
                 })?)?;
             }
         }
-        let mut m = encoder.encode_descriptor(
-            "sock_ops",
-            "Socket operations of known endpoints seen by each cgroup hook",
-            None,
-            MetricType::Counter,
-        )?;
-        for (hook, n) in st.dp.sock_stats() {
-            ConstCounter::new(n).encode(m.encode_family(&HookLabels { hook: hook.into() })?)?;
+        {
+            let mut m = encoder.encode_descriptor(
+                "sock_ops",
+                "Socket operations of known endpoints seen by each cgroup hook",
+                None,
+                MetricType::Counter,
+            )?;
+            for (hook, n) in st.dp.sock_stats() {
+                ConstCounter::new(n).encode(m.encode_family(&HookLabels { hook: hook.into() })?)?;
+            }
         }
-        if let Some(a) = &st.dp.accel {
-            ConstGauge::new(i64::from(a.enabled())).encode(encoder.encode_descriptor(
+        let accel = st.dp.accel.as_ref().map(crate::views::AccelView::of);
+        drop(st);
+        if let Some(a) = accel.map(|(view, sockhash)| view.count(sockhash)) {
+            ConstGauge::new(i64::from(a.enabled)).encode(encoder.encode_descriptor(
                 "accel_enabled",
                 "Same-node TCP acceleration switched on (1) or off (0)",
                 None,
                 MetricType::Gauge,
             )?)?;
-            ConstGauge::new(a.sockets() as i64).encode(encoder.encode_descriptor(
+            ConstGauge::new(a.sockets as i64).encode(encoder.encode_descriptor(
                 "accel_sockets",
                 "TCP sockets accelerated now (both ends of each connection)",
                 None,
@@ -286,10 +290,8 @@ impl Collector for DatapathCollector {
                 None,
                 MetricType::Counter,
             )?;
-            for (result, n) in a.stats() {
-                ConstCounter::new(n).encode(m.encode_family(&ResultLabels {
-                    result: result.into(),
-                })?)?;
+            for (result, n) in a.counters {
+                ConstCounter::new(n).encode(m.encode_family(&ResultLabels { result })?)?;
             }
         }
         Ok(())

@@ -553,7 +553,9 @@ fn answer(req: Request, d: &Daemon) -> Result<serde_json::Value, String> {
                 a.set_enabled(on).map_err(|e| e.to_string())?;
                 info!(enabled = on, "same-node TCP acceleration switched");
             }
-            Ok(serde_json::to_value(crate::views::AccelView::of(a)).expect("accel serializes"))
+            let (view, sockhash) = crate::views::AccelView::of(a);
+            drop(st);
+            Ok(serde_json::to_value(view.count(sockhash)).expect("accel serializes"))
         }
         Request::Status => {
             // Counting the maps' entries walks every map: done (or taken
@@ -561,7 +563,7 @@ fn answer(req: Request, d: &Daemon) -> Result<serde_json::Value, String> {
             // registers need, is taken.
             let maps = d.map_stats.get();
             let st = lock(&d.state);
-            let s = StatusView {
+            let mut s = StatusView {
                 version: env!("CARGO_PKG_VERSION").into(),
                 api_version: API_VERSION,
                 pid: std::process::id(),
@@ -597,9 +599,12 @@ fn answer(req: Request, d: &Daemon) -> Result<serde_json::Value, String> {
                     .into_iter()
                     .map(|(h, n)| (h.to_string(), n))
                     .collect(),
-                accel: st.dp.accel.as_ref().map(crate::views::AccelView::of),
+                accel: None,
                 maps,
             };
+            let accel = st.dp.accel.as_ref().map(crate::views::AccelView::of);
+            drop(st);
+            s.accel = accel.map(|(view, sockhash)| view.count(sockhash));
             Ok(serde_json::to_value(s).expect("status serializes"))
         }
     }

@@ -181,10 +181,25 @@ pub struct AccelView {
 }
 
 impl AccelView {
-    pub fn of(a: &crate::accel::Accel) -> Self {
+    /// The view, its sockets still to be counted (`count`), and the
+    /// sockhash to count them in: a walk of the map, for the caller to do
+    /// once it has let go of the state lock, which registers need.
+    pub fn of(a: &crate::accel::Accel) -> (Self, Option<std::os::fd::OwnedFd>) {
+        (Self::uncounted(a), a.sockhash().ok())
+    }
+
+    /// Counts the sockets in `sockhash` (from [`AccelView::of`]).
+    pub fn count(mut self, sockhash: Option<std::os::fd::OwnedFd>) -> Self {
+        self.sockets = sockhash.map_or(0, |fd| {
+            crate::accel::count_sockets(std::os::fd::AsFd::as_fd(&fd))
+        });
+        self
+    }
+
+    fn uncounted(a: &crate::accel::Accel) -> Self {
         AccelView {
             enabled: a.enabled(),
-            sockets: a.sockets(),
+            sockets: 0,
             max_queue_bytes: a.max_queue,
             link: a.link.clone(),
             guards: a.guards.clone().unwrap_or_default(),
