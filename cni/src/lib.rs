@@ -12,6 +12,7 @@ pub mod edge;
 pub mod ipam;
 pub mod naming;
 pub mod netlink;
+pub mod netlink_node;
 pub mod netns;
 pub mod plugin;
 

@@ -207,7 +207,7 @@ impl Netlink {
             .map_err(|e| NlError::Socket(io::Error::other(e.to_string())))?
     }
 
-    fn request(
+    pub(crate) fn request(
         &mut self,
         op: impl Fn() -> String,
         msg: RouteNetlinkMessage,
@@ -1028,7 +1028,7 @@ pub fn bpf_filter_op(
     )
 }
 
-fn family(ip: IpAddr) -> AddressFamily {
+pub(crate) fn family(ip: IpAddr) -> AddressFamily {
     if ip.is_ipv4() {
         AddressFamily::Inet
     } else {
@@ -1036,7 +1036,7 @@ fn family(ip: IpAddr) -> AddressFamily {
     }
 }
 
-fn route_message(dst: IpNetwork, kind: RouteType) -> RouteMessage {
+pub(crate) fn route_message(dst: IpNetwork, kind: RouteType) -> RouteMessage {
     let mut msg = RouteMessage::default();
     msg.header.address_family = family(dst.ip());
     msg.header.destination_prefix_length = dst.prefix();
@@ -1051,7 +1051,7 @@ fn route_message(dst: IpNetwork, kind: RouteType) -> RouteMessage {
     msg
 }
 
-fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+pub(crate) fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
     match a {
         RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
         RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
@@ -1059,7 +1059,7 @@ fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
-fn to_link(m: RouteNetlinkMessage) -> Option<Link> {
+pub(crate) fn to_link(m: RouteNetlinkMessage) -> Option<Link> {
     let RouteNetlinkMessage::NewLink(l) = m else {
         return None;
     };

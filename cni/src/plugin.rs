@@ -251,7 +251,11 @@ fn add_steps(
         }
     }
     let node_ops = ensure_node_ready(leases)?;
-    let mtu = match inv.plugin.mtu {
+    let mtu = match inv
+        .plugin
+        .mtu
+        .or_else(|| node_file_mtu(&inv.plugin.state_dir))
+    {
         Some(m) => m,
         None => nl
             .default_route_mtu()
@@ -476,6 +480,18 @@ const LOOPBACK_INDEX: u32 = 1;
 
 /// Node-wide settings every pod relies on; idempotent, never undone. The
 /// routes come back as requests for the caller's next batch.
+/// The pod MTU the daemon's node routing wrote to `<stateDir>/node.json`
+/// (the underlay's, less the overlay's encapsulation while VXLAN is in
+/// use); `None` when there is no such file or it holds no valid MTU.
+fn node_file_mtu(state_dir: &std::path::Path) -> Option<u32> {
+    let text = std::fs::read(state_dir.join("node.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    v["podMTU"]
+        .as_u64()
+        .and_then(|m| u32::try_from(m).ok())
+        .filter(|m| (crate::config::MIN_MTU..=crate::config::MAX_MTU).contains(m))
+}
+
 fn ensure_node_ready(leases: &[Lease]) -> Result<Vec<crate::netlink::Op>, CniError> {
     let v4 = leases.iter().any(|l| l.address.is_ipv4());
     let v6 = leases.iter().any(|l| l.address.is_ipv6());

@@ -50,6 +50,9 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         enabled: Option<bool>,
     },
+    /// Node routing: the other nodes, how each is reached, what was
+    /// rejected.
+    Nodes,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

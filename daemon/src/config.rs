@@ -19,6 +19,31 @@ pub enum TcAttach {
     Clsact,
 }
 
+/// How this node reaches the other nodes' pods (see `routing.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoutingMode {
+    /// Direct routes to the nodes on a shared link, VXLAN to the rest.
+    Auto,
+    /// Direct routes only (every node on one L2).
+    Direct,
+    /// VXLAN to every node.
+    Vxlan,
+    /// No node routes (another component routes pod ranges, e.g. BGP).
+    Off,
+}
+
+impl RoutingMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoutingMode::Auto => "auto",
+            RoutingMode::Direct => "direct",
+            RoutingMode::Vxlan => "vxlan",
+            RoutingMode::Off => "off",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
@@ -42,6 +67,9 @@ struct Raw {
     max_endpoints_per_frontend: Option<u32>,
     accel: Option<bool>,
     accel_max_queue_bytes: Option<u32>,
+    routing: Option<RoutingMode>,
+    vxlan_vni: Option<u32>,
+    vxlan_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +118,13 @@ pub struct Config {
     /// half the reader's receive buffer as it stands, at most this; `None`:
     /// `net.ipv4.tcp_rmem`'s maximum.
     pub accel_max_queue_bytes: Option<u32>,
+    /// How the other nodes' pod ranges are routed (from the Node objects of
+    /// the service source).
+    pub routing: RoutingMode,
+    /// The overlay's VXLAN network identifier and UDP port: the same on
+    /// every node.
+    pub vxlan_vni: u32,
+    pub vxlan_port: u16,
 }
 
 /// kubeadm's and kind's default service ranges.
@@ -121,6 +156,9 @@ impl Default for Config {
             capacity: sluice_dataplane::maps::Capacity::DEFAULT,
             accel: true,
             accel_max_queue_bytes: None,
+            routing: RoutingMode::Auto,
+            vxlan_vni: 1,
+            vxlan_port: 8472,
         }
     }
 }
@@ -210,7 +248,19 @@ impl Config {
             },
             accel: raw.accel.unwrap_or(d.accel),
             accel_max_queue_bytes: raw.accel_max_queue_bytes,
+            routing: raw.routing.unwrap_or(d.routing),
+            vxlan_vni: raw.vxlan_vni.unwrap_or(d.vxlan_vni),
+            vxlan_port: raw.vxlan_port.unwrap_or(d.vxlan_port),
         };
+        if !(1..1 << 24).contains(&c.vxlan_vni) {
+            return Err(format!(
+                "vxlan_vni {} must be 1-16777215 (24 bits)",
+                c.vxlan_vni
+            ));
+        }
+        if c.vxlan_port == 0 {
+            return Err("vxlan_port must not be 0 (Linux and Flannel use 8472, IANA 4789)".into());
+        }
         let cap = c.capacity;
         if cap.frontends == 0 || cap.endpoints_per_frontend == 0 {
             return Err("max_frontends and max_endpoints_per_frontend must be at least 1".into());

@@ -11,6 +11,8 @@ pub mod kernel;
 pub mod maglev;
 pub mod metrics;
 pub mod netns;
+pub mod nodes;
+pub mod routing;
 pub mod server;
 pub mod services;
 pub mod sockterm;

@@ -28,6 +28,8 @@ pub struct Daemon {
     state: Arc<Mutex<State>>,
     /// The service source and programmer, if `services_dir` is set.
     services: Option<Arc<crate::services::runner::Services>>,
+    /// Node routing, unless `routing = "off"`.
+    routing: Option<Arc<crate::routing::Routing>>,
     /// Asks the edge thread to check endpoints now.
     edge_kick: std::sync::mpsc::Sender<EdgeKick>,
     metrics: Arc<Metrics>,
@@ -94,7 +96,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let socket_lb = kernel.has(crate::kernel::SOCKET_LB);
     let per_packet = kernel.has(crate::kernel::PER_PACKET);
     let accel = kernel.has(crate::kernel::ACCEL);
-    let (state, report, services) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+    let (state, report, services, routing) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let dp = Datapath::open(&cfg2, socket_lb, per_packet, accel)?;
         info!(
             pin_path = %cfg2.pin_path.display(),
@@ -105,8 +107,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             links = ?dp.cgroup_links.iter().map(|l| (l.program.as_str(), l.id, l.outcome)).collect::<Vec<_>>(),
             "datapath open"
         );
+        let routing = crate::routing::Routing::start(&cfg2)?;
         let services = if socket_lb {
-            crate::services::runner::Services::start(&cfg2, dp.maps_dir())?
+            crate::services::runner::Services::start(&cfg2, dp.maps_dir(), routing.clone())?
         } else {
             if cfg2.services_dir.is_some() {
                 warn!("services_dir is set, but socket load balancing is off on this kernel: no service is programmed");
@@ -116,7 +119,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let mut st = State::new(cfg2, dp, cookies)?;
         st.put_host_entry()?;
         let report = st.reconcile(true);
-        Ok((st, report, services))
+        Ok((st, report, services, routing))
     })
     .await??;
     let maps_reused = state.dp.maps_reused.iter().map(|s| s.to_string()).collect();
@@ -167,6 +170,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let edge_kick = spawn_edge_keeper(state.clone(), metrics.clone(), cfg.edge_check_interval)?;
     let daemon = Arc::new(Daemon {
         services,
+        routing,
         edge_kick,
         state,
         metrics,
@@ -436,6 +440,7 @@ async fn handle(line: &[u8], d: &Arc<Daemon>) -> Vec<u8> {
         Request::AllowServiceRemoval => "allow_service_removal",
         Request::Status => "status",
         Request::Accel { .. } => "accel",
+        Request::Nodes => "nodes",
     };
     let registered = match &req.request {
         Request::Register { endpoint } => {
@@ -557,6 +562,10 @@ fn answer(req: Request, d: &Daemon) -> Result<serde_json::Value, String> {
             drop(st);
             Ok(serde_json::to_value(view.count(sockhash)).expect("accel serializes"))
         }
+        Request::Nodes => match &d.routing {
+            Some(r) => Ok(serde_json::to_value(r.status()).expect("routing status serializes")),
+            None => Err("node routing is off (routing = \"off\" in the daemon's config)".into()),
+        },
         Request::Status => {
             // Counting the maps' entries walks every map: done (or taken
             // from the last second's count) before the state lock, which

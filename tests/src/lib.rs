@@ -7,6 +7,7 @@
 //! not root. The binaries come from the same target dir as the test; build
 //! them first (`cargo build --workspace --bins`, as `.ci/run` does).
 
+pub mod cluster;
 pub mod daemon;
 pub mod frames;
 pub mod manifests;

@@ -64,6 +64,9 @@ enum Cmd {
         #[arg(value_enum)]
         switch: Option<Switch>,
     },
+    /// Node routing: the other nodes, how each is reached (direct or
+    /// VXLAN) and through what, the pod MTU, and rejected Node objects.
+    Nodes,
     /// BPF objects.
     Bpf {
         #[command(subcommand)]
@@ -191,6 +194,20 @@ fn run(args: &Args) -> anyhow::Result<i32> {
                 Output::Table => print_accel(&v),
             }
             Ok(0)
+        }
+        Cmd::Nodes => {
+            let r = ask(Request::Nodes)?;
+            let v: sluice_daemon::routing::RoutingStatus =
+                serde_json::from_value(r.data).context("reading the routing state")?;
+            match args.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                Output::Table => print_nodes(&v),
+            }
+            Ok(if v.rejected.is_empty() && v.last_error.is_none() {
+                0
+            } else {
+                1
+            })
         }
         Cmd::Bpf { what: BpfCmd::Maps } => {
             let maps = map_summary(&cfg.maps_dir());
@@ -503,6 +520,36 @@ fn print_links(links: &[PinnedLink]) {
             })
             .collect(),
     );
+}
+
+fn print_nodes(v: &sluice_daemon::routing::RoutingStatus) {
+    println!(
+        "node {} ({}), routing {}, underlay {}, pod MTU {}",
+        v.node_name,
+        if v.pod_cidrs.is_empty() {
+            "no pod range".into()
+        } else {
+            v.pod_cidrs.join(", ")
+        },
+        v.mode,
+        v.underlay_device.as_deref().unwrap_or("-"),
+        v.pod_mtu
+            .map(|m| m.to_string())
+            .unwrap_or_else(|| "-".into())
+    );
+    println!("{:<24} {:<7} ROUTES", "NODE", "VIA");
+    for p in &v.peers {
+        println!("{:<24} {:<7} {}", p.name, p.via, p.routes.join("; "));
+    }
+    for w in &v.warnings {
+        println!("warning: {w}");
+    }
+    if let Some(e) = &v.last_error {
+        println!("error: {e}");
+    }
+    for r in &v.rejected {
+        println!("rejected: {r}");
+    }
 }
 
 fn print_accel(v: &AccelView) {

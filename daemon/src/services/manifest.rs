@@ -1,9 +1,9 @@
 //! Kubernetes manifests as the standalone service source: YAML files, each
-//! with any number of documents, of which Services and EndpointSlices are
-//! used and other kinds are passed over.
+//! with any number of documents, of which Services, EndpointSlices and
+//! Nodes are used and other kinds are passed over.
 
 use super::model::Rejection;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
 
@@ -12,7 +12,9 @@ use serde::Deserialize;
 pub struct Objects {
     pub services: Vec<Service>,
     pub slices: Vec<EndpointSlice>,
-    /// Documents that are a Service or EndpointSlice but not a valid one.
+    pub nodes: Vec<Node>,
+    /// Documents that are a Service, EndpointSlice or Node but not a valid
+    /// one.
     pub rejected: Vec<Rejection>,
 }
 
@@ -58,6 +60,14 @@ pub fn parse(file: &str, text: &str) -> Result<Objects, String> {
                     service: None,
                 }),
             },
+            ("Node", "v1") => match serde_yaml::from_value::<Node>(v) {
+                Ok(n) => out.nodes.push(n),
+                Err(e) => out.rejected.push(Rejection {
+                    object,
+                    reason: e.to_string(),
+                    service: None,
+                }),
+            },
             ("EndpointSlice", "discovery.k8s.io/v1") => {
                 match serde_yaml::from_value::<EndpointSlice>(v) {
                     Ok(s) => out.slices.push(s),
@@ -68,10 +78,11 @@ pub fn parse(file: &str, text: &str) -> Result<Objects, String> {
                     }),
                 }
             }
-            ("Service", _) | ("EndpointSlice", _) => out.rejected.push(Rejection {
+            ("Service", _) | ("EndpointSlice", _) | ("Node", _) => out.rejected.push(Rejection {
                 object,
                 reason: format!(
-                    "apiVersion {api:?} is not served (Service: v1, EndpointSlice: discovery.k8s.io/v1)"
+                    "apiVersion {api:?} is not served (Service and Node: v1, EndpointSlice: \
+                     discovery.k8s.io/v1)"
                 ),
                 service: None,
             }),

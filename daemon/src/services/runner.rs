@@ -95,6 +95,11 @@ pub struct Services {
     sweeper: Mutex<super::affinity::Sweeper>,
     /// A pass removed frontends: their affinity entries go soon.
     sweep_due: std::sync::atomic::AtomicBool,
+    /// Node routing, which takes the Node objects of the directory.
+    routing: Option<Arc<crate::routing::Routing>>,
+    /// The directory's node generation last handed to routing, plus one
+    /// (0: none yet).
+    nodes_sent: std::sync::atomic::AtomicU64,
 }
 
 /// An apply's report, or its error logged (the next full pass retries).
@@ -110,7 +115,11 @@ impl Services {
     /// Opens the maps and runs the first pass (so the daemon is ready
     /// with its services programmed). A directory that does not exist yet
     /// changes nothing programmed; it is looked for every second.
-    pub fn start(cfg: &Config, maps_dir: &std::path::Path) -> anyhow::Result<Option<Arc<Self>>> {
+    pub fn start(
+        cfg: &Config,
+        maps_dir: &std::path::Path,
+        routing: Option<Arc<crate::routing::Routing>>,
+    ) -> anyhow::Result<Option<Arc<Self>>> {
         let Some(dir) = &cfg.services_dir else {
             return Ok(None);
         };
@@ -166,6 +175,8 @@ impl Services {
             terminator,
             sweeper: Mutex::new(sweeper),
             sweep_due: Default::default(),
+            routing,
+            nodes_sent: Default::default(),
         });
         // Watch first: a change made during the first pass is not missed.
         // A restart that adopted programmed frontends is ready at once:
@@ -300,6 +311,17 @@ impl Services {
         }
     }
 
+    /// Hands the directory's Node objects to node routing when they may
+    /// have changed since the last time.
+    fn send_nodes(&self, dir: &ManifestDir) {
+        use std::sync::atomic::Ordering;
+        let Some(r) = &self.routing else { return };
+        let (nodes, generation) = dir.nodes();
+        if self.nodes_sent.swap(generation + 1, Ordering::Relaxed) != generation + 1 {
+            r.update(nodes);
+        }
+    }
+
     /// Lets a held removal through: the next pass (now) applies it.
     pub fn allow_removal(&self) -> usize {
         self.allow_removal
@@ -338,13 +360,14 @@ impl Services {
                 return;
             }
         };
-        if !changed && !force {
-            return;
-        }
         if !self.dir_path.is_dir() {
             // Removed while we read it: nothing read can be trusted.
             drop(dir);
             self.dir_missing();
+            return;
+        }
+        self.send_nodes(&dir);
+        if !changed && !force {
             return;
         }
         let (objects, rejected) = dir.objects();
@@ -385,6 +408,7 @@ impl Services {
         let t0 = Instant::now();
         let mut dir = lock(&self.dir);
         let refs = dir.refresh(names, forget_missing);
+        self.send_nodes(&dir);
         let rejected = dir.file_rejections();
         let mut programmer = lock(&self.programmer);
         let report = if refs.is_empty() {

@@ -26,7 +26,10 @@ struct Stamp {
 #[derive(Debug, Default)]
 struct FileObjects {
     objects: Vec<ParsedObject>,
-    /// Documents that are a Service or EndpointSlice but not a valid one.
+    /// Its Node objects (for node routing).
+    nodes: Vec<crate::nodes::ClusterNode>,
+    /// Documents that are a Service, EndpointSlice or Node but not a valid
+    /// one.
     rejected: Vec<Rejection>,
 }
 
@@ -47,6 +50,9 @@ pub struct ManifestDir {
     files: BTreeMap<PathBuf, FileEntry>,
     /// Which files hold objects of each service.
     index: std::collections::HashMap<ServiceRef, BTreeSet<PathBuf>>,
+    /// Counts changes to the set of Node objects (a file that held or
+    /// holds one was read or forgotten).
+    nodes_generation: u64,
 }
 
 fn refs_of(o: &FileObjects) -> Vec<ServiceRef> {
@@ -76,6 +82,7 @@ impl ManifestDir {
             },
             files: BTreeMap::new(),
             index: Default::default(),
+            nodes_generation: 0,
         }
     }
 
@@ -130,16 +137,35 @@ impl ManifestDir {
         let parsed = std::fs::read_to_string(path)
             .map_err(|e| format!("{name}: {e}"))
             .and_then(|text| manifest::parse(&name, &text))
-            .map(|o| FileObjects {
-                objects: o
-                    .services
-                    .iter()
-                    .map(|s| ParsedObject::service(s, &self.ctx))
-                    .chain(o.slices.iter().map(|s| ParsedObject::slice(s, &self.ctx)))
-                    .collect(),
-                rejected: o.rejected,
+            .map(|o| {
+                let mut rejected = o.rejected;
+                let mut nodes = Vec::new();
+                for n in &o.nodes {
+                    match crate::nodes::parse(n) {
+                        Ok(n) => nodes.push(n),
+                        Err(reason) => rejected.push(Rejection {
+                            object: format!(
+                                "{name}: Node {}",
+                                n.metadata.name.as_deref().unwrap_or("?")
+                            ),
+                            reason,
+                            service: None,
+                        }),
+                    }
+                }
+                FileObjects {
+                    objects: o
+                        .services
+                        .iter()
+                        .map(|s| ParsedObject::service(s, &self.ctx))
+                        .chain(o.slices.iter().map(|s| ParsedObject::slice(s, &self.ctx)))
+                        .collect(),
+                    nodes,
+                    rejected,
+                }
             });
         let previous = self.forget(path).unwrap_or_default();
+        let had_nodes = !previous.nodes.is_empty();
         let entry = match parsed {
             Ok(objects) => FileEntry {
                 stamp,
@@ -155,6 +181,9 @@ impl ManifestDir {
         for r in refs_of(&entry.objects) {
             self.index.entry(r).or_default().insert(path.into());
         }
+        if had_nodes || !entry.objects.nodes.is_empty() {
+            self.nodes_generation += 1;
+        }
         self.files.insert(path.into(), entry);
         true
     }
@@ -162,6 +191,9 @@ impl ManifestDir {
     /// Drops a file and its index entries; returns its objects.
     fn forget(&mut self, path: &Path) -> Option<FileObjects> {
         let f = self.files.remove(path)?;
+        if !f.objects.nodes.is_empty() {
+            self.nodes_generation += 1;
+        }
         for r in refs_of(&f.objects) {
             if let Some(set) = self.index.get_mut(&r) {
                 set.remove(path);
@@ -224,6 +256,17 @@ impl ManifestDir {
             .flat_map(|f| &f.objects.objects)
             .filter(|o| o.service_ref().is_some_and(|r| refs.contains(r)))
             .collect()
+    }
+
+    /// Every Node object of the files, and a number that changes whenever
+    /// they may have.
+    pub fn nodes(&self) -> (Vec<crate::nodes::ClusterNode>, u64) {
+        let nodes = self
+            .files
+            .values()
+            .flat_map(|f| f.objects.nodes.iter().cloned())
+            .collect();
+        (nodes, self.nodes_generation)
     }
 
     /// What the files themselves could not give (broken files, bad

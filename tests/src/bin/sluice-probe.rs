@@ -18,6 +18,12 @@
 //! burst ADDR THREADS EACH   THREADS threads released together, each EACH
 //!                           times: connect, read the answer, close;
 //!                           {"replies":{NAME:count},"errors":[..]}
+//! sink PORT                 accept connections on [::]:PORT one by one; read
+//!                           each to EOF, answer {"bytes","hash"} of what
+//!                           arrived, close
+//! source ADDR BYTES         connect, send BYTES of a fixed pseudo-random
+//!                           stream, half-close, read the sink's answer;
+//!                           {"bytes","hash","secs","sink":{..}}
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -242,9 +248,83 @@ fn main() {
                 errors.join(",")
             );
         }
+        ["sink", port] => {
+            let l = TcpListener::bind(format!("[::]:{port}")).unwrap_or_else(|e| fail("bind", e));
+            for mut s in l.incoming().flatten() {
+                let mut h = StreamHash::default();
+                let mut buf = vec![0u8; 256 << 10];
+                loop {
+                    match std::io::Read::read(&mut s, &mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => h.feed(&buf[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
+                }
+                let _ = writeln!(s, "{{\"bytes\":{},\"hash\":\"{:016x}\"}}", h.bytes, h.hash);
+            }
+        }
+        ["source", dst, bytes] => {
+            let total: u64 = bytes.parse().expect("BYTES is a number");
+            let t0 = std::time::Instant::now();
+            let mut s =
+                TcpStream::connect_timeout(&addr(dst), t).unwrap_or_else(|e| fail("connect", e));
+            s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            let mut h = StreamHash::default();
+            let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+            let mut buf = vec![0u8; 64 << 10];
+            while h.bytes < total {
+                let n = (total - h.bytes).min(buf.len() as u64) as usize;
+                for c in buf[..n].chunks_mut(8) {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    c.copy_from_slice(&rng.to_le_bytes()[..c.len()]);
+                }
+                s.write_all(&buf[..n]).unwrap_or_else(|e| fail("send", e));
+                h.feed(&buf[..n]);
+            }
+            s.shutdown(std::net::Shutdown::Write)
+                .unwrap_or_else(|e| fail("shutdown", e));
+            let mut line = String::new();
+            BufReader::new(&s)
+                .read_line(&mut line)
+                .unwrap_or_else(|e| fail("reading the sink's answer", e));
+            println!(
+                "{{\"bytes\":{},\"hash\":\"{:016x}\",\"secs\":{},\"sink\":{}}}",
+                h.bytes,
+                h.hash,
+                t0.elapsed().as_secs_f64(),
+                if line.trim().is_empty() {
+                    "null"
+                } else {
+                    line.trim()
+                }
+            );
+        }
         _ => {
-            eprintln!("usage: sluice-probe serve tcp|udp PORT NAME | tcp ADDR | tcp-hold ADDR SECS | udp ADDR | udp-connected ADDR | udp-connected-wait ADDR | flood ADDR COUNT | rate ADDR COUNT | burst ADDR THREADS EACH");
+            eprintln!("usage: sluice-probe serve tcp|udp PORT NAME | tcp ADDR | tcp-hold ADDR SECS | udp ADDR | udp-connected ADDR | udp-connected-wait ADDR | flood ADDR COUNT | rate ADDR COUNT | burst ADDR THREADS EACH | sink PORT | source ADDR BYTES");
             std::process::exit(2);
         }
+    }
+}
+
+/// FNV-1a over a byte stream, with its length.
+#[derive(Default)]
+struct StreamHash {
+    bytes: u64,
+    hash: u64,
+}
+
+impl StreamHash {
+    fn feed(&mut self, b: &[u8]) {
+        if self.bytes == 0 && self.hash == 0 {
+            self.hash = 0xcbf2_9ce4_8422_2325;
+        }
+        for x in b {
+            self.hash ^= u64::from(*x);
+            self.hash = self.hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.bytes += b.len() as u64;
     }
 }

@@ -1,0 +1,229 @@
+//! Several nodes on one machine (docs: DESIGN.md, "Multi-node, on one
+//! machine"): a "fabric" netns holding a bridge, one netns per node joined
+//! to it by a veth (`fab0` in the node), and an "outside client" netns on
+//! the same bridge. Each node has its own state dir, IPAM dir and pin path
+//! ([`Node`]), its own pod range, and a daemon started by
+//! [`Cluster::start_daemons`] with the shared manifests directory as its
+//! service source, where every node's Node object is written. Everything
+//! lives in namespaces the cluster made; nothing is routed to the
+//! machine's own network. Dropping the cluster removes them all.
+
+use crate::daemon::eventually;
+use crate::daemon::Daemon;
+use crate::{Node, Ns};
+use serde_json::Value;
+use sluice_common::api::Request;
+use std::path::PathBuf;
+
+/// The fabric's subnets: node `i` is `.i+1` / `::i+1`, the client `.200`.
+pub const FABRIC_V4: &str = "192.168.77";
+pub const FABRIC_V6: &str = "fd00:77::";
+
+/// One node of a [`Cluster`].
+#[derive(Debug)]
+pub struct ClusterNode {
+    pub name: String,
+    pub node: Node,
+    pub index: usize,
+}
+
+impl ClusterNode {
+    /// Its address on the fabric.
+    pub fn address(&self, v6: bool) -> String {
+        if v6 {
+            format!("{FABRIC_V6}{:x}", self.index + 1)
+        } else {
+            format!("{FABRIC_V4}.{}", self.index + 1)
+        }
+    }
+
+    /// Its pod ranges.
+    pub fn pod_cidrs(&self) -> [String; 2] {
+        [
+            format!("10.210.{}.0/24", self.index),
+            format!("fd00:210:{:x}::/64", self.index),
+        ]
+    }
+
+    /// A network config for pods on this node (dual-stack, its ranges).
+    pub fn conf(&self) -> String {
+        let [v4, v6] = self.pod_cidrs();
+        self.node.conf(
+            "1.0.0",
+            &format!(r#"[[{{"subnet":"{v4}"}}],[{{"subnet":"{v6}"}}]]"#),
+        )
+    }
+
+    /// Its Node object.
+    pub fn manifest(&self) -> String {
+        let [v4, v6] = self.pod_cidrs();
+        format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: {}}}\nspec: {{podCIDRs: [{v4}, '{v6}']}}\n\
+             status: {{addresses: [{{type: InternalIP, address: {}}}, {{type: InternalIP, address: '{}'}}, \
+             {{type: Hostname, address: {}}}]}}\n",
+            self.name,
+            self.address(false),
+            self.address(true),
+            self.name
+        )
+    }
+}
+
+/// N nodes and an outside client on one bridge.
+#[derive(Debug)]
+pub struct Cluster {
+    pub nodes: Vec<ClusterNode>,
+    pub client: Ns,
+    pub fabric: Ns,
+    /// The service source every daemon reads (Node objects are
+    /// `node-<name>.yaml` in it).
+    pub manifests: tempfile::TempDir,
+}
+
+/// Moves the fabric end of a new veth into the fabric's bridge and
+/// addresses the other end (`dev`, in `ns`) with `v4`/`v6`.
+fn join(fabric: &Ns, ns: &Ns, port: &str, dev: &str, v4: &str, v6: &str) {
+    fabric.ip(&[
+        "link", "add", port, "type", "veth", "peer", "name", dev, "netns", &ns.name,
+    ]);
+    fabric.ip(&["link", "set", port, "master", "br0", "up"]);
+    ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
+    ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"]);
+    ns.ip(&["link", "set", dev, "up"]);
+}
+
+impl Cluster {
+    /// `n` nodes (`node0`…), their Node objects written, no daemon yet.
+    pub fn new(n: usize) -> Self {
+        let fabric = Ns::new("f");
+        fabric.ip(&["link", "add", "br0", "type", "bridge"]);
+        fabric.ip(&["link", "set", "br0", "up"]);
+        let manifests = tempfile::Builder::new()
+            .prefix("sluice-test-")
+            .tempdir()
+            .expect("temp dir");
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let node = Node::new();
+            let c = ClusterNode {
+                name: format!("node{i}"),
+                node,
+                index: i,
+            };
+            join(
+                &fabric,
+                &c.node.ns,
+                &format!("n{i}"),
+                "fab0",
+                &c.address(false),
+                &c.address(true),
+            );
+            for s in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+                let out = c.node.ns.exec(&["sysctl", "-qw", s]);
+                assert!(out.status.success(), "sysctl {s}");
+            }
+            nodes.push(c);
+        }
+        let client = Ns::new("o");
+        join(
+            &fabric,
+            &client,
+            "client",
+            "eth0",
+            &format!("{FABRIC_V4}.200"),
+            &format!("{FABRIC_V6}c8"),
+        );
+        let c = Cluster {
+            nodes,
+            client,
+            fabric,
+            manifests,
+        };
+        for n in &c.nodes {
+            c.write_node(n);
+        }
+        c
+    }
+
+    fn node_file(&self, name: &str) -> PathBuf {
+        self.manifests.path().join(format!("node-{name}.yaml"))
+    }
+
+    /// Writes (or rewrites) a node's Node object into the manifests.
+    pub fn write_node(&self, n: &ClusterNode) {
+        self.write_manifest(&format!("node-{}.yaml", n.name), &n.manifest());
+    }
+
+    /// Removes a node's Node object (the node left the cluster).
+    pub fn remove_node(&self, name: &str) {
+        std::fs::remove_file(self.node_file(name)).expect("remove the Node object");
+    }
+
+    /// Writes a manifest file atomically (temp file, rename).
+    pub fn write_manifest(&self, file: &str, text: &str) {
+        let tmp = self.manifests.path().join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text).expect("write manifest");
+        std::fs::rename(&tmp, self.manifests.path().join(file)).expect("rename manifest");
+    }
+
+    /// Starts every node's daemon with the manifests directory as its
+    /// source, `node_name` its node's name, and `extra` config lines.
+    pub fn start_daemons(&self, extra: &str) -> Vec<Daemon<'_>> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                Daemon::start_with(
+                    &n.node,
+                    &format!(
+                        "services_dir = \"{}\"\nnode_name = \"{}\"\n{extra}",
+                        self.manifests.path().display(),
+                        n.name
+                    ),
+                )
+            })
+            .collect()
+    }
+}
+
+/// A daemon's node routing state (`sluicectl nodes`).
+pub fn routing(d: &Daemon<'_>) -> Value {
+    d.call(Request::Nodes).expect("nodes request").data
+}
+
+/// Waits (up to 10 s) until `d` routes to exactly `peers` (name, via).
+pub fn wait_peers(d: &Daemon<'_>, peers: &[(&str, &str)]) -> Value {
+    let mut last = Value::Null;
+    let ok = eventually(10, || {
+        last = routing(d);
+        let have: Vec<(String, String)> = last["peers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|p| {
+                        (
+                            p["name"].as_str().unwrap_or("").to_string(),
+                            p["via"].as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        have == peers
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect::<Vec<_>>()
+    });
+    assert!(
+        ok,
+        "peers {peers:?} not reached: {last:#}\n{}",
+        d.log_text()
+    );
+    last
+}
+
+/// The node routes (protocol 0x5d) in `ns`, as `ip route` prints them.
+pub fn node_routes(ns: &Ns) -> String {
+    let mut out = ns.ip(&["route", "show", "proto", "0x5d"]);
+    out.push_str(&ns.ip(&["-6", "route", "show", "proto", "0x5d"]));
+    out
+}

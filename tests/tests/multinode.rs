@@ -1,0 +1,239 @@
+//! Several nodes on one machine: pod to pod across nodes through direct
+//! routes and through the VXLAN overlay (100 MiB intact, the MTU right),
+//! routes following the node list, and bad Node objects rejected alone.
+
+use serde_json::Value;
+use sluice_tests::cluster::{node_routes, routing, wait_peers, Cluster};
+use sluice_tests::daemon::eventually;
+use sluice_tests::{bin, require_root, Pod};
+use std::process::{Child, Command, Stdio};
+
+const MIB: u64 = 1 << 20;
+
+/// A `sluice-probe sink` in a pod, killed on drop.
+struct Sink(Child);
+
+impl Sink {
+    fn start(pod: &Pod<'_>, port: u16) -> Self {
+        let c = Command::new("ip")
+            .args(["netns", "exec", &pod.ns.name])
+            .arg(bin("sluice-probe"))
+            .args(["sink", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the sink");
+        Sink(c)
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends `bytes` from `from` to `to`'s sink at `port` (started here) and
+/// checks they all arrived, in order, unchanged.
+fn transfer(from: &Pod<'_>, to: &Pod<'_>, v6: bool, bytes: u64) -> Value {
+    let _sink = Sink::start(to, 5001);
+    let dst = std::net::SocketAddr::new(to.ip(v6), 5001).to_string();
+    let mut last = Value::Null;
+    // The sink needs a moment to listen.
+    let ok = eventually(5, || {
+        let out = from.ns.exec(&[
+            bin("sluice-probe").to_str().unwrap(),
+            "source",
+            &dst,
+            &bytes.to_string(),
+        ]);
+        last = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        last["errno"] != libc::ECONNREFUSED
+    });
+    assert!(ok, "sink at {dst} never listened: {last}");
+    assert_eq!(last["bytes"], bytes, "{last}");
+    assert_eq!(last["sink"]["bytes"], bytes, "bytes lost or added: {last}");
+    assert_eq!(last["sink"]["hash"], last["hash"], "bytes changed: {last}");
+    last
+}
+
+fn mtu(pod: &Pod<'_>) -> u64 {
+    pod.ns.ip_json(&["link", "show", "eth0"])[0]["mtu"]
+        .as_u64()
+        .expect("eth0 has an MTU")
+}
+
+/// A link's transmitted bytes, in `ns` (packets would count GSO
+/// super-packets).
+fn tx_bytes(ns: &sluice_tests::Ns, dev: &str) -> u64 {
+    ns.ip_json(&["-s", "link", "show", dev])[0]["stats64"]["tx"]["bytes"]
+        .as_u64()
+        .expect("link stats")
+}
+
+#[test]
+fn pods_on_two_nodes_talk_through_direct_routes() {
+    if !require_root() {
+        return;
+    }
+    let c = Cluster::new(2);
+    let d = c.start_daemons("routing = \"direct\"\n");
+    let r = wait_peers(&d[0], &[("node1", "direct")]);
+    wait_peers(&d[1], &[("node0", "direct")]);
+    assert_eq!(r["pod_mtu"], 1500, "{r:#}");
+    let routes = node_routes(&c.nodes[0].node.ns);
+    assert!(
+        routes.contains("10.210.1.0/24 via 192.168.77.2 dev fab0")
+            && routes.contains("fd00:210:1::/64 via fd00:77::2 dev fab0"),
+        "{routes}"
+    );
+    assert!(
+        !c.nodes[0]
+            .node
+            .ns
+            .links()
+            .iter()
+            .any(|l| l.starts_with("sluice.vxlan")),
+        "no overlay in direct mode"
+    );
+    let a = Pod::add(&c.nodes[0].node, &c.nodes[0].conf());
+    let b = Pod::add(&c.nodes[1].node, &c.nodes[1].conf());
+    assert_eq!(mtu(&a), 1500);
+    // No NAT: the receiver sees the sender's pod address.
+    let got = transfer(&a, &b, false, 100 * MIB);
+    eprintln!("direct v4: 100 MiB in {} s", got["secs"]);
+    transfer(&b, &a, true, 16 * MIB);
+}
+
+#[test]
+fn pods_on_two_nodes_talk_through_vxlan_with_the_mtu_right() {
+    if !require_root() {
+        return;
+    }
+    let c = Cluster::new(2);
+    let d = c.start_daemons("routing = \"vxlan\"\n");
+    let r = wait_peers(&d[0], &[("node1", "vxlan")]);
+    wait_peers(&d[1], &[("node0", "vxlan")]);
+    assert_eq!(r["pod_mtu"], 1450, "{r:#}");
+    let n0 = &c.nodes[0].node.ns;
+    let routes = node_routes(n0);
+    assert!(
+        routes.contains("10.210.1.0/24 via 10.210.1.0 dev sluice.vxlan")
+            && routes.contains("fd00:210:1::/64 via fd00:210:1:: dev sluice.vxlan"),
+        "{routes}"
+    );
+    let vx = n0.ip_json(&["-d", "link", "show", "sluice.vxlan"]);
+    assert_eq!(vx[0]["mtu"], 1450, "{vx:#}");
+    assert_eq!(vx[0]["linkinfo"]["info_data"]["id"], 1, "{vx:#}");
+    // The plugin takes the overlay's MTU from node.json.
+    let a = Pod::add(&c.nodes[0].node, &c.nodes[0].conf());
+    let b = Pod::add(&c.nodes[1].node, &c.nodes[1].conf());
+    assert_eq!(mtu(&a), 1450);
+    assert_eq!(mtu(&b), 1450);
+    let before = tx_bytes(n0, "sluice.vxlan");
+    let got = transfer(&a, &b, false, 100 * MIB);
+    eprintln!("vxlan v4: 100 MiB in {} s", got["secs"]);
+    transfer(&b, &a, true, 16 * MIB);
+    let sent = tx_bytes(n0, "sluice.vxlan") - before;
+    assert!(
+        sent > 100 * MIB,
+        "the transfer did not go through the overlay ({sent} bytes)"
+    );
+    // Full-size datagrams with DF cross without fragmentation or loss.
+    let out = a.ns.exec(&[
+        "ping",
+        "-c",
+        "2",
+        "-W",
+        "2",
+        "-M",
+        "do",
+        "-s",
+        "1422",
+        &b.ip(false).to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "a 1450-byte packet did not cross: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn routes_follow_the_node_list_and_bad_nodes_are_rejected_alone() {
+    if !require_root() {
+        return;
+    }
+    let c = Cluster::new(3);
+    let d = c.start_daemons("routing = \"direct\"\nreconcile_interval_seconds = 1\n");
+    wait_peers(&d[0], &[("node1", "direct"), ("node2", "direct")]);
+    let n0 = &c.nodes[0].node.ns;
+
+    // A node whose pod range overlaps node1's is rejected with its reason;
+    // node1 keeps its route.
+    c.write_manifest(
+        "node-bad.yaml",
+        "apiVersion: v1\nkind: Node\nmetadata: {name: node9}\nspec: {podCIDRs: [10.210.1.128/25]}\n\
+         status: {addresses: [{type: InternalIP, address: 192.168.77.9}]}\n",
+    );
+    let mut st = Value::Null;
+    assert!(
+        eventually(10, || {
+            st = routing(&d[0]);
+            st["rejected"].as_array().is_some_and(|r| {
+                r.iter().any(|x| {
+                    x["object"] == "Node node9"
+                        && x["reason"]
+                            .as_str()
+                            .unwrap()
+                            .contains("overlaps node node1's")
+                })
+            })
+        }),
+        "{st:#}"
+    );
+    assert!(
+        d[0].log_text().contains("node rejected"),
+        "the reason is logged"
+    );
+    wait_peers(&d[0], &[("node1", "direct"), ("node2", "direct")]);
+    assert!(node_routes(n0).contains("10.210.1.0/24 via 192.168.77.2"));
+    assert!(!node_routes(n0).contains("10.210.1.128"));
+
+    // A route deleted by hand comes back within the reconcile interval.
+    n0.ip(&["route", "del", "10.210.2.0/24"]);
+    assert!(
+        eventually(5, || node_routes(n0)
+            .contains("10.210.2.0/24 via 192.168.77.3")),
+        "{}",
+        node_routes(n0)
+    );
+
+    // A list without this node is not trusted: nothing changes.
+    c.remove_node("node0");
+    assert!(eventually(10, || routing(&d[0])["warnings"]
+        .as_array()
+        .is_some_and(|w| !w.is_empty())));
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(node_routes(n0).contains("10.210.2.0/24"), "routes kept");
+    c.write_node(&c.nodes[0]);
+
+    // A node that leaves takes its routes along, on every node.
+    c.remove_node("node2");
+    wait_peers(&d[0], &[("node1", "direct")]);
+    wait_peers(&d[1], &[("node0", "direct")]);
+    assert!(
+        eventually(5, || !node_routes(n0).contains("10.210.2.0")),
+        "{}",
+        node_routes(n0)
+    );
+    assert!(node_routes(n0).contains("10.210.1.0/24"));
+
+    // Routes stay while the daemon is down (pods keep their traffic).
+    let mut d0 = d.into_iter().next().unwrap();
+    d0.kill9();
+    assert!(node_routes(n0).contains("10.210.1.0/24"));
+    d0.spawn();
+    wait_peers(&d0, &[("node1", "direct")]);
+}
