@@ -70,6 +70,11 @@ struct Raw {
     routing: Option<RoutingMode>,
     vxlan_vni: Option<u32>,
     vxlan_port: Option<u16>,
+    nodeport_range: Option<String>,
+    snat_port_range: Option<String>,
+    external_mode: Option<String>,
+    external_ip_cidrs: Option<Vec<String>>,
+    nodeport_devices: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +130,36 @@ pub struct Config {
     /// every node.
     pub vxlan_vni: u32,
     pub vxlan_port: u16,
+    /// NodePorts are served only in this range (kube-apiserver's
+    /// `--service-node-port-range`).
+    pub nodeport_range: (u16, u16),
+    /// Source ports SNATed external flows leave from: outside the kernel's
+    /// default ephemeral range (32768-60999), so they never meet a local
+    /// socket's.
+    pub snat_port_range: (u16, u16),
+    /// How external traffic reaches remote backends, for services without
+    /// the `sluice.dev/external-mode` annotation.
+    pub external_mode: crate::services::model::ExternalMode,
+    /// The ranges a Service's `externalIPs` may be in (default none: every
+    /// ExternalIP is ignored, the CVE-2020-8554 mitigation).
+    pub external_ip_cidrs: Vec<ipnetwork::IpNetwork>,
+    /// The devices NodePorts and external addresses are served on; `None`:
+    /// the device holding the node's address (from its Node object).
+    pub nodeport_devices: Option<Vec<String>>,
+}
+
+/// `lo-hi`, both ports, lo <= hi.
+fn parse_port_range(key: &str, s: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("{key} {s:?} is not a port range like 30000-32767");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let (a, b): (u16, u16) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if a == 0 || a > b {
+        return Err(bad());
+    }
+    Ok((a, b))
 }
 
 /// kubeadm's and kind's default service ranges.
@@ -159,6 +194,11 @@ impl Default for Config {
             routing: RoutingMode::Auto,
             vxlan_vni: 1,
             vxlan_port: 8472,
+            nodeport_range: crate::services::translate::DEFAULT_NODEPORT_RANGE,
+            snat_port_range: (61000, 65535),
+            external_mode: Default::default(),
+            external_ip_cidrs: Vec::new(),
+            nodeport_devices: None,
         }
     }
 }
@@ -251,7 +291,35 @@ impl Config {
             routing: raw.routing.unwrap_or(d.routing),
             vxlan_vni: raw.vxlan_vni.unwrap_or(d.vxlan_vni),
             vxlan_port: raw.vxlan_port.unwrap_or(d.vxlan_port),
+            nodeport_range: match &raw.nodeport_range {
+                Some(r) => parse_port_range("nodeport_range", r)?,
+                None => d.nodeport_range,
+            },
+            snat_port_range: match &raw.snat_port_range {
+                Some(r) => parse_port_range("snat_port_range", r)?,
+                None => d.snat_port_range,
+            },
+            external_mode: match &raw.external_mode {
+                Some(m) => crate::services::model::ExternalMode::parse(m)
+                    .map_err(|e| format!("external_mode: {e}"))?,
+                None => d.external_mode,
+            },
+            external_ip_cidrs: match raw.external_ip_cidrs {
+                None => d.external_ip_cidrs,
+                Some(list) => list
+                    .iter()
+                    .map(|c| parse_cidr(c))
+                    .collect::<Result<_, _>>()?,
+            },
+            nodeport_devices: raw.nodeport_devices,
         };
+        let (lo, hi) = c.nodeport_range;
+        let (slo, shi) = c.snat_port_range;
+        if slo <= hi && lo <= shi {
+            return Err(format!(
+                "snat_port_range {slo}-{shi} overlaps nodeport_range {lo}-{hi}"
+            ));
+        }
         if !(1..1 << 24).contains(&c.vxlan_vni) {
             return Err(format!(
                 "vxlan_vni {} must be 1-16777215 (24 bits)",

@@ -7,6 +7,7 @@ pub mod accel;
 pub mod config;
 pub mod datapath;
 pub mod edge;
+pub mod external;
 pub mod kernel;
 pub mod maglev;
 pub mod metrics;

@@ -97,6 +97,9 @@ pub struct RoutingStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     pub passes: u64,
+    /// NodePorts and external addresses: where they are served, counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<crate::external::ExternalView>,
 }
 
 /// Node routing's handle: node lists go in, status comes out.
@@ -104,6 +107,8 @@ pub struct RoutingStatus {
 pub struct Routing {
     tx: Mutex<mpsc::Sender<Vec<ClusterNode>>>,
     status: Arc<Mutex<RoutingStatus>>,
+    /// External traffic's counters, read at each request.
+    ext_stats: Option<crate::external::Counters>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -134,7 +139,21 @@ impl Routing {
             service_cidrs: cfg.service_cidrs.clone(),
             node_file: cfg.state_dir.join("node.json"),
             status: status.clone(),
+            ext: match crate::external::External::open(cfg) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    warn!(
+                        "NodePorts and external addresses are not served on this node: {}",
+                        crate::datapath::error_chain(e.as_ref())
+                    );
+                    None
+                }
+            },
         };
+        let ext_stats = w
+            .ext
+            .as_ref()
+            .and_then(|_| crate::external::Counters::open(cfg).ok());
         let every = cfg.reconcile_interval;
         std::thread::Builder::new()
             .name("sluiced-routing".into())
@@ -142,6 +161,7 @@ impl Routing {
         Ok(Some(Arc::new(Routing {
             tx: Mutex::new(tx),
             status,
+            ext_stats,
         })))
     }
 
@@ -151,7 +171,11 @@ impl Routing {
     }
 
     pub fn status(&self) -> RoutingStatus {
-        lock(&self.status).clone()
+        let mut st = lock(&self.status).clone();
+        if let (Some(x), Some(c)) = (st.external.as_mut(), &self.ext_stats) {
+            x.counters = c.read();
+        }
+        st
     }
 }
 
@@ -164,6 +188,8 @@ struct Worker {
     service_cidrs: Vec<IpNetwork>,
     node_file: PathBuf,
     status: Arc<Mutex<RoutingStatus>>,
+    /// External traffic's datapath (`None` when it could not load).
+    ext: Option<crate::external::External>,
 }
 
 /// What the kernel should hold.
@@ -181,6 +207,7 @@ struct Desired {
     peers: Vec<PeerView>,
     rejected: Vec<Rejection>,
     underlay_device: Option<String>,
+    underlay_index: Option<u32>,
 }
 
 fn host_net(ip: IpAddr) -> IpNetwork {
@@ -226,15 +253,23 @@ impl Worker {
                 ));
                 Ok(None)
             }
-            Some(own) => self
-                .desired(own, &plan.peers)
-                .and_then(|d| self.apply(&d).map(|()| Some(d))),
+            Some(own) => self.desired(own, &plan.peers).and_then(|d| {
+                let overlay = self.apply(&d)?;
+                let ext = match self.ext.as_mut() {
+                    Some(x) => {
+                        Some(x.sync(&mut self.nl, own, &plan.peers, d.underlay_index, overlay)?)
+                    }
+                    None => None,
+                };
+                Ok(Some((d, ext)))
+            }),
         };
         let mut st = lock(&self.status);
         st.passes += 1;
         let mut rejected = plan.rejected;
         match result {
-            Ok(Some(d)) => {
+            Ok(Some((d, ext))) => {
+                st.external = ext;
                 rejected.extend(d.rejected);
                 st.pod_cidrs = d.pod_cidrs.iter().map(ToString::to_string).collect();
                 if st.peers != d.peers {
@@ -293,6 +328,7 @@ impl Worker {
         let underlay_mtu = link.mtu.unwrap_or(1500);
         let mut d = Desired {
             underlay_device: Some(link.name.clone()),
+            underlay_index: Some(dev),
             pod_cidrs: own.pod_cidrs.clone(),
             ..Default::default()
         };
@@ -423,7 +459,8 @@ impl Worker {
     /// Makes the kernel hold `d`: the overlay device first (routes need
     /// it), then every route, neighbour and forwarding entry, then what is
     /// ours and no longer wanted goes.
-    fn apply(&mut self, d: &Desired) -> Result<(), String> {
+    /// Returns the overlay device's ifindex when there is one.
+    fn apply(&mut self, d: &Desired) -> Result<Option<u32>, String> {
         let nl_err = |e: netlink::NlError| e.to_string();
         let mut routes = d.routes.clone();
         let vx = match &d.vxlan {
@@ -478,7 +515,7 @@ impl Worker {
             self.write_node_file(mtu, &d.pod_cidrs)
                 .map_err(|e| format!("writing {}: {e}", self.node_file.display()))?;
         }
-        Ok(())
+        Ok(vx)
     }
 
     /// The overlay device as `spec` says, with this node's tunnel

@@ -14,6 +14,12 @@ pub mod sys;
 /// `sluice_pod_egress`, the replies' reverse translation.
 pub static TC_POD: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc_pod.o"));
 
+/// tc programs for the node's external devices: NodePorts, ExternalIPs
+/// and LoadBalancer addresses reached from outside (include/nodeport.h).
+pub static TC_EXT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc_ext.o"));
+pub const TC_EXT_INGRESS: &str = "sluice_ext_ingress";
+pub const TC_EXT_EGRESS: &str = "sluice_ext_egress";
+
 /// cgroup sock_addr programs attached at the cgroup v2 root.
 pub static SOCK: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock.o"));
 

@@ -48,6 +48,7 @@ const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
 const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 const BPF_MAP_TYPE_HASH_OF_MAPS: u32 = 13;
+const BPF_MAP_TYPE_LPM_TRIE: u32 = 11;
 /// `BPF_MAP_TYPE_SK_STORAGE`: a value per socket, freed with it.
 pub const BPF_MAP_TYPE_SK_STORAGE: u32 = 24;
 pub const BPF_MAP_TYPE_SOCKHASH: u32 = 18;
@@ -580,12 +581,194 @@ pub const ACCELSTAT: MapSpec = MapSpec {
     what: "TCP acceleration by outcome",
 };
 
+/// [`NodeAddrKey`] → `SLUICE_NODE_ADDR_F_*`: the nodes' addresses.
+pub const NODE_ADDRS: MapSpec = MapSpec {
+    name: "sluice_nodeaddr",
+    map_type: BPF_MAP_TYPE_HASH,
+    key_size: size_of::<NodeAddrKey>() as u32,
+    value_size: 4,
+    max_entries: 4096,
+    flags: 0,
+    inner: None,
+    what: "node addresses (NodePorts are served on this node's)",
+};
+
+/// [`PodNodeKey`] → [`PodNode`]: which node each pod range is on.
+pub const POD_NODES: MapSpec = MapSpec {
+    name: "sluice_podnodes",
+    map_type: BPF_MAP_TYPE_LPM_TRIE,
+    key_size: size_of::<PodNodeKey>() as u32,
+    value_size: size_of::<PodNode>() as u32,
+    max_entries: 16384,
+    flags: BPF_F_NO_PREALLOC,
+    inner: None,
+    what: "the nodes' pod ranges",
+};
+
+/// One [`ExtCfg`]: the SNAT source and ranges.
+pub const EXT_CFG: MapSpec = MapSpec {
+    name: "sluice_ext_cfg",
+    map_type: BPF_MAP_TYPE_ARRAY,
+    key_size: 4,
+    value_size: size_of::<ExtCfg>() as u32,
+    max_entries: 1,
+    flags: 0,
+    inner: None,
+    what: "external traffic settings",
+};
+
+/// [`CtKey`] → [`ExtCt`]: connection tracking of external flows (LRU).
+pub const EXT_CT: MapSpec = MapSpec {
+    name: "sluice_ext_ct",
+    map_type: BPF_MAP_TYPE_LRU_HASH,
+    key_size: size_of::<CtKey>() as u32,
+    value_size: size_of::<ExtCt>() as u32,
+    max_entries: 262144,
+    flags: 0,
+    inner: None,
+    what: "connection tracking of external service traffic",
+};
+
+/// `enum ext_stat`, in order.
+pub const EXT_STATS: [&str; 11] = [
+    "new_local",
+    "new_snat",
+    "new_dsr",
+    "translated",
+    "replies_snat",
+    "replies_direct",
+    "dsr_taken_in",
+    "no_backend",
+    "no_snat_port",
+    "no_route",
+    "bad_dsr_option",
+];
+
+/// `enum ext_stat` → u64 per CPU.
+pub const EXTSTAT: MapSpec = MapSpec {
+    name: "sluice_extstat",
+    map_type: BPF_MAP_TYPE_PERCPU_ARRAY,
+    key_size: 4,
+    value_size: 8,
+    max_entries: EXT_STATS.len() as u32,
+    flags: 0,
+    inner: None,
+    what: "external service traffic by outcome",
+};
+
 /// Every pinned map.
-pub const ALL: [MapSpec; 23] = [
+pub const ALL: [MapSpec; 28] = [
     ENDPOINTS, SRC, EDGE_STATS, SOCKSTAT, SVC, BACKENDS, LB_SLOTS, LB_TABLES, SVC_BES, AFFINITY,
     CONNS, SK_NAT, UDP_CONN, LBSTAT, CT, CTSTAT, SOCKHASH, SK_PEER, SK_ACCEL, ACCEL_CFG, ACCELSTAT,
-    SK_EVICT, SK_LISTEN,
+    SK_EVICT, SK_LISTEN, NODE_ADDRS, POD_NODES, EXT_CFG, EXT_CT, EXTSTAT,
 ];
+
+/// `SLUICE_NODE_ADDR_F_LOCAL`, `SLUICE_NODE_ADDR_F_REMOTE`.
+pub const NODE_ADDR_F_LOCAL: u32 = 1 << 0;
+pub const NODE_ADDR_F_REMOTE: u32 = 1 << 1;
+/// `SLUICE_POD_NODE_F_LOCAL`.
+pub const POD_NODE_F_LOCAL: u32 = 1 << 0;
+
+/// `struct node_addr_key`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash, PartialOrd, Ord)]
+pub struct NodeAddrKey {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub pad: [u8; 3],
+}
+// SAFETY: plain old data, no implicit padding (asserted below).
+unsafe impl aya::Pod for NodeAddrKey {}
+
+impl NodeAddrKey {
+    pub fn new(ip: IpAddr) -> Self {
+        let (addr, family) = addr_bytes(ip);
+        NodeAddrKey {
+            addr,
+            family,
+            pad: [0; 3],
+        }
+    }
+}
+
+/// `struct pod_node_key`: an LPM key (prefix length first), IPv4 as
+/// v4-mapped IPv6.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash, PartialOrd, Ord)]
+pub struct PodNodeKey {
+    pub prefixlen: u32,
+    pub addr: [u8; 16],
+}
+// SAFETY: plain old data, no implicit padding (asserted below).
+unsafe impl aya::Pod for PodNodeKey {}
+
+impl PodNodeKey {
+    pub fn new(net: ipnetwork::IpNetwork) -> Self {
+        match net.network() {
+            IpAddr::V4(v4) => PodNodeKey {
+                prefixlen: 96 + u32::from(net.prefix()),
+                addr: v4.to_ipv6_mapped().octets(),
+            },
+            IpAddr::V6(v6) => PodNodeKey {
+                prefixlen: u32::from(net.prefix()),
+                addr: v6.octets(),
+            },
+        }
+    }
+}
+
+/// `struct pod_node`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PodNode {
+    pub addr4: [u8; 4],
+    pub flags: u32,
+    pub addr6: [u8; 16],
+}
+// SAFETY: plain old data, no implicit padding (asserted below).
+unsafe impl aya::Pod for PodNode {}
+
+/// `struct ext_cfg`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExtCfg {
+    pub addr4: [u8; 4],
+    /// Host order.
+    pub snat_min: u16,
+    pub snat_max: u16,
+    pub addr6: [u8; 16],
+    pub np_min: u16,
+    pub np_max: u16,
+    pub pad: u32,
+}
+// SAFETY: plain old data, no implicit padding (asserted below).
+unsafe impl aya::Pod for ExtCfg {}
+
+/// `SLUICE_EXT_DIR_*` and `SLUICE_EXT_MODE_*`.
+pub const EXT_DIR_FWD: u8 = 2;
+pub const EXT_DIR_REPLY: u8 = 3;
+pub const EXT_MODE_LOCAL: u8 = 1;
+pub const EXT_MODE_SNAT: u8 = 2;
+pub const EXT_MODE_DSR: u8 = 3;
+pub const EXT_MODE_DSR_BE: u8 = 4;
+
+/// `struct ext_ct`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExtCt {
+    pub a: [u8; 16],
+    pub b: [u8; 16],
+    pub a_port: u16,
+    pub b_port: u16,
+    pub mode: u8,
+    pub flags: u8,
+    pub pad: u16,
+    pub svc_id: u32,
+    pub backend_id: u32,
+    pub last_seen_ns: u64,
+}
+// SAFETY: plain old data, no implicit padding (asserted below).
+unsafe impl aya::Pod for ExtCt {}
 
 /// `struct sk_pair_key`: a socket of an accelerated connection by its
 /// sequence numbers at ESTABLISHED (ISN+1, IRS+1); its peer's key is the
@@ -864,6 +1047,13 @@ pub fn addr_from(addr: [u8; 16], family: u8) -> Option<IpAddr> {
 
 /// `SLUICE_SVC_F_MAGLEV`.
 pub const SVC_F_MAGLEV: u32 = 1 << 0;
+/// `SLUICE_SVC_F_NODEPORT` … `SLUICE_SVC_F_DSR_UDP`: frontends reached from
+/// outside the cluster.
+pub const SVC_F_NODEPORT: u32 = 1 << 1;
+pub const SVC_F_EXTERNAL: u32 = 1 << 2;
+pub const SVC_F_ETP_LOCAL: u32 = 1 << 3;
+pub const SVC_F_DSR_TCP: u32 = 1 << 4;
+pub const SVC_F_DSR_UDP: u32 = 1 << 5;
 /// `SLUICE_LB_TABLE_HEADER`: slots before the backend ids in a table.
 pub const LB_TABLE_HEADER: u32 = 1;
 
@@ -1094,6 +1284,9 @@ unsafe impl aya::Pod for CtEntry {}
 /// (`NAT_AFF_ID`): its host ifindex with the top bit set, where the socket
 /// path uses the netns cookie.
 pub const AFF_ID_IFINDEX: u64 = 1 << 63;
+/// `EXT_AFF_ID`: the affinity identity of an external client (its
+/// address hashed), bits 63 and 62 set; expires with its timeout only.
+pub const AFF_ID_EXTERNAL: u64 = 3 << 62;
 
 /// `enum lb_verdict`.
 pub const LB_PASS: u32 = 0;
@@ -1150,6 +1343,11 @@ mod tests {
     #[test]
     fn ct_layout_matches_c() {
         assert_eq!(size_of::<CtKey>(), 40);
+        assert_eq!(size_of::<NodeAddrKey>(), 20);
+        assert_eq!(size_of::<PodNodeKey>(), 20);
+        assert_eq!(size_of::<PodNode>(), 24);
+        assert_eq!(size_of::<ExtCfg>(), 32);
+        assert_eq!(size_of::<ExtCt>(), 56);
         assert_eq!(offset_of!(CtKey, sport), 32);
         assert_eq!(offset_of!(CtKey, dport), 34);
         assert_eq!(offset_of!(CtKey, proto), 36);
@@ -1352,8 +1550,45 @@ mod tests {
             include_str!("../bpf/include/nat.h"),
             include_str!("../bpf/include/accel.h"),
             include_str!("../bpf/include/accel_guard.h"),
+            include_str!("../bpf/include/nodeport.h"),
         ]
         .concat();
+        let ext_stats = h
+            .lines()
+            .filter(|l| l.trim().starts_with("EXT_STAT_") && !l.contains("EXT_STAT_MAX"))
+            .count();
+        assert_eq!(ext_stats, EXT_STATS.len());
+        for (c, v) in [
+            ("SLUICE_SVC_F_NODEPORT (1U << 1)", SVC_F_NODEPORT),
+            ("SLUICE_SVC_F_EXTERNAL (1U << 2)", SVC_F_EXTERNAL),
+            ("SLUICE_SVC_F_ETP_LOCAL (1U << 3)", SVC_F_ETP_LOCAL),
+            ("SLUICE_SVC_F_DSR_TCP (1U << 4)", SVC_F_DSR_TCP),
+            ("SLUICE_SVC_F_DSR_UDP (1U << 5)", SVC_F_DSR_UDP),
+            ("SLUICE_NODE_ADDR_F_LOCAL (1U << 0)", NODE_ADDR_F_LOCAL),
+            ("SLUICE_NODE_ADDR_F_REMOTE (1U << 1)", NODE_ADDR_F_REMOTE),
+            ("SLUICE_POD_NODE_F_LOCAL (1U << 0)", POD_NODE_F_LOCAL),
+        ] {
+            assert!(h.contains(&format!("#define {c}")), "{c}");
+            let shift: u32 = c
+                .split("<< ")
+                .nth(1)
+                .unwrap()
+                .trim_end_matches(')')
+                .parse()
+                .unwrap();
+            assert_eq!(v, 1 << shift, "{c}");
+        }
+        for (c, v) in [
+            ("SLUICE_EXT_DIR_FWD 2", EXT_DIR_FWD),
+            ("SLUICE_EXT_DIR_REPLY 3", EXT_DIR_REPLY),
+            ("SLUICE_EXT_MODE_LOCAL 1", EXT_MODE_LOCAL),
+            ("SLUICE_EXT_MODE_SNAT 2", EXT_MODE_SNAT),
+            ("SLUICE_EXT_MODE_DSR 3", EXT_MODE_DSR),
+            ("SLUICE_EXT_MODE_DSR_BE 4", EXT_MODE_DSR_BE),
+        ] {
+            assert!(h.contains(&format!("#define {c}")), "{c}");
+            assert_eq!(v.to_string(), c.rsplit(' ').next().unwrap(), "{c}");
+        }
         let ct_stats = h
             .lines()
             .filter(|l| l.trim().starts_with("CT_STAT_") && !l.contains("CT_STAT_MAX"))
@@ -1380,7 +1615,7 @@ mod tests {
     /// [`OBSOLETE`] with its conversion, and add a line here.
     #[test]
     fn layouts_change_only_under_a_new_name() {
-        let released: [(&str, u32, u32, u32); 23] = [
+        let released: [(&str, u32, u32, u32); 28] = [
             ("sluice_eps", 1, 8, 32),
             ("sluice_src", 1, 24, 1),
             ("sluice_edgestat", 1, 4, 72),
@@ -1404,6 +1639,11 @@ mod tests {
             ("sluice_accstat", 6, 4, 8),
             ("sluice_sk_evict", 22, 0, 8),
             ("sluice_sk_lsn", 1, 16, 32),
+            ("sluice_nodeaddr", 1, 20, 4),
+            ("sluice_podnodes", 11, 20, 24),
+            ("sluice_ext_cfg", 2, 4, 32),
+            ("sluice_ext_ct", 9, 40, 56),
+            ("sluice_extstat", 6, 4, 8),
         ];
         for m in ALL {
             let r = released

@@ -7,7 +7,9 @@
 use super::program::ProgramError;
 use aya::maps::{HashMap, MapData, MapError};
 use sluice_dataplane::load::open_pinned;
-use sluice_dataplane::maps::{self, AffinityKey, AffinityValue, Endpoint, AFF_ID_IFINDEX};
+use sluice_dataplane::maps::{
+    self, AffinityKey, AffinityValue, Endpoint, AFF_ID_EXTERNAL, AFF_ID_IFINDEX,
+};
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -66,7 +68,11 @@ impl Sweeper {
         };
         let mut n = 0;
         for k in keys {
-            let pod_gone = if k.netns_cookie & AFF_ID_IFINDEX != 0 {
+            // An external client's entry is nobody's pod: it goes with its
+            // frontend or its timeout.
+            let pod_gone = if k.netns_cookie & AFF_ID_EXTERNAL == AFF_ID_EXTERNAL {
+                false
+            } else if k.netns_cookie & AFF_ID_IFINDEX != 0 {
                 !ifindexes.contains(&k.netns_cookie)
             } else {
                 matches!(self.eps.get(&k.netns_cookie, 0), Err(MapError::KeyNotFound))

@@ -93,6 +93,49 @@ pub struct Backend {
     pub excluded_by_policy: bool,
 }
 
+/// Where a frontend is reached from.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum FrontendKind {
+    /// A cluster IP: pods and nodes, at the socket layer.
+    #[default]
+    ClusterIp,
+    /// A NodePort: its key address is unspecified (`0.0.0.0` / `::`), the
+    /// port is served on every address of every node.
+    NodePort,
+    /// An ExternalIP or a LoadBalancer ingress address.
+    External,
+}
+
+/// How external traffic reaches a backend on another node.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ExternalMode {
+    /// The receiving node translates both addresses; replies come back
+    /// through it.
+    #[default]
+    Snat,
+    /// The backend's node answers the client directly.
+    Dsr,
+    /// DSR for TCP, SNAT for UDP.
+    Hybrid,
+}
+
+impl ExternalMode {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "snat" => Ok(ExternalMode::Snat),
+            "dsr" => Ok(ExternalMode::Dsr),
+            "hybrid" => Ok(ExternalMode::Hybrid),
+            other => Err(format!("{other:?} is not snat, dsr or hybrid")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Frontend {
     pub key: FrontendKey,
@@ -105,9 +148,37 @@ pub struct Frontend {
     pub selection: Selection,
     /// Every backend the slices list for this port and family, sorted.
     pub backends: Vec<Backend>,
+    #[serde(default)]
+    pub kind: FrontendKind,
+    /// `externalTrafficPolicy: Local` (NodePort and external frontends):
+    /// only this node's backends, the client's address kept.
+    #[serde(default)]
+    pub external_local: bool,
+    #[serde(default)]
+    pub external_mode: ExternalMode,
 }
 
 impl Frontend {
+    /// The datapath's `SLUICE_SVC_F_*` bits for where the frontend is
+    /// reached from and how (selection apart).
+    pub fn reach_flags(&self) -> u32 {
+        use sluice_dataplane::maps as m;
+        let mut f = match self.kind {
+            FrontendKind::ClusterIp => return 0,
+            FrontendKind::NodePort => m::SVC_F_NODEPORT,
+            FrontendKind::External => m::SVC_F_EXTERNAL,
+        };
+        if self.external_local {
+            f |= m::SVC_F_ETP_LOCAL;
+        }
+        f |= match self.external_mode {
+            ExternalMode::Snat => 0,
+            ExternalMode::Dsr => m::SVC_F_DSR_TCP | m::SVC_F_DSR_UDP,
+            ExternalMode::Hybrid => m::SVC_F_DSR_TCP,
+        };
+        f
+    }
+
     /// The backends new connections may go to: the ready ones; if there
     /// are none, the serving-terminating ones (as kube-proxy does); never
     /// one the traffic policy excludes. Empty means connect is refused.

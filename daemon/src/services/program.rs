@@ -670,7 +670,7 @@ impl<M: ServiceMaps> Programmer<M> {
         let value = SvcValue {
             svc_id,
             affinity_timeout: f.affinity_timeout.unwrap_or(0),
-            flags: if maglev { SVC_F_MAGLEV } else { 0 },
+            flags: if maglev { SVC_F_MAGLEV } else { 0 } | f.reach_flags(),
             count,
             gen,
         };

@@ -36,6 +36,9 @@ fn frontend(k: &str, svc: &str, backends: &[&str], selection: Selection) -> Fron
                 excluded_by_policy: false,
             })
             .collect(),
+        kind: Default::default(),
+        external_local: false,
+        external_mode: Default::default(),
     }
 }
 

@@ -153,6 +153,9 @@ impl Services {
         let ctx = Context {
             node_name: node_name.clone(),
             service_cidrs: cfg.service_cidrs.clone(),
+            nodeport_range: Some(cfg.nodeport_range),
+            external_ip_cidrs: cfg.external_ip_cidrs.clone(),
+            external_mode: cfg.external_mode,
             ..Default::default()
         };
         let s = Arc::new(Services {

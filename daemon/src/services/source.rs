@@ -45,7 +45,9 @@ struct FileEntry {
 #[derive(Debug)]
 pub struct ManifestDir {
     dir: PathBuf,
-    /// What objects are parsed with (the service ranges).
+    /// What objects are parsed with (the service, NodePort and external
+    /// ranges, the node's external mode: settings that do not change
+    /// while the daemon runs).
     ctx: Context,
     files: BTreeMap<PathBuf, FileEntry>,
     /// Which files hold objects of each service.
@@ -78,6 +80,9 @@ impl ManifestDir {
             dir: dir.into(),
             ctx: Context {
                 service_cidrs: ctx.service_cidrs.clone(),
+                nodeport_range: ctx.nodeport_range,
+                external_ip_cidrs: ctx.external_ip_cidrs.clone(),
+                external_mode: ctx.external_mode,
                 ..Default::default()
             },
             files: BTreeMap::new(),

@@ -17,6 +17,11 @@ pub const LB_ANNOTATION: &str = "sluice.dev/load-balancing";
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
 /// Kubernetes' bound on the affinity timeout.
 pub const MAX_AFFINITY_TIMEOUT: u32 = 86400;
+/// Per-service mode of external traffic to remote backends: `snat`,
+/// `dsr` or `hybrid` (DSR for TCP, SNAT for UDP); default the node's.
+pub const EXTERNAL_MODE_ANNOTATION: &str = "sluice.dev/external-mode";
+/// Kubernetes' default NodePort range.
+pub const DEFAULT_NODEPORT_RANGE: (u16, u16) = (30000, 32767);
 /// The label tying an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
@@ -38,6 +43,15 @@ pub struct Context {
     /// In a partial translation, the services it covers (given or gone):
     /// a frontend held by one of them is free to take.
     pub scope: BTreeSet<ServiceRef>,
+    /// NodePorts outside this range are refused (`None`: the default,
+    /// 30000-32767).
+    pub nodeport_range: Option<(u16, u16)>,
+    /// The ranges ExternalIPs may be in; one outside is ignored (the
+    /// CVE-2020-8554 mitigation: a service cannot capture traffic to an
+    /// address it does not own).
+    pub external_ip_cidrs: Vec<ipnetwork::IpNetwork>,
+    /// The node's external mode, for services without the annotation.
+    pub external_mode: ExternalMode,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -56,6 +70,8 @@ struct ParsedPort {
     name: String,
     port: u16,
     protocol: Protocol,
+    /// Served on every node address (type NodePort or LoadBalancer).
+    node_port: Option<u16>,
 }
 
 #[derive(Debug)]
@@ -66,6 +82,10 @@ struct ParsedService {
     affinity_timeout: Option<u32>,
     internal_local: bool,
     selection: Selection,
+    /// ExternalIPs (in the allowed ranges) and LoadBalancer ingress IPs.
+    external_ips: Vec<IpAddr>,
+    external_local: bool,
+    external_mode: ExternalMode,
 }
 
 #[derive(Debug)]
@@ -234,11 +254,46 @@ fn parse_service(
         if ports.iter().any(|q| q.name == name) {
             return Err(format!("port name {name:?} is used twice"));
         }
+        let exposed = matches!(
+            spec.type_.as_deref(),
+            Some("NodePort") | Some("LoadBalancer")
+        );
+        let node_port = match p.node_port {
+            Some(n) if exposed => {
+                let n = port_number("nodePort", n)?;
+                let (lo, hi) = ctx.nodeport_range.unwrap_or(DEFAULT_NODEPORT_RANGE);
+                if (lo..=hi).contains(&n) {
+                    Some(n)
+                } else {
+                    notes.push(format!(
+                        "nodePort {n} of port {port}/{protocol:?} is outside the NodePort range                          {lo}-{hi}: not served on the nodes (set nodeport_range in sluiced.toml                          if the cluster's range differs)"
+                    ));
+                    None
+                }
+            }
+            _ => None,
+        };
         ports.push(ParsedPort {
             name,
             port,
             protocol,
+            node_port,
         });
+    }
+    if let Some((a, b)) = ports.iter().enumerate().find_map(|(i, a)| {
+        ports[i + 1..]
+            .iter()
+            .find(|b| {
+                a.node_port.is_some() && a.node_port == b.node_port && a.protocol == b.protocol
+            })
+            .map(|b| (a, b))
+    }) {
+        return Err(format!(
+            "nodePort {} is given to ports {} and {}",
+            a.node_port.unwrap_or(0),
+            a.port,
+            b.port
+        ));
     }
     if ports.is_empty() {
         return Err(
@@ -291,6 +346,63 @@ fn parse_service(
             ))
         }
     };
+    let mut external_ips = Vec::new();
+    for raw in spec.external_ips.as_deref().unwrap_or_default() {
+        let ip: IpAddr = raw
+            .parse()
+            .map_err(|_| format!("externalIP {raw:?} is not an IP address"))?;
+        if ctx.external_ip_cidrs.iter().any(|c| c.contains(ip)) {
+            external_ips.push(ip);
+        } else {
+            notes.push(format!(
+                "externalIP {ip} is outside external_ip_cidrs ({}): ignored, so a service cannot                  capture traffic to an address it does not own (CVE-2020-8554); allow the range                  in sluiced.toml if this address is the service's",
+                ranges_text(&ctx.external_ip_cidrs)
+            ));
+        }
+    }
+    if spec.type_.as_deref() == Some("LoadBalancer") {
+        let ingress = s
+            .status
+            .as_ref()
+            .and_then(|st| st.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref());
+        for i in ingress.map(Vec::as_slice).unwrap_or_default() {
+            if let Some(raw) = &i.ip {
+                let ip: IpAddr = raw.parse().map_err(|_| {
+                    format!("status.loadBalancer.ingress ip {raw:?} is not an IP address")
+                })?;
+                if !external_ips.contains(&ip) {
+                    external_ips.push(ip);
+                }
+            }
+        }
+    }
+    for ip in &external_ips {
+        if ctx.service_cidrs.iter().any(|c| c.contains(*ip)) || ip.is_unspecified() {
+            return Err(format!(
+                "external address {ip} is a cluster IP range address or unspecified"
+            ));
+        }
+    }
+    let external_local = match spec.external_traffic_policy.as_deref() {
+        None | Some("Cluster") => false,
+        Some("Local") => true,
+        Some(other) => {
+            return Err(format!(
+                "unknown externalTrafficPolicy {other:?} (Cluster or Local)"
+            ))
+        }
+    };
+    let external_mode = match s
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(EXTERNAL_MODE_ANNOTATION))
+    {
+        None => ctx.external_mode,
+        Some(m) => ExternalMode::parse(m)
+            .map_err(|e| format!("annotation {EXTERNAL_MODE_ANNOTATION}: {e}"))?,
+    };
     Ok(Some(ParsedService {
         svc,
         cluster_ips,
@@ -298,6 +410,9 @@ fn parse_service(
         affinity_timeout,
         internal_local,
         selection,
+        external_ips,
+        external_local,
+        external_mode,
     }))
 }
 
@@ -375,6 +490,59 @@ fn parse_slice(
             endpoints,
         },
     )))
+}
+
+/// Every frontend of a service: its cluster IPs' ports, its NodePorts
+/// (one per family it has a cluster IP of, the address unspecified) and
+/// its external addresses' ports.
+fn frontends_of(p: &ParsedService) -> Vec<(FrontendKey, FrontendKind, &ParsedPort)> {
+    let mut out = Vec::new();
+    for ip in &p.cluster_ips {
+        for port in &p.ports {
+            out.push((
+                FrontendKey {
+                    addr: SocketAddr::new(*ip, port.port),
+                    protocol: port.protocol,
+                },
+                FrontendKind::ClusterIp,
+                port,
+            ));
+            if let Some(np) = port.node_port {
+                let any: IpAddr = if ip.is_ipv4() {
+                    std::net::Ipv4Addr::UNSPECIFIED.into()
+                } else {
+                    std::net::Ipv6Addr::UNSPECIFIED.into()
+                };
+                out.push((
+                    FrontendKey {
+                        addr: SocketAddr::new(any, np),
+                        protocol: port.protocol,
+                    },
+                    FrontendKind::NodePort,
+                    port,
+                ));
+            }
+        }
+    }
+    // An external address of a family the service has no cluster IP of
+    // has no backends of that family either: left out.
+    for ip in p
+        .external_ips
+        .iter()
+        .filter(|ip| p.cluster_ips.iter().any(|c| c.is_ipv4() == ip.is_ipv4()))
+    {
+        for port in &p.ports {
+            out.push((
+                FrontendKey {
+                    addr: SocketAddr::new(*ip, port.port),
+                    protocol: port.protocol,
+                },
+                FrontendKind::External,
+                port,
+            ));
+        }
+    }
+    out
 }
 
 /// One Service or EndpointSlice reduced to what the translation reads of
@@ -562,16 +730,8 @@ pub fn translate_parsed<'a>(
         parsed.iter().map(|(s, p)| (*s, *p)).collect();
     order.sort_by_key(|(svc, p)| !holds(svc, p));
     for (svc, p) in order {
-        let keys: Vec<FrontendKey> = p
-            .cluster_ips
-            .iter()
-            .flat_map(|ip| {
-                p.ports.iter().map(move |port| FrontendKey {
-                    addr: SocketAddr::new(*ip, port.port),
-                    protocol: port.protocol,
-                })
-            })
-            .collect();
+        let placed = frontends_of(p);
+        let keys: Vec<FrontendKey> = placed.iter().map(|(k, _, _)| *k).collect();
         // In a partial translation, a frontend held by a service outside
         // the subset is taken too.
         let taken_outside = |k: &FrontendKey| -> Option<ServiceRef> {
@@ -600,8 +760,13 @@ pub fn translate_parsed<'a>(
         );
         out.local_policy_services += usize::from(p.internal_local);
         let svc = svc.clone();
-        for ip in &p.cluster_ips {
-            for port in &p.ports {
+        for (key, kind, port) in placed {
+            let ip = key.addr.ip();
+            {
+                let excluded = |local: bool| match kind {
+                    FrontendKind::ClusterIp => p.internal_local && !local,
+                    _ => p.external_local && !local,
+                };
                 let mut backends: BTreeMap<SocketAddr, Backend> = BTreeMap::new();
                 for sl in slices.iter().filter(|sl| sl.ipv4 == ip.is_ipv4()) {
                     for (name, number, proto) in &sl.ports {
@@ -614,7 +779,7 @@ pub fn translate_parsed<'a>(
                                 addr: SocketAddr::new(e.ip, *number),
                                 state: e.state,
                                 local,
-                                excluded_by_policy: p.internal_local && !local,
+                                excluded_by_policy: excluded(local),
                             };
                             // The same address in two slices (a slice being
                             // replaced): keep its best state.
@@ -629,10 +794,6 @@ pub fn translate_parsed<'a>(
                         }
                     }
                 }
-                let key = FrontendKey {
-                    addr: SocketAddr::new(*ip, port.port),
-                    protocol: port.protocol,
-                };
                 out.frontends.insert(
                     key,
                     Frontend {
@@ -640,9 +801,12 @@ pub fn translate_parsed<'a>(
                         service: svc.clone(),
                         port_name: port.name.clone(),
                         affinity_timeout: p.affinity_timeout,
-                        internal_local: p.internal_local,
+                        internal_local: p.internal_local && kind == FrontendKind::ClusterIp,
                         selection: p.selection,
                         backends: backends.into_values().collect(),
+                        kind,
+                        external_local: p.external_local && kind != FrontendKind::ClusterIp,
+                        external_mode: p.external_mode,
                     },
                 );
             }

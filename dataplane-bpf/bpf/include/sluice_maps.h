@@ -86,6 +86,12 @@ struct svc_key {
 _Static_assert(sizeof(struct svc_key) == 20, "svc_key layout");
 
 #define SLUICE_SVC_F_MAGLEV (1U << 0) /* select through the Maglev table */
+/* Frontends reached from outside the cluster (include/nodeport.h): */
+#define SLUICE_SVC_F_NODEPORT (1U << 1) /* key address is 0 (::): a NodePort on every node address */
+#define SLUICE_SVC_F_EXTERNAL (1U << 2) /* an ExternalIP or LoadBalancer ingress address */
+#define SLUICE_SVC_F_ETP_LOCAL (1U << 3) /* externalTrafficPolicy Local: local backends, client kept */
+#define SLUICE_SVC_F_DSR_TCP (1U << 4) /* remote backends answer TCP clients directly */
+#define SLUICE_SVC_F_DSR_UDP (1U << 5) /* ... and UDP ones (else: SNAT) */
 
 struct svc_value {
 	__u32 svc_id;		/* key of its slots, table and affinity */
@@ -385,5 +391,104 @@ enum accel_stat {
 	ACCEL_STAT_GUARD_REFUSED,  /* such a call refused with EINVAL: redirected data still queued */
 	ACCEL_STAT_MAX,
 };
+
+/* External traffic (include/nodeport.h). */
+
+/* An address of a node (sluice_nodeaddr): this node's are where its
+ * NodePorts are served; every node's let a pod or the node itself reach a
+ * NodePort on any node through socket load balancing. */
+#define SLUICE_NODE_ADDR_F_LOCAL (1U << 0) /* this node's own */
+#define SLUICE_NODE_ADDR_F_REMOTE (1U << 1) /* another node's */
+
+struct node_addr_key {
+	__u8 addr[16];
+	__u8 family;
+	__u8 pad[3];
+};
+_Static_assert(sizeof(struct node_addr_key) == 20, "node_addr_key layout");
+
+/* Which node a pod address lives on (sluice_podnodes, an LPM trie of
+ * every node's pod ranges; IPv4 as v4-mapped IPv6, prefix + 96). */
+struct pod_node_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+_Static_assert(sizeof(struct pod_node_key) == 20, "pod_node_key layout");
+
+#define SLUICE_POD_NODE_F_LOCAL (1U << 0) /* the range is this node's */
+
+struct pod_node {
+	__u8 addr4[4];	/* the node's IPv4 address (0: none) */
+	__u32 flags;	/* SLUICE_POD_NODE_F_* */
+	__u8 addr6[16]; /* its IPv6 address (0: none) */
+};
+_Static_assert(sizeof(struct pod_node) == 24, "pod_node layout");
+
+/* The node's settings for external traffic (sluice_ext_cfg, one entry). */
+struct ext_cfg {
+	__u8 addr4[4];	 /* SNAT source for IPv4 (0: no IPv4 SNAT) */
+	__u16 snat_min;	 /* SNAT source ports, host order */
+	__u16 snat_max;
+	__u8 addr6[16];	 /* SNAT source for IPv6 */
+	__u16 np_min;	 /* NodePort range, host order */
+	__u16 np_max;
+	__u32 pad;
+};
+_Static_assert(sizeof(struct ext_cfg) == 32, "ext_cfg layout");
+
+/* Connection tracking of external flows (sluice_ext_ct, LRU), keyed by a
+ * ct_key with dir SLUICE_EXT_DIR_*:
+ * - FWD, what the client sent (client -> frontend): the backend (a), and
+ *   for SNAT the node address and port the flow leaves from (b);
+ * - REPLY, what comes back: for SNAT keyed backend -> node:snat port, it
+ *   holds the client (a) and the frontend (b); for a local backend and
+ *   at a DSR flow's backend node, keyed backend -> client, it holds the
+ *   frontend (a) the reply must show. */
+#define SLUICE_EXT_DIR_FWD 2
+#define SLUICE_EXT_DIR_REPLY 3
+
+#define SLUICE_EXT_MODE_LOCAL 1	  /* backend on this node: DNAT */
+#define SLUICE_EXT_MODE_SNAT 2	  /* DNAT and SNAT: replies come back here */
+#define SLUICE_EXT_MODE_DSR 3	  /* DNAT, the frontend carried along: replies go direct */
+#define SLUICE_EXT_MODE_DSR_BE 4  /* at the backend's node: a DSR flow's reply rewrite */
+
+struct ext_ct {
+	__u8 a[16];
+	__u8 b[16];
+	__u16 a_port; /* network order */
+	__u16 b_port; /* network order */
+	__u8 mode;    /* SLUICE_EXT_MODE_* */
+	__u8 flags;   /* SLUICE_CT_F_* */
+	__u16 pad;
+	__u32 svc_id;
+	__u32 backend_id;
+	__u64 last_seen_ns;
+};
+_Static_assert(sizeof(struct ext_ct) == 56, "ext_ct layout");
+
+/* Per-CPU counters of external traffic (sluice_extstat). */
+enum ext_stat {
+	EXT_STAT_NEW_LOCAL = 0, /* new flows to a backend on this node */
+	EXT_STAT_NEW_SNAT,	/* new flows to a remote backend, SNAT */
+	EXT_STAT_NEW_DSR,	/* new flows to a remote backend, DSR */
+	EXT_STAT_FWD,		/* packets from clients translated */
+	EXT_STAT_REPLY_SNAT,	/* SNAT replies translated back (here) */
+	EXT_STAT_REPLY_DIRECT,	/* replies of local and DSR flows translated on the way out */
+	EXT_STAT_DSR_IN,	/* DSR flows taken in at the backend's node */
+	EXT_STAT_NO_BACKEND,	/* dropped: the frontend has no backend (here) */
+	EXT_STAT_NO_PORT,	/* dropped: no SNAT port free */
+	EXT_STAT_FIB_FAIL,	/* dropped: no route for a translated packet */
+	EXT_STAT_BAD_DSR,	/* a DSR option for no known frontend: stripped, not used */
+	EXT_STAT_MAX,
+};
+
+/* The DSR option: IPv4 option 0x9e (copied; an RFC 4727 experiment
+ * number), 8 bytes: type, length, port, IPv4 address. IPv6: a
+ * Destination Options header of 24 bytes holding option 0x1e (skipped
+ * by a node that does not know it) with port and address. */
+#define SLUICE_DSR_OPT4 0x9e
+#define SLUICE_DSR_OPT4_LEN 8
+#define SLUICE_DSR_OPT6 0x1e
+#define SLUICE_DSR_OPT6_LEN 24
 
 #endif

@@ -18,6 +18,12 @@
 //! burst ADDR THREADS EACH   THREADS threads released together, each EACH
 //!                           times: connect, read the answer, close;
 //!                           {"replies":{NAME:count},"errors":[..]}
+//! serve tcp-peer PORT NAME  like serve tcp, answering NAME@<client address
+//!                           as the server sees it>
+//! give PORT BYTES           for each connection: send BYTES of the fixed
+//!                           stream, half-close, wait for EOF
+//! take ADDR BYTES           connect, read to EOF; {"bytes","intact","secs",
+//!                           "peer"}: intact if exactly the fixed stream
 //! sink PORT                 accept connections on [::]:PORT one by one; read
 //!                           each to EOF, answer {"bytes","hash"} of what
 //!                           arrived, close
@@ -63,6 +69,76 @@ fn main() {
                     }
                 });
             }
+        }
+        ["serve", "tcp-peer", port, name] => {
+            let l = TcpListener::bind(format!("[::]:{port}")).unwrap_or_else(|e| fail("bind", e));
+            for s in l.incoming().flatten() {
+                let peer = s
+                    .peer_addr()
+                    .map(|a| match a.ip() {
+                        std::net::IpAddr::V6(v6) => v6
+                            .to_ipv4_mapped()
+                            .map(std::net::IpAddr::V4)
+                            .unwrap_or(std::net::IpAddr::V6(v6)),
+                        v4 => v4,
+                    })
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_default();
+                let mut w = &s;
+                let _ = writeln!(w, "{name}@{peer}");
+            }
+        }
+        ["give", port, bytes] => {
+            let total: u64 = bytes.parse().expect("BYTES is a number");
+            let l = TcpListener::bind(format!("[::]:{port}")).unwrap_or_else(|e| fail("bind", e));
+            for mut s in l.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut p = Pattern::default();
+                    let mut buf = vec![0u8; 64 << 10];
+                    let mut sent = 0u64;
+                    while sent < total {
+                        let n = (total - sent).min(buf.len() as u64) as usize;
+                        p.fill(&mut buf[..n]);
+                        if s.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                        sent += n as u64;
+                    }
+                    let _ = s.shutdown(std::net::Shutdown::Write);
+                    let _ = std::io::Read::read(&mut s, &mut buf);
+                });
+            }
+        }
+        ["take", dst, bytes] => {
+            let total: u64 = bytes.parse().expect("BYTES is a number");
+            let t0 = std::time::Instant::now();
+            let mut s =
+                TcpStream::connect_timeout(&addr(dst), t).unwrap_or_else(|e| fail("connect", e));
+            s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            let mut p = Pattern::default();
+            let mut buf = vec![0u8; 256 << 10];
+            let mut want = vec![0u8; 256 << 10];
+            let (mut got, mut intact) = (0u64, true);
+            loop {
+                match std::io::Read::read(&mut s, &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if intact {
+                            p.fill(&mut want[..n]);
+                            intact = buf[..n] == want[..n];
+                        }
+                        got += n as u64;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => fail("read", e),
+                }
+            }
+            println!(
+                "{{\"bytes\":{got},\"intact\":{},\"secs\":{},\"peer\":\"{peer}\"}}",
+                intact && got == total,
+                t0.elapsed().as_secs_f64()
+            );
         }
         ["serve", "udp", port, name] => {
             let s = UdpSocket::bind(format!("[::]:{port}")).unwrap_or_else(|e| fail("bind", e));
@@ -271,16 +347,11 @@ fn main() {
                 TcpStream::connect_timeout(&addr(dst), t).unwrap_or_else(|e| fail("connect", e));
             s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
             let mut h = StreamHash::default();
-            let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+            let mut p = Pattern::default();
             let mut buf = vec![0u8; 64 << 10];
             while h.bytes < total {
                 let n = (total - h.bytes).min(buf.len() as u64) as usize;
-                for c in buf[..n].chunks_mut(8) {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    c.copy_from_slice(&rng.to_le_bytes()[..c.len()]);
-                }
+                p.fill(&mut buf[..n]);
                 s.write_all(&buf[..n]).unwrap_or_else(|e| fail("send", e));
                 h.feed(&buf[..n]);
             }
@@ -303,7 +374,7 @@ fn main() {
             );
         }
         _ => {
-            eprintln!("usage: sluice-probe serve tcp|udp PORT NAME | tcp ADDR | tcp-hold ADDR SECS | udp ADDR | udp-connected ADDR | udp-connected-wait ADDR | flood ADDR COUNT | rate ADDR COUNT | burst ADDR THREADS EACH | sink PORT | source ADDR BYTES");
+            eprintln!("usage: sluice-probe serve tcp|udp PORT NAME | tcp ADDR | tcp-hold ADDR SECS | udp ADDR | udp-connected ADDR | udp-connected-wait ADDR | flood ADDR COUNT | rate ADDR COUNT | burst ADDR THREADS EACH | sink PORT | source ADDR BYTES | give PORT BYTES | take ADDR BYTES | serve tcp-peer PORT NAME");
             std::process::exit(2);
         }
     }
@@ -326,5 +397,39 @@ impl StreamHash {
             self.hash = self.hash.wrapping_mul(0x0100_0000_01b3);
         }
         self.bytes += b.len() as u64;
+    }
+}
+
+/// The fixed pseudo-random stream (xorshift64, little-endian words),
+/// continued across calls.
+struct Pattern {
+    state: u64,
+    word: [u8; 8],
+    used: usize,
+}
+
+impl Default for Pattern {
+    fn default() -> Self {
+        Pattern {
+            state: 0x9e37_79b9_7f4a_7c15,
+            word: [0; 8],
+            used: 8,
+        }
+    }
+}
+
+impl Pattern {
+    fn fill(&mut self, out: &mut [u8]) {
+        for b in out {
+            if self.used == 8 {
+                self.state ^= self.state << 13;
+                self.state ^= self.state >> 7;
+                self.state ^= self.state << 17;
+                self.word = self.state.to_le_bytes();
+                self.used = 0;
+            }
+            *b = self.word[self.used];
+            self.used += 1;
+        }
     }
 }

@@ -1,0 +1,240 @@
+//! External traffic on several nodes: NodePorts from the outside client to
+//! each node with backends local and remote, in SNAT and DSR mode, the
+//! client's address as each backend sees it, where the replies travel, and
+//! large transfers intact.
+
+use serde_json::Value;
+use sluice_tests::cluster::{routing, wait_peers, Cluster};
+use sluice_tests::daemon::{eventually, Daemon};
+use sluice_tests::{bin, require_root, Ns, Pod};
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+
+const MIB: u64 = 1 << 20;
+const NODE_PORT: u16 = 30080;
+
+/// A probe server in a pod, killed on drop.
+struct Serve(Child);
+
+impl Serve {
+    fn start(pod: &Pod<'_>, args: &[&str]) -> Self {
+        let c = Command::new("ip")
+            .args(["netns", "exec", &pod.ns.name])
+            .arg(bin("sluice-probe"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the probe server");
+        Serve(c)
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn probe(ns: &Ns, args: &[&str]) -> Value {
+    let mut cmd = vec![bin("sluice-probe").to_str().unwrap().to_string()];
+    cmd.extend(args.iter().map(|a| a.to_string()));
+    let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    let out = ns.exec(&cmd);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "probe {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// A NodePort service `web` with one backend on each node (port 8080).
+fn service(backends: &[(&Pod<'_>, &str)], annotations: &str, etp: &str) -> String {
+    let mut s = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default, annotations: {{{annotations}}}}}\n\
+         spec:\n  type: NodePort\n  externalTrafficPolicy: {etp}\n  clusterIP: 10.96.0.50\n  \
+         ports: [{{name: http, port: 80, targetPort: 8080, nodePort: {NODE_PORT}}}, \
+         {{name: bulk, port: 81, targetPort: 8081, nodePort: {}}}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: default, \
+         labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\n\
+         ports: [{{name: http, port: 8080}}, {{name: bulk, port: 8081}}]\nendpoints:\n",
+        NODE_PORT + 1
+    );
+    for (pod, node) in backends {
+        s.push_str(&format!(
+            "- addresses: [\"{}\"]\n  nodeName: {node}\n  conditions: {{ready: true}}\n",
+            pod.ip(false)
+        ));
+    }
+    s
+}
+
+fn ext_counters(d: &Daemon<'_>) -> BTreeMap<String, u64> {
+    let r = routing(d);
+    r["external"]["counters"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Bytes the fabric's port of node `i` received from that node.
+fn from_node(c: &Cluster, i: usize) -> u64 {
+    c.fabric.ip_json(&["-s", "link", "show", &format!("n{i}")])[0]["stats64"]["rx"]["bytes"]
+        .as_u64()
+        .expect("link stats")
+}
+
+/// Connects `n` times from the client to `addr` and counts the answers
+/// (`name@source-the-backend-saw`); empty if any connect failed.
+fn answers(c: &Cluster, addr: &str, n: usize) -> BTreeMap<String, u64> {
+    let r = probe(&c.client, &["burst", addr, "4", &(n / 4).to_string()]);
+    if r["errors"] != serde_json::json!([]) {
+        eprintln!("{addr}: {}", r["errors"]);
+        return BTreeMap::new();
+    }
+    r["replies"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+        .collect()
+}
+
+/// Waits until every node routes to the other and serves NodePorts on fab0.
+fn wait_served(daemons: &[Daemon<'_>]) {
+    for (i, d) in daemons.iter().enumerate() {
+        let peer = format!("node{}", 1 - i);
+        wait_peers(d, &[(peer.as_str(), "direct")]);
+        let mut last = Value::Null;
+        assert!(
+            eventually(10, || {
+                last = routing(d);
+                last["external"]["devices"] == serde_json::json!(["fab0"])
+            }),
+            "{last:#}"
+        );
+    }
+}
+
+#[test]
+fn nodeport_snat_reaches_local_and_remote_backends_from_every_node() {
+    if !require_root() {
+        return;
+    }
+    let c = Cluster::new(2);
+    let d = c.start_daemons("routing = \"direct\"\nexternal_mode = \"snat\"\n");
+    wait_served(&d);
+    let b0 = Pod::add(&c.nodes[0].node, &c.nodes[0].conf());
+    let b1 = Pod::add(&c.nodes[1].node, &c.nodes[1].conf());
+    let _s0 = Serve::start(&b0, &["serve", "tcp-peer", "8080", "b0"]);
+    let _s1 = Serve::start(&b1, &["serve", "tcp-peer", "8080", "b1"]);
+    c.write_manifest(
+        "web.yaml",
+        &service(&[(&b0, "node0"), (&b1, "node1")], "", "Cluster"),
+    );
+    let client = "192.168.77.200";
+    for (i, node) in c.nodes.iter().enumerate() {
+        let addr = format!("{}:{NODE_PORT}", node.address(false));
+        let mut got = BTreeMap::new();
+        assert!(
+            eventually(10, || {
+                got = answers(&c, &addr, 40);
+                got.len() == 2
+            }),
+            "node{i}: {got:?}"
+        );
+        // The local backend sees the client; the remote one sees the
+        // node that received the connection (SNAT).
+        let local = format!("b{i}@{client}");
+        let remote = format!("b{}@{}", 1 - i, node.address(false));
+        assert!(
+            got.contains_key(&local) && got.contains_key(&remote),
+            "node{i}: {got:?}"
+        );
+        // The client talks to the address it dialled.
+        let one = probe(&c.client, &["tcp", &addr]);
+        assert_eq!(one["peer"], addr, "{one}");
+    }
+    let k = ext_counters(&d[0]);
+    assert!(
+        k["new_snat"] > 0 && k["replies_snat"] > 0 && k["new_local"] > 0,
+        "{k:?}"
+    );
+    assert_eq!(k["no_route"], 0, "{k:?}");
+    // A ClusterIP is not served from outside.
+    let r = probe(&c.client, &["tcp", "192.168.77.1:80"]);
+    assert!(r["error"].is_string(), "{r}");
+}
+
+#[test]
+fn nodeport_dsr_replies_leave_from_the_backends_node() {
+    if !require_root() {
+        return;
+    }
+    let c = Cluster::new(2);
+    let d = c.start_daemons("routing = \"direct\"\nexternal_mode = \"snat\"\n");
+    wait_served(&d);
+    let b1 = Pod::add(&c.nodes[1].node, &c.nodes[1].conf());
+    let _s1 = Serve::start(&b1, &["serve", "tcp-peer", "8080", "b1"]);
+    let _g1 = Serve::start(&b1, &["give", "8081", &(100 * MIB).to_string()]);
+    // DSR by the service's annotation (the node's default is SNAT).
+    c.write_manifest(
+        "web.yaml",
+        &service(
+            &[(&b1, "node1")],
+            "sluice.dev/external-mode: dsr",
+            "Cluster",
+        ),
+    );
+    let addr = format!("192.168.77.1:{NODE_PORT}");
+    let mut got = BTreeMap::new();
+    assert!(
+        eventually(10, || {
+            got = answers(&c, &addr, 20);
+            !got.is_empty()
+        }),
+        "{got:?}"
+    );
+    // The backend sees the client itself.
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        vec!["b1@192.168.77.200"],
+        "{got:?}"
+    );
+
+    // 100 MiB from the backend to the client through node0's NodePort:
+    // intact, and the reply bytes never pass node0.
+    let before = from_node(&c, 0);
+    let r = probe(
+        &c.client,
+        &[
+            "take",
+            &format!("192.168.77.1:{}", NODE_PORT + 1),
+            &(100 * MIB).to_string(),
+        ],
+    );
+    assert_eq!(r["intact"], true, "{r}");
+    assert_eq!(r["peer"], format!("192.168.77.1:{}", NODE_PORT + 1), "{r}");
+    let through_node0 = from_node(&c, 0) - before;
+    eprintln!(
+        "dsr: 100 MiB in {} s, {through_node0} bytes out of node0",
+        r["secs"]
+    );
+    assert!(
+        through_node0 < 10 * MIB,
+        "{through_node0} bytes left node0: the replies went through it"
+    );
+    let k0 = ext_counters(&d[0]);
+    let k1 = ext_counters(&d[1]);
+    assert!(k0["new_dsr"] > 0, "{k0:?}");
+    assert_eq!(k0["replies_snat"], 0, "{k0:?}");
+    assert!(k1["dsr_taken_in"] > 0 && k1["replies_direct"] > 0, "{k1:?}");
+    assert_eq!(k1["bad_dsr_option"], 0, "{k1:?}");
+}
