@@ -8,6 +8,7 @@ pub mod config;
 pub mod datapath;
 pub mod edge;
 pub mod external;
+pub mod healthcheck;
 pub mod kernel;
 pub mod maglev;
 pub mod metrics;

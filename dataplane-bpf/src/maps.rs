@@ -1551,6 +1551,7 @@ mod tests {
             include_str!("../bpf/include/accel.h"),
             include_str!("../bpf/include/accel_guard.h"),
             include_str!("../bpf/include/nodeport.h"),
+            include_str!("../bpf/include/nodeaddr.h"),
         ]
         .concat();
         let ext_stats = h

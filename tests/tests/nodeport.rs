@@ -238,3 +238,155 @@ fn nodeport_dsr_replies_leave_from_the_backends_node() {
     assert!(k1["dsr_taken_in"] > 0 && k1["replies_direct"] > 0, "{k1:?}");
     assert_eq!(k1["bad_dsr_option"], 0, "{k1:?}");
 }
+
+#[test]
+fn pods_and_nodes_reach_a_nodeport_on_any_node_at_the_socket() {
+    if !require_root() {
+        return;
+    }
+    let c = Cluster::new(2);
+    let d = c.start_daemons("routing = \"direct\"\n");
+    wait_served(&d);
+    let b1 = Pod::add(&c.nodes[1].node, &c.nodes[1].conf());
+    let _s1 = Serve::start(&b1, &["serve", "tcp-peer", "8080", "b1"]);
+    c.write_manifest("web.yaml", &service(&[(&b1, "node1")], "", "Cluster"));
+    let a = Pod::add(&c.nodes[0].node, &c.nodes[0].conf());
+    for target in ["192.168.77.1", "192.168.77.2"] {
+        let addr = format!("{target}:{NODE_PORT}");
+        // From a pod: translated at connect, straight to the backend (it
+        // sees the pod), and the socket shows the address dialled.
+        let mut r = Value::Null;
+        assert!(
+            eventually(10, || {
+                r = probe(&a.ns, &["tcp", &addr]);
+                r["reply"].is_string()
+            }),
+            "{r}"
+        );
+        assert_eq!(r["reply"], format!("b1@{}", a.ip(false)), "{r}");
+        assert_eq!(r["peer"], addr, "{r}");
+        // From the node itself.
+        let r = probe(&c.nodes[0].node.ns, &["tcp", &addr]);
+        assert!(
+            r["reply"].as_str().is_some_and(|x| x.starts_with("b1@")),
+            "{r}"
+        );
+    }
+    // Every connect was translated at the socket: none reached node1's
+    // tc program.
+    let k = ext_counters(&d[1]);
+    assert_eq!(k["new_local"] + k["new_snat"] + k["new_dsr"], 0, "{k:?}");
+}
+
+/// A LoadBalancer service `lb` (ingress 192.168.77.100) with
+/// `externalTrafficPolicy: Local` and a health-check node port, backed by
+/// `backends`.
+fn lb_local(backends: &[(&Pod<'_>, &str)]) -> String {
+    let mut s = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: lb, namespace: default}}\n\
+         spec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 30500\n  \
+         clusterIP: 10.96.0.60\n  ports: [{{name: http, port: 80, targetPort: 8080, nodePort: {NODE_PORT}}}]\n\
+         status: {{loadBalancer: {{ingress: [{{ip: 192.168.77.100}}]}}}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: lb-1, namespace: default, \
+         labels: {{kubernetes.io/service-name: lb}}}}\naddressType: IPv4\n\
+         ports: [{{name: http, port: 8080}}]\nendpoints:\n"
+    );
+    for (pod, node) in backends {
+        s.push_str(&format!(
+            "- addresses: [\"{}\"]\n  nodeName: {node}\n  conditions: {{ready: true}}\n",
+            pod.ip(false)
+        ));
+    }
+    s
+}
+
+#[test]
+fn external_traffic_policy_local_keeps_the_client_and_the_health_check_tells_the_truth() {
+    if !require_root() {
+        return;
+    }
+    let c = Cluster::new(2);
+    let d = c.start_daemons("routing = \"direct\"\n");
+    wait_served(&d);
+    let b1 = Pod::add(&c.nodes[1].node, &c.nodes[1].conf());
+    let _s1 = Serve::start(&b1, &["serve", "tcp-peer", "8080", "b1"]);
+    c.write_manifest("lb.yaml", &lb_local(&[(&b1, "node1")]));
+    // node1 has the backend: 200 and one local endpoint; node0 has none.
+    let mut h1 = Value::Null;
+    assert!(
+        eventually(10, || {
+            h1 = probe(&c.client, &["http", "192.168.77.2:30500"]);
+            h1["status"] == 200
+        }),
+        "{h1}"
+    );
+    assert_eq!(h1["body"]["localEndpoints"], 1, "{h1}");
+    assert_eq!(h1["body"]["service"]["name"], "lb", "{h1}");
+    let h0 = probe(&c.client, &["http", "192.168.77.1:30500"]);
+    assert_eq!(h0["status"], 503, "{h0}");
+    assert_eq!(h0["body"]["localEndpoints"], 0, "{h0}");
+    // Through node1 the backend sees the client itself, by the NodePort
+    // and by the load balancer's address (routed to node1, as a cloud
+    // load balancer that asked the health check would).
+    c.client
+        .ip(&["route", "add", "192.168.77.100/32", "via", "192.168.77.2"]);
+    for addr in [
+        format!("192.168.77.2:{NODE_PORT}"),
+        "192.168.77.100:80".to_string(),
+    ] {
+        let r = probe(&c.client, &["tcp", &addr]);
+        assert_eq!(r["reply"], "b1@192.168.77.200", "{addr}: {r}");
+        assert_eq!(r["peer"], addr, "{r}");
+    }
+    // Through node0 nothing is forwarded: it has no local backend.
+    let r = probe(&c.client, &["tcp", &format!("192.168.77.1:{NODE_PORT}")]);
+    assert!(r["error"].is_string(), "{r}");
+    assert!(ext_counters(&d[0])["no_backend"] > 0);
+    // A backend appears on node0: its health check turns 200.
+    let b0 = Pod::add(&c.nodes[0].node, &c.nodes[0].conf());
+    c.write_manifest("lb.yaml", &lb_local(&[(&b0, "node0"), (&b1, "node1")]));
+    assert!(eventually(10, || {
+        probe(&c.client, &["http", "192.168.77.1:30500"])["status"] == 200
+    }));
+}
+
+#[test]
+fn hybrid_mode_answers_tcp_directly_and_snats_udp() {
+    if !require_root() {
+        return;
+    }
+    let c = Cluster::new(2);
+    let d = c.start_daemons("routing = \"direct\"\nexternal_mode = \"hybrid\"\n");
+    wait_served(&d);
+    let b1 = Pod::add(&c.nodes[1].node, &c.nodes[1].conf());
+    let _t = Serve::start(&b1, &["serve", "tcp-peer", "8080", "b1"]);
+    let _u = Serve::start(&b1, &["serve", "udp-peer", "8080", "b1"]);
+    let svc = service(&[(&b1, "node1")], "", "Cluster").replace(
+        "{name: bulk, port: 81, targetPort: 8081",
+        "{name: dns, protocol: UDP, port: 80, targetPort: 8080",
+    );
+    let svc = svc.replace(
+        "{name: bulk, port: 8081}",
+        "{name: dns, protocol: UDP, port: 8080}",
+    );
+    c.write_manifest("web.yaml", &svc);
+    let tcp = format!("192.168.77.1:{NODE_PORT}");
+    let udp = format!("192.168.77.1:{}", NODE_PORT + 1);
+    let mut r = Value::Null;
+    assert!(
+        eventually(10, || {
+            r = probe(&c.client, &["tcp", &tcp]);
+            r["reply"].is_string()
+        }),
+        "{r}"
+    );
+    // TCP: DSR, the backend sees the client.
+    assert_eq!(r["reply"], "b1@192.168.77.200", "{r}");
+    // UDP: SNAT, the backend sees node0; the answer comes from the port
+    // the client sent to.
+    let u = probe(&c.client, &["udp", &udp]);
+    assert_eq!(u["reply"], "b1@192.168.77.1", "{u}");
+    assert_eq!(u["from"], udp, "{u}");
+    let k = ext_counters(&d[0]);
+    assert!(k["new_dsr"] > 0 && k["new_snat"] > 0, "{k:?}");
+}

@@ -156,6 +156,11 @@ pub struct Frontend {
     pub external_local: bool,
     #[serde(default)]
     pub external_mode: ExternalMode,
+    /// `healthCheckNodePort` (type LoadBalancer with
+    /// `externalTrafficPolicy: Local`): where load balancers ask whether
+    /// this node has local backends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_node_port: Option<u16>,
 }
 
 impl Frontend {

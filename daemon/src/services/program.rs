@@ -1058,6 +1058,25 @@ impl<M: ServiceMaps> Programmer<M> {
     }
 
     /// Every programmed frontend, with what the datapath counted.
+    /// Each `healthCheckNodePort` of the programmed services, with its
+    /// service and how many of its backends on this node take new
+    /// connections (0: load balancers should not send here).
+    pub fn health_checks(&self) -> BTreeMap<u16, (String, usize)> {
+        let mut out: BTreeMap<u16, (String, usize)> = BTreeMap::new();
+        for f in self.current.values().filter_map(|p| p.frontend.as_ref()) {
+            let Some(port) = f.health_check_node_port else {
+                continue;
+            };
+            if !f.external_local {
+                continue;
+            }
+            let local = f.eligible().len();
+            let e = out.entry(port).or_insert((f.service.to_string(), 0));
+            e.1 = e.1.max(local);
+        }
+        out
+    }
+
     pub fn views(&self) -> Vec<ServiceView> {
         self.current
             .iter()

@@ -39,6 +39,7 @@ fn frontend(k: &str, svc: &str, backends: &[&str], selection: Selection) -> Fron
         kind: Default::default(),
         external_local: false,
         external_mode: Default::default(),
+        health_check_node_port: None,
     }
 }
 

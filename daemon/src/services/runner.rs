@@ -100,6 +100,9 @@ pub struct Services {
     /// The directory's node generation last handed to routing, plus one
     /// (0: none yet).
     nodes_sent: std::sync::atomic::AtomicU64,
+    /// The health-check node ports of `externalTrafficPolicy: Local`
+    /// services (`None` if the server could not start).
+    health: Option<Arc<crate::healthcheck::HealthChecks>>,
 }
 
 /// An apply's report, or its error logged (the next full pass retries).
@@ -180,6 +183,9 @@ impl Services {
             sweep_due: Default::default(),
             routing,
             nodes_sent: Default::default(),
+            health: crate::healthcheck::HealthChecks::start()
+                .map_err(|e| warn!("health-check node ports are not served: {e}"))
+                .ok(),
         });
         // Watch first: a change made during the first pass is not missed.
         // A restart that adopted programmed frontends is ready at once:
@@ -388,6 +394,9 @@ impl Services {
         let report = apply_logged(programmer.apply_scoped(&t, None, self.guard()));
         let frontends = programmer.frontends();
         lock(&self.pass).fill = programmer.fill();
+        if let Some(h) = &self.health {
+            h.set(programmer.health_checks());
+        }
         drop(programmer);
         lock(&self.pass).warnings = warnings;
         drop(t);
@@ -448,6 +457,9 @@ impl Services {
         };
         let frontends = programmer.frontends();
         lock(&self.pass).fill = programmer.fill();
+        if let Some(h) = &self.health {
+            h.set(programmer.health_checks());
+        }
         drop(programmer);
         let ms = self.record(rejected, report.as_ref(), frontends, t0);
         if let Some(r) = &report {

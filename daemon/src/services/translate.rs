@@ -86,6 +86,7 @@ struct ParsedService {
     external_ips: Vec<IpAddr>,
     external_local: bool,
     external_mode: ExternalMode,
+    health_check_node_port: Option<u16>,
 }
 
 #[derive(Debug)]
@@ -403,6 +404,16 @@ fn parse_service(
         Some(m) => ExternalMode::parse(m)
             .map_err(|e| format!("annotation {EXTERNAL_MODE_ANNOTATION}: {e}"))?,
     };
+    let health_check_node_port = match spec.health_check_node_port {
+        Some(n) if external_local && spec.type_.as_deref() == Some("LoadBalancer") => {
+            let n = port_number("healthCheckNodePort", n)?;
+            if ports.iter().any(|p| p.node_port == Some(n)) {
+                return Err(format!("healthCheckNodePort {n} is also a nodePort"));
+            }
+            Some(n)
+        }
+        _ => None,
+    };
     Ok(Some(ParsedService {
         svc,
         cluster_ips,
@@ -413,6 +424,7 @@ fn parse_service(
         external_ips,
         external_local,
         external_mode,
+        health_check_node_port,
     }))
 }
 
@@ -807,6 +819,7 @@ pub fn translate_parsed<'a>(
                         kind,
                         external_local: p.external_local && kind != FrontendKind::ClusterIp,
                         external_mode: p.external_mode,
+                        health_check_node_port: p.health_check_node_port,
                     },
                 );
             }

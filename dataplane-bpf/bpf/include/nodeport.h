@@ -39,6 +39,7 @@
 #include "stat.h"
 #include "lb.h"
 #include "nat.h"
+#include "nodeaddr.h"
 
 /* The heavier steps are functions of their own (BPF-to-BPF calls): each
  * has its own stack frame, which one inlined program would exceed. */
@@ -52,14 +53,6 @@
 #ifndef AF_INET6
 #define AF_INET6 10
 #endif
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, struct node_addr_key);
-	__type(value, __u32);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sluice_nodeaddr SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -145,17 +138,6 @@ static __always_inline __u32 ext_flow_hash(const struct nat_pkt *p, const __u8 f
 	__builtin_memcpy(b, front, 16);
 	return lb_mix32(a[0] ^ (a[1] * 31) ^ (b[0] * 17) ^ (b[1] * 13) ^
 			((__u64)p->sport << 32 | (__u64)p->dport << 16 | p->proto));
-}
-
-static __always_inline __u32 ext_node_addr(const __u8 addr[16], __u8 family)
-{
-	struct node_addr_key k = {};
-	__u32 *f;
-
-	__builtin_memcpy(k.addr, addr, 16);
-	k.family = family;
-	f = bpf_map_lookup_elem(&sluice_nodeaddr, &k);
-	return f ? *f : 0;
 }
 
 /* The node a pod address lives on, or NULL when it is in no pod range. */

@@ -16,6 +16,7 @@
 #include "stat.h"
 #include "endpoints.h"
 #include "lb.h"
+#include "nodeaddr.h"
 
 /* cgroup sock_addr programs: 1 lets the operation proceed. */
 #define SOCK_ALLOW 1
@@ -206,7 +207,18 @@ static __always_inline int sock_xlate_fwd(struct bpf_sock_addr *ctx, const struc
 	r.hash = lb_mix32(sock_cookie ^ netns_cookie);
 	r.netns_cookie = netns_cookie;
 	r.now_ns = bpf_ktime_get_ns();
-	switch (lb_select(&r)) {
+	if (lb_select(&r) == LB_PASS && ext_node_addr(r.addr, r.family)) {
+		/* A NodePort on any node's address: its frontend's key has the
+		 * address unspecified; the socket remembers the address the
+		 * application dialled. */
+		__u8 dialled[16];
+
+		__builtin_memcpy(dialled, r.addr, 16);
+		__builtin_memset(r.addr, 0, 16);
+		lb_select(&r);
+		__builtin_memcpy(r.addr, dialled, 16);
+	}
+	switch (r.verdict) {
 	case LB_PASS:
 		return SOCK_ALLOW;
 	case LB_REFUSE:

@@ -20,6 +20,8 @@
 //!                           {"replies":{NAME:count},"errors":[..]}
 //! serve tcp-peer PORT NAME  like serve tcp, answering NAME@<client address
 //!                           as the server sees it>
+//! serve udp-peer PORT NAME  like serve udp, answering NAME@<client address>
+//! http ADDR                 GET / ; {"status":CODE,"body":BODY}
 //! give PORT BYTES           for each connection: send BYTES of the fixed
 //!                           stream, half-close, wait for EOF
 //! take ADDR BYTES           connect, read to EOF; {"bytes","intact","secs",
@@ -139,6 +141,39 @@ fn main() {
                 intact && got == total,
                 t0.elapsed().as_secs_f64()
             );
+        }
+        ["serve", "udp-peer", port, name] => {
+            let s = UdpSocket::bind(format!("[::]:{port}")).unwrap_or_else(|e| fail("bind", e));
+            let mut buf = [0u8; 1500];
+            while let Ok((_, from)) = s.recv_from(&mut buf) {
+                let ip = match from.ip() {
+                    std::net::IpAddr::V6(v6) => v6
+                        .to_ipv4_mapped()
+                        .map(std::net::IpAddr::V4)
+                        .unwrap_or(std::net::IpAddr::V6(v6)),
+                    v4 => v4,
+                };
+                let _ = s.send_to(format!("{name}@{ip}").as_bytes(), from);
+            }
+        }
+        ["http", dst] => {
+            let mut s =
+                TcpStream::connect_timeout(&addr(dst), t).unwrap_or_else(|e| fail("connect", e));
+            s.set_read_timeout(Some(t)).unwrap();
+            write!(
+                s,
+                "GET / HTTP/1.1\r\nHost: {dst}\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap_or_else(|e| fail("send", e));
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut s, &mut text).unwrap_or_else(|e| fail("read", e));
+            let code: u16 = text
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            let body = text.split("\r\n\r\n").nth(1).unwrap_or("null");
+            println!("{{\"status\":{code},\"body\":{body}}}");
         }
         ["serve", "udp", port, name] => {
             let s = UdpSocket::bind(format!("[::]:{port}")).unwrap_or_else(|e| fail("bind", e));
@@ -374,7 +409,7 @@ fn main() {
             );
         }
         _ => {
-            eprintln!("usage: sluice-probe serve tcp|udp PORT NAME | tcp ADDR | tcp-hold ADDR SECS | udp ADDR | udp-connected ADDR | udp-connected-wait ADDR | flood ADDR COUNT | rate ADDR COUNT | burst ADDR THREADS EACH | sink PORT | source ADDR BYTES | give PORT BYTES | take ADDR BYTES | serve tcp-peer PORT NAME");
+            eprintln!("usage: sluice-probe serve tcp|udp PORT NAME | tcp ADDR | tcp-hold ADDR SECS | udp ADDR | udp-connected ADDR | udp-connected-wait ADDR | flood ADDR COUNT | rate ADDR COUNT | burst ADDR THREADS EACH | sink PORT | source ADDR BYTES | give PORT BYTES | take ADDR BYTES | serve tcp-peer PORT NAME | serve udp-peer PORT NAME | http ADDR");
             std::process::exit(2);
         }
     }
