@@ -390,3 +390,142 @@ fn hybrid_mode_answers_tcp_directly_and_snats_udp() {
     let k = ext_counters(&d[0]);
     assert!(k["new_dsr"] > 0 && k["new_snat"] > 0, "{k:?}");
 }
+
+/// Service `web` as [`service`], dual-stack (cluster IPs of both
+/// families, a slice of each), Maglev, in `mode`.
+fn dual_stack(backends: &[(&Pod<'_>, &str)], mode: &str) -> String {
+    let mut s = service(
+        backends,
+        &format!("sluice.dev/external-mode: {mode}, sluice.dev/load-balancing: maglev"),
+        "Cluster",
+    )
+    .replace(
+        "clusterIP: 10.96.0.50\n",
+        "clusterIP: 10.96.0.50\n  clusterIPs: [10.96.0.50, 'fd00:10:96::50']\n  ipFamilies: [IPv4, IPv6]\n",
+    );
+    s.push_str(
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-2, namespace: default, \
+         labels: {kubernetes.io/service-name: web}}\naddressType: IPv6\n\
+         ports: [{name: http, port: 8080}, {name: bulk, port: 8081}]\nendpoints:\n",
+    );
+    for (pod, node) in backends {
+        s.push_str(&format!(
+            "- addresses: [\"{}\"]\n  nodeName: {node}\n  conditions: {{ready: true}}\n",
+            pod.ip(true)
+        ));
+    }
+    s
+}
+
+#[test]
+fn nodeports_over_vxlan_in_both_families_and_both_modes_carry_100_mib_intact() {
+    if !require_root() {
+        return;
+    }
+    let c = Cluster::new(2);
+    let d = c.start_daemons("routing = \"vxlan\"\n");
+    for (i, d) in d.iter().enumerate() {
+        wait_peers(d, &[(format!("node{}", 1 - i).as_str(), "vxlan")]);
+    }
+    let b1 = Pod::add(&c.nodes[1].node, &c.nodes[1].conf());
+    let _g = Serve::start(&b1, &["give", "8081", &(100 * MIB).to_string()]);
+    let _k = Serve::start(&b1, &["sink", "8080"]);
+    for mode in ["snat", "dsr"] {
+        c.write_manifest("web.yaml", &dual_stack(&[(&b1, "node1")], mode));
+        for (node, port) in [
+            ("192.168.77.1", NODE_PORT + 1),
+            ("[fd00:77::1]", NODE_PORT + 1),
+        ] {
+            let addr = format!("{node}:{port}");
+            let mut r = Value::Null;
+            // Downloads: the backend's 100 MiB reach the client intact
+            // (the pod MTU leaves room for the overlay and the option).
+            assert!(
+                eventually(10, || {
+                    r = probe(&c.client, &["take", &addr, &(100 * MIB).to_string()]);
+                    r["intact"] == true
+                }),
+                "{mode} {addr}: {r}"
+            );
+            eprintln!("{mode} {addr}: 100 MiB down in {} s", r["secs"]);
+            // Uploads through the same node port's neighbour (port 80 of
+            // the service: the sink).
+            let up = format!("{node}:{NODE_PORT}");
+            let u = probe(&c.client, &["source", &up, &(100 * MIB).to_string()]);
+            assert_eq!(u["sink"]["bytes"], 100 * MIB, "{mode} {up}: {u}");
+            assert_eq!(u["sink"]["hash"], u["hash"], "{mode} {up}: {u}");
+        }
+    }
+    let k = ext_counters(&d[0]);
+    assert!(k["new_snat"] > 0 && k["new_dsr"] > 0, "{k:?}");
+    assert!(ext_counters(&d[1])["dsr_taken_in"] > 0);
+}
+
+#[test]
+fn two_nodes_pick_the_same_backend_and_flows_survive_restarts_and_backend_removal() {
+    if !require_root() {
+        return;
+    }
+    let c = Cluster::new(2);
+    let mut d = c.start_daemons("routing = \"direct\"\n");
+    wait_served(&d);
+    let b0 = Pod::add(&c.nodes[0].node, &c.nodes[0].conf());
+    let b1 = Pod::add(&c.nodes[1].node, &c.nodes[1].conf());
+    let b2 = Pod::add(&c.nodes[1].node, &c.nodes[1].conf());
+    let _s: Vec<Serve> = [(&b0, "b0"), (&b1, "b1"), (&b2, "b2")]
+        .iter()
+        .map(|(p, n)| Serve::start(p, &["serve", "tcp", "8080", n]))
+        .collect();
+    c.write_manifest(
+        "web.yaml",
+        &dual_stack(&[(&b0, "node0"), (&b1, "node1"), (&b2, "node1")], "snat"),
+    );
+    // The same client flow (address and port) through either node reaches
+    // the same backend: Maglev over the flow, not the node.
+    let mut seen = std::collections::BTreeSet::new();
+    for sport in 40000..40016u16 {
+        let mut picks = Vec::new();
+        for node in ["192.168.77.1", "192.168.77.2"] {
+            let addr = format!("{node}:{NODE_PORT}");
+            let mut r = Value::Null;
+            assert!(
+                eventually(10, || {
+                    r = probe(&c.client, &["tcp-from", &addr, &sport.to_string()]);
+                    r["reply"].is_string()
+                }),
+                "{r}"
+            );
+            picks.push(r["reply"].as_str().unwrap().to_string());
+        }
+        assert_eq!(picks[0], picks[1], "source port {sport}: {picks:?}");
+        seen.insert(picks[0].clone());
+    }
+    assert!(seen.len() > 1, "every flow went to {seen:?}");
+
+    // Established connections through node0 live through a SIGKILL and
+    // restart of node0's daemon, and through their backend leaving the
+    // service (a TCP connection keeps its backend, as under kube-proxy).
+    let holds: Vec<Child> = (0..4)
+        .map(|_| {
+            Command::new("ip")
+                .args(["netns", "exec", &c.client.name])
+                .arg(bin("sluice-probe"))
+                .args(["tcp-hold", &format!("192.168.77.1:{NODE_PORT}"), "4"])
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("start a held connection")
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    d[0].kill9();
+    c.write_manifest("web.yaml", &dual_stack(&[(&b2, "node1")], "snat"));
+    d[0].spawn();
+    for h in holds {
+        let out = h.wait_with_output().expect("held connection");
+        let r: Value = serde_json::from_slice(&out.stdout).expect("probe JSON");
+        assert_eq!(r["echo"], "still-there", "{r}");
+    }
+    // New connections go to the backend that is left.
+    let r = probe(&c.client, &["tcp", &format!("192.168.77.1:{NODE_PORT}")]);
+    assert_eq!(r["reply"], "b2", "{r}");
+}

@@ -21,6 +21,7 @@
 //! serve tcp-peer PORT NAME  like serve tcp, answering NAME@<client address
 //!                           as the server sees it>
 //! serve udp-peer PORT NAME  like serve udp, answering NAME@<client address>
+//! tcp-from ADDR SPORT       like tcp, from local port SPORT
 //! http ADDR                 GET / ; {"status":CODE,"body":BODY}
 //! give PORT BYTES           for each connection: send BYTES of the fixed
 //!                           stream, half-close, wait for EOF
@@ -199,6 +200,42 @@ fn main() {
                 .read_line(&mut line)
                 .unwrap_or_else(|e| fail("read", e));
             println!("{{\"peer\":\"{peer}\",\"reply\":\"{}\"}}", line.trim());
+        }
+        ["tcp-from", dst, sport] => {
+            use nix::sys::socket::{self as ns, sockopt, AddressFamily, SockFlag, SockType};
+            let d = addr(dst);
+            let fam = if d.is_ipv4() {
+                AddressFamily::Inet
+            } else {
+                AddressFamily::Inet6
+            };
+            let fd = ns::socket(fam, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+                .unwrap_or_else(|e| fail("socket", e.into()));
+            ns::setsockopt(&fd, sockopt::ReuseAddr, &true)
+                .unwrap_or_else(|e| fail("setsockopt", e.into()));
+            let port: u16 = sport.parse().expect("SPORT is a port");
+            let local: SocketAddr = if d.is_ipv4() {
+                SocketAddr::from(([0, 0, 0, 0], port))
+            } else {
+                SocketAddr::from(([0u16; 8], port))
+            };
+            ns::bind(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                &ns::SockaddrStorage::from(local),
+            )
+            .unwrap_or_else(|e| fail("bind", e.into()));
+            ns::connect(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                &ns::SockaddrStorage::from(d),
+            )
+            .unwrap_or_else(|e| fail("connect", e.into()));
+            let s = TcpStream::from(fd);
+            s.set_read_timeout(Some(t)).unwrap();
+            let mut line = String::new();
+            BufReader::new(&s)
+                .read_line(&mut line)
+                .unwrap_or_else(|e| fail("read", e));
+            println!("{{\"reply\":\"{}\"}}", line.trim());
         }
         ["tcp-hold", dst, secs] => {
             let s =
@@ -409,7 +446,7 @@ fn main() {
             );
         }
         _ => {
-            eprintln!("usage: sluice-probe serve tcp|udp PORT NAME | tcp ADDR | tcp-hold ADDR SECS | udp ADDR | udp-connected ADDR | udp-connected-wait ADDR | flood ADDR COUNT | rate ADDR COUNT | burst ADDR THREADS EACH | sink PORT | source ADDR BYTES | give PORT BYTES | take ADDR BYTES | serve tcp-peer PORT NAME | serve udp-peer PORT NAME | http ADDR");
+            eprintln!("usage: sluice-probe serve tcp|udp PORT NAME | tcp ADDR | tcp-hold ADDR SECS | udp ADDR | udp-connected ADDR | udp-connected-wait ADDR | flood ADDR COUNT | rate ADDR COUNT | burst ADDR THREADS EACH | sink PORT | source ADDR BYTES | give PORT BYTES | take ADDR BYTES | serve tcp-peer PORT NAME | serve udp-peer PORT NAME | http ADDR | tcp-from ADDR SPORT");
             std::process::exit(2);
         }
     }
