@@ -75,6 +75,8 @@ struct Raw {
     external_mode: Option<String>,
     external_ip_cidrs: Option<Vec<String>>,
     nodeport_devices: Option<Vec<String>>,
+    masquerade: Option<bool>,
+    non_masquerade_cidrs: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +148,12 @@ pub struct Config {
     /// The devices NodePorts and external addresses are served on; `None`:
     /// the device holding the node's address (from its Node object).
     pub nodeport_devices: Option<Vec<String>>,
+    /// Pods' traffic to destinations outside the cluster leaves from the
+    /// node's address (on the external devices).
+    pub masquerade: bool,
+    /// Destinations reached with the pod's own address besides the
+    /// cluster's pod and service ranges (a VPC's, a peered network's).
+    pub non_masquerade_cidrs: Vec<ipnetwork::IpNetwork>,
 }
 
 /// `lo-hi`, both ports, lo <= hi.
@@ -199,6 +207,8 @@ impl Default for Config {
             external_mode: Default::default(),
             external_ip_cidrs: Vec::new(),
             nodeport_devices: None,
+            masquerade: true,
+            non_masquerade_cidrs: Vec::new(),
         }
     }
 }
@@ -312,6 +322,14 @@ impl Config {
                     .collect::<Result<_, _>>()?,
             },
             nodeport_devices: raw.nodeport_devices,
+            masquerade: raw.masquerade.unwrap_or(d.masquerade),
+            non_masquerade_cidrs: match raw.non_masquerade_cidrs {
+                None => d.non_masquerade_cidrs,
+                Some(list) => list
+                    .iter()
+                    .map(|c| parse_cidr(c))
+                    .collect::<Result<_, _>>()?,
+            },
         };
         let (lo, hi) = c.nodeport_range;
         let (slo, shi) = c.snat_port_range;

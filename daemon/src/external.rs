@@ -68,6 +68,10 @@ pub struct External {
     egress: Prog,
     node_addrs: OwnedFd,
     pod_nodes: OwnedFd,
+    nomasq: OwnedFd,
+    masquerade: bool,
+    /// Reached unmasqueraded besides every node's pod ranges.
+    no_masq_ranges: Vec<ipnetwork::IpNetwork>,
     cfg_map: OwnedFd,
     stats: aya::maps::PerCpuArray<aya::maps::MapData, u64>,
     links_dir: PathBuf,
@@ -139,6 +143,14 @@ impl External {
             egress,
             node_addrs: pinned(cfg, &maps::NODE_ADDRS)?,
             pod_nodes: pinned(cfg, &maps::POD_NODES)?,
+            nomasq: pinned(cfg, &maps::NOMASQ)?,
+            masquerade: cfg.masquerade,
+            no_masq_ranges: cfg
+                .service_cidrs
+                .iter()
+                .chain(&cfg.non_masquerade_cidrs)
+                .copied()
+                .collect(),
             cfg_map: pinned(cfg, &maps::EXT_CFG)?,
             stats,
             links_dir: cfg.tc_links_dir(),
@@ -252,7 +264,30 @@ impl External {
             &ranges,
             maps::POD_NODES.name,
         )?;
+        let mut nomasq = BTreeMap::new();
+        for r in peers
+            .iter()
+            .chain(std::iter::once(own))
+            .flat_map(|n| &n.pod_cidrs)
+            .chain(&self.no_masq_ranges)
+        {
+            nomasq.insert(
+                bytes_of(&PodNodeKey::new(*r)).to_vec(),
+                1u32.to_ne_bytes().to_vec(),
+            );
+        }
+        sync_map(
+            &self.nomasq,
+            std::mem::size_of::<PodNodeKey>(),
+            &nomasq,
+            maps::NOMASQ.name,
+        )?;
         let mut c = ExtCfg {
+            flags: if self.masquerade {
+                maps::EXT_CFG_F_MASQ
+            } else {
+                0
+            },
             snat_min: self.snat_range.0,
             snat_max: self.snat_range.1,
             np_min: self.nodeport_range.0,

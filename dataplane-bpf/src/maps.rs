@@ -605,6 +605,19 @@ pub const POD_NODES: MapSpec = MapSpec {
     what: "the nodes' pod ranges",
 };
 
+/// [`PodNodeKey`] → u32: destinations pods reach with their own address
+/// (not masqueraded).
+pub const NOMASQ: MapSpec = MapSpec {
+    name: "sluice_nomasq",
+    map_type: BPF_MAP_TYPE_LPM_TRIE,
+    key_size: size_of::<PodNodeKey>() as u32,
+    value_size: 4,
+    max_entries: 4096,
+    flags: BPF_F_NO_PREALLOC,
+    inner: None,
+    what: "destinations pods reach unmasqueraded",
+};
+
 /// One [`ExtCfg`]: the SNAT source and ranges.
 pub const EXT_CFG: MapSpec = MapSpec {
     name: "sluice_ext_cfg",
@@ -630,7 +643,7 @@ pub const EXT_CT: MapSpec = MapSpec {
 };
 
 /// `enum ext_stat`, in order.
-pub const EXT_STATS: [&str; 11] = [
+pub const EXT_STATS: [&str; 14] = [
     "new_local",
     "new_snat",
     "new_dsr",
@@ -642,6 +655,9 @@ pub const EXT_STATS: [&str; 11] = [
     "no_snat_port",
     "no_route",
     "bad_dsr_option",
+    "masq_new",
+    "masq_translated",
+    "masq_dropped",
 ];
 
 /// `enum ext_stat` → u64 per CPU.
@@ -657,10 +673,10 @@ pub const EXTSTAT: MapSpec = MapSpec {
 };
 
 /// Every pinned map.
-pub const ALL: [MapSpec; 28] = [
+pub const ALL: [MapSpec; 29] = [
     ENDPOINTS, SRC, EDGE_STATS, SOCKSTAT, SVC, BACKENDS, LB_SLOTS, LB_TABLES, SVC_BES, AFFINITY,
     CONNS, SK_NAT, UDP_CONN, LBSTAT, CT, CTSTAT, SOCKHASH, SK_PEER, SK_ACCEL, ACCEL_CFG, ACCELSTAT,
-    SK_EVICT, SK_LISTEN, NODE_ADDRS, POD_NODES, EXT_CFG, EXT_CT, EXTSTAT,
+    SK_EVICT, SK_LISTEN, NODE_ADDRS, POD_NODES, EXT_CFG, EXT_CT, EXTSTAT, NOMASQ,
 ];
 
 /// `SLUICE_NODE_ADDR_F_LOCAL`, `SLUICE_NODE_ADDR_F_REMOTE`.
@@ -739,8 +755,12 @@ pub struct ExtCfg {
     pub addr6: [u8; 16],
     pub np_min: u16,
     pub np_max: u16,
-    pub pad: u32,
+    /// `SLUICE_EXT_CFG_F_*`.
+    pub flags: u32,
 }
+
+/// `SLUICE_EXT_CFG_F_MASQ`.
+pub const EXT_CFG_F_MASQ: u32 = 1 << 0;
 // SAFETY: plain old data, no implicit padding (asserted below).
 unsafe impl aya::Pod for ExtCfg {}
 
@@ -751,6 +771,8 @@ pub const EXT_MODE_LOCAL: u8 = 1;
 pub const EXT_MODE_SNAT: u8 = 2;
 pub const EXT_MODE_DSR: u8 = 3;
 pub const EXT_MODE_DSR_BE: u8 = 4;
+pub const EXT_MODE_MASQ: u8 = 5;
+pub const EXT_DIR_MASQ: u8 = 4;
 
 /// `struct ext_ct`.
 #[repr(C)]
@@ -1568,6 +1590,7 @@ mod tests {
             ("SLUICE_NODE_ADDR_F_LOCAL (1U << 0)", NODE_ADDR_F_LOCAL),
             ("SLUICE_NODE_ADDR_F_REMOTE (1U << 1)", NODE_ADDR_F_REMOTE),
             ("SLUICE_POD_NODE_F_LOCAL (1U << 0)", POD_NODE_F_LOCAL),
+            ("SLUICE_EXT_CFG_F_MASQ (1U << 0)", EXT_CFG_F_MASQ),
         ] {
             assert!(h.contains(&format!("#define {c}")), "{c}");
             let shift: u32 = c
@@ -1586,6 +1609,8 @@ mod tests {
             ("SLUICE_EXT_MODE_SNAT 2", EXT_MODE_SNAT),
             ("SLUICE_EXT_MODE_DSR 3", EXT_MODE_DSR),
             ("SLUICE_EXT_MODE_DSR_BE 4", EXT_MODE_DSR_BE),
+            ("SLUICE_EXT_MODE_MASQ 5", EXT_MODE_MASQ),
+            ("SLUICE_EXT_DIR_MASQ 4", EXT_DIR_MASQ),
         ] {
             assert!(h.contains(&format!("#define {c}")), "{c}");
             assert_eq!(v.to_string(), c.rsplit(' ').next().unwrap(), "{c}");
@@ -1616,7 +1641,7 @@ mod tests {
     /// [`OBSOLETE`] with its conversion, and add a line here.
     #[test]
     fn layouts_change_only_under_a_new_name() {
-        let released: [(&str, u32, u32, u32); 28] = [
+        let released: [(&str, u32, u32, u32); 29] = [
             ("sluice_eps", 1, 8, 32),
             ("sluice_src", 1, 24, 1),
             ("sluice_edgestat", 1, 4, 72),
@@ -1645,6 +1670,7 @@ mod tests {
             ("sluice_ext_cfg", 2, 4, 32),
             ("sluice_ext_ct", 9, 40, 56),
             ("sluice_extstat", 6, 4, 8),
+            ("sluice_nomasq", 11, 20, 4),
         ];
         for m in ALL {
             let r = released

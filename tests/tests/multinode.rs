@@ -237,3 +237,93 @@ fn routes_follow_the_node_list_and_bad_nodes_are_rejected_alone() {
     d0.spawn();
     wait_peers(&d0, &[("node1", "direct")]);
 }
+
+/// A probe server in a namespace, killed on drop.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(ns: &sluice_tests::Ns, args: &[&str]) -> Server {
+    Server(
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(bin("sluice-probe"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start a probe server"),
+    )
+}
+
+fn probe(ns: &sluice_tests::Ns, args: &[&str]) -> Value {
+    let mut cmd = vec![bin("sluice-probe").to_str().unwrap().to_string()];
+    cmd.extend(args.iter().map(|a| a.to_string()));
+    let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    serde_json::from_slice(&ns.exec(&cmd).stdout).unwrap_or(Value::Null)
+}
+
+#[test]
+fn pods_reach_the_outside_from_the_node_address_except_to_configured_ranges() {
+    if !require_root() {
+        return;
+    }
+    let c = Cluster::new(2);
+    let d = c.start_daemons("routing = \"direct\"\n");
+    wait_peers(&d[0], &[("node1", "direct")]);
+    let _t = serve(&c.client, &["serve", "tcp-peer", "9000", "outside"]);
+    let _u = serve(&c.client, &["serve", "udp-peer", "9000", "outside"]);
+    let a = Pod::add(&c.nodes[0].node, &c.nodes[0].conf());
+    let b = Pod::add(&c.nodes[1].node, &c.nodes[1].conf());
+    // Out of the cluster: from node0's address, v4 and v6, TCP and UDP.
+    for (dst, node) in [
+        ("192.168.77.200:9000", "192.168.77.1"),
+        ("[fd00:77::c8]:9000", "fd00:77::1"),
+    ] {
+        let mut r = Value::Null;
+        assert!(
+            eventually(10, || {
+                r = probe(&a.ns, &["tcp", dst]);
+                r["reply"].is_string()
+            }),
+            "{dst}: {r}\n{:#}",
+            routing(&d[0])["external"]
+        );
+        assert_eq!(r["reply"], format!("outside@{node}"), "{r}");
+        let u = probe(&a.ns, &["udp", dst]);
+        assert_eq!(u["reply"], format!("outside@{node}"), "{u}");
+    }
+    // Inside the cluster: the pod's own address.
+    let _s = serve(&b.ns, &["serve", "tcp-peer", "9000", "b"]);
+    let mut r = Value::Null;
+    let to_b = std::net::SocketAddr::new(b.ip(false), 9000).to_string();
+    assert!(eventually(5, || {
+        r = probe(&a.ns, &["tcp", &to_b]);
+        r["reply"].is_string()
+    }));
+    assert_eq!(r["reply"], format!("b@{}", a.ip(false)), "{r}");
+    let st = routing(&d[0]);
+    let k = &st["external"]["counters"];
+    assert!(k["masq_new"].as_u64().unwrap() >= 4, "{k}");
+    drop(d);
+
+    // A range the operator exempts keeps the pod's address (the client
+    // routes the pod range back through node0).
+    let d = c.start_daemons("routing = \"direct\"\nnon_masquerade_cidrs = [\"192.168.77.0/24\"]\n");
+    wait_peers(&d[0], &[("node1", "direct")]);
+    c.client
+        .ip(&["route", "add", "10.210.0.0/24", "via", "192.168.77.1"]);
+    let mut r = Value::Null;
+    assert!(
+        eventually(10, || {
+            r = probe(&a.ns, &["tcp", "192.168.77.200:9000"]);
+            r["reply"] == format!("outside@{}", a.ip(false))
+        }),
+        "{r}"
+    );
+}

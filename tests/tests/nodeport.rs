@@ -107,6 +107,24 @@ fn answers(c: &Cluster, addr: &str, n: usize) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// Waits until every daemon has programmed at least `n` frontends (a
+/// manifest reaches each node on its own time).
+fn wait_programmed(daemons: &[Daemon<'_>], n: u64) {
+    for d in daemons {
+        let mut last = Value::Null;
+        assert!(
+            eventually(10, || {
+                last = d
+                    .call(sluice_common::api::Request::ServiceSource)
+                    .map(|r| r.data)
+                    .unwrap_or(Value::Null);
+                last["source"]["frontends"].as_u64().unwrap_or(0) >= n
+            }),
+            "{last:#}"
+        );
+    }
+}
+
 /// Waits until every node routes to the other and serves NodePorts on fab0.
 fn wait_served(daemons: &[Daemon<'_>]) {
     for (i, d) in daemons.iter().enumerate() {
@@ -193,6 +211,7 @@ fn nodeport_dsr_replies_leave_from_the_backends_node() {
             "Cluster",
         ),
     );
+    wait_programmed(&d, 4);
     let addr = format!("192.168.77.1:{NODE_PORT}");
     let mut got = BTreeMap::new();
     assert!(
@@ -322,8 +341,14 @@ fn external_traffic_policy_local_keeps_the_client_and_the_health_check_tells_the
     );
     assert_eq!(h1["body"]["localEndpoints"], 1, "{h1}");
     assert_eq!(h1["body"]["service"]["name"], "lb", "{h1}");
-    let h0 = probe(&c.client, &["http", "192.168.77.1:30500"]);
-    assert_eq!(h0["status"], 503, "{h0}");
+    let mut h0 = Value::Null;
+    assert!(
+        eventually(10, || {
+            h0 = probe(&c.client, &["http", "192.168.77.1:30500"]);
+            h0["status"] == 503
+        }),
+        "{h0}"
+    );
     assert_eq!(h0["body"]["localEndpoints"], 0, "{h0}");
     // Through node1 the backend sees the client itself, by the NodePort
     // and by the load balancer's address (routed to node1, as a cloud

@@ -63,6 +63,18 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_podnodes SEC(".maps");
 
+/* Destinations pods reach with their own address (every node's pod
+ * ranges, the service ranges, the operator's non-masquerade ranges); same
+ * keys as sluice_podnodes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 4096);
+	__type(key, struct pod_node_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_nomasq SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -140,18 +152,25 @@ static __always_inline __u32 ext_flow_hash(const struct nat_pkt *p, const __u8 f
 			((__u64)p->sport << 32 | (__u64)p->dport << 16 | p->proto));
 }
 
+static __always_inline void ext_lpm_key(struct pod_node_key *k, const __u8 addr[16], __u8 family)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->prefixlen = 128;
+	if (family == SLUICE_AF_INET) {
+		k->addr[10] = 0xff;
+		k->addr[11] = 0xff;
+		__builtin_memcpy(&k->addr[12], addr, 4);
+	} else {
+		__builtin_memcpy(k->addr, addr, 16);
+	}
+}
+
 /* The node a pod address lives on, or NULL when it is in no pod range. */
 static __always_inline struct pod_node *ext_pod_node(const __u8 addr[16], __u8 family)
 {
-	struct pod_node_key k = { .prefixlen = 128 };
+	struct pod_node_key k;
 
-	if (family == SLUICE_AF_INET) {
-		k.addr[10] = 0xff;
-		k.addr[11] = 0xff;
-		__builtin_memcpy(&k.addr[12], addr, 4);
-	} else {
-		__builtin_memcpy(k.addr, addr, 16);
-	}
+	ext_lpm_key(&k, addr, family);
 	return bpf_map_lookup_elem(&sluice_podnodes, &k);
 }
 
@@ -493,6 +512,8 @@ static __noinline int ext_snat_reply(struct __sk_buff *skb, const struct nat_pkt
 static __noinline int ext_snat_port(const struct nat_pkt *p, const struct backend *be,
 				    struct ext_ct *ne, struct ext_ct *re, __u32 hash)
 {
+	/* be: the far end the flow goes to (a backend, or for masquerade the
+	 * destination outside); the reply entry is keyed by it. */
 	__u64 now = re->last_seen_ns;
 	struct ext_cfg *cfg;
 	__u32 zero = 0, span, i;
@@ -634,6 +655,125 @@ static __noinline int ext_forward(struct __sk_buff *skb, const struct nat_pkt *p
 	return ext_apply(skb, p, &sc->ne, syn);
 }
 
+/* A reply to a masqueraded flow: back to the pod, which the stack
+ * routes (its source is not ours). */
+static __noinline int ext_masq_reply(struct __sk_buff *skb, const struct nat_pkt *p,
+				     struct ext_ct *e, __u64 now)
+{
+	struct ct_key fk;
+	__u8 pod[16];
+	__u16 pport = e->a_port;
+
+	if (!ext_live(e, p->proto, now))
+		return TC_ACT_UNSPEC;
+	__builtin_memcpy(pod, e->a, 16);
+	nat_key(&fk, pod, p->src, pport, p->sport, p, SLUICE_EXT_DIR_MASQ);
+	ext_touch(e, &fk, nat_ct_flags(p), now);
+	if (nat_rewrite(skb, p, 1, pod, pport))
+		return TC_ACT_SHOT;
+	ext_stat(EXT_STAT_MASQ);
+	return TC_ACT_UNSPEC;
+}
+
+/* A packet of a pod of this node leaving the cluster through an external
+ * device: from the node's address and a port of the SNAT range. What is
+ * not TCP or UDP cannot be tracked: dropped (and counted), never sent out
+ * with the pod's address, which nothing outside could answer. */
+static __noinline int ext_masq(struct __sk_buff *skb)
+{
+	struct ext_scratch *sc;
+	struct ext_cfg *cfg;
+	struct pod_node *pn;
+	struct pod_node_key lk;
+	struct ext_ct *e;
+	__u32 zero = 0;
+	__u64 now;
+	__u8 src[16], family;
+
+	cfg = bpf_map_lookup_elem(&sluice_ext_cfg, &zero);
+	if (!cfg || !(cfg->flags & SLUICE_EXT_CFG_F_MASQ))
+		return TC_ACT_UNSPEC;
+	__builtin_memset(src, 0, 16);
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		__u32 s4, d4;
+
+		if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr) + offsetof(struct iphdr, saddr), &s4, 4) ||
+		    bpf_skb_load_bytes(skb, sizeof(struct ethhdr) + offsetof(struct iphdr, daddr), &d4, 4))
+			return TC_ACT_UNSPEC;
+		family = SLUICE_AF_INET;
+		__builtin_memcpy(src, &s4, 4);
+		pn = ext_pod_node(src, family);
+		if (!pn || !(pn->flags & SLUICE_POD_NODE_F_LOCAL))
+			return TC_ACT_UNSPEC;
+		__builtin_memset(src, 0, 16);
+		__builtin_memcpy(src, &d4, 4);
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr) + offsetof(struct ipv6hdr, saddr), src, 16))
+			return TC_ACT_UNSPEC;
+		family = SLUICE_AF_INET6;
+		pn = ext_pod_node(src, family);
+		if (!pn || !(pn->flags & SLUICE_POD_NODE_F_LOCAL))
+			return TC_ACT_UNSPEC;
+		if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr) + offsetof(struct ipv6hdr, daddr), src, 16))
+			return TC_ACT_UNSPEC;
+	} else {
+		return TC_ACT_UNSPEC;
+	}
+	/* src now holds the destination: inside the cluster (a pod range, a
+	 * node, an exempt range), no masquerade. */
+	ext_lpm_key(&lk, src, family);
+	if (bpf_map_lookup_elem(&sluice_nomasq, &lk) || ext_pod_node(src, family) ||
+	    ext_node_addr(src, family))
+		return TC_ACT_UNSPEC;
+	sc = bpf_map_lookup_elem(&sluice_ext_scr, &zero);
+	if (!sc)
+		return TC_ACT_SHOT;
+	if (nat_parse(skb, &sc->p)) {
+		ext_stat(EXT_STAT_MASQ_DROP);
+		return TC_ACT_SHOT;
+	}
+	now = bpf_ktime_get_ns();
+	nat_key(&sc->k, sc->p.src, sc->p.dst, sc->p.sport, sc->p.dport, &sc->p, SLUICE_EXT_DIR_MASQ);
+	e = bpf_map_lookup_elem(&sluice_ext_ct, &sc->k);
+	if (!e || !ext_live(e, sc->p.proto, now)) {
+		/* Only a pod's own new connection is masqueraded: a TCP segment
+		 * that is not an opening SYN answers a connection made to the
+		 * pod (or one whose entry expired) and leaves as it is. */
+		if (sc->p.proto == IPPROTO_TCP &&
+		    (sc->p.tcp_flags & (NAT_TCP_SYN | NAT_TCP_ACK)) != NAT_TCP_SYN)
+			return TC_ACT_UNSPEC;
+		__builtin_memset(&sc->ne, 0, sizeof(sc->ne));
+		__builtin_memset(&sc->re, 0, sizeof(sc->re));
+		__builtin_memset(&sc->r, 0, sizeof(sc->r));
+		__builtin_memcpy(sc->r.be.addr, sc->p.dst, 16);
+		sc->r.be.port = sc->p.dport;
+		sc->ne.mode = SLUICE_EXT_MODE_MASQ;
+		sc->ne.last_seen_ns = now;
+		sc->ne.flags = nat_ct_flags(&sc->p);
+		sc->re = sc->ne;
+		__builtin_memcpy(sc->re.a, sc->p.src, 16);
+		sc->re.a_port = sc->p.sport;
+		if (ext_snat_port(&sc->p, &sc->r.be, &sc->ne, &sc->re,
+				  ext_flow_hash(&sc->p, sc->p.dst))) {
+			ext_stat(EXT_STAT_NO_PORT);
+			return TC_ACT_SHOT;
+		}
+		if (bpf_map_update_elem(&sluice_ext_ct, &sc->k, &sc->ne, BPF_ANY))
+			return TC_ACT_SHOT;
+		ext_stat(EXT_STAT_MASQ_NEW);
+		e = &sc->ne;
+	} else {
+		nat_key(&sc->rk, sc->p.dst, e->b, sc->p.dport, e->b_port, &sc->p,
+			SLUICE_EXT_DIR_REPLY);
+		ext_touch(e, &sc->rk, nat_ct_flags(&sc->p), now);
+	}
+	__builtin_memcpy(src, e->b, 16);
+	if (nat_rewrite(skb, &sc->p, 0, src, e->b_port))
+		return TC_ACT_SHOT;
+	ext_stat(EXT_STAT_MASQ);
+	return TC_ACT_UNSPEC;
+}
+
 #define EXT_PASS (-1)
 #define EXT_SNAT_REPLY (-2)
 
@@ -649,7 +789,7 @@ static __noinline long ext_classify(struct __sk_buff *skb, struct ext_scratch *s
 	nat_key(&sc->k, sc->p.src, sc->p.dst, sc->p.sport, sc->p.dport, &sc->p,
 		SLUICE_EXT_DIR_REPLY);
 	e = bpf_map_lookup_elem(&sluice_ext_ct, &sc->k);
-	if (e && e->mode == SLUICE_EXT_MODE_SNAT)
+	if (e && (e->mode == SLUICE_EXT_MODE_SNAT || e->mode == SLUICE_EXT_MODE_MASQ))
 		return EXT_SNAT_REPLY;
 	return ext_frontend(sc->p.dst, sc->p.dport, sc->p.proto, sc->p.family,
 			    SLUICE_NODE_ADDR_F_LOCAL, sc->front);
@@ -673,6 +813,8 @@ static __always_inline int ext_ingress(struct __sk_buff *skb)
 	flags = ext_classify(skb, sc);
 	if (flags == EXT_SNAT_REPLY) {
 		e = bpf_map_lookup_elem(&sluice_ext_ct, &sc->k);
+		if (e && e->mode == SLUICE_EXT_MODE_MASQ)
+			return ext_masq_reply(skb, &sc->p, e, bpf_ktime_get_ns());
 		return e ? ext_snat_reply(skb, &sc->p, e, bpf_ktime_get_ns()) : TC_ACT_UNSPEC;
 	}
 	if (flags < 0)
@@ -680,9 +822,10 @@ static __always_inline int ext_ingress(struct __sk_buff *skb)
 	return ext_forward(skb, &sc->p, sc->front, (__u32)flags, bpf_ktime_get_ns());
 }
 
-/* tc egress of an external device: the reply of a flow to a local backend,
- * or of a DSR flow at its backend's node, shows the frontend. */
-static __always_inline int ext_egress(struct __sk_buff *skb)
+/* On the way out: the reply of a flow to a local backend, or of a DSR
+ * flow at its backend's node, shows the frontend. -1 when the packet is
+ * no such reply. */
+static __noinline int ext_reply_out(struct __sk_buff *skb)
 {
 	struct nat_pkt p;
 	struct ct_key k, fk;
@@ -692,14 +835,14 @@ static __always_inline int ext_egress(struct __sk_buff *skb)
 	__u64 now;
 
 	if (nat_parse(skb, &p))
-		return TC_ACT_UNSPEC;
+		return -1;
 	nat_key(&k, p.src, p.dst, p.sport, p.dport, &p, SLUICE_EXT_DIR_REPLY);
 	e = bpf_map_lookup_elem(&sluice_ext_ct, &k);
 	if (!e || (e->mode != SLUICE_EXT_MODE_LOCAL && e->mode != SLUICE_EXT_MODE_DSR_BE))
-		return TC_ACT_UNSPEC;
+		return -1;
 	now = bpf_ktime_get_ns();
 	if (!ext_live(e, p.proto, now))
-		return TC_ACT_UNSPEC;
+		return -1;
 	__builtin_memcpy(front, e->a, 16);
 	fport = e->a_port;
 	nat_key(&fk, p.dst, front, p.dport, fport, &p, SLUICE_EXT_DIR_FWD);
@@ -708,6 +851,15 @@ static __always_inline int ext_egress(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	ext_stat(EXT_STAT_REPLY_DIRECT);
 	return TC_ACT_UNSPEC;
+}
+
+/* tc egress of an external device: replies shown from their frontend,
+ * then pods' traffic leaving the cluster masqueraded. */
+static __always_inline int ext_egress(struct __sk_buff *skb)
+{
+	int v = ext_reply_out(skb);
+
+	return v >= 0 ? v : ext_masq(skb);
 }
 
 #endif

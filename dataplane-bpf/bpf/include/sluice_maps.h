@@ -432,9 +432,11 @@ struct ext_cfg {
 	__u8 addr6[16];	 /* SNAT source for IPv6 */
 	__u16 np_min;	 /* NodePort range, host order */
 	__u16 np_max;
-	__u32 pad;
+	__u32 flags;	 /* SLUICE_EXT_CFG_F_* */
 };
 _Static_assert(sizeof(struct ext_cfg) == 32, "ext_cfg layout");
+
+#define SLUICE_EXT_CFG_F_MASQ (1U << 0) /* masquerade pods' traffic leaving the cluster */
 
 /* Connection tracking of external flows (sluice_ext_ct, LRU), keyed by a
  * ct_key with dir SLUICE_EXT_DIR_*:
@@ -446,11 +448,13 @@ _Static_assert(sizeof(struct ext_cfg) == 32, "ext_cfg layout");
  *   frontend (a) the reply must show. */
 #define SLUICE_EXT_DIR_FWD 2
 #define SLUICE_EXT_DIR_REPLY 3
+#define SLUICE_EXT_DIR_MASQ 4 /* a pod's flow out of the cluster, as the pod sent it */
 
 #define SLUICE_EXT_MODE_LOCAL 1	  /* backend on this node: DNAT */
 #define SLUICE_EXT_MODE_SNAT 2	  /* DNAT and SNAT: replies come back here */
 #define SLUICE_EXT_MODE_DSR 3	  /* DNAT, the frontend carried along: replies go direct */
 #define SLUICE_EXT_MODE_DSR_BE 4  /* at the backend's node: a DSR flow's reply rewrite */
+#define SLUICE_EXT_MODE_MASQ 5	  /* a pod's flow leaving the cluster, from the node's address */
 
 struct ext_ct {
 	__u8 a[16];
@@ -479,6 +483,9 @@ enum ext_stat {
 	EXT_STAT_NO_PORT,	/* dropped: no SNAT port free */
 	EXT_STAT_FIB_FAIL,	/* dropped: no route for a translated packet */
 	EXT_STAT_BAD_DSR,	/* a DSR option for no known frontend: stripped, not used */
+	EXT_STAT_MASQ_NEW,	/* pods' flows out of the cluster masqueraded, new */
+	EXT_STAT_MASQ,		/* their packets (both ways) translated */
+	EXT_STAT_MASQ_DROP,	/* dropped: a pod's packet out of the cluster that cannot be masqueraded */
 	EXT_STAT_MAX,
 };
 
