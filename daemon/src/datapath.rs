@@ -685,7 +685,10 @@ fn attach_socket_programs(
         }};
     }
     let mut out = Vec::new();
-    for name in sluice_dataplane::SOCK_PROGRAMS {
+    for name in sluice_dataplane::SOCK_PROGRAMS
+        .iter()
+        .chain(&sluice_dataplane::SOCK_BIND_PROGRAMS)
+    {
         out.push(keep_or_attach_as!(CgroupSockAddr, name));
     }
     out.push(keep_or_attach_as!(

@@ -381,3 +381,38 @@ impl External {
         Ok(())
     }
 }
+
+/// Ports sockets of this netns hold: TCP listeners and bound UDP sockets,
+/// by protocol (from `/proc/net/{tcp,tcp6,udp,udp6}`).
+pub fn ports_in_use() -> std::collections::BTreeSet<(crate::services::model::Protocol, u16)> {
+    use crate::services::model::Protocol;
+    let mut out = std::collections::BTreeSet::new();
+    for (file, proto, listen_only) in [
+        ("/proc/net/tcp", Protocol::Tcp, true),
+        ("/proc/net/tcp6", Protocol::Tcp, true),
+        ("/proc/net/udp", Protocol::Udp, false),
+        ("/proc/net/udp6", Protocol::Udp, false),
+    ] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state)) = (f.get(1), f.get(3)) else {
+                continue;
+            };
+            // 0A: TCP_LISTEN.
+            if listen_only && *state != "0A" {
+                continue;
+            }
+            if let Some(port) = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+            {
+                out.insert((proto, port));
+            }
+        }
+    }
+    out
+}

@@ -29,6 +29,12 @@ int sluice_getpeername4(struct bpf_sock_addr *ctx) { return sock_rev(ctx, SOCK_H
 SEC("cgroup/getpeername6")
 int sluice_getpeername6(struct bpf_sock_addr *ctx) { return sock_rev(ctx, SOCK_HOOK_GETPEERNAME6, 1); }
 
+SEC("cgroup/bind4")
+int sluice_bind4(struct bpf_sock_addr *ctx) { return sock_bind(ctx, 0); }
+
+SEC("cgroup/bind6")
+int sluice_bind6(struct bpf_sock_addr *ctx) { return sock_bind(ctx, 1); }
+
 SEC("cgroup/sock_release")
 int sluice_sock_release(struct bpf_sock *sk) { return sock_release(sk); }
 

@@ -65,6 +65,10 @@ pub const TC_POD_EGRESS: &str = "sluice_pod_egress";
 /// UDP socket's connected-socket record.
 pub const SOCK_RELEASE: &str = "sluice_sock_release";
 
+/// The bind guards in [`SOCK`] (cgroup/bind4, bind6): nothing binds where
+/// the datapath answers.
+pub const SOCK_BIND_PROGRAMS: [&str; 2] = ["sluice_bind4", "sluice_bind6"];
+
 /// The sock_addr entry points in [`SOCK`], in `enum sock_hook` order.
 pub const SOCK_PROGRAMS: [&str; 8] = [
     "sluice_connect4",

@@ -198,14 +198,15 @@ fn kill9_and_restart_keep_the_flow_the_links_and_the_endpoints() {
     let b_ip = b.ips()[0].clone();
     let links = d.link_ids();
     let maps = d.map_ids();
-    // 8 sock_addr hooks, sock_release, sockops, and the acceleration's
-    // LSM guards where the kernel runs them; filters need none.
+    // 8 sock_addr hooks, 2 bind guards, sock_release, sockops, and the
+    // acceleration's LSM guards where the kernel runs them; filters need
+    // none.
     let guards = d.status()["accel"]["guards"]
         .as_array()
         .map_or(0, |g| g.len());
     assert_eq!(
         links.len(),
-        10 + guards,
+        12 + guards,
         "socket links and guards: {links:?}"
     );
     let a_if = host_ifindex(&d.endpoints()[&a.cid]);

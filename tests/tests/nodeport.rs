@@ -554,3 +554,89 @@ fn two_nodes_pick_the_same_backend_and_flows_survive_restarts_and_backend_remova
     let r = probe(&c.client, &["tcp", &format!("192.168.77.1:{NODE_PORT}")]);
     assert_eq!(r["reply"], "b2", "{r}");
 }
+
+#[test]
+fn nodeports_in_use_or_out_of_range_are_rejected_alone_and_binds_are_guarded() {
+    if !require_root() {
+        return;
+    }
+    let c = Cluster::new(2);
+    let d = c.start_daemons("routing = \"direct\"\n");
+    wait_served(&d);
+    let b1 = Pod::add(&c.nodes[1].node, &c.nodes[1].conf());
+    let _s = Serve::start(&b1, &["serve", "tcp-peer", "8080", "b1"]);
+    // A process on node0 holds port 30090 before the service comes.
+    let holder = Command::new("ip")
+        .args(["netns", "exec", &c.nodes[0].node.ns.name])
+        .arg(bin("sluice-probe"))
+        .args(["serve", "tcp", "30090", "holder"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the holder");
+    let _holder = Serve(holder);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let clash = service(&[(&b1, "node1")], "", "Cluster")
+        .replace("name: web", "name: clash")
+        .replace("web-1", "clash-1")
+        .replace("service-name: web", "service-name: clash")
+        .replace("10.96.0.50", "10.96.0.70")
+        .replace(&format!("nodePort: {NODE_PORT}"), "nodePort: 30090")
+        .replace(&format!("nodePort: {}", NODE_PORT + 1), "nodePort: 20000");
+    c.write_manifest("clash.yaml", &clash);
+    let mut st = Value::Null;
+    assert!(
+        eventually(10, || {
+            st = d[0]
+                .call(sluice_common::api::Request::ServiceSource)
+                .unwrap()
+                .data;
+            let why = st["source"]["rejected"].to_string();
+            why.contains("nodePort 30090/Tcp is held by a socket") && why.contains("nodePort 20000")
+        }),
+        "{st:#}"
+    );
+    // node0 does not take the port from its holder; node1 serves it.
+    let r = probe(&c.client, &["tcp", "192.168.77.1:30090"]);
+    assert_eq!(r["reply"], "holder", "{r}");
+    let mut r = Value::Null;
+    assert!(
+        eventually(10, || {
+            r = probe(&c.client, &["tcp", "192.168.77.2:30090"]);
+            r["reply"] == "b1@192.168.77.200"
+        }),
+        "{r}"
+    );
+    // The out-of-range nodePort is served nowhere; the ClusterIP works.
+    let r = probe(&c.client, &["tcp", "192.168.77.2:20000"]);
+    assert!(r["error"].is_string(), "{r}");
+    let r = probe(&c.nodes[0].node.ns, &["tcp", "10.96.0.70:80"]);
+    assert_eq!(r["reply"], "b1@192.168.77.1", "{r}");
+
+    // Nothing on the node binds a NodePort that is served; a pod binds
+    // its own ports freely.
+    c.write_manifest("web.yaml", &service(&[(&b1, "node1")], "", "Cluster"));
+    wait_programmed(&d, 6);
+    let bin_path = bin("sluice-probe");
+    let try_bind = |ns: &Ns| {
+        ns.exec(&[
+            "timeout",
+            "1",
+            bin_path.to_str().unwrap(),
+            "serve",
+            "tcp",
+            &NODE_PORT.to_string(),
+            "x",
+        ])
+    };
+    let out = try_bind(&c.nodes[0].node.ns);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("os error 98"),
+        "the node bound a NodePort: {out:?}"
+    );
+    let out = try_bind(&b1.ns);
+    assert_eq!(
+        out.status.code(),
+        Some(124),
+        "a pod could not bind: {out:?}"
+    );
+}

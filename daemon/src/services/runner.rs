@@ -7,12 +7,13 @@
 //! pass that would remove most or all of the frontends at once is held
 //! back until the operator lets it through ([`RemovalGuard`]).
 
-use super::model::Rejection;
+use super::model::{FrontendKey, FrontendKind, Rejection, ServiceRef};
 use super::program::{ApplyReport, MaglevConfig, Programmer, RemovalGuard, ServiceView};
 use super::source::{watch, ManifestDir};
 use super::translate::{translate_parsed, Context};
 use crate::config::Config;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
@@ -103,6 +104,44 @@ pub struct Services {
     /// The health-check node ports of `externalTrafficPolicy: Local`
     /// services (`None` if the server could not start).
     health: Option<Arc<crate::healthcheck::HealthChecks>>,
+}
+
+/// NodePorts about to be programmed whose port a socket of this node
+/// already holds are left out with a reason (the service's other frontends
+/// stay): serving them would take the port from under that socket. One
+/// programmed before the socket came keeps it (the bind guard refuses such
+/// sockets).
+fn drop_clashing_nodeports(
+    t: &mut super::translate::Translation,
+    held: &BTreeMap<FrontendKey, ServiceRef>,
+) {
+    let new: Vec<FrontendKey> = t
+        .frontends
+        .iter()
+        .filter(|(k, f)| f.kind == FrontendKind::NodePort && !held.contains_key(*k))
+        .map(|(k, _)| *k)
+        .collect();
+    if new.is_empty() {
+        return;
+    }
+    let used = crate::external::ports_in_use();
+    for k in new {
+        if !used.contains(&(k.protocol, k.addr.port())) {
+            continue;
+        }
+        if let Some(f) = t.frontends.remove(&k) {
+            t.rejected.push(Rejection {
+                object: format!("Service {}", f.service),
+                reason: format!(
+                    "nodePort {}/{:?} is held by a socket on this node that was there first: not \
+                     served on this node until the port is free",
+                    k.addr.port(),
+                    k.protocol
+                ),
+                service: Some(f.service),
+            });
+        }
+    }
 }
 
 /// An apply's report, or its error logged (the next full pass retries).
@@ -386,7 +425,9 @@ impl Services {
         let t = {
             let mut ctx = self.ctx.clone();
             ctx.previous_owners = programmer.owners();
-            translate_parsed(objects, &ctx)
+            let mut t = translate_parsed(objects, &ctx);
+            drop_clashing_nodeports(&mut t, &ctx.previous_owners);
+            t
         };
         drop(dir);
         *lock(&self.translation_rejected) = t.rejected.clone();
@@ -433,7 +474,9 @@ impl Services {
                 ctx.previous_owners = programmer.owners();
                 ctx.partial = true;
                 ctx.scope = refs.clone();
-                translate_parsed(objects, &ctx)
+                let mut t = translate_parsed(objects, &ctx);
+                drop_clashing_nodeports(&mut t, &ctx.previous_owners);
+                t
             };
             drop(dir);
             let conflicts = {

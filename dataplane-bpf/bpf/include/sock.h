@@ -299,6 +299,60 @@ static __always_inline int sock_rev(struct bpf_sock_addr *ctx, __u32 hook, int v
 	return sock_xlate_rev(ctx, ep, v6);
 }
 
+#define SLUICE_EADDRINUSE 98
+
+/* bind() where the datapath answers is refused with EADDRINUSE, so nothing
+ * listens there in its place: a service's address and port (a ClusterIP,
+ * an ExternalIP, a LoadBalancer address), from any known netns; and, in
+ * the node's own netns (host-network pods too), a NodePort on any of the
+ * node's addresses or the wildcard. */
+static __always_inline int sock_bind(struct bpf_sock_addr *ctx, int v6)
+{
+	__u64 cookie = bpf_get_netns_cookie(ctx);
+	const struct endpoint *ep = bpf_map_lookup_elem(&sluice_eps, &cookie);
+	struct svc_key k = {};
+	struct svc_value *v;
+	const __u8 zero[16] = {};
+	int wildcard;
+
+	if (!ep)
+		return SOCK_ALLOW;
+	sock_read_addr(ctx, v6, k.addr);
+	k.port = (__u16)ctx->user_port;
+	k.proto = (__u8)ctx->protocol;
+	k.family = v6 ? SLUICE_AF_INET6 : SLUICE_AF_INET;
+	if (v6 && sock_v4mapped(k.addr)) {
+		sock_unmap(k.addr);
+		k.family = SLUICE_AF_INET;
+	}
+	if (!k.port)
+		return SOCK_ALLOW;
+	v = bpf_map_lookup_elem(&sluice_svc, &k);
+	if (v && !(v->flags & SLUICE_SVC_F_NODEPORT))
+		goto refuse;
+	if (!(ep->flags & SLUICE_EP_F_HOST))
+		return SOCK_ALLOW;
+	wildcard = sock_same_addr(k.addr, zero);
+	if (!wildcard && !(ext_node_addr(k.addr, k.family) & SLUICE_NODE_ADDR_F_LOCAL))
+		return SOCK_ALLOW;
+	__builtin_memset(k.addr, 0, 16);
+	v = bpf_map_lookup_elem(&sluice_svc, &k);
+	if (v && (v->flags & SLUICE_SVC_F_NODEPORT))
+		goto refuse;
+	/* [::] takes IPv4 too (unless IPV6_V6ONLY, which a bind hook cannot
+	 * see): an IPv4 NodePort refuses it as well. */
+	if (wildcard && k.family == SLUICE_AF_INET6) {
+		k.family = SLUICE_AF_INET;
+		v = bpf_map_lookup_elem(&sluice_svc, &k);
+		if (v && (v->flags & SLUICE_SVC_F_NODEPORT))
+			goto refuse;
+	}
+	return SOCK_ALLOW;
+refuse:
+	bpf_set_retval(-SLUICE_EADDRINUSE);
+	return 0;
+}
+
 /* A closing socket's connected-UDP record goes with it. */
 static __always_inline int sock_release(struct bpf_sock *sk)
 {
