@@ -124,7 +124,7 @@ struct {
 #define EXT_AFF_ID(h) ((3ULL << 62) | (__u64)(h))
 
 /* SNAT ports tried for a new flow before it is dropped. */
-#define EXT_SNAT_TRIES 16
+#define EXT_SNAT_TRIES 32
 
 static __always_inline void ext_stat(__u32 what)
 {
@@ -204,15 +204,21 @@ static __always_inline long ext_frontend(const __u8 dst[16], __u16 dport, __u8 p
 }
 
 /* Sends a translated packet to dst straight out of the device its route
- * names, neighbour resolved. */
+ * names, neighbour resolved: no second trip through the stack's
+ * forwarding. `may_pass`: the packet's source is not this node's, so the
+ * stack may forward it instead where this cannot. */
 static __noinline int ext_redirect(struct __sk_buff *skb, __u8 family, const __u8 src[16],
-					const __u8 dst[16])
+				   const __u8 dst[16], int may_pass)
 {
 	struct bpf_fib_lookup f = {};
 	long rc;
 
 	f.family = family == SLUICE_AF_INET ? AF_INET : AF_INET6;
 	f.ifindex = skb->ingress_ifindex ? skb->ingress_ifindex : skb->ifindex;
+	/* With the length, the lookup says when the route's MTU is smaller
+	 * (not for a GSO packet: it is cut to size on the way out). */
+	if (!skb->gso_size && skb->len > sizeof(struct ethhdr))
+		f.tot_len = skb->len - sizeof(struct ethhdr);
 	if (family == SLUICE_AF_INET) {
 		__builtin_memcpy(&f.ipv4_src, src, 4);
 		__builtin_memcpy(&f.ipv4_dst, dst, 4);
@@ -237,6 +243,11 @@ static __noinline int ext_redirect(struct __sk_buff *skb, __u8 family, const __u
 			__builtin_memcpy(nh.ipv6_nh, f.ipv6_dst, 16);
 		return bpf_redirect_neigh(f.ifindex, &nh, sizeof(nh), 0);
 	}
+	/* Too big for the route (or no route): where the source is not this
+	 * node's, the stack forwards it, fragmenting or answering
+	 * "fragmentation needed" / "packet too big" as it must. */
+	if (may_pass)
+		return TC_ACT_UNSPEC;
 	ext_stat(EXT_STAT_FIB_FAIL);
 	return TC_ACT_SHOT;
 }
@@ -443,12 +454,31 @@ static __always_inline void ext_touch(struct ext_ct *e, struct ct_key *pair, __u
 	}
 }
 
+/* The flags a packet adds to its flow's entries: FIN and RST, and which
+ * side sent the FIN. */
+static __always_inline __u8 ext_flags(const struct nat_pkt *p, int reply)
+{
+	__u8 f = nat_ct_flags(p);
+
+	if (f & SLUICE_CT_F_FIN)
+		f |= reply ? SLUICE_EXT_F_FIN_REPLY : SLUICE_EXT_F_FIN_FWD;
+	return f;
+}
+
+/* Closed: reset, or a FIN from each side. */
+static __always_inline int ext_closed(const struct ext_ct *e)
+{
+	return (e->flags & SLUICE_CT_F_RST) ||
+	       (e->flags & (SLUICE_EXT_F_FIN_FWD | SLUICE_EXT_F_FIN_REPLY)) ==
+		       (SLUICE_EXT_F_FIN_FWD | SLUICE_EXT_F_FIN_REPLY);
+}
+
 static __always_inline int ext_live(const struct ext_ct *e, __u8 proto, __u64 now)
 {
 	__u64 t = NAT_UDP_TIMEOUT;
 
 	if (proto == IPPROTO_TCP)
-		t = e->flags & SLUICE_CT_F_RST ? NAT_TCP_RST_TIMEOUT :
+		t = ext_closed(e) ? NAT_TCP_RST_TIMEOUT :
 		    e->flags & SLUICE_CT_F_FIN ? NAT_TCP_FIN_TIMEOUT :
 						 NAT_TCP_TIMEOUT;
 	return e->last_seen_ns + t > now;
@@ -479,11 +509,11 @@ static __noinline int ext_apply(struct __sk_buff *skb, const struct nat_pkt *p,
 	if (e->mode == SLUICE_EXT_MODE_SNAT) {
 		if (nat_rewrite(skb, p, 0, b, e->b_port))
 			return TC_ACT_SHOT;
-		return ext_redirect(skb, p->family, b, a);
+		return ext_redirect(skb, p->family, b, a, 0);
 	}
 	if (e->mode == SLUICE_EXT_MODE_DSR && (p->proto == IPPROTO_UDP || syn) && ext_dsr_put(skb, p))
 		return TC_ACT_SHOT;
-	return TC_ACT_UNSPEC;
+	return ext_redirect(skb, p->family, p->src, a, 1);
 }
 
 /* A reply of an SNAT flow, back at the node that translated it: to the
@@ -500,11 +530,11 @@ static __noinline int ext_snat_reply(struct __sk_buff *skb, const struct nat_pkt
 	__builtin_memcpy(client, e->a, 16);
 	__builtin_memcpy(front, e->b, 16);
 	nat_key(&fk, client, front, cport, fport, p, SLUICE_EXT_DIR_FWD);
-	ext_touch(e, &fk, nat_ct_flags(p), now);
+	ext_touch(e, &fk, ext_flags(p, 1), now);
 	if (nat_rewrite(skb, p, 1, client, cport) || nat_rewrite(skb, p, 0, front, fport))
 		return TC_ACT_SHOT;
 	ext_stat(EXT_STAT_REPLY_SNAT);
-	return ext_redirect(skb, p->family, front, client);
+	return ext_redirect(skb, p->family, front, client, 0);
 }
 
 /* Picks a free SNAT port for a new flow to backend be and records its
@@ -537,9 +567,9 @@ static __noinline int ext_snat_port(const struct nat_pkt *p, const struct backen
 		nat_key(&rk, be->addr, ne->b, be->port, ne->b_port, p, SLUICE_EXT_DIR_REPLY);
 		if (!bpf_map_update_elem(&sluice_ext_ct, &rk, re, BPF_NOEXIST))
 			return 0;
-		/* Taken; reused only once its flow has expired. */
+		/* Taken; reused once its flow has expired or closed. */
 		old = bpf_map_lookup_elem(&sluice_ext_ct, &rk);
-		if (old && !ext_live(old, p->proto, now) &&
+		if (old && (!ext_live(old, p->proto, now) || ext_closed(old)) &&
 		    !bpf_map_update_elem(&sluice_ext_ct, &rk, re, BPF_EXIST))
 			return 0;
 	}
@@ -561,7 +591,7 @@ static __noinline int ext_forward(struct __sk_buff *skb, const struct nat_pkt *p
 	struct ext_scratch *sc;
 	struct pod_node *pn;
 	__u32 zero = 0;
-	__u8 flags = nat_ct_flags(p);
+	__u8 flags = ext_flags(p, 0);
 	int syn = p->proto == IPPROTO_TCP &&
 		  (p->tcp_flags & (NAT_TCP_SYN | NAT_TCP_ACK)) == NAT_TCP_SYN;
 	__u32 dsr = p->proto == IPPROTO_TCP ? SLUICE_SVC_F_DSR_TCP : SLUICE_SVC_F_DSR_UDP;
@@ -583,6 +613,12 @@ static __noinline int ext_forward(struct __sk_buff *skb, const struct nat_pkt *p
 			return ext_apply(skb, p, e, syn);
 		}
 	}
+	/* A new flow starts with a SYN. A TCP segment without a live entry
+	 * answers one of the node's own connections (its port may be a
+	 * NodePort's) or belongs to a flow this node no longer tracks: the
+	 * stack decides. */
+	if (p->proto == IPPROTO_TCP && !syn)
+		return TC_ACT_UNSPEC;
 	__builtin_memset(&sc->r, 0, sizeof(sc->r));
 	__builtin_memcpy(sc->r.addr, front, 16);
 	sc->r.port = p->dport;
@@ -668,7 +704,7 @@ static __noinline int ext_masq_reply(struct __sk_buff *skb, const struct nat_pkt
 		return TC_ACT_UNSPEC;
 	__builtin_memcpy(pod, e->a, 16);
 	nat_key(&fk, pod, p->src, pport, p->sport, p, SLUICE_EXT_DIR_MASQ);
-	ext_touch(e, &fk, nat_ct_flags(p), now);
+	ext_touch(e, &fk, ext_flags(p, 1), now);
 	if (nat_rewrite(skb, p, 1, pod, pport))
 		return TC_ACT_SHOT;
 	ext_stat(EXT_STAT_MASQ);
@@ -749,7 +785,7 @@ static __noinline int ext_masq(struct __sk_buff *skb)
 		sc->r.be.port = sc->p.dport;
 		sc->ne.mode = SLUICE_EXT_MODE_MASQ;
 		sc->ne.last_seen_ns = now;
-		sc->ne.flags = nat_ct_flags(&sc->p);
+		sc->ne.flags = ext_flags(&sc->p, 0);
 		sc->re = sc->ne;
 		__builtin_memcpy(sc->re.a, sc->p.src, 16);
 		sc->re.a_port = sc->p.sport;
@@ -765,7 +801,7 @@ static __noinline int ext_masq(struct __sk_buff *skb)
 	} else {
 		nat_key(&sc->rk, sc->p.dst, e->b, sc->p.dport, e->b_port, &sc->p,
 			SLUICE_EXT_DIR_REPLY);
-		ext_touch(e, &sc->rk, nat_ct_flags(&sc->p), now);
+		ext_touch(e, &sc->rk, ext_flags(&sc->p, 0), now);
 	}
 	__builtin_memcpy(src, e->b, 16);
 	if (nat_rewrite(skb, &sc->p, 0, src, e->b_port))
@@ -846,7 +882,7 @@ static __noinline int ext_reply_out(struct __sk_buff *skb)
 	__builtin_memcpy(front, e->a, 16);
 	fport = e->a_port;
 	nat_key(&fk, p.dst, front, p.dport, fport, &p, SLUICE_EXT_DIR_FWD);
-	ext_touch(e, &fk, nat_ct_flags(&p), now);
+	ext_touch(e, &fk, ext_flags(&p, 1), now);
 	if (nat_rewrite(skb, &p, 0, front, fport))
 		return TC_ACT_SHOT;
 	ext_stat(EXT_STAT_REPLY_DIRECT);

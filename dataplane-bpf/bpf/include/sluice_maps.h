@@ -456,6 +456,12 @@ _Static_assert(sizeof(struct ext_cfg) == 32, "ext_cfg layout");
 #define SLUICE_EXT_MODE_DSR_BE 4  /* at the backend's node: a DSR flow's reply rewrite */
 #define SLUICE_EXT_MODE_MASQ 5	  /* a pod's flow leaving the cluster, from the node's address */
 
+/* ext_ct flags besides SLUICE_CT_F_*: a FIN seen from each side; both
+ * mean the connection is closed (TIME_WAIT's short timeout, its SNAT port
+ * free for a new flow, as Linux lets a SYN reopen a TIME_WAIT entry). */
+#define SLUICE_EXT_F_FIN_FWD (1U << 2)	 /* from the client (or the pod, masquerade) */
+#define SLUICE_EXT_F_FIN_REPLY (1U << 3) /* from the backend (or the outside) */
+
 struct ext_ct {
 	__u8 a[16];
 	__u8 b[16];
