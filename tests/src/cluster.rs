@@ -25,15 +25,17 @@ pub struct ClusterNode {
     pub name: String,
     pub node: Node,
     pub index: usize,
+    v4: String,
+    v6: String,
 }
 
 impl ClusterNode {
     /// Its address on the fabric.
     pub fn address(&self, v6: bool) -> String {
         if v6 {
-            format!("{FABRIC_V6}{:x}", self.index + 1)
+            self.v6.clone()
         } else {
-            format!("{FABRIC_V4}.{}", self.index + 1)
+            self.v4.clone()
         }
     }
 
@@ -75,6 +77,9 @@ pub struct Cluster {
     pub nodes: Vec<ClusterNode>,
     pub client: Ns,
     pub fabric: Ns,
+    /// A router between the fabric and a second subnet, once
+    /// [`Cluster::add_routed_node`] made one.
+    pub router: Option<Ns>,
     /// The service source every daemon reads (Node objects are
     /// `node-<name>.yaml` in it).
     pub manifests: tempfile::TempDir,
@@ -83,10 +88,14 @@ pub struct Cluster {
 /// Moves the fabric end of a new veth into the fabric's bridge and
 /// addresses the other end (`dev`, in `ns`) with `v4`/`v6`.
 fn join(fabric: &Ns, ns: &Ns, port: &str, dev: &str, v4: &str, v6: &str) {
+    join_bridge(fabric, "br0", ns, port, dev, v4, v6);
+}
+
+fn join_bridge(fabric: &Ns, bridge: &str, ns: &Ns, port: &str, dev: &str, v4: &str, v6: &str) {
     fabric.ip(&[
         "link", "add", port, "type", "veth", "peer", "name", dev, "netns", &ns.name,
     ]);
-    fabric.ip(&["link", "set", port, "master", "br0", "up"]);
+    fabric.ip(&["link", "set", port, "master", bridge, "up"]);
     ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
     ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"]);
     ns.ip(&["link", "set", dev, "up"]);
@@ -109,6 +118,8 @@ impl Cluster {
                 name: format!("node{i}"),
                 node,
                 index: i,
+                v4: format!("{FABRIC_V4}.{}", i + 1),
+                v6: format!("{FABRIC_V6}{:x}", i + 1),
             };
             join(
                 &fabric,
@@ -137,12 +148,101 @@ impl Cluster {
             nodes,
             client,
             fabric,
+            router: None,
             manifests,
         };
         for n in &c.nodes {
             c.write_node(n);
         }
         c
+    }
+
+    /// Adds a node on another subnet (192.168.78.0/24, fd00:78::/64, its
+    /// own bridge) behind a router on the fabric: not on the other nodes'
+    /// link, so they reach it through the router. Its Node object is
+    /// written too.
+    pub fn add_routed_node(&mut self) {
+        let router = self.router.get_or_insert_with(|| {
+            let r = Ns::new("r");
+            self.fabric.ip(&["link", "add", "br1", "type", "bridge"]);
+            self.fabric.ip(&["link", "set", "br1", "up"]);
+            join(
+                &self.fabric,
+                &r,
+                "rt0",
+                "up0",
+                &format!("{FABRIC_V4}.254"),
+                &format!("{FABRIC_V6}fe"),
+            );
+            join_bridge(
+                &self.fabric,
+                "br1",
+                &r,
+                "rt1",
+                "down0",
+                "192.168.78.254",
+                "fd00:78::fe",
+            );
+            for s in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+                assert!(r.exec(&["sysctl", "-qw", s]).status.success(), "sysctl {s}");
+            }
+            r
+        });
+        let _ = router;
+        let i = self.nodes.len();
+        let k = self
+            .nodes
+            .iter()
+            .filter(|n| n.v4.starts_with("192.168.78."))
+            .count()
+            + 1;
+        let c = ClusterNode {
+            name: format!("node{i}"),
+            node: Node::new(),
+            index: i,
+            v4: format!("192.168.78.{k}"),
+            v6: format!("fd00:78::{k:x}"),
+        };
+        join_bridge(
+            &self.fabric,
+            "br1",
+            &c.node.ns,
+            &format!("n{i}"),
+            "fab0",
+            &c.v4,
+            &c.v6,
+        );
+        for s in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+            assert!(
+                c.node.ns.exec(&["sysctl", "-qw", s]).status.success(),
+                "sysctl {s}"
+            );
+        }
+        c.node
+            .ns
+            .ip(&["route", "add", "default", "via", "192.168.78.254"]);
+        c.node
+            .ns
+            .ip(&["-6", "route", "add", "default", "via", "fd00:78::fe"]);
+        for n in self.nodes.iter().filter(|n| n.v4.starts_with(FABRIC_V4)) {
+            n.node.ns.ip(&[
+                "route",
+                "replace",
+                "192.168.78.0/24",
+                "via",
+                &format!("{FABRIC_V4}.254"),
+            ]);
+            n.node.ns.ip(&[
+                "-6",
+                "route",
+                "replace",
+                "fd00:78::/64",
+                "via",
+                &format!("{FABRIC_V6}fe"),
+            ]);
+        }
+        self.write_node(&c);
+        self.nodes.push(c);
     }
 
     fn node_file(&self, name: &str) -> PathBuf {

@@ -297,6 +297,18 @@ fn pods_reach_the_outside_from_the_node_address_except_to_configured_ranges() {
         assert_eq!(r["reply"], format!("outside@{node}"), "{r}");
         let u = probe(&a.ns, &["udp", dst]);
         assert_eq!(u["reply"], format!("outside@{node}"), "{u}");
+        // A ping is masqueraded too (its echo identifier tracked).
+        let host = dst
+            .rsplit_once(':')
+            .unwrap()
+            .0
+            .trim_matches(|c| c == '[' || c == ']');
+        let out = a.ns.exec(&["ping", "-c", "2", "-W", "2", host]);
+        assert!(
+            out.status.success(),
+            "ping {host}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
     // Inside the cluster: the pod's own address.
     let _s = serve(&b.ns, &["serve", "tcp-peer", "9000", "b"]);
@@ -326,4 +338,24 @@ fn pods_reach_the_outside_from_the_node_address_except_to_configured_ranges() {
         }),
         "{r}"
     );
+}
+
+#[test]
+fn auto_routes_directly_on_the_link_and_through_vxlan_across_a_router() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Cluster::new(2);
+    c.add_routed_node();
+    let d = c.start_daemons("routing = \"auto\"\n");
+    let r = wait_peers(&d[0], &[("node1", "direct"), ("node2", "vxlan")]);
+    wait_peers(&d[2], &[("node0", "vxlan"), ("node1", "vxlan")]);
+    // The overlay is in use: pods get room for it.
+    assert_eq!(r["pod_mtu"], 1450, "{r:#}");
+    let a = Pod::add(&c.nodes[0].node, &c.nodes[0].conf());
+    let b = Pod::add(&c.nodes[1].node, &c.nodes[1].conf());
+    let z = Pod::add(&c.nodes[2].node, &c.nodes[2].conf());
+    transfer(&a, &z, false, 32 * MIB);
+    transfer(&z, &a, true, 8 * MIB);
+    transfer(&b, &a, false, 8 * MIB);
 }

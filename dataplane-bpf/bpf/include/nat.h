@@ -171,7 +171,17 @@ static __always_inline void nat_ct_touch(struct ct_entry *e, struct ct_key *pair
  * checksum of 0 means none, and stays 0). */
 static __always_inline __u32 nat_csum_off(const struct nat_pkt *p)
 {
-	return p->l4_off + (p->proto == IPPROTO_TCP ? 16 : 6);
+	if (p->proto == IPPROTO_TCP)
+		return p->l4_off + 16;
+	if (p->proto == IPPROTO_UDP)
+		return p->l4_off + 6;
+	return p->l4_off + 2; /* ICMP, ICMPv6 (echo, by masquerade) */
+}
+
+/* An ICMP or ICMPv6 echo: its identifier stands for both ports. */
+static __always_inline int nat_is_icmp(const struct nat_pkt *p)
+{
+	return p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6;
 }
 
 static __always_inline __u64 nat_csum_flags(const struct nat_pkt *p)
@@ -196,7 +206,9 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct nat_p
 
 		__builtin_memcpy(&old_ip, dst ? p->dst : p->src, 4);
 		__builtin_memcpy(&new_ip, addr, 4);
-		if (bpf_l4_csum_replace(skb, csum, old_ip, new_ip, BPF_F_PSEUDO_HDR | 4 | mangled))
+		/* ICMPv4's checksum has no pseudo header. */
+		if (p->proto != IPPROTO_ICMP &&
+		    bpf_l4_csum_replace(skb, csum, old_ip, new_ip, BPF_F_PSEUDO_HDR | 4 | mangled))
 			return -1;
 		if (bpf_l3_csum_replace(skb, l3 + offsetof(struct iphdr, check), old_ip, new_ip, 4))
 			return -1;
@@ -220,7 +232,8 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct nat_p
 	if (old_port != port) {
 		if (bpf_l4_csum_replace(skb, csum, old_port, port, 2 | mangled))
 			return -1;
-		if (bpf_skb_store_bytes(skb, p->l4_off + (dst ? 2 : 0), &port, 2, 0))
+		if (bpf_skb_store_bytes(skb, p->l4_off + (nat_is_icmp(p) ? 4 : dst ? 2 : 0), &port,
+					2, 0))
 			return -1;
 	}
 	return 0;

@@ -438,6 +438,38 @@ static __noinline int ext_dsr_take(struct __sk_buff *skb)
 	return TC_ACT_UNSPEC;
 }
 
+#define EXT_ICMP_ECHO_REQUEST 8
+#define EXT_ICMP_ECHO_REPLY 0
+#define EXT_ICMP6_ECHO_REQUEST 128
+#define EXT_ICMP6_ECHO_REPLY 129
+
+/* After nat_parse() refused a packet: an ICMP/ICMPv6 echo request
+ * (reply = 0) or echo reply (reply = 1) gets its identifier as its
+ * source (request) or destination (reply) port, the other port 0, so the
+ * two directions' keys mirror each other as TCP's and UDP's do. 0 if it
+ * is one. */
+static __always_inline int ext_parse_echo(struct __sk_buff *skb, struct nat_pkt *p, int reply)
+{
+	__u8 hdr[2];
+	__u16 id;
+	__u8 want;
+
+	if (p->family == SLUICE_AF_INET && p->proto == IPPROTO_ICMP)
+		want = reply ? EXT_ICMP_ECHO_REPLY : EXT_ICMP_ECHO_REQUEST;
+	else if (p->family == SLUICE_AF_INET6 && p->proto == IPPROTO_ICMPV6)
+		want = reply ? EXT_ICMP6_ECHO_REPLY : EXT_ICMP6_ECHO_REQUEST;
+	else
+		return -1;
+	if (!p->l4_off || bpf_skb_load_bytes(skb, p->l4_off, hdr, 2) ||
+	    bpf_skb_load_bytes(skb, p->l4_off + 4, &id, 2))
+		return -1;
+	if (hdr[0] != want || hdr[1] != 0)
+		return -1;
+	p->sport = reply ? 0 : id;
+	p->dport = reply ? id : 0;
+	return 0;
+}
+
 /* Renews a flow's entry and its pair's (see nat_ct_touch). */
 static __always_inline void ext_touch(struct ext_ct *e, struct ct_key *pair, __u8 flags, __u64 now)
 {
@@ -764,7 +796,7 @@ static __noinline int ext_masq(struct __sk_buff *skb)
 	sc = bpf_map_lookup_elem(&sluice_ext_scr, &zero);
 	if (!sc)
 		return TC_ACT_SHOT;
-	if (nat_parse(skb, &sc->p)) {
+	if (nat_parse(skb, &sc->p) && ext_parse_echo(skb, &sc->p, 0)) {
 		ext_stat(EXT_STAT_MASQ_DROP);
 		return TC_ACT_SHOT;
 	}
@@ -820,8 +852,15 @@ static __noinline long ext_classify(struct __sk_buff *skb, struct ext_scratch *s
 {
 	struct ext_ct *e;
 
-	if (nat_parse(skb, &sc->p))
-		return EXT_PASS;
+	if (nat_parse(skb, &sc->p)) {
+		/* The answer to a masqueraded ping. */
+		if (ext_parse_echo(skb, &sc->p, 1))
+			return EXT_PASS;
+		nat_key(&sc->k, sc->p.src, sc->p.dst, sc->p.sport, sc->p.dport, &sc->p,
+			SLUICE_EXT_DIR_REPLY);
+		e = bpf_map_lookup_elem(&sluice_ext_ct, &sc->k);
+		return e && e->mode == SLUICE_EXT_MODE_MASQ ? EXT_SNAT_REPLY : EXT_PASS;
+	}
 	nat_key(&sc->k, sc->p.src, sc->p.dst, sc->p.sport, sc->p.dport, &sc->p,
 		SLUICE_EXT_DIR_REPLY);
 	e = bpf_map_lookup_elem(&sluice_ext_ct, &sc->k);
