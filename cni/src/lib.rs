@@ -9,6 +9,7 @@
 pub mod config;
 pub mod delegate;
 pub mod edge;
+pub mod install;
 pub mod ipam;
 pub mod naming;
 pub mod netlink;
@@ -19,5 +20,11 @@ pub mod plugin;
 /// Reads the CNI environment and stdin, runs the command, prints the answer
 /// and returns the process exit code.
 pub fn main_entry() -> i32 {
+    // `sluice install …` (the DaemonSet's init container); every other
+    // run is the CNI protocol (argv is not part of it).
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("install") {
+        return install::main(&args[1..]);
+    }
     sluice_common::cni::main_with(plugin::handle)
 }
