@@ -47,6 +47,39 @@ pub enum Ipam {
     Delegated { plugin_type: String, stdin: Vec<u8> },
 }
 
+/// The node's pod ranges, one range set per family, from the
+/// `<stateDir>/node.json` sluiced writes from this node's Node object
+/// (`spec.podCIDRs`): what a conflist without ranges allocates from, so
+/// one conflist serves every node. A range that changes is only used for
+/// new pods: addresses already reserved stay with their pods until DEL.
+fn node_ranges(state_dir: &std::path::Path) -> Result<serde_json::Value, CniError> {
+    let path = state_dir.join("node.json");
+    let retry = |why: String| {
+        CniError::new(
+            codes::TRY_AGAIN_LATER,
+            format!("ipam has no ranges and this node's pod range is not known yet: {why}"),
+            "sluiced writes it from the node's Node object (spec.podCIDRs); wait for it, or set \
+             ipam.ranges in the network config",
+        )
+    };
+    let text = std::fs::read(&path).map_err(|e| retry(format!("{}: {e}", path.display())))?;
+    let v: serde_json::Value = serde_json::from_slice(&text)
+        .map_err(|e| retry(format!("{} is not JSON: {e}", path.display())))?;
+    let sets: Vec<serde_json::Value> = v["podCIDRs"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c.as_str())
+                .map(|c| serde_json::json!([{ "subnet": c }]))
+                .collect()
+        })
+        .unwrap_or_default();
+    if sets.is_empty() {
+        return Err(retry(format!("{} lists no podCIDRs", path.display())));
+    }
+    Ok(serde_json::Value::Array(sets))
+}
+
 fn ipam_err(e: sluice_ipam::IpamError) -> CniError {
     e.to_cni()
 }
@@ -56,10 +89,14 @@ impl Ipam {
         let ipam = sluice_ipam::config::ipam_object(&inv.conf)?;
         let plugin_type = ipam.get("type").and_then(|t| t.as_str()).unwrap_or("");
         if plugin_type == IN_PROCESS_TYPE {
+            let mut ipam = ipam.clone();
+            if ipam.get("ranges").is_none() && ipam.get("subnet").is_none() {
+                ipam["ranges"] = node_ranges(&inv.plugin.state_dir)?;
+            }
             Ok(Ipam::InProcess(Local {
                 network: inv.conf.name.clone(),
-                data_dir: IpamConfig::data_dir_of(ipam)?,
-                ipam: ipam.clone(),
+                data_dir: IpamConfig::data_dir_of(&ipam)?,
+                ipam,
             }))
         } else if plugin_type.is_empty() {
             Err(CniError::config(

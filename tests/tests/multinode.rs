@@ -359,3 +359,35 @@ fn auto_routes_directly_on_the_link_and_through_vxlan_across_a_router() {
     transfer(&z, &a, true, 8 * MIB);
     transfer(&b, &a, false, 8 * MIB);
 }
+
+#[test]
+fn a_conflist_without_ranges_takes_the_pod_range_of_the_nodes_node_object() {
+    if !require_root() {
+        return;
+    }
+    let c = Cluster::new(2);
+    let n0 = &c.nodes[0];
+    let mut conf: Value = serde_json::from_str(&n0.conf()).unwrap();
+    conf["ipam"].as_object_mut().unwrap().remove("ranges");
+    let conf = conf.to_string();
+    // Before the daemon has learnt the node's range: try again later.
+    let early = n0
+        .node
+        .cni("ADD", "early", Some(&c.client.path()), "eth9", &conf);
+    let err = early.err(11);
+    assert!(
+        err["msg"]
+            .as_str()
+            .unwrap()
+            .contains("pod range is not known yet"),
+        "{err}"
+    );
+    let d = c.start_daemons("routing = \"direct\"\n");
+    wait_peers(&d[0], &[("node1", "direct")]);
+    let p = Pod::add(&n0.node, &conf);
+    let [v4, v6] = n0.pod_cidrs();
+    let v4: ipnetwork::IpNetwork = v4.parse().unwrap();
+    let v6: ipnetwork::IpNetwork = v6.parse().unwrap();
+    assert!(v4.contains(p.ip(false)), "{:?}", p.ips());
+    assert!(v6.contains(p.ip(true)), "{:?}", p.ips());
+}
