@@ -154,14 +154,14 @@ fn write_atomic(dir: &Path, name: &str, data: &[u8], mode: u32) -> Result<(), St
     ctx(r, || format!("writing {}", dst.display()))
 }
 
-/// Removes the temp files a killed run left (under the lock, every one is
-/// stale).
-fn sweep(dir: &Path) {
+/// Removes the temp files a killed run left of `names` (under the lock,
+/// every one is stale); other tools' files are not ours to touch.
+fn sweep(dir: &Path, names: &[&str]) {
     if let Ok(rd) = fs::read_dir(dir) {
         for e in rd.flatten() {
             let n = e.file_name();
             let n = n.to_string_lossy();
-            if n.starts_with('.') && n.contains(".tmp-") {
+            if names.iter().any(|x| n.starts_with(&format!(".{x}.tmp-"))) {
                 let _ = fs::remove_file(e.path());
             }
         }
@@ -279,8 +279,8 @@ pub fn install(o: &Opts) -> Result<Vec<String>, String> {
             .map_err(|(_, e)| io::Error::from(e)),
         || format!("locking {}", lock_path.display()),
     )?;
-    sweep(&o.bin_dir);
-    sweep(&o.conf_dir);
+    sweep(&o.bin_dir, &BINARIES);
+    sweep(&o.conf_dir, &[o.name.as_str()]);
     for b in BINARIES {
         let src = o.bin_src.join(b);
         let data = ctx(fs::read(&src), || format!("reading {}", src.display()))?;

@@ -369,11 +369,14 @@ fn parse_service(
             .and_then(|lb| lb.ingress.as_ref());
         for i in ingress.map(Vec::as_slice).unwrap_or_default() {
             if let Some(raw) = &i.ip {
-                let ip: IpAddr = raw.parse().map_err(|_| {
-                    format!("status.loadBalancer.ingress ip {raw:?} is not an IP address")
-                })?;
-                if !external_ips.contains(&ip) {
-                    external_ips.push(ip);
+                // A bad entry is left out alone: the service's other
+                // frontends (its ClusterIP among them) stay.
+                match raw.parse::<IpAddr>() {
+                    Ok(ip) if !external_ips.contains(&ip) => external_ips.push(ip),
+                    Ok(_) => {}
+                    Err(_) => notes.push(format!(
+                        "status.loadBalancer.ingress ip {raw:?} is not an IP address: left out"
+                    )),
                 }
             }
         }

@@ -186,7 +186,9 @@ static __always_inline int nat_is_icmp(const struct nat_pkt *p)
 
 static __always_inline __u64 nat_csum_flags(const struct nat_pkt *p)
 {
-	return p->proto == IPPROTO_UDP && p->family == SLUICE_AF_INET ? BPF_F_MARK_MANGLED_0 : 0;
+	/* IPv4: 0 means no checksum and stays 0; IPv6: a result of 0 is
+	 * written as 0xffff (0 is not a valid UDP checksum there). */
+	return p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 }
 
 /* Rewrites the packet's destination (dst=1) or source (dst=0) address and

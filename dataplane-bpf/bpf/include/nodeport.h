@@ -192,7 +192,8 @@ static __always_inline long ext_frontend(const __u8 dst[16], __u16 dport, __u8 p
 		__builtin_memcpy(front, dst, 16);
 		return v->flags;
 	}
-	if (!(ext_node_addr(dst, family) & want_addr_flags))
+	/* want_addr_flags 0: a NodePort whatever the address. */
+	if (want_addr_flags && !(ext_node_addr(dst, family) & want_addr_flags))
 		return -1;
 	__builtin_memset(k.addr, 0, 16);
 	v = bpf_map_lookup_elem(&sluice_svc, &k);
@@ -332,7 +333,7 @@ static __noinline int ext_dsr_take(struct __sk_buff *skb)
 	__u16 fport, ports[2];
 	__u8 proto, family;
 	__u32 zero = 0;
-	int strip;
+	int strip, local_pod;
 
 	sc = bpf_map_lookup_elem(&sluice_ext_scr, &zero);
 	if (!sc)
@@ -391,9 +392,10 @@ static __noinline int ext_dsr_take(struct __sk_buff *skb)
 	/* Only for a pod of this node and a frontend that exists: anything
 	 * else has the option taken out and nothing recorded. */
 	pn = ext_pod_node(sc->rk.src, family);
-	if (pn && (pn->flags & SLUICE_POD_NODE_F_LOCAL) &&
-	    ext_frontend(front, fport, proto, family,
-			 SLUICE_NODE_ADDR_F_LOCAL | SLUICE_NODE_ADDR_F_REMOTE, key_addr) >= 0) {
+	local_pod = pn && (pn->flags & SLUICE_POD_NODE_F_LOCAL);
+	/* The frontend: an external one by its address, or a NodePort by its
+	 * port alone (whichever address of its node the client used). */
+	if (local_pod && ext_frontend(front, fport, proto, family, 0, key_addr) >= 0) {
 		sc->rk.sport = ports[1];
 		sc->rk.dport = ports[0];
 		sc->rk.proto = proto;
@@ -407,6 +409,10 @@ static __noinline int ext_dsr_take(struct __sk_buff *skb)
 		ext_stat(EXT_STAT_DSR_IN);
 	} else {
 		ext_stat(EXT_STAT_BAD_DSR);
+		/* Delivered unrecorded, its answers would leave with the pod's
+		 * own address: a pod of ours gets no such packet. */
+		if (local_pod)
+			return TC_ACT_SHOT;
 	}
 	if (family == SLUICE_AF_INET) {
 		struct iphdr ip;
@@ -432,7 +438,7 @@ static __noinline int ext_dsr_take(struct __sk_buff *skb)
 			return TC_ACT_SHOT;
 		ip6.nexthdr = proto;
 		ip6.payload_len = bpf_htons(bpf_ntohs(ip6.payload_len) - SLUICE_DSR_OPT6_LEN);
-		if (bpf_skb_store_bytes(skb, l3, &ip6, sizeof(ip6), 0))
+		if (bpf_skb_store_bytes(skb, l3, &ip6, sizeof(ip6), BPF_F_RECOMPUTE_CSUM))
 			return TC_ACT_SHOT;
 	}
 	return TC_ACT_UNSPEC;
@@ -527,6 +533,34 @@ static __always_inline void ext_reply_key(struct ct_key *rk, const struct ext_ct
 		nat_key(rk, e->a, p->src, e->a_port, p->sport, p, SLUICE_EXT_DIR_REPLY);
 }
 
+static __always_inline int ext_same16(const __u8 a[16], const __u8 b[16])
+{
+	__u64 x[2], y[2];
+
+	__builtin_memcpy(x, a, 16);
+	__builtin_memcpy(y, b, 16);
+	return x[0] == y[0] && x[1] == y[1];
+}
+
+/* Whether a flow's reply entry (under its key) is still that flow's: an
+ * SNAT port is reused once its flow expired or closed, so the key may
+ * belong to another flow now. A DSR flow keeps no reply entry here. */
+static __always_inline int ext_reply_ours(const struct ext_ct *e, const struct nat_pkt *p,
+					  const struct ct_key *rk)
+{
+	struct ext_ct *re;
+
+	if (e->mode == SLUICE_EXT_MODE_DSR)
+		return 1;
+	re = bpf_map_lookup_elem(&sluice_ext_ct, rk);
+	if (!re || re->mode != e->mode)
+		return 0;
+	if (e->mode == SLUICE_EXT_MODE_SNAT)
+		return ext_same16(re->a, p->src) && re->a_port == p->sport &&
+		       ext_same16(re->b, p->dst) && re->b_port == p->dport;
+	return ext_same16(re->a, p->dst) && re->a_port == p->dport;
+}
+
 /* Translates a client's packet by its flow's entry. */
 static __noinline int ext_apply(struct __sk_buff *skb, const struct nat_pkt *p,
 				     const struct ext_ct *e, int syn)
@@ -543,7 +577,11 @@ static __noinline int ext_apply(struct __sk_buff *skb, const struct nat_pkt *p,
 			return TC_ACT_SHOT;
 		return ext_redirect(skb, p->family, b, a, 0);
 	}
-	if (e->mode == SLUICE_EXT_MODE_DSR && (p->proto == IPPROTO_UDP || syn) && ext_dsr_put(skb, p))
+	if (e->mode == SLUICE_EXT_MODE_LOCAL)
+		/* To a pod of this node through the stack: the host's own
+		 * netfilter sees the flow from its first packet. */
+		return TC_ACT_UNSPEC;
+	if ((p->proto == IPPROTO_UDP || syn) && ext_dsr_put(skb, p))
 		return TC_ACT_SHOT;
 	return ext_redirect(skb, p->family, p->src, a, 1);
 }
@@ -589,8 +627,13 @@ static __noinline int ext_snat_port(const struct nat_pkt *p, const struct backen
 		__builtin_memcpy(ne->b, cfg->addr4, 4);
 	else
 		__builtin_memcpy(ne->b, cfg->addr6, 16);
-	if (!ne->b[0] && !ne->b[1] && !ne->b[2] && !ne->b[3] && p->family == SLUICE_AF_INET)
-		return -1;
+	{
+		__u8 none[16] = {};
+
+		/* No address of the family (the Node object has none): no SNAT. */
+		if (ext_same16(ne->b, none))
+			return -1;
+	}
 	span = (__u32)(cfg->snat_max - cfg->snat_min) + 1;
 	for (i = 0; i < EXT_SNAT_TRIES; i++) {
 		struct ext_ct *old;
@@ -599,11 +642,23 @@ static __noinline int ext_snat_port(const struct nat_pkt *p, const struct backen
 		nat_key(&rk, be->addr, ne->b, be->port, ne->b_port, p, SLUICE_EXT_DIR_REPLY);
 		if (!bpf_map_update_elem(&sluice_ext_ct, &rk, re, BPF_NOEXIST))
 			return 0;
-		/* Taken; reused once its flow has expired or closed. */
+		/* Taken; reused once its flow has expired or closed, and that
+		 * flow's forward entry goes (it would lead into this port). */
 		old = bpf_map_lookup_elem(&sluice_ext_ct, &rk);
-		if (old && (!ext_live(old, p->proto, now) || ext_closed(old)) &&
-		    !bpf_map_update_elem(&sluice_ext_ct, &rk, re, BPF_EXIST))
-			return 0;
+		if (old && (!ext_live(old, p->proto, now) || ext_closed(old))) {
+			struct ct_key ofk;
+
+			if (old->mode == SLUICE_EXT_MODE_MASQ)
+				nat_key(&ofk, old->a, be->addr, old->a_port, be->port, p,
+					SLUICE_EXT_DIR_MASQ);
+			else
+				nat_key(&ofk, old->a, old->b, old->a_port, old->b_port, p,
+					SLUICE_EXT_DIR_FWD);
+			if (!bpf_map_update_elem(&sluice_ext_ct, &rk, re, BPF_EXIST)) {
+				bpf_map_delete_elem(&sluice_ext_ct, &ofk);
+				return 0;
+			}
+		}
 	}
 	return -1;
 }
@@ -639,8 +694,12 @@ static __noinline int ext_forward(struct __sk_buff *skb, const struct nat_pkt *p
 
 		/* As on the per-packet path: TCP keeps its backend while it
 		 * lives; UDP whose backend left chooses again. */
-		if (p->proto == IPPROTO_TCP || bpf_map_lookup_elem(&sluice_svc_bes, &mk)) {
-			ext_reply_key(&sc->rk, e, p);
+		ext_reply_key(&sc->rk, e, p);
+		/* A flow whose way back is gone (evicted, or its port taken
+		 * after it idled out) chooses again rather than sending what
+		 * could never be answered. */
+		if ((p->proto == IPPROTO_TCP || bpf_map_lookup_elem(&sluice_svc_bes, &mk)) &&
+		    ext_reply_ours(e, p, &sc->rk)) {
 			ext_touch(e, &sc->rk, flags, now);
 			return ext_apply(skb, p, e, syn);
 		}
@@ -661,9 +720,10 @@ static __noinline int ext_forward(struct __sk_buff *skb, const struct nat_pkt *p
 	sc->r.netns_cookie = EXT_AFF_ID(ext_addr_hash(p->src));
 	sc->r.now_ns = now;
 	if (e) {
-		/* The old flow's reply entry goes with it. */
+		/* The old flow's reply entry goes with it, if it is still its. */
 		ext_reply_key(&sc->rk, e, p);
-		bpf_map_delete_elem(&sluice_ext_ct, &sc->rk);
+		if (e->mode != SLUICE_EXT_MODE_DSR && ext_reply_ours(e, p, &sc->rk))
+			bpf_map_delete_elem(&sluice_ext_ct, &sc->rk);
 	}
 	switch (ext_select(&sc->r)) {
 	case LB_PASS:
@@ -808,8 +868,14 @@ static __noinline int ext_masq(struct __sk_buff *skb)
 		 * that is not an opening SYN answers a connection made to the
 		 * pod (or one whose entry expired) and leaves as it is. */
 		if (sc->p.proto == IPPROTO_TCP &&
-		    (sc->p.tcp_flags & (NAT_TCP_SYN | NAT_TCP_ACK)) != NAT_TCP_SYN)
-			return TC_ACT_UNSPEC;
+		    (sc->p.tcp_flags & (NAT_TCP_SYN | NAT_TCP_ACK)) != NAT_TCP_SYN) {
+			/* Not a connection of its own that we track (a reset, a
+			 * flow whose entry expired or was evicted): it would leave
+			 * with the pod's address, which nothing outside can
+			 * answer. */
+			ext_stat(EXT_STAT_MASQ_DROP);
+			return TC_ACT_SHOT;
+		}
 		__builtin_memset(&sc->ne, 0, sizeof(sc->ne));
 		__builtin_memset(&sc->re, 0, sizeof(sc->re));
 		__builtin_memset(&sc->r, 0, sizeof(sc->r));
