@@ -398,6 +398,22 @@ impl Netlink {
             })
     }
 
+    /// Removes an address from a link; one already gone is no error.
+    pub fn delete_address(&mut self, index: u32, addr: IpNetwork) -> Result<(), NlError> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = family(addr.ip());
+        msg.header.prefix_len = addr.prefix();
+        msg.header.index = index;
+        msg.attributes.push(AddressAttribute::Local(addr.ip()));
+        msg.attributes.push(AddressAttribute::Address(addr.ip()));
+        self.batch(vec![Op::new(
+            format!("removing address {addr} from link #{index}"),
+            RouteNetlinkMessage::DelAddress(msg),
+            0,
+        )
+        .ok_if(&[libc::EADDRNOTAVAIL, libc::ENOENT])])
+    }
+
     /// Sets a live link's MTU and MAC address.
     pub fn set_mtu_mac(&mut self, index: u32, mtu: u32, mac: [u8; 6]) -> Result<(), NlError> {
         let mut msg = LinkMessage::default();

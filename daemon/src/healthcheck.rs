@@ -100,7 +100,11 @@ impl HealthChecks {
                 }
                 while let Ok((s, _)) = l.accept() {
                     let (svc, n) = want.get(port).cloned().unwrap_or_default();
-                    answer(s, &svc, n);
+                    // Each on its own thread: a slow client never makes
+                    // another load balancer's probe wait.
+                    let _ = std::thread::Builder::new()
+                        .name("sluiced-healthz-conn".into())
+                        .spawn(move || answer(s, &svc, n));
                 }
             }
         }

@@ -552,6 +552,14 @@ impl Worker {
             }
         };
         let have = self.nl.addresses(index).map_err(nl_err)?;
+        // A tunnel address no longer ours (the pod range changed) goes.
+        let link_local = |a: &IpNetwork| match a.ip() {
+            IpAddr::V6(v6) => v6.is_unicast_link_local(),
+            IpAddr::V4(v4) => v4.is_link_local(),
+        };
+        for a in have.iter().filter(|a| !addrs.contains(a) && !link_local(a)) {
+            self.nl.delete_address(index, *a).map_err(nl_err)?;
+        }
         let mut ops: Vec<_> = addrs
             .iter()
             .filter(|a| !have.contains(a))

@@ -647,6 +647,7 @@ static __noinline int ext_snat_port(const struct nat_pkt *p, const struct backen
 		old = bpf_map_lookup_elem(&sluice_ext_ct, &rk);
 		if (old && (!ext_live(old, p->proto, now) || ext_closed(old))) {
 			struct ct_key ofk;
+			__u64 seen = old->last_seen_ns;
 
 			if (old->mode == SLUICE_EXT_MODE_MASQ)
 				nat_key(&ofk, old->a, be->addr, old->a_port, be->port, p,
@@ -654,6 +655,10 @@ static __noinline int ext_snat_port(const struct nat_pkt *p, const struct backen
 			else
 				nat_key(&ofk, old->a, old->b, old->a_port, old->b_port, p,
 					SLUICE_EXT_DIR_FWD);
+			/* Claimed by one CPU only: another that saw the same
+			 * expired entry finds its time changed and moves on. */
+			if (__sync_val_compare_and_swap(&old->last_seen_ns, seen, now) != seen)
+				continue;
 			if (!bpf_map_update_elem(&sluice_ext_ct, &rk, re, BPF_EXIST)) {
 				bpf_map_delete_elem(&sluice_ext_ct, &ofk);
 				return 0;
