@@ -25,8 +25,8 @@
 use serde_json::{json, Value};
 use sluice_tests::cluster::{routing, wait_peers, Cluster};
 use sluice_tests::daemon::{eventually, Daemon};
-use sluice_tests::{bin, require_root, Ns, Pod};
-use std::process::{Child, Command, ExitCode, Stdio};
+use sluice_tests::{require_root, Ns, Pod, Server};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
 const USAGE: &str = "\
@@ -209,22 +209,10 @@ fn iptables_rules(backend: &str, fillers: usize) -> String {
     format!("{chains}{rules}COMMIT\n")
 }
 
-fn in_ns(ns: &Ns, args: &[&str]) -> std::process::Output {
-    Command::new("ip")
-        .args(["netns", "exec", &ns.name])
-        .args(args)
-        .output()
-        .expect("ip netns exec")
-}
-
+/// The probe client's JSON line in `ns`, or an object naming what it
+/// printed instead.
 fn probe(ns: &Ns, args: &[&str]) -> Value {
-    let p = bin("sluice-probe");
-    let mut a = vec![p.to_str().unwrap()];
-    a.extend_from_slice(args);
-    let out = in_ns(ns, &a);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        json!({"error": format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))})
-    })
+    sluice_tests::probe(ns, args).unwrap_or_else(|e| json!({ "error": e }))
 }
 
 /// Busy CPU time of the whole machine, ns (user, nice, system, irq,
@@ -275,28 +263,6 @@ fn quartiles(v: &[f64]) -> (f64, f64, f64) {
 fn cell(v: &[f64], digits: usize) -> String {
     let (lo, m, hi) = quartiles(v);
     format!("{m:.digits$} [{lo:.digits$}-{hi:.digits$}]")
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(pod: &Pod<'_>, args: &[&str]) -> Server {
-    Server(
-        Command::new("ip")
-            .args(["netns", "exec", &pod.ns.name])
-            .arg(bin("sluice-probe"))
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start a probe server"),
-    )
 }
 
 fn wait_frontends(d: &Daemon<'_>, n: usize) -> Result<(), String> {
@@ -354,8 +320,8 @@ fn run(a: &Args) -> Result<Value, String> {
     }
     let backend = Pod::add(&c.nodes[1].node, &c.nodes[1].conf());
     let be = backend.ip(false).to_string();
-    let _rate = serve(&backend, &["serve", "tcp", "8080", "b"]);
-    let _bulk = serve(&backend, &["give", "8081", &BULK.to_string()]);
+    let _rate = Server::spawn(&backend.ns, &["serve", "tcp", "8080", "b"]);
+    let _bulk = Server::spawn(&backend.ns, &["give", "8081", &BULK.to_string()]);
     let mut out = Vec::new();
     for &n in &a.scales {
         let fillers = n.saturating_sub(1);

@@ -738,16 +738,40 @@ pub struct Server(pub std::process::Child);
 
 impl Server {
     pub fn start(ns: &Ns, proto: &str, port: u16, name: &str) -> Self {
+        Self::spawn(ns, &["serve", proto, &port.to_string(), name])
+    }
+
+    /// Any long-running `sluice-probe` mode in `ns` (`sink PORT`, `give
+    /// PORT BYTES`, `serve tcp-peer PORT NAME`, ...).
+    pub fn spawn(ns: &Ns, args: &[&str]) -> Self {
         let c = Command::new("ip")
             .args(["netns", "exec", &ns.name])
             .arg(bin("sluice-probe"))
-            .args(["serve", proto, &port.to_string(), name])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start probe server");
         Server(c)
     }
+}
+
+/// Runs the `sluice-probe` client in `ns`: its JSON line, or what it
+/// printed instead.
+pub fn probe(ns: &Ns, args: &[&str]) -> Result<Value, String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(bin("sluice-probe"))
+        .args(args)
+        .output()
+        .expect("run probe");
+    serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
 }
 
 impl Drop for Server {

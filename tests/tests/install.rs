@@ -176,16 +176,22 @@ fn bin_dir_with_reference(dir: &Path) -> Option<PathBuf> {
     Some(b)
 }
 
-fn install(bin_dir: &Path, conf: &Path, extra: &[&str]) -> std::process::Output {
+/// `sluice install` from the built binaries into `bin_dir` and `conf`.
+fn install_cmd(bin_dir: &Path, conf: &Path) -> Command {
     let sluice = bin("sluice");
-    Command::new(&sluice)
-        .arg("install")
+    let mut c = Command::new(&sluice);
+    c.arg("install")
         .arg("--bin-src")
         .arg(sluice.parent().unwrap())
         .arg("--bin-dir")
         .arg(bin_dir)
         .arg("--conf-dir")
-        .arg(conf)
+        .arg(conf);
+    c
+}
+
+fn install(bin_dir: &Path, conf: &Path, extra: &[&str]) -> std::process::Output {
+    install_cmd(bin_dir, conf)
         .args(extra)
         .output()
         .expect("run sluice install")
@@ -268,16 +274,8 @@ fn concurrent_and_killed_installs_leave_the_old_or_the_new_conflist() {
     );
     let file = conf.join("10-sluice.conflist");
     let old = std::fs::read_to_string(&file).unwrap();
-    let sluice = bin("sluice");
     for i in 0..40u64 {
-        let mut c = Command::new(&sluice)
-            .arg("install")
-            .arg("--bin-src")
-            .arg(sluice.parent().unwrap())
-            .arg("--bin-dir")
-            .arg(&bins)
-            .arg("--conf-dir")
-            .arg(&conf)
+        let mut c = install_cmd(&bins, &conf)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -295,14 +293,7 @@ fn concurrent_and_killed_installs_leave_the_old_or_the_new_conflist() {
     // Eight at once: one whole list, no temp file left.
     let runs: Vec<_> = (0..8)
         .map(|_| {
-            Command::new(&sluice)
-                .arg("install")
-                .arg("--bin-src")
-                .arg(sluice.parent().unwrap())
-                .arg("--bin-dir")
-                .arg(&bins)
-                .arg("--conf-dir")
-                .arg(&conf)
+            install_cmd(&bins, &conf)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()

@@ -5,50 +5,24 @@
 use serde_json::Value;
 use sluice_tests::cluster::{node_routes, routing, wait_peers, Cluster};
 use sluice_tests::daemon::eventually;
-use sluice_tests::{bin, require_root, Pod};
-use std::process::{Child, Command, Stdio};
+use sluice_tests::{require_root, Ns, Pod, Server};
 
 const MIB: u64 = 1 << 20;
 
-/// A `sluice-probe sink` in a pod, killed on drop.
-struct Sink(Child);
-
-impl Sink {
-    fn start(pod: &Pod<'_>, port: u16) -> Self {
-        let c = Command::new("ip")
-            .args(["netns", "exec", &pod.ns.name])
-            .arg(bin("sluice-probe"))
-            .args(["sink", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the sink");
-        Sink(c)
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// The probe client's JSON line in `ns` (null if it printed none).
+fn probe(ns: &Ns, args: &[&str]) -> Value {
+    sluice_tests::probe(ns, args).unwrap_or(Value::Null)
 }
 
 /// Sends `bytes` from `from` to `to`'s sink at `port` (started here) and
 /// checks they all arrived, in order, unchanged.
 fn transfer(from: &Pod<'_>, to: &Pod<'_>, v6: bool, bytes: u64) -> Value {
-    let _sink = Sink::start(to, 5001);
+    let _sink = Server::spawn(&to.ns, &["sink", "5001"]);
     let dst = std::net::SocketAddr::new(to.ip(v6), 5001).to_string();
     let mut last = Value::Null;
     // The sink needs a moment to listen.
     let ok = eventually(5, || {
-        let out = from.ns.exec(&[
-            bin("sluice-probe").to_str().unwrap(),
-            "source",
-            &dst,
-            &bytes.to_string(),
-        ]);
-        last = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        last = probe(&from.ns, &["source", &dst, &bytes.to_string()]);
         last["errno"] != libc::ECONNREFUSED
     });
     assert!(ok, "sink at {dst} never listened: {last}");
@@ -66,7 +40,7 @@ fn mtu(pod: &Pod<'_>) -> u64 {
 
 /// A link's transmitted bytes, in `ns` (packets would count GSO
 /// super-packets).
-fn tx_bytes(ns: &sluice_tests::Ns, dev: &str) -> u64 {
+fn tx_bytes(ns: &Ns, dev: &str) -> u64 {
     ns.ip_json(&["-s", "link", "show", dev])[0]["stats64"]["tx"]["bytes"]
         .as_u64()
         .expect("link stats")
@@ -238,36 +212,6 @@ fn routes_follow_the_node_list_and_bad_nodes_are_rejected_alone() {
     wait_peers(&d0, &[("node1", "direct")]);
 }
 
-/// A probe server in a namespace, killed on drop.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(ns: &sluice_tests::Ns, args: &[&str]) -> Server {
-    Server(
-        Command::new("ip")
-            .args(["netns", "exec", &ns.name])
-            .arg(bin("sluice-probe"))
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start a probe server"),
-    )
-}
-
-fn probe(ns: &sluice_tests::Ns, args: &[&str]) -> Value {
-    let mut cmd = vec![bin("sluice-probe").to_str().unwrap().to_string()];
-    cmd.extend(args.iter().map(|a| a.to_string()));
-    let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
-    serde_json::from_slice(&ns.exec(&cmd).stdout).unwrap_or(Value::Null)
-}
-
 #[test]
 fn pods_reach_the_outside_from_the_node_address_except_to_configured_ranges() {
     if !require_root() {
@@ -276,8 +220,8 @@ fn pods_reach_the_outside_from_the_node_address_except_to_configured_ranges() {
     let c = Cluster::new(2);
     let d = c.start_daemons("routing = \"direct\"\n");
     wait_peers(&d[0], &[("node1", "direct")]);
-    let _t = serve(&c.client, &["serve", "tcp-peer", "9000", "outside"]);
-    let _u = serve(&c.client, &["serve", "udp-peer", "9000", "outside"]);
+    let _t = Server::spawn(&c.client, &["serve", "tcp-peer", "9000", "outside"]);
+    let _u = Server::spawn(&c.client, &["serve", "udp-peer", "9000", "outside"]);
     let a = Pod::add(&c.nodes[0].node, &c.nodes[0].conf());
     let b = Pod::add(&c.nodes[1].node, &c.nodes[1].conf());
     // Out of the cluster: from node0's address, v4 and v6, TCP and UDP.
@@ -311,7 +255,7 @@ fn pods_reach_the_outside_from_the_node_address_except_to_configured_ranges() {
         );
     }
     // Inside the cluster: the pod's own address.
-    let _s = serve(&b.ns, &["serve", "tcp-peer", "9000", "b"]);
+    let _s = Server::spawn(&b.ns, &["serve", "tcp-peer", "9000", "b"]);
     let mut r = Value::Null;
     let to_b = std::net::SocketAddr::new(b.ip(false), 9000).to_string();
     assert!(eventually(5, || {

@@ -6,49 +6,15 @@
 use serde_json::Value;
 use sluice_tests::cluster::{routing, wait_peers, Cluster};
 use sluice_tests::daemon::{eventually, Daemon};
-use sluice_tests::{bin, require_root, Ns, Pod};
+use sluice_tests::{bin, require_root, Ns, Pod, Server};
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 
 const MIB: u64 = 1 << 20;
 const NODE_PORT: u16 = 30080;
 
-/// A probe server in a pod, killed on drop.
-struct Serve(Child);
-
-impl Serve {
-    fn start(pod: &Pod<'_>, args: &[&str]) -> Self {
-        let c = Command::new("ip")
-            .args(["netns", "exec", &pod.ns.name])
-            .arg(bin("sluice-probe"))
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the probe server");
-        Serve(c)
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn probe(ns: &Ns, args: &[&str]) -> Value {
-    let mut cmd = vec![bin("sluice-probe").to_str().unwrap().to_string()];
-    cmd.extend(args.iter().map(|a| a.to_string()));
-    let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
-    let out = ns.exec(&cmd);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!(
-            "probe {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    sluice_tests::probe(ns, args).unwrap_or_else(|e| panic!("probe {args:?}: {e}"))
 }
 
 /// A NodePort service `web` with one backend on each node (port 8080).
@@ -151,8 +117,8 @@ fn nodeport_snat_reaches_local_and_remote_backends_from_every_node() {
     wait_served(&d);
     let b0 = Pod::add(&c.nodes[0].node, &c.nodes[0].conf());
     let b1 = Pod::add(&c.nodes[1].node, &c.nodes[1].conf());
-    let _s0 = Serve::start(&b0, &["serve", "tcp-peer", "8080", "b0"]);
-    let _s1 = Serve::start(&b1, &["serve", "tcp-peer", "8080", "b1"]);
+    let _s0 = Server::spawn(&b0.ns, &["serve", "tcp-peer", "8080", "b0"]);
+    let _s1 = Server::spawn(&b1.ns, &["serve", "tcp-peer", "8080", "b1"]);
     c.write_manifest(
         "web.yaml",
         &service(&[(&b0, "node0"), (&b1, "node1")], "", "Cluster"),
@@ -200,8 +166,8 @@ fn nodeport_dsr_replies_leave_from_the_backends_node() {
     let d = c.start_daemons("routing = \"direct\"\nexternal_mode = \"snat\"\n");
     wait_served(&d);
     let b1 = Pod::add(&c.nodes[1].node, &c.nodes[1].conf());
-    let _s1 = Serve::start(&b1, &["serve", "tcp-peer", "8080", "b1"]);
-    let _g1 = Serve::start(&b1, &["give", "8081", &(100 * MIB).to_string()]);
+    let _s1 = Server::spawn(&b1.ns, &["serve", "tcp-peer", "8080", "b1"]);
+    let _g1 = Server::spawn(&b1.ns, &["give", "8081", &(100 * MIB).to_string()]);
     // DSR by the service's annotation (the node's default is SNAT).
     c.write_manifest(
         "web.yaml",
@@ -267,7 +233,7 @@ fn pods_and_nodes_reach_a_nodeport_on_any_node_at_the_socket() {
     let d = c.start_daemons("routing = \"direct\"\n");
     wait_served(&d);
     let b1 = Pod::add(&c.nodes[1].node, &c.nodes[1].conf());
-    let _s1 = Serve::start(&b1, &["serve", "tcp-peer", "8080", "b1"]);
+    let _s1 = Server::spawn(&b1.ns, &["serve", "tcp-peer", "8080", "b1"]);
     c.write_manifest("web.yaml", &service(&[(&b1, "node1")], "", "Cluster"));
     let a = Pod::add(&c.nodes[0].node, &c.nodes[0].conf());
     for target in ["192.168.77.1", "192.168.77.2"] {
@@ -328,7 +294,7 @@ fn external_traffic_policy_local_keeps_the_client_and_the_health_check_tells_the
     let d = c.start_daemons("routing = \"direct\"\n");
     wait_served(&d);
     let b1 = Pod::add(&c.nodes[1].node, &c.nodes[1].conf());
-    let _s1 = Serve::start(&b1, &["serve", "tcp-peer", "8080", "b1"]);
+    let _s1 = Server::spawn(&b1.ns, &["serve", "tcp-peer", "8080", "b1"]);
     c.write_manifest("lb.yaml", &lb_local(&[(&b1, "node1")]));
     // node1 has the backend: 200 and one local endpoint; node0 has none.
     let mut h1 = Value::Null;
@@ -384,8 +350,8 @@ fn hybrid_mode_answers_tcp_directly_and_snats_udp() {
     let d = c.start_daemons("routing = \"direct\"\nexternal_mode = \"hybrid\"\n");
     wait_served(&d);
     let b1 = Pod::add(&c.nodes[1].node, &c.nodes[1].conf());
-    let _t = Serve::start(&b1, &["serve", "tcp-peer", "8080", "b1"]);
-    let _u = Serve::start(&b1, &["serve", "udp-peer", "8080", "b1"]);
+    let _t = Server::spawn(&b1.ns, &["serve", "tcp-peer", "8080", "b1"]);
+    let _u = Server::spawn(&b1.ns, &["serve", "udp-peer", "8080", "b1"]);
     let svc = service(&[(&b1, "node1")], "", "Cluster").replace(
         "{name: bulk, port: 81, targetPort: 8081",
         "{name: dns, protocol: UDP, port: 80, targetPort: 8080",
@@ -453,8 +419,8 @@ fn nodeports_over_vxlan_in_both_families_and_both_modes_carry_100_mib_intact() {
         wait_peers(d, &[(format!("node{}", 1 - i).as_str(), "vxlan")]);
     }
     let b1 = Pod::add(&c.nodes[1].node, &c.nodes[1].conf());
-    let _g = Serve::start(&b1, &["give", "8081", &(100 * MIB).to_string()]);
-    let _k = Serve::start(&b1, &["sink", "8080"]);
+    let _g = Server::spawn(&b1.ns, &["give", "8081", &(100 * MIB).to_string()]);
+    let _k = Server::spawn(&b1.ns, &["sink", "8080"]);
     for mode in ["snat", "dsr"] {
         c.write_manifest("web.yaml", &dual_stack(&[(&b1, "node1")], mode));
         for (node, port) in [
@@ -497,9 +463,9 @@ fn two_nodes_pick_the_same_backend_and_flows_survive_restarts_and_backend_remova
     let b0 = Pod::add(&c.nodes[0].node, &c.nodes[0].conf());
     let b1 = Pod::add(&c.nodes[1].node, &c.nodes[1].conf());
     let b2 = Pod::add(&c.nodes[1].node, &c.nodes[1].conf());
-    let _s: Vec<Serve> = [(&b0, "b0"), (&b1, "b1"), (&b2, "b2")]
+    let _s: Vec<Server> = [(&b0, "b0"), (&b1, "b1"), (&b2, "b2")]
         .iter()
-        .map(|(p, n)| Serve::start(p, &["serve", "tcp", "8080", n]))
+        .map(|(p, n)| Server::spawn(&p.ns, &["serve", "tcp", "8080", n]))
         .collect();
     c.write_manifest(
         "web.yaml",
@@ -564,16 +530,9 @@ fn nodeports_in_use_or_out_of_range_are_rejected_alone_and_binds_are_guarded() {
     let d = c.start_daemons("routing = \"direct\"\n");
     wait_served(&d);
     let b1 = Pod::add(&c.nodes[1].node, &c.nodes[1].conf());
-    let _s = Serve::start(&b1, &["serve", "tcp-peer", "8080", "b1"]);
+    let _s = Server::spawn(&b1.ns, &["serve", "tcp-peer", "8080", "b1"]);
     // A process on node0 holds port 30090 before the service comes.
-    let holder = Command::new("ip")
-        .args(["netns", "exec", &c.nodes[0].node.ns.name])
-        .arg(bin("sluice-probe"))
-        .args(["serve", "tcp", "30090", "holder"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the holder");
-    let _holder = Serve(holder);
+    let _holder = Server::start(&c.nodes[0].node.ns, "tcp", 30090, "holder");
     std::thread::sleep(std::time::Duration::from_millis(300));
     let clash = service(&[(&b1, "node1")], "", "Cluster")
         .replace("name: web", "name: clash")

@@ -11,19 +11,7 @@ use std::time::{Duration, Instant};
 
 /// Runs the probe client in `ns`; its JSON line.
 fn probe(ns: &Ns, args: &[&str]) -> Value {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns.name])
-        .arg(bin("sluice-probe"))
-        .args(args)
-        .output()
-        .expect("run probe");
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "probe {args:?}: {e}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    sluice_tests::probe(ns, args).unwrap_or_else(|e| panic!("probe {args:?}: {e}"))
 }
 
 /// Connects until the server answers (servers take a moment to bind).

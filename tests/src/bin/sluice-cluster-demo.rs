@@ -10,43 +10,14 @@
 use serde_json::Value;
 use sluice_tests::cluster::{routing, wait_peers, Cluster};
 use sluice_tests::daemon::eventually;
-use sluice_tests::{bin, require_root, Ns, Pod};
-use std::process::{Child, Command, ExitCode, Stdio};
+use sluice_tests::{require_root, Ns, Pod, Server};
+use std::process::ExitCode;
 
 const MIB: u64 = 1 << 20;
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(ns: &Ns, args: &[&str]) -> Server {
-    Server(
-        Command::new("ip")
-            .args(["netns", "exec", &ns.name])
-            .arg(bin("sluice-probe"))
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start a probe server"),
-    )
-}
-
+/// The probe client's JSON line in `ns` (null if it printed none).
 fn probe(ns: &Ns, args: &[&str]) -> Value {
-    let p = bin("sluice-probe");
-    let mut a = vec![p.to_str().unwrap()];
-    a.extend_from_slice(args);
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns.name])
-        .args(&a)
-        .output()
-        .expect("run the probe");
-    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    sluice_tests::probe(ns, args).unwrap_or(Value::Null)
 }
 
 /// `web-dsr` / `web-snat` (port 80, backends b0 and b1) and `bulk-dsr` /
@@ -129,8 +100,8 @@ fn main() -> ExitCode {
         .iter()
         .flat_map(|(p, n)| {
             [
-                serve(&p.ns, &["serve", "tcp-peer", "8080", n]),
-                serve(&p.ns, &["give", "8081", &(64 * MIB).to_string()]),
+                Server::spawn(&p.ns, &["serve", "tcp-peer", "8080", n]),
+                Server::spawn(&p.ns, &["give", "8081", &(64 * MIB).to_string()]),
             ]
         })
         .collect();
@@ -207,7 +178,7 @@ fn main() -> ExitCode {
     );
 
     println!("\n  A pod reaching the outside client (masqueraded to its node's address):");
-    let _o = serve(&c.client, &["serve", "tcp-peer", "9000", "outside"]);
+    let _o = Server::spawn(&c.client, &["serve", "tcp-peer", "9000", "outside"]);
     let mut r = Value::Null;
     let ok = eventually(10, || {
         r = probe(&b1.ns, &["tcp", "192.168.77.200:9000"]);
