@@ -188,8 +188,12 @@ mod shipped_conflist {
             assert_eq!(conf.plugin_type, "sluice");
             let pc = PluginConf::from_netconf(&conf).unwrap();
             assert_eq!(pc.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
-            let ipam = sluice_ipam::IpamConfig::from_netconf(&conf).unwrap();
-            assert_eq!(ipam.range_sets.len(), 2, "dual-stack by default");
+            // No ranges: every node allocates from its own Node object's
+            // spec.podCIDRs (sluiced's node.json), so one conflist serves
+            // the whole cluster.
+            let ipam = sluice_ipam::config::ipam_object(&conf).unwrap();
+            assert_eq!(ipam["type"], "sluice-ipam");
+            assert!(ipam.get("ranges").is_none() && ipam.get("subnet").is_none());
         }
     }
 

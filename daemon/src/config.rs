@@ -77,6 +77,10 @@ struct Raw {
     nodeport_devices: Option<Vec<String>>,
     masquerade: Option<bool>,
     non_masquerade_cidrs: Option<Vec<String>>,
+    kubernetes: Option<bool>,
+    kubeconfig: Option<PathBuf>,
+    api_server: Option<String>,
+    api_page_size: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +158,9 @@ pub struct Config {
     /// Destinations reached with the pod's own address besides the
     /// cluster's pod and service ranges (a VPC's, a peered network's).
     pub non_masquerade_cidrs: Vec<ipnetwork::IpNetwork>,
+    /// The Kubernetes API as the service source (Services, EndpointSlices,
+    /// Nodes); `None`: not used. Exclusive with `services_dir`.
+    pub kubernetes: Option<crate::services::api::ApiSettings>,
 }
 
 /// `lo-hi`, both ports, lo <= hi.
@@ -209,6 +216,7 @@ impl Default for Config {
             nodeport_devices: None,
             masquerade: true,
             non_masquerade_cidrs: Vec::new(),
+            kubernetes: None,
         }
     }
 }
@@ -330,7 +338,44 @@ impl Config {
                     .map(|c| parse_cidr(c))
                     .collect::<Result<_, _>>()?,
             },
+            kubernetes: match raw.kubernetes {
+                Some(true) => Some(crate::services::api::ApiSettings {
+                    kubeconfig: raw.kubeconfig,
+                    api_server: raw.api_server,
+                    page_size: raw.api_page_size.unwrap_or(500),
+                }),
+                _ if raw.kubeconfig.is_some()
+                    || raw.api_server.is_some()
+                    || raw.api_page_size.is_some() =>
+                {
+                    return Err(
+                        "kubeconfig, api_server and api_page_size are settings of the Kubernetes \
+                         API source: set kubernetes = true as well"
+                            .into(),
+                    )
+                }
+                _ => None,
+            },
         };
+        if let Some(k) = &c.kubernetes {
+            if c.services_dir.is_some() {
+                return Err(
+                    "services_dir and kubernetes = true are two service sources: choose one".into(),
+                );
+            }
+            if let Some(u) = &k.api_server {
+                if !(u.starts_with("https://") || u.starts_with("http://"))
+                    || u.parse::<http::Uri>().is_err()
+                {
+                    return Err(format!(
+                        "api_server {u:?} is not a URL like https://192.168.1.10:6443"
+                    ));
+                }
+            }
+            if k.page_size == 0 {
+                return Err("api_page_size must be at least 1".into());
+            }
+        }
         let (lo, hi) = c.nodeport_range;
         let (slo, shi) = c.snat_port_range;
         if slo <= hi && lo <= shi {

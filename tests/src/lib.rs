@@ -10,6 +10,7 @@
 pub mod cluster;
 pub mod daemon;
 pub mod frames;
+pub mod kubeapi;
 pub mod manifests;
 pub mod nbsock;
 

@@ -77,6 +77,14 @@ fn manifests_parse_as_their_kubernetes_types_and_mount_what_the_config_uses() {
 
     let toml = &cm.unwrap().data.unwrap()["sluiced.toml"];
     let cfg = sluice_daemon::config::Config::parse(toml).expect("the ConfigMap's config parses");
+    let k8s = cfg
+        .kubernetes
+        .clone()
+        .expect("the shipped config reads the API");
+    assert!(
+        k8s.kubeconfig.is_none(),
+        "in-cluster: the pod's service account"
+    );
     let ds = ds.unwrap();
     let spec = ds.spec.unwrap();
     assert_eq!(
@@ -89,6 +97,12 @@ fn manifests_parse_as_their_kubernetes_types_and_mount_what_the_config_uses() {
     );
     let pod = spec.template.spec.unwrap();
     assert_eq!(pod.host_network, Some(true));
+    assert_eq!(pod.service_account_name.as_deref(), Some("sluice"));
+    assert_ne!(
+        pod.automount_service_account_token,
+        Some(false),
+        "the API source needs the service account's token"
+    );
     assert!(pod
         .tolerations
         .unwrap()

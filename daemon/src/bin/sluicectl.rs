@@ -67,6 +67,9 @@ enum Cmd {
     /// Node routing: the other nodes, how each is reached (direct or
     /// VXLAN) and through what, the pod MTU, and rejected Node objects.
     Nodes,
+    /// The service source: synced or not, objects per kind, last event
+    /// age, API reachability and errors. Exit status 1 until synced.
+    Source,
     /// BPF objects.
     Bpf {
         #[command(subcommand)]
@@ -208,6 +211,19 @@ fn run(args: &Args) -> anyhow::Result<i32> {
             } else {
                 1
             })
+        }
+        Cmd::Source => {
+            let r = ask(Request::ServiceSource)?;
+            let pass: Pass = serde_json::from_value(r.data["source"].clone())
+                .context("reading the source state")?;
+            let Some(src) = pass.source.clone() else {
+                anyhow::bail!("this daemon does not report its source's state (older version)");
+            };
+            match args.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&src)?),
+                Output::Table => print_source(&src, &pass),
+            }
+            Ok(if src.synced && src.reachable { 0 } else { 1 })
         }
         Cmd::Bpf { what: BpfCmd::Maps } => {
             let maps = map_summary(&cfg.maps_dir());
@@ -670,6 +686,70 @@ fn print_status(s: &StatusView) {
     );
     println!();
     print_maps(&s.maps);
+}
+
+fn print_source(s: &sluice_daemon::services::api::SourceStatus, pass: &Pass) {
+    let age = |a: Option<f64>| {
+        a.map(|a| format!("{a:.1}s ago"))
+            .unwrap_or_else(|| "-".into())
+    };
+    println!("source       {} {}", s.source, s.server);
+    println!(
+        "synced       {}",
+        match (s.synced, s.synced_after_ms) {
+            (true, Some(ms)) => format!("yes (after {:.1}s)", ms / 1e3),
+            (true, None) => "yes".into(),
+            (false, _) => "no: nothing is programmed from it until every kind is listed".into(),
+        }
+    );
+    println!(
+        "reachable    {}",
+        if s.reachable {
+            "yes"
+        } else {
+            "no: what is programmed stays"
+        }
+    );
+    if let Some(e) = &s.client_error {
+        println!("client       {e}");
+    }
+    println!(
+        "programmed   {} frontends, {} passes, {} rejected",
+        pass.frontends,
+        pass.passes,
+        pass.rejected.len()
+    );
+    let mut rows = Vec::new();
+    for k in &s.kinds {
+        rows.push(vec![
+            k.kind.clone(),
+            if k.synced { "yes" } else { "no" }.into(),
+            k.objects.to_string(),
+            k.rejected.to_string(),
+            k.events.to_string(),
+            k.lists.to_string(),
+            age(k.last_event_age_s),
+            k.errors.to_string(),
+            match &k.last_error {
+                Some(e) => format!("{} ({e})", age(k.last_error_age_s)),
+                None => "-".into(),
+            },
+        ]);
+    }
+    table(
+        &[
+            "KIND",
+            "SYNCED",
+            "OBJECTS",
+            "REJECTED",
+            "EVENTS",
+            "LISTS",
+            "LAST EVENT",
+            "ERRORS",
+            "LAST ERROR",
+        ],
+        rows,
+    );
 }
 
 fn print_services(views: &[ServiceView], pass: &Pass) {

@@ -21,13 +21,33 @@ struct Args {
 /// The API thread's nice value.
 const API_NICE: libc::c_int = -5;
 
+/// The Kubernetes client's own crates log every request at debug: they
+/// stay at info unless SLUICE_LOG names them.
+fn quiet_clients(f: tracing_subscriber::EnvFilter) -> tracing_subscriber::EnvFilter {
+    let named = std::env::var("SLUICE_LOG").unwrap_or_default();
+    [
+        "kube_client",
+        "kube_runtime",
+        "hyper_util",
+        "tower",
+        "rustls",
+        "h2",
+    ]
+    .into_iter()
+    .filter(|c| !named.contains(c))
+    .fold(f, |f, c| match format!("{c}=info").parse() {
+        Ok(d) => f.add_directive(d),
+        Err(_) => f,
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
+        .with_env_filter(quiet_clients(
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        ))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

@@ -2,6 +2,7 @@
 //! translation from Kubernetes objects into it.
 
 pub mod affinity;
+pub mod api;
 pub mod manifest;
 pub mod model;
 pub mod program;

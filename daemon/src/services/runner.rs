@@ -7,10 +7,11 @@
 //! pass that would remove most or all of the frontends at once is held
 //! back until the operator lets it through ([`RemovalGuard`]).
 
+use super::api::{self, ApiStore, SourceStatus, Touched};
 use super::model::{FrontendKey, FrontendKind, Rejection, ServiceRef};
 use super::program::{ApplyReport, MaglevConfig, Programmer, RemovalGuard, ServiceView};
 use super::source::{watch, ManifestDir};
-use super::translate::{translate_parsed, Context};
+use super::translate::{translate_parsed, Context, ParsedObject};
 use crate::config::Config;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -31,6 +32,82 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// How often a services directory that does not exist is looked for.
 const MISSING_DIR_EVERY: Duration = Duration::from_secs(1);
+
+/// API changes are applied together once none has come for this long
+/// (a burst to one service is one pass) ...
+const COALESCE_QUIET: Duration = Duration::from_millis(2);
+/// ... or once the first of them has waited this long.
+const COALESCE_MAX: Duration = Duration::from_millis(20);
+
+/// Where the objects come from. (One per daemon, behind a mutex: the
+/// variants' sizes do not matter.)
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+enum Source {
+    Dir(ManifestDir),
+    Api(ApiStore),
+}
+
+impl Source {
+    fn objects(&self) -> (Vec<&ParsedObject>, Vec<Rejection>) {
+        match self {
+            Source::Dir(d) => d.objects(),
+            Source::Api(a) => (a.objects(), a.rejections()),
+        }
+    }
+
+    fn objects_for(&self, refs: &std::collections::BTreeSet<ServiceRef>) -> Vec<&ParsedObject> {
+        match self {
+            Source::Dir(d) => d.objects_for(refs),
+            Source::Api(a) => a.objects_for(refs),
+        }
+    }
+
+    fn nodes(&self) -> (Vec<crate::nodes::ClusterNode>, u64) {
+        match self {
+            Source::Dir(d) => d.nodes(),
+            Source::Api(a) => a.nodes(),
+        }
+    }
+
+    fn rejections(&self) -> Vec<Rejection> {
+        match self {
+            Source::Dir(d) => d.file_rejections(),
+            Source::Api(a) => a.rejections(),
+        }
+    }
+
+    fn status(&self, dir: Option<&std::path::Path>) -> SourceStatus {
+        match self {
+            Source::Api(a) => a.status(),
+            Source::Dir(d) => {
+                let (objects, rejected) = d.objects();
+                let services = objects.iter().filter(|o| o.is_service()).count();
+                let exists = dir.is_some_and(|p| p.is_dir());
+                let kind = |k: &str, n: usize| api::KindStatus {
+                    kind: k.into(),
+                    synced: exists,
+                    objects: n,
+                    ..Default::default()
+                };
+                SourceStatus {
+                    source: "manifests".into(),
+                    server: dir.map(|p| p.display().to_string()).unwrap_or_default(),
+                    synced: exists,
+                    reachable: exists,
+                    client_error: (!rejected.is_empty())
+                        .then(|| format!("{} files or documents rejected", rejected.len())),
+                    kinds: vec![
+                        kind("Service", services),
+                        kind("EndpointSlice", objects.len() - services),
+                        kind("Node", d.nodes().0.len()),
+                    ],
+                    ..Default::default()
+                }
+            }
+        }
+    }
+}
 
 /// The last pass, for the API and metrics.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -67,12 +144,15 @@ pub struct Pass {
     /// Entries the service maps hold, against what they are sized for.
     #[serde(default)]
     pub fill: Vec<super::program::Fill>,
+    /// The source's own state (synced, objects per kind, API reachability).
+    #[serde(default)]
+    pub source: Option<SourceStatus>,
 }
 
 #[derive(Debug)]
 pub struct Services {
     programmer: Mutex<Programmer>,
-    dir: Mutex<ManifestDir>,
+    source: Mutex<Source>,
     ctx: Context,
     pass: Mutex<Pass>,
     /// The translation's rejections, kept per service across incremental
@@ -85,7 +165,8 @@ pub struct Services {
     /// Files the watch named that were missing: forgotten after
     /// [`MISSING_GRACE`] if still missing.
     deferred: Mutex<Vec<std::ffi::OsString>>,
-    dir_path: std::path::PathBuf,
+    /// The manifests directory (`None`: the API is the source).
+    dir_path: Option<std::path::PathBuf>,
     max_removal_percent: u8,
     /// The operator let a held removal through: the next pass applies it.
     allow_removal: std::sync::atomic::AtomicBool,
@@ -162,8 +243,10 @@ impl Services {
         maps_dir: &std::path::Path,
         routing: Option<Arc<crate::routing::Routing>>,
     ) -> anyhow::Result<Option<Arc<Self>>> {
-        let Some(dir) = &cfg.services_dir else {
-            return Ok(None);
+        let (source_name, dir) = match (&cfg.services_dir, &cfg.kubernetes) {
+            (Some(dir), _) => (dir.display().to_string(), Some(dir)),
+            (None, Some(k)) => (format!("kubernetes {}", api::describe(k)), None),
+            (None, None) => return Ok(None),
         };
         let sweeper = super::affinity::Sweeper::open(maps_dir)?;
         let programmer = Programmer::open(
@@ -189,8 +272,7 @@ impl Services {
             node_name = node_name.as_deref().unwrap_or("(none)"),
             from = node_name_source,
             service_cidrs = ?cfg.service_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "service source: {}",
-            dir.display()
+            "service source: {source_name}"
         );
         let ctx = Context {
             node_name: node_name.clone(),
@@ -200,12 +282,16 @@ impl Services {
             external_mode: cfg.external_mode,
             ..Default::default()
         };
+        let source = match dir {
+            Some(dir) => Source::Dir(ManifestDir::new(dir, &ctx)),
+            None => Source::Api(ApiStore::new(source_name.clone())),
+        };
         let s = Arc::new(Services {
             programmer: Mutex::new(programmer),
-            dir: Mutex::new(ManifestDir::new(dir, &ctx)),
+            source: Mutex::new(source),
             ctx,
             pass: Mutex::new(Pass {
-                dir: dir.display().to_string(),
+                dir: source_name,
                 node_name,
                 node_name_source: node_name_source.into(),
                 udp_socket_termination,
@@ -214,7 +300,7 @@ impl Services {
             translation_rejected: Mutex::new(Vec::new()),
             full_due: Mutex::new(None),
             deferred: Mutex::new(Vec::new()),
-            dir_path: dir.clone(),
+            dir_path: dir.cloned(),
             max_removal_percent: cfg.max_removal_percent,
             allow_removal: Default::default(),
             terminator,
@@ -237,6 +323,32 @@ impl Services {
             pass.frontends = p.frontends();
             pass.fill = p.fill();
             p.frontends() > 0
+        };
+        let Some(dir) = dir else {
+            // The API: what is programmed stays as it is until every kind
+            // has been listed (the daemon is ready meanwhile: pods and the
+            // datapath do not wait for the API server).
+            let (tx, rx) = std::sync::mpsc::channel();
+            let settings = cfg
+                .kubernetes
+                .clone()
+                .expect("the API source is configured");
+            api::spawn(
+                settings,
+                s.ctx.clone(),
+                Arc::new(ApiSink {
+                    services: s.clone(),
+                    tx: Mutex::new(tx),
+                }),
+            )?;
+            let s2 = s.clone();
+            std::thread::Builder::new()
+                .name("sluiced-services".into())
+                .spawn(move || {
+                    crate::housekeeping_priority();
+                    s2.run_api(rx)
+                })?;
+            return Ok(Some(s));
         };
         let (rx, first_pass_due) = if dir.is_dir() {
             let rx = watch(dir).map_err(|e| anyhow::anyhow!(e))?;
@@ -266,7 +378,7 @@ impl Services {
         let frontends = lock(&self.programmer).frontends();
         let w = format!(
             "services_dir {} does not exist (not mounted yet?): the {frontends} programmed frontends are kept until it does",
-            self.dir_path.display()
+            self.dir_path().display()
         );
         let mut pass = lock(&self.pass);
         if !pass.warnings.contains(&w) {
@@ -279,18 +391,17 @@ impl Services {
     /// The services thread: waits for the directory, then applies what the
     /// watch reports, a full pass every 30 s, and the affinity sweep.
     fn run(&self, mut rx: Option<std::sync::mpsc::Receiver<Vec<std::ffi::OsString>>>) {
-        let mut last_full = Instant::now();
-        let mut last_sweep = Instant::now();
+        let mut clock = Clock::new();
         loop {
             let Some(events) = rx.as_ref() else {
                 std::thread::sleep(MISSING_DIR_EVERY);
-                if self.dir_path.is_dir() {
-                    match watch(&self.dir_path) {
+                if self.dir_path().is_dir() {
+                    match watch(self.dir_path()) {
                         Ok(r) => {
-                            info!(dir = %self.dir_path.display(), "services_dir appeared");
+                            info!(dir = %self.dir_path().display(), "services_dir appeared");
                             rx = Some(r);
                             self.pass(true);
-                            last_full = Instant::now();
+                            clock.last_full = Instant::now();
                         }
                         Err(e) => warn!("{e}"),
                     }
@@ -299,13 +410,7 @@ impl Services {
                 }
                 continue;
             };
-            // A full pass every 30 s whatever else happens (a lost event,
-            // a retry), sooner when one is due.
-            let mut due = self.full_due().unwrap_or(last_full + FULL_EVERY);
-            due = due.min(last_sweep + SWEEP_EVERY);
-            if self.sweep_due.load(std::sync::atomic::Ordering::Relaxed) {
-                due = due.min(last_sweep + MISSING_DIR_EVERY);
-            }
+            let mut due = self.next_due(&clock);
             if !lock(&self.deferred).is_empty() {
                 due = due.min(Instant::now() + MISSING_GRACE);
             }
@@ -318,7 +423,7 @@ impl Services {
                     if names.is_empty() {
                         // An overflowed queue names nothing.
                         self.pass(true);
-                        last_full = Instant::now();
+                        clock.last_full = Instant::now();
                     } else {
                         self.changed(&names, false);
                         // A file gone now may be an editor's save in
@@ -337,31 +442,96 @@ impl Services {
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
             }
-            let soon = self.sweep_due.load(std::sync::atomic::Ordering::Relaxed)
-                && Instant::now() >= last_sweep + MISSING_DIR_EVERY;
-            if soon || Instant::now() >= last_sweep + SWEEP_EVERY {
-                self.sweep_due
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
-                let n = lock(&self.sweeper).sweep(|| lock(&self.programmer).live_svc_ids());
-                if n > 0 {
-                    debug!(
-                        entries = n,
-                        "affinity entries of pods or frontends that are gone removed"
-                    );
-                    lock(&self.pass).affinity_swept += n as u64;
+            self.housekeeping(&mut clock);
+        }
+    }
+
+    /// The services thread of the API source: waits for every kind to be
+    /// listed, then applies what changed (bursts coalesced), a full pass
+    /// every 30 s, and the affinity sweep.
+    fn run_api(&self, rx: api::Updates) {
+        use std::sync::mpsc::RecvTimeoutError;
+        let mut clock = Clock::new();
+        loop {
+            let wait = self
+                .next_due(&clock)
+                .saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(mut t) => {
+                    let first = Instant::now();
+                    while first.elapsed() < COALESCE_MAX {
+                        match rx.recv_timeout(COALESCE_QUIET) {
+                            Ok(more) => t.merge(more),
+                            Err(RecvTimeoutError::Timeout) => break,
+                            Err(RecvTimeoutError::Disconnected) => return,
+                        }
+                    }
+                    self.api_changed(t, &mut clock);
                 }
-                last_sweep = Instant::now();
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
             }
-            if Instant::now() >= self.full_due().unwrap_or(last_full + FULL_EVERY) {
-                self.pass(true);
-                last_full = Instant::now();
+            self.housekeeping(&mut clock);
+        }
+    }
+
+    /// Applies what the API changed, once it has been listed whole.
+    fn api_changed(&self, t: Touched, clock: &mut Clock) {
+        let src = lock(&self.source);
+        if !matches!(&*src, Source::Api(a) if a.synced()) {
+            return;
+        }
+        if t.first_sync {
+            drop(src);
+            self.pass(true);
+            clock.last_full = Instant::now();
+        } else if !t.services.is_empty() {
+            self.apply_refs(src, t.services, Instant::now());
+        } else if t.nodes {
+            self.send_nodes(&src);
+        }
+    }
+
+    /// When the next full pass or sweep is due.
+    fn next_due(&self, clock: &Clock) -> Instant {
+        // A full pass every 30 s whatever else happens (a lost event, a
+        // retry), sooner when one is due.
+        let mut due = self
+            .full_due()
+            .unwrap_or(clock.last_full + FULL_EVERY)
+            .min(clock.last_sweep + SWEEP_EVERY);
+        if self.sweep_due.load(std::sync::atomic::Ordering::Relaxed) {
+            due = due.min(clock.last_sweep + MISSING_DIR_EVERY);
+        }
+        due
+    }
+
+    /// The affinity sweep and the periodic full pass, when due.
+    fn housekeeping(&self, clock: &mut Clock) {
+        let soon = self.sweep_due.load(std::sync::atomic::Ordering::Relaxed)
+            && Instant::now() >= clock.last_sweep + MISSING_DIR_EVERY;
+        if soon || Instant::now() >= clock.last_sweep + SWEEP_EVERY {
+            self.sweep_due
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            let n = lock(&self.sweeper).sweep(|| lock(&self.programmer).live_svc_ids());
+            if n > 0 {
+                debug!(
+                    entries = n,
+                    "affinity entries of pods or frontends that are gone removed"
+                );
+                lock(&self.pass).affinity_swept += n as u64;
             }
+            clock.last_sweep = Instant::now();
+        }
+        if Instant::now() >= self.full_due().unwrap_or(clock.last_full + FULL_EVERY) {
+            self.pass(true);
+            clock.last_full = Instant::now();
         }
     }
 
     /// Hands the directory's Node objects to node routing when they may
     /// have changed since the last time.
-    fn send_nodes(&self, dir: &ManifestDir) {
+    fn send_nodes(&self, dir: &Source) {
         use std::sync::atomic::Ordering;
         let Some(r) = &self.routing else { return };
         let (nodes, generation) = dir.nodes();
@@ -387,8 +557,9 @@ impl Services {
         }
     }
 
+    /// The manifests directory (only the directory source asks).
     fn dir_path(&self) -> &std::path::Path {
-        &self.dir_path
+        self.dir_path.as_deref().unwrap_or(std::path::Path::new(""))
     }
 
     fn full_due(&self) -> Option<Instant> {
@@ -400,15 +571,20 @@ impl Services {
         *lock(&self.full_due) = None;
         lock(&self.programmer).collect();
         let t0 = Instant::now();
-        let mut dir = lock(&self.dir);
-        let changed = match dir.scan() {
-            Ok(c) => c,
-            Err(e) => {
-                warn!("{e}");
-                return;
-            }
+        let mut dir = lock(&self.source);
+        let changed = match &mut *dir {
+            Source::Dir(d) => match d.scan() {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!("{e}");
+                    return;
+                }
+            },
+            // Nothing is programmed from a view not listed whole.
+            Source::Api(a) if !a.synced() => return,
+            Source::Api(_) => false,
         };
-        if !self.dir_path.is_dir() {
+        if matches!(&*dir, Source::Dir(_)) && !self.dir_path().is_dir() {
             // Removed while we read it: nothing read can be trusted.
             drop(dir);
             self.dir_missing();
@@ -459,10 +635,23 @@ impl Services {
     /// they touch are translated and applied.
     fn changed(&self, names: &[std::ffi::OsString], forget_missing: bool) {
         let t0 = Instant::now();
-        let mut dir = lock(&self.dir);
+        let mut src = lock(&self.source);
+        let Source::Dir(dir) = &mut *src else {
+            return;
+        };
         let refs = dir.refresh(names, forget_missing);
+        self.apply_refs(src, refs, t0);
+    }
+
+    /// Translates and applies the given services only.
+    fn apply_refs(
+        &self,
+        dir: MutexGuard<'_, Source>,
+        refs: std::collections::BTreeSet<ServiceRef>,
+        t0: Instant,
+    ) {
         self.send_nodes(&dir);
-        let rejected = dir.file_rejections();
+        let rejected = dir.rejections();
         let mut programmer = lock(&self.programmer);
         let report = if refs.is_empty() {
             drop(dir);
@@ -604,11 +793,62 @@ impl Services {
     }
 
     pub fn last_pass(&self) -> Pass {
+        let status = lock(&self.source).status(self.dir_path.as_deref());
         let mut p = lock(&self.pass).clone();
+        p.source = Some(status);
         if let Some(t) = &self.terminator {
             p.udp_sockets_ended = t.stats.destroyed.load(std::sync::atomic::Ordering::Relaxed);
         }
         p
+    }
+}
+
+/// When the services thread last did its periodic work.
+#[derive(Debug)]
+struct Clock {
+    last_full: Instant,
+    last_sweep: Instant,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Clock {
+            last_full: Instant::now(),
+            last_sweep: Instant::now(),
+        }
+    }
+}
+
+/// Where the API thread puts what it reads: the store (under the services'
+/// lock), and what changed to the services thread.
+struct ApiSink {
+    services: Arc<Services>,
+    tx: Mutex<std::sync::mpsc::Sender<Touched>>,
+}
+
+impl ApiSink {
+    fn with_store<T: Default>(&self, f: impl FnOnce(&mut ApiStore) -> T) -> T {
+        match &mut *lock(&self.services.source) {
+            Source::Api(a) => f(a),
+            Source::Dir(_) => T::default(),
+        }
+    }
+}
+
+impl api::Sink for ApiSink {
+    fn event(&self, kind: api::Kind, ev: api::Event) {
+        let t = self.with_store(|a| a.event(kind, ev));
+        if !t.is_empty() {
+            let _ = lock(&self.tx).send(t);
+        }
+    }
+
+    fn error(&self, kind: api::Kind, e: String) {
+        self.with_store(|a| a.error(kind, e));
+    }
+
+    fn client_error(&self, e: Option<String>) {
+        self.with_store(|a| a.client_error(e));
     }
 }
 

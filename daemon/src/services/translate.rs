@@ -24,6 +24,9 @@ pub const EXTERNAL_MODE_ANNOTATION: &str = "sluice.dev/external-mode";
 pub const DEFAULT_NODEPORT_RANGE: (u16, u16) = (30000, 32767);
 /// The label tying an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// A Service with this label belongs to another proxy (kube-proxy and
+/// Cilium leave it alone too).
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Context {
@@ -65,7 +68,7 @@ pub struct Translation {
     pub local_policy_services: usize,
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 struct ParsedPort {
     name: String,
     port: u16,
@@ -74,7 +77,7 @@ struct ParsedPort {
     node_port: Option<u16>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 struct ParsedService {
     svc: ServiceRef,
     cluster_ips: Vec<IpAddr>,
@@ -89,14 +92,14 @@ struct ParsedService {
     health_check_node_port: Option<u16>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 struct ParsedEndpoint {
     ip: IpAddr,
     state: BackendState,
     node_name: Option<String>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 struct ParsedSlice {
     ipv4: bool,
     /// (port name, port, protocol)
@@ -177,7 +180,8 @@ fn bad_backend(ip: IpAddr, ctx: &Context) -> Option<String> {
     ))
 }
 
-/// `None`: not a service the datapath handles (headless, ExternalName).
+/// `None`: not a service the datapath handles (headless, ExternalName, or
+/// labelled for another proxy).
 /// Ports Sluice cannot serve (SCTP) are left out, each with a note; the
 /// service's other ports are kept.
 fn parse_service(
@@ -190,6 +194,10 @@ fn parse_service(
         return Err("spec is missing".into());
     };
     if spec.type_.as_deref() == Some("ExternalName") {
+        return Ok(None);
+    }
+    let labels = s.metadata.labels.as_ref();
+    if labels.is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL)) {
         return Ok(None);
     }
     let raw_ips: Vec<String> = match (&spec.cluster_ips, &spec.cluster_ip) {
@@ -356,7 +364,7 @@ fn parse_service(
             external_ips.push(ip);
         } else {
             notes.push(format!(
-                "externalIP {ip} is outside external_ip_cidrs ({}): ignored, so a service cannot                  capture traffic to an address it does not own (CVE-2020-8554); allow the range                  in sluiced.toml if this address is the service's",
+                "externalIP {ip} is outside external_ip_cidrs ({}): ignored, so a service cannot capture traffic to an address it does not own (CVE-2020-8554); allow the range in sluiced.toml if this address is the service's",
                 ranges_text(&ctx.external_ip_cidrs)
             ));
         }
@@ -565,7 +573,7 @@ fn frontends_of(p: &ParsedService) -> Vec<(FrontendKey, FrontendKind, &ParsedPor
 /// (a daemon with 10,000 services keeps what the datapath and the next
 /// diff need, not every field of every object). Parsing reads only the
 /// context's service ranges, which do not change while the daemon runs.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct ParsedObject {
     /// (namespace, name) as the object has them: the order objects are
     /// taken in, so the first definition of a service wins whatever order
@@ -577,7 +585,7 @@ pub struct ParsedObject {
     kind: ParsedKind,
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 enum ParsedKind {
     Service(Result<Option<ParsedService>, String>),
     Slice(Result<Option<(ServiceRef, ParsedSlice)>, String>),
