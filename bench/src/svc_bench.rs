@@ -21,16 +21,17 @@ mod cleanup;
 #[allow(dead_code)]
 mod stats;
 
-use aya::maps::{HashMap, MapData};
+#[path = "svcmaps.rs"]
+mod svcmaps;
+
 use cleanup::Track;
 use serde_json::{json, Value};
-use sluice_dataplane::load::open_pinned;
-use sluice_dataplane::maps::{self, Backend, LbSlotKey, SvcKey, SvcValue};
 use sluice_tests::daemon::Daemon;
 use sluice_tests::{bin, with_pod_annotations, Node, Ns, Pod, Server};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
+use svcmaps::Maps;
 
 const USAGE: &str = "\
 usage: svc-bench [--sizes 1,1000,10000] [--conns 1000] [--rounds 3] [--events 200] [--json]
@@ -67,44 +68,13 @@ fn manifest(i: usize, eps: &[Ipv4Addr]) -> String {
 
 use sluice_tests::manifests::{self, write_atomic};
 
-/// kube-proxy's iptables layout for `n` services, as one restore file.
-///
-/// Only connections of the iptables client pod enter KUBE-SERVICES, so the
-/// direct and Sluice samples do not pay for the chains.
+/// kube-proxy's iptables layout for `n` services (the measured one,
+/// `last`, with the real backend), as one restore file.
 fn iptables_rules(n: usize, last: usize, backend: Ipv4Addr, client: Ipv4Addr) -> String {
-    let mut chains = String::from("*nat\n:KUBE-SERVICES - [0:0]\n");
-    let mut rules = String::new();
-    for i in 0..n {
-        let svc = format!("KUBE-SVC-{i:012X}");
-        chains.push_str(&format!(":{svc} - [0:0]\n"));
-        rules.push_str(&format!(
-            "-A KUBE-SERVICES -d {}/32 -p tcp -m comment --comment \"bench/svc-{i}:http cluster IP\" -m tcp --dport {PORT} -j {svc}\n",
-            cluster_ip(i, true)
-        ));
-        let eps = endpoints(i, last, backend);
-        for (e, ip) in eps.iter().enumerate() {
-            let sep = format!("KUBE-SEP-{i:08X}{e:04X}");
-            chains.push_str(&format!(":{sep} - [0:0]\n"));
-            let left = eps.len() - e;
-            if left > 1 {
-                rules.push_str(&format!(
-                    "-A {svc} -m comment --comment \"bench/svc-{i}:http\" -m statistic --mode random --probability {:.10} -j {sep}\n",
-                    1.0 / left as f64
-                ));
-            } else {
-                rules.push_str(&format!(
-                    "-A {svc} -m comment --comment \"bench/svc-{i}:http\" -j {sep}\n"
-                ));
-            }
-            rules.push_str(&format!(
-                "-A {sep} -p tcp -m comment --comment \"bench/svc-{i}:http\" -m tcp -j DNAT --to-destination {ip}:{BACKEND_PORT}\n"
-            ));
-        }
-    }
-    rules.push_str(&format!(
-        "-A PREROUTING -s {client}/32 -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n"
-    ));
-    format!("{chains}{rules}COMMIT\n")
+    let services: Vec<(Ipv4Addr, Vec<Ipv4Addr>)> = (0..n)
+        .map(|i| (cluster_ip(i, true), endpoints(i, last, backend)))
+        .collect();
+    svcmaps::kube_proxy_rules(&services, PORT, BACKEND_PORT, Some(client))
 }
 
 fn in_ns(ns: &str, args: &[&str]) -> std::process::Output {
@@ -144,62 +114,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-struct Maps {
-    svc: HashMap<MapData, SvcKey, SvcValue>,
-    backends: HashMap<MapData, u32, Backend>,
-    tables: std::os::fd::OwnedFd,
-    slots: HashMap<MapData, LbSlotKey, u32>,
-}
-
-impl Maps {
-    fn open(d: &Daemon<'_>) -> Self {
-        let dir = d.pin_path.join("maps");
-        let open = |m: &maps::MapSpec| open_pinned(&dir, m).unwrap_or_else(|e| panic!("{e}"));
-        Maps {
-            svc: HashMap::try_from(open(&maps::SVC)).unwrap(),
-            backends: HashMap::try_from(open(&maps::BACKENDS)).unwrap(),
-            tables: sluice_dataplane::sys::obj_get(&dir.join(maps::LB_TABLES.name)).unwrap(),
-            slots: HashMap::try_from(open(&maps::LB_SLOTS)).unwrap(),
-        }
-    }
-
-    /// How many programmed frontends select through a Maglev table.
-    fn maglev_frontends(&self) -> usize {
-        self.svc
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, v)| v.flags & maps::SVC_F_MAGLEV != 0)
-            .count()
-    }
-
-    /// Whether backend `ip` is in service `i`'s table.
-    fn in_table(&self, i: usize, ip: Ipv4Addr) -> bool {
-        use std::os::fd::AsFd;
-        let k = SvcKey::new(SocketAddr::new(cluster_ip(i, false).into(), PORT), 6);
-        let Ok(v) = self.svc.get(&k, 0) else {
-            return false;
-        };
-        let want = SocketAddr::new(ip.into(), BACKEND_PORT);
-        let ids: Vec<u32> = if v.flags & maps::SVC_F_MAGLEV != 0 {
-            sluice_dataplane::sys::lb_table_ids(self.tables.as_fd(), v.svc_id)
-                .ok()
-                .flatten()
-                .unwrap_or_default()
-        } else {
-            (0..v.count)
-                .filter_map(|slot| {
-                    let key = LbSlotKey {
-                        svc_id: v.svc_id,
-                        gen: v.gen,
-                        slot,
-                    };
-                    self.slots.get(&key, 0).ok()
-                })
-                .collect()
-        };
-        ids.iter()
-            .any(|id| self.backends.get(id, 0).ok().and_then(|b| b.socket_addr()) == Some(want))
-    }
+/// Whether backend `ip` is in service `i`'s table.
+fn in_table(maps: &Maps, i: usize, ip: Ipv4Addr) -> bool {
+    maps.in_table(
+        SocketAddr::new(cluster_ip(i, false).into(), PORT),
+        SocketAddr::new(ip.into(), BACKEND_PORT),
+    )
 }
 
 fn main() -> ExitCode {
@@ -314,7 +234,7 @@ fn main() -> ExitCode {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let maps = Maps::open(&d);
+    let maps = Maps::open(&d.pin_path);
 
     let mut rows = Vec::new();
     let mut written = 0usize;
@@ -338,7 +258,7 @@ fn main() -> ExitCode {
             );
         }
         written = n;
-        while !maps.in_table(last, backend) || maps.svc.keys().count() < n {
+        while !in_table(&maps, last, backend) || maps.svc.keys().count() < n {
             assert!(
                 t0.elapsed() < Duration::from_secs(120),
                 "services not programmed after 2 min"
@@ -441,7 +361,7 @@ fn main() -> ExitCode {
         eps[0] = fresh;
         let t = Instant::now();
         write_atomic(&dir, &format!("svc-{i}.yaml"), &manifest(i, &eps));
-        while !maps.in_table(i, fresh) {
+        while !in_table(&maps, i, fresh) {
             assert!(
                 t.elapsed() < Duration::from_secs(10),
                 "change {e} never reached the datapath"
@@ -455,7 +375,7 @@ fn main() -> ExitCode {
             &manifest(i, &endpoints(i, n - 1, backend)),
         );
         let t = Instant::now();
-        while maps.in_table(i, fresh) {
+        while in_table(&maps, i, fresh) {
             assert!(t.elapsed() < Duration::from_secs(10));
         }
     }

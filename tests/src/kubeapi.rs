@@ -86,6 +86,8 @@ pub struct Logged {
     pub resource_version: String,
     pub continued: bool,
     pub status: u16,
+    /// When the answer (a watch's first byte) was ready.
+    pub at: std::time::Instant,
 }
 
 #[derive(Debug)]
@@ -485,6 +487,7 @@ async fn handle(
         resource_version: rv.clone(),
         continued: cont.is_some(),
         status: code,
+        at: std::time::Instant::now(),
     };
     if !authorized {
         lock(shared).log.push(log(401));

@@ -227,10 +227,18 @@ fn watches_resume_relist_on_410_and_ride_out_an_outage() {
     }
     let api = KubeApi::new();
     api.apply_yaml(CORPUS);
+    api.apply(node_object("node-a", "192.168.99.1", &["10.214.0.0/24"]));
     api.set_bookmarks(Some(Duration::from_millis(100)));
     let node = Node::new();
     let d = start(&node, &api, CONTEXT);
     wait_synced(&d, 10);
+    // Routing is off here: the node file still gets this node's range.
+    let node_file = node.state_dir().join("node.json");
+    assert!(
+        eventually(5, || std::fs::read_to_string(&node_file)
+            .is_ok_and(|t| t.contains("10.214.0.0/24"))),
+        "no node.json with routing off"
+    );
     let lists = |k: Kind| {
         api.log()
             .iter()
@@ -292,7 +300,7 @@ fn watches_resume_relist_on_410_and_ride_out_an_outage() {
         .iter()
         .find(|k| k["kind"] == "Node")
         .unwrap();
-    assert_eq!(nodes["objects"], 1, "{st:#}");
+    assert_eq!(nodes["objects"], 2, "{st:#}");
     assert!(d.log_text().contains("retrying with backoff"));
 }
 

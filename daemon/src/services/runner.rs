@@ -179,6 +179,9 @@ pub struct Services {
     sweep_due: std::sync::atomic::AtomicBool,
     /// Node routing, which takes the Node objects of the directory.
     routing: Option<Arc<crate::routing::Routing>>,
+    /// `<state_dir>/node.json`, written here (this node's pod ranges) when
+    /// node routing is off; routing writes it otherwise.
+    node_file: std::path::PathBuf,
     /// The directory's node generation last handed to routing, plus one
     /// (0: none yet).
     nodes_sent: std::sync::atomic::AtomicU64,
@@ -307,6 +310,7 @@ impl Services {
             sweeper: Mutex::new(sweeper),
             sweep_due: Default::default(),
             routing,
+            node_file: cfg.state_dir.join("node.json"),
             nodes_sent: Default::default(),
             health: crate::healthcheck::HealthChecks::start()
                 .map_err(|e| warn!("health-check node ports are not served: {e}"))
@@ -533,10 +537,38 @@ impl Services {
     /// have changed since the last time.
     fn send_nodes(&self, dir: &Source) {
         use std::sync::atomic::Ordering;
-        let Some(r) = &self.routing else { return };
         let (nodes, generation) = dir.nodes();
-        if self.nodes_sent.swap(generation + 1, Ordering::Relaxed) != generation + 1 {
-            r.update(nodes);
+        if self.nodes_sent.swap(generation + 1, Ordering::Relaxed) == generation + 1 {
+            return;
+        }
+        match &self.routing {
+            Some(r) => r.update(nodes),
+            None => self.write_node_file(&nodes),
+        }
+    }
+
+    /// With node routing off, this node's pod ranges (from its Node
+    /// object) still go to `node.json` for the plugin; no MTU is written
+    /// (the plugin takes the default route's). A list without this node
+    /// changes nothing.
+    fn write_node_file(&self, nodes: &[crate::nodes::ClusterNode]) {
+        let name = self.ctx.node_name.as_deref().unwrap_or("");
+        let Some(own) = nodes.iter().find(|n| n.name == name) else {
+            return;
+        };
+        if own.pod_cidrs.is_empty() {
+            return;
+        }
+        let text = serde_json::to_string_pretty(&serde_json::json!({
+            "nodeName": name,
+            "podCIDRs": own.pod_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        }))
+        .expect("JSON of plain values");
+        if std::fs::read_to_string(&self.node_file).is_ok_and(|t| t == text) {
+            return;
+        }
+        if let Err(e) = sluice_common::fsutil::write_atomic(&self.node_file, text.as_bytes()) {
+            warn!("writing {}: {e}", self.node_file.display());
         }
     }
 
