@@ -7,6 +7,11 @@
 //! service source, where every node's Node object is written. Everything
 //! lives in namespaces the cluster made; nothing is routed to the
 //! machine's own network. Dropping the cluster removes them all.
+//!
+//! [`Cluster::with_api`] makes the test API server ([`crate::kubeapi`])
+//! the source instead: every object goes there, and each daemon lists and
+//! watches it over HTTPS (a listener in each node's netns), as the
+//! DaemonSet's daemons do.
 
 use crate::daemon::eventually;
 use crate::daemon::Daemon;
@@ -83,6 +88,8 @@ pub struct Cluster {
     /// The service source every daemon reads (Node objects are
     /// `node-<name>.yaml` in it).
     pub manifests: tempfile::TempDir,
+    /// The Kubernetes API the daemons read instead, if set.
+    pub api: Option<crate::kubeapi::KubeApi>,
 }
 
 /// Moves the fabric end of a new veth into the fabric's bridge and
@@ -150,6 +157,7 @@ impl Cluster {
             fabric,
             router: None,
             manifests,
+            api: None,
         };
         for n in &c.nodes {
             c.write_node(n);
@@ -249,36 +257,62 @@ impl Cluster {
         self.manifests.path().join(format!("node-{name}.yaml"))
     }
 
-    /// Writes (or rewrites) a node's Node object into the manifests.
+    /// Like [`Cluster::new`], with the test API server as the source.
+    pub fn with_api(n: usize) -> Self {
+        let mut c = Self::new(n);
+        let api = crate::kubeapi::KubeApi::new();
+        for n in &c.nodes {
+            api.apply_yaml(&n.manifest());
+        }
+        c.api = Some(api);
+        c
+    }
+
+    /// Writes (or rewrites) a node's Node object into the source.
     pub fn write_node(&self, n: &ClusterNode) {
         self.write_manifest(&format!("node-{}.yaml", n.name), &n.manifest());
     }
 
     /// Removes a node's Node object (the node left the cluster).
     pub fn remove_node(&self, name: &str) {
-        std::fs::remove_file(self.node_file(name)).expect("remove the Node object");
+        match &self.api {
+            Some(api) => assert!(
+                api.delete(crate::kubeapi::Kind::Node, name),
+                "no Node {name}"
+            ),
+            None => std::fs::remove_file(self.node_file(name)).expect("remove the Node object"),
+        }
     }
 
-    /// Writes a manifest file atomically (temp file, rename).
+    /// Writes a manifest file atomically (temp file, rename); with the API
+    /// as the source, adds or replaces each of its objects there instead.
     pub fn write_manifest(&self, file: &str, text: &str) {
+        if let Some(api) = &self.api {
+            api.apply_yaml(text);
+            return;
+        }
         let tmp = self.manifests.path().join(format!(".{file}.tmp"));
         std::fs::write(&tmp, text).expect("write manifest");
         std::fs::rename(&tmp, self.manifests.path().join(file)).expect("rename manifest");
     }
 
-    /// Starts every node's daemon with the manifests directory as its
-    /// source, `node_name` its node's name, and `extra` config lines.
+    /// Starts every node's daemon with the manifests directory (or the
+    /// API) as its source, `node_name` its node's name, and `extra` config
+    /// lines.
     pub fn start_daemons(&self, extra: &str) -> Vec<Daemon<'_>> {
         self.nodes
             .iter()
             .map(|n| {
+                let source = match &self.api {
+                    Some(api) => format!(
+                        "kubernetes = true\nkubeconfig = \"{}\"\n",
+                        api.kubeconfig(&api.listen_in(&n.node.ns)).display()
+                    ),
+                    None => format!("services_dir = \"{}\"\n", self.manifests.path().display()),
+                };
                 Daemon::start_with(
                     &n.node,
-                    &format!(
-                        "services_dir = \"{}\"\nnode_name = \"{}\"\n{extra}",
-                        self.manifests.path().display(),
-                        n.name
-                    ),
+                    &format!("{source}node_name = \"{}\"\n{extra}", n.name),
                 )
             })
             .collect()

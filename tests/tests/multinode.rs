@@ -135,11 +135,13 @@ fn pods_on_two_nodes_talk_through_vxlan_with_the_mtu_right() {
 }
 
 #[test]
+/// Through the Kubernetes API (the test API server): Node objects added,
+/// changed and deleted there reach every node's routes.
 fn routes_follow_the_node_list_and_bad_nodes_are_rejected_alone() {
     if !require_root() {
         return;
     }
-    let c = Cluster::new(3);
+    let c = Cluster::with_api(3);
     let d = c.start_daemons("routing = \"direct\"\nreconcile_interval_seconds = 1\n");
     wait_peers(&d[0], &[("node1", "direct"), ("node2", "direct")]);
     let n0 = &c.nodes[0].node.ns;

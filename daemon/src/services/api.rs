@@ -396,8 +396,14 @@ impl ApiStore {
         k.last_error = Some((Instant::now(), e));
     }
 
-    pub fn client_error(&mut self, e: Option<String>) {
-        self.client_error = e;
+    pub fn client(&mut self, r: Result<String, String>) {
+        match r {
+            Ok(url) => {
+                self.server = url;
+                self.client_error = None;
+            }
+            Err(e) => self.client_error = Some(e),
+        }
     }
 
     /// The Services and EndpointSlices the API holds.
@@ -524,7 +530,8 @@ pub trait Sink: Send + Sync + 'static {
     /// changed through `tx`.
     fn event(&self, kind: Kind, ev: Event);
     fn error(&self, kind: Kind, e: String);
-    fn client_error(&self, e: Option<String>);
+    /// A client was made for this server URL (`Ok`), or could not be.
+    fn client(&self, r: Result<String, String>);
 }
 
 /// The client's config: the kubeconfig if one is named, else the pod's
@@ -587,7 +594,7 @@ pub fn spawn(
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    sink.client_error(Some(format!("starting the API thread's runtime: {e}")));
+                    sink.client(Err(format!("starting the API thread's runtime: {e}")));
                     return;
                 }
             };
@@ -600,17 +607,23 @@ async fn run(settings: ApiSettings, ctx: Context, sink: std::sync::Arc<dyn Sink>
     let mut delay = Duration::from_millis(500);
     let client = loop {
         let made = match client_config(&settings).await {
-            Ok(c) => kube::Client::try_from(c).map_err(|e| format!("Kubernetes client: {e}")),
+            Ok(c) => {
+                let url = c.cluster_url.to_string();
+                kube::Client::try_from(c)
+                    .map(|c| (c, url))
+                    .map_err(|e| format!("Kubernetes client: {e}"))
+            }
             Err(e) => Err(e),
         };
         match made {
-            Ok(c) => {
-                sink.client_error(None);
+            Ok((c, url)) => {
+                info!(server = %url, "Kubernetes API source: listing and watching");
+                sink.client(Ok(url));
                 break c;
             }
             Err(e) => {
                 warn!("{e}; retried in {:?}", delay);
-                sink.client_error(Some(e));
+                sink.client(Err(e));
                 tokio::time::sleep(jitter(delay)).await;
                 delay = (delay * 2).min(Duration::from_secs(30));
             }

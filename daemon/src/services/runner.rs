@@ -287,7 +287,12 @@ impl Services {
         };
         let source = match dir {
             Some(dir) => Source::Dir(ManifestDir::new(dir, &ctx)),
-            None => Source::Api(ApiStore::new(source_name.clone())),
+            None => Source::Api(ApiStore::new(
+                cfg.kubernetes
+                    .as_ref()
+                    .map(api::describe)
+                    .unwrap_or_default(),
+            )),
         };
         let s = Arc::new(Services {
             programmer: Mutex::new(programmer),
@@ -879,8 +884,8 @@ impl api::Sink for ApiSink {
         self.with_store(|a| a.error(kind, e));
     }
 
-    fn client_error(&self, e: Option<String>) {
-        self.with_store(|a| a.client_error(e));
+    fn client(&self, r: Result<String, String>) {
+        self.with_store(|a| a.client(r));
     }
 }
 

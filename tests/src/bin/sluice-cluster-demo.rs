@@ -1,6 +1,7 @@
 //! The demo's multi-node part (run by demo/run): two nodes and an outside
 //! client on one bridge (tests/src/cluster.rs), each node with its own
-//! sluiced; pods on both; a NodePort service with a backend on each node,
+//! sluiced reading Services, EndpointSlices and Nodes from a Kubernetes
+//! API server (the test one: list/watch over HTTPS); pods on both; a NodePort service with a backend on each node,
 //! reached from the outside client in DSR and in SNAT mode; the bytes that
 //! leave the receiving node for a 64 MiB download from the other node's
 //! backend, which show where the replies went; a pod reaching the outside
@@ -75,7 +76,10 @@ fn main() -> ExitCode {
     }
     let mut failed = false;
     println!("  two nodes (node0 192.168.77.1, node1 192.168.77.2) and an outside client (192.168.77.200) on one bridge");
-    let c = Cluster::new(2);
+    let c = Cluster::with_api(2);
+    println!(
+        "  the source: a Kubernetes API server (list/watch over HTTPS) with the two Node objects"
+    );
     let d = c.start_daemons("routing = \"direct\"\n");
     for (i, d) in d.iter().enumerate() {
         wait_peers(d, &[(format!("node{}", 1 - i).as_str(), "direct")]);
@@ -108,6 +112,36 @@ fn main() -> ExitCode {
     c.write_manifest(
         "web.yaml",
         &services(&b0.ip(false).to_string(), &b1.ip(false).to_string()),
+    );
+    let mut src = Value::Null;
+    let synced = eventually(10, || {
+        src = d[0]
+            .call(sluice_common::api::Request::ServiceSource)
+            .map(|r| r.data["source"]["source"].clone())
+            .unwrap_or(Value::Null);
+        src["synced"] == true && src["kinds"][0]["objects"] == 4 && src["kinds"][1]["objects"] == 4
+    });
+    println!("  $ sluicectl source   (on node0)");
+    println!(
+        "    {} {}: synced {}, API reachable {}",
+        src["source"].as_str().unwrap_or("?"),
+        src["server"].as_str().unwrap_or("?"),
+        src["synced"],
+        src["reachable"]
+    );
+    for k in src["kinds"].as_array().into_iter().flatten() {
+        println!(
+            "    {:<14} {} objects, {} events, {} lists",
+            k["kind"].as_str().unwrap_or("?"),
+            k["objects"],
+            k["events"],
+            k["lists"]
+        );
+    }
+    check(
+        synced,
+        "node0 listed and watches the API: 4 Services, 4 EndpointSlices, 2 Nodes",
+        &mut failed,
     );
 
     println!("\n  NodePort 30080 (DSR) at node0, 40 connections from the outside client:");
