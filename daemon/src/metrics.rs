@@ -154,6 +154,11 @@ struct EdgeDropLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: String,
 }
@@ -166,7 +171,73 @@ struct HookLabels {
 impl Collector for DatapathCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         if let Some(s) = &self.services {
-            let fill = s.last_pass().fill;
+            let pass = s.last_pass();
+            if let Some(src) = &pass.source {
+                ConstGauge::new(i64::from(src.synced)).encode(encoder.encode_descriptor(
+                    "source_synced",
+                    "1 once the service source has been listed whole (nothing is programmed from it before)",
+                    None,
+                    MetricType::Gauge,
+                )?)?;
+                ConstGauge::new(i64::from(src.reachable)).encode(encoder.encode_descriptor(
+                    "source_reachable",
+                    "1 while the last request of every watch of the source succeeded",
+                    None,
+                    MetricType::Gauge,
+                )?)?;
+                for (name, help, of) in [
+                    (
+                        "source_objects",
+                        "Objects the source holds, per kind",
+                        (|k: &crate::services::api::KindStatus| k.objects as u64)
+                            as fn(&crate::services::api::KindStatus) -> u64,
+                    ),
+                    (
+                        "source_rejected_objects",
+                        "Objects of the source that are not valid ones of their kind",
+                        |k| k.rejected as u64,
+                    ),
+                    (
+                        "source_events_total",
+                        "Adds, updates and deletes seen, per kind",
+                        |k| k.events,
+                    ),
+                    (
+                        "source_lists_total",
+                        "Full lists done, per kind (relists after 410 included)",
+                        |k| k.lists,
+                    ),
+                    (
+                        "source_errors_total",
+                        "Failed list or watch requests, per kind",
+                        |k| k.errors,
+                    ),
+                ] {
+                    let counter = name.ends_with("_total");
+                    let kind = if counter {
+                        MetricType::Counter
+                    } else {
+                        MetricType::Gauge
+                    };
+                    let mut m = encoder.encode_descriptor(
+                        name.trim_end_matches("_total"),
+                        help,
+                        None,
+                        kind,
+                    )?;
+                    for k in &src.kinds {
+                        let labels = KindLabels {
+                            kind: k.kind.clone(),
+                        };
+                        if counter {
+                            ConstCounter::new(of(k)).encode(m.encode_family(&labels)?)?;
+                        } else {
+                            ConstGauge::new(of(k) as i64).encode(m.encode_family(&labels)?)?;
+                        }
+                    }
+                }
+            }
+            let fill = pass.fill;
             for (name, help, of) in [
                 (
                     "service_map_entries",

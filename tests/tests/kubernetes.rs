@@ -230,8 +230,31 @@ fn watches_resume_relist_on_410_and_ride_out_an_outage() {
     api.apply(node_object("node-a", "192.168.99.1", &["10.214.0.0/24"]));
     api.set_bookmarks(Some(Duration::from_millis(100)));
     let node = Node::new();
-    let d = start(&node, &api, CONTEXT);
+    let port = fastrand::u16(20000..60000);
+    let d = start(
+        &node,
+        &api,
+        &format!("{CONTEXT}metrics_address = \"127.0.0.1:{port}\"\n"),
+    );
+    let metrics = || -> String {
+        let out = node.ns.exec(&[
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; printf 'GET /metrics HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' >&3; cat <&3"),
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
     wait_synced(&d, 10);
+    let m = metrics();
+    for line in [
+        "sluice_source_synced 1",
+        "sluice_source_reachable 1",
+        "sluice_source_objects{kind=\"Service\"} 11",
+        "sluice_source_rejected_objects{kind=\"Service\"} 1",
+        "sluice_source_lists_total{kind=\"Node\"} 1",
+    ] {
+        assert!(m.lines().any(|l| l == line), "{line} not in:\n{m}");
+    }
     // Routing is off here: the node file still gets this node's range.
     let node_file = node.state_dir().join("node.json");
     assert!(
@@ -286,6 +309,8 @@ fn watches_resume_relist_on_410_and_ride_out_an_outage() {
     assert!(ok, "outage not seen: {:#}", source(&d));
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(programmed(&d), before, "changed while the API was down");
+    let m = metrics();
+    assert!(m.lines().any(|l| l == "sluice_source_reachable 0"), "{m}");
     api.set_down(false);
     wait_for(&d, "missed delete applied after the relist", |p| {
         !p.keys().any(|k| k.starts_with("default/empty"))
