@@ -48,7 +48,7 @@ usage: api-bench [--services N] [--endpoints E] [--rate R] [--seconds S]
   --services N   services in the API for the sync and event figures (default 10000)
   --endpoints E  endpoints per service (default 10: 100,000 endpoints)
   --rate R       EndpointSlice updates per second in the event stream (default 100)
-  --seconds S    length of the event stream (default 10)
+  --seconds S    length of the event stream (default 30)
   --large N,E    a second sync at N services x E endpoints (default 5000,50:
                  250,000 endpoints; none skips it)
   --quick        1000 services, 3 s of events, no large sync (for CI)
@@ -75,7 +75,7 @@ fn parse_args() -> Result<Args, String> {
         services: 10_000,
         endpoints: 10,
         rate: 100,
-        seconds: 10,
+        seconds: 30,
         large: Some((5000, 50)),
         json: false,
     };

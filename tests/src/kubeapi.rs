@@ -493,6 +493,15 @@ async fn handle(
         lock(shared).log.push(log(401));
         return respond(401, &status(401, "Unauthorized", "Unauthorized"));
     }
+    if req.uri().path() == "/version" {
+        return respond(
+            200,
+            &json!({"major": "1", "minor": "35", "gitVersion": "v1.35.0-sluice-test",
+                    "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
+                    "buildDate": "2026-12-01T00:00:00Z", "goVersion": "go1.25", "compiler": "gc",
+                    "platform": "linux/amd64"}),
+        );
+    }
     let Some(kind) = kind else {
         lock(shared).log.push(log(404));
         return respond(
@@ -602,9 +611,14 @@ fn start_watch(
 ) -> hyper::Response<Body> {
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
     let mut inner = lock(shared);
-    inner.log.push(logged);
     let from: u64 = rv.parse().unwrap_or(inner.rv);
-    if from < inner.compacted.saturating_sub(1) {
+    let expired = from < inner.compacted.saturating_sub(1);
+    // Logged as 410 when it is answered with one (in an ERROR event).
+    inner.log.push(Logged {
+        status: if expired { 410 } else { logged.status },
+        ..logged
+    });
+    if expired {
         let msg = format!("too old resource version: {from} ({})", inner.compacted - 1);
         let _ = tx.send(event_line("ERROR", &status(410, "Expired", &msg)));
         drop(tx);

@@ -21,10 +21,13 @@ struct Args {
 /// The API thread's nice value.
 const API_NICE: libc::c_int = -5;
 
-/// The Kubernetes client's own crates log every request at debug: they
-/// stay at info unless SLUICE_LOG names them.
+/// The Kubernetes client's own crates log every request at debug: at a
+/// debug or trace level they stay at info unless SLUICE_LOG names them.
 fn quiet_clients(f: tracing_subscriber::EnvFilter) -> tracing_subscriber::EnvFilter {
     let named = std::env::var("SLUICE_LOG").unwrap_or_default();
+    if !(named.contains("debug") || named.contains("trace")) {
+        return f;
+    }
     [
         "kube_client",
         "kube_runtime",

@@ -30,7 +30,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -51,10 +51,24 @@ pub struct ApiSettings {
     pub page_size: u32,
 }
 
-/// How long a watch runs before the server ends it (and it is resumed
-/// from where it was): also how long a silently dead connection can go
-/// unnoticed, plus 5 s.
-const WATCH_TIMEOUT_S: u32 = 60;
+/// A watch runs this long (seconds, chosen at random per watch stream, as
+/// client-go does, so that a DaemonSet's daemons do not all come back
+/// at once) before the server ends it and it is resumed from where it was.
+const WATCH_TIMEOUT_S: (u32, u32) = (240, 300);
+
+/// No answer byte for this long (a list, a watch start, or a watch the
+/// server neither feeds nor ends) and the request is given up: longer than
+/// any watch, so a healthy one is never cut; a silently dead connection is
+/// noticed within it.
+const READ_TIMEOUT: Duration = Duration::from_secs(WATCH_TIMEOUT_S.1 as u64 + 30);
+
+/// How often the API server is asked for its version, for reachability.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+
+/// Retries after a failed list or watch: from the first delay, doubled up
+/// to the last, ± 50 % jitter; reset by anything the watch yields. A 410
+/// Gone is relisted at once.
+const RETRY: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(15));
 
 /// The kinds the source reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -143,8 +157,9 @@ struct KindState {
     errors: u64,
     last_event: Option<Instant>,
     last_error: Option<(Instant, String)>,
-    /// The last outcome of the watch was not an error.
-    reachable: bool,
+    /// The last time the watch yielded something (an object listed, a
+    /// change).
+    last_ok: Option<Instant>,
 }
 
 /// Everything the API holds that the translation reads.
@@ -159,6 +174,11 @@ pub struct ApiStore {
     server: String,
     /// Why no client could be made (a bad kubeconfig, no service account).
     client_error: Option<String>,
+    /// The last version probe: `Ok` when it answered.
+    probe: Option<Result<(), String>>,
+    /// The first pass after the first full list has programmed it (set by
+    /// the services thread): only then is the source reported synced.
+    programmed: bool,
 }
 
 /// The source's state for `sluicectl source` and the metrics.
@@ -173,7 +193,8 @@ pub struct SourceStatus {
     /// From the daemon's start to the first full list of every kind.
     #[serde(default)]
     pub synced_after_ms: Option<f64>,
-    /// The last request of every watch succeeded.
+    /// The API server answers (its version, every few seconds) and no watch
+    /// has failed since it last yielded anything.
     pub reachable: bool,
     #[serde(default)]
     pub client_error: Option<String>,
@@ -278,7 +299,39 @@ impl ApiStore {
             synced_after: None,
             server,
             client_error: None,
+            probe: None,
+            programmed: false,
         }
+    }
+
+    /// The services thread programmed the first full list.
+    pub fn set_programmed(&mut self) {
+        self.programmed = true;
+    }
+
+    /// Whether the API answers: the last version probe did, and no watch
+    /// failed after it last yielded anything (or longer ago than the
+    /// longest retry, plus a margin: a watch that came back quietly).
+    fn reachable(&self) -> bool {
+        let since = RETRY.1 * 2;
+        self.client_error.is_none()
+            && matches!(self.probe, Some(Ok(())))
+            && self.kinds.iter().all(|k| match &k.last_error {
+                None => true,
+                Some((t, _)) => k.last_ok.is_some_and(|o| o > *t) || t.elapsed() > since,
+            })
+    }
+
+    /// The version probe's outcome.
+    pub fn probe(&mut self, r: Result<(), String>) {
+        if let Err(e) = &r {
+            if matches!(self.probe, Some(Ok(())) | None) {
+                warn!("Kubernetes API server not answering: {e}; what is programmed stays");
+            }
+        } else if matches!(self.probe, Some(Err(_))) {
+            info!("Kubernetes API server answering again");
+        }
+        self.probe = Some(r);
     }
 
     /// Every kind has been listed once.
@@ -334,7 +387,10 @@ impl ApiStore {
         let mut t = Touched::default();
         let was_synced = self.synced();
         let k = &mut self.kinds[kind.index()];
-        k.reachable = true;
+        if !matches!(ev, Event::Init) {
+            // Init comes before the list is asked for: not an answer.
+            k.last_ok = Some(Instant::now());
+        }
         if matches!(
             ev,
             Event::Apply(..) | Event::Delete(_) | Event::InitApply(..)
@@ -386,13 +442,16 @@ impl ApiStore {
     pub fn error(&mut self, kind: Kind, e: String) {
         let k = &mut self.kinds[kind.index()];
         k.errors += 1;
-        if k.last_error.as_ref().map(|x| &x.1) != Some(&e) || k.reachable {
+        let recovered = match &k.last_error {
+            None => true,
+            Some((t, _)) => k.last_ok.is_some_and(|o| o > *t),
+        };
+        if recovered || k.last_error.as_ref().map(|x| &x.1) != Some(&e) {
             warn!(
                 kind = kind.name(),
                 "Kubernetes API: {e}; what is programmed stays, retrying with backoff"
             );
         }
-        k.reachable = false;
         k.last_error = Some((Instant::now(), e));
     }
 
@@ -465,9 +524,9 @@ impl ApiStore {
         SourceStatus {
             source: "kubernetes".into(),
             server: self.server.clone(),
-            synced: self.synced(),
+            synced: self.synced() && self.programmed,
             synced_after_ms: self.synced_after.map(|d| d.as_secs_f64() * 1e3),
-            reachable: self.client_error.is_none() && self.kinds.iter().all(|k| k.reachable),
+            reachable: self.reachable(),
             client_error: self.client_error.clone(),
             kinds: Kind::ALL
                 .iter()
@@ -530,6 +589,8 @@ pub trait Sink: Send + Sync + 'static {
     /// changed through `tx`.
     fn event(&self, kind: Kind, ev: Event);
     fn error(&self, kind: Kind, e: String);
+    /// The version probe's outcome.
+    fn probe(&self, r: Result<(), String>);
     /// A client was made for this server URL (`Ok`), or could not be.
     fn client(&self, r: Result<String, String>);
 }
@@ -565,6 +626,10 @@ async fn client_config(s: &ApiSettings) -> Result<kube::Config, String> {
             .parse()
             .map_err(|e| format!("api_server {url:?} is not a URL: {e}"))?;
     }
+    // Without it a list, or a watch start on a pooled connection, to a
+    // server that accepted but never answers would wait forever.
+    c.read_timeout = Some(READ_TIMEOUT);
+    c.reset_reader_on_write = true;
     Ok(c)
 }
 
@@ -631,33 +696,66 @@ async fn run(settings: ApiSettings, ctx: Context, sink: std::sync::Arc<dyn Sink>
     };
     let watch = |kind: Kind| {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &kind.resource());
-        let cfg = watcher::Config::default()
-            .page_size(settings.page_size)
-            .timeout(WATCH_TIMEOUT_S);
         let sink = sink.clone();
         let ctx = ctx.clone();
+        let page_size = settings.page_size;
         async move {
-            let mut stream = watcher(api, cfg).default_backoff().boxed();
+            let timeout = fastrand::u32(WATCH_TIMEOUT_S.0..=WATCH_TIMEOUT_S.1);
+            let cfg = watcher::Config::default()
+                .page_size(page_size)
+                .timeout(timeout);
+            let mut stream = watcher(api, cfg).boxed();
+            let mut delay = RETRY.0;
+            // The watcher never ends: after an error it goes on from where
+            // it was (resumes the watch, or lists again) when polled.
             while let Some(ev) = stream.next().await {
                 match ev {
                     Ok(ev) => {
+                        delay = RETRY.0;
                         sink.event(kind, Event::read(kind, ev, &ctx));
                     }
-                    Err(e) => sink.error(kind, e.to_string()),
+                    Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                        // Its version is gone: the watcher lists again on
+                        // the next poll, at once (as client-go does).
+                        sink.error(
+                            kind,
+                            format!(
+                                "watch expired (410 Gone: {}): listing again",
+                                status.message
+                            ),
+                        );
+                    }
+                    Err(e) => {
+                        sink.error(kind, e.to_string());
+                        tokio::time::sleep(jitter(delay)).await;
+                        delay = (delay * 2).min(RETRY.1);
+                    }
                 }
             }
+        }
+    };
+    let probe = async {
+        loop {
+            let r = match tokio::time::timeout(PROBE_EVERY, client.apiserver_version()).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer to GET /version within {PROBE_EVERY:?}")),
+            };
+            sink.probe(r);
+            tokio::time::sleep(PROBE_EVERY).await;
         }
     };
     futures::join!(
         watch(Kind::Service),
         watch(Kind::EndpointSlice),
-        watch(Kind::Node)
+        watch(Kind::Node),
+        probe
     );
 }
 
-/// `d` ± 25 %.
+/// `d` ± 50 %.
 fn jitter(d: Duration) -> Duration {
-    d.mul_f64(0.75 + fastrand::f64() * 0.5)
+    d.mul_f64(0.5 + fastrand::f64())
 }
 
 /// A channel the services thread reads coalesced changes from.
@@ -710,6 +808,10 @@ mod tests {
         let t = list(&mut s, Kind::Node, vec![]);
         assert!(s.synced() && t.first_sync);
         assert_eq!(s.objects().len(), 1);
+        // Reported synced only once the services thread programmed it.
+        assert!(!s.status().synced);
+        s.set_programmed();
+        assert!(s.status().synced);
     }
 
     #[test]
@@ -809,6 +911,45 @@ mod tests {
                 "{name} has no frontend"
             );
         }
+    }
+
+    #[test]
+    fn a_slice_moved_to_another_service_leaves_the_first() {
+        let mut s = ApiStore::new("x".into());
+        let slice = |svc: &str| {
+            obj(serde_json::json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "s1", "namespace": "default",
+                              "labels": {"kubernetes.io/service-name": svc}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": ["10.210.0.5"]}],
+                "ports": [{"port": 8080}]
+            }))
+        };
+        let a = apply(&mut s, Kind::EndpointSlice, slice("a")).services;
+        let t = apply(&mut s, Kind::EndpointSlice, slice("b"));
+        assert_eq!(t.services.len(), 2, "both services touched");
+        assert!(s.objects_for(&a).is_empty(), "gone from a");
+        let b: BTreeSet<ServiceRef> = t.services.difference(&a).cloned().collect();
+        assert_eq!(s.objects_for(&b).len(), 1);
+        assert_eq!(s.index.len(), 1);
+    }
+
+    #[test]
+    fn a_rejected_object_fixed_is_used() {
+        let mut s = ApiStore::new("x".into());
+        let bad = obj(serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "a", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": "eighty"}]}
+        }));
+        let t = apply(&mut s, Kind::Service, bad);
+        assert_eq!(t.services.len(), 1);
+        assert_eq!(s.rejections().len(), 1);
+        assert!(s.objects_for(&t.services).is_empty());
+        let t = apply(&mut s, Kind::Service, svc("a", "10.96.0.1"));
+        assert!(s.rejections().is_empty());
+        assert_eq!(s.objects_for(&t.services).len(), 1);
     }
 
     #[test]

@@ -179,6 +179,8 @@ pub struct Services {
     sweep_due: std::sync::atomic::AtomicBool,
     /// Node routing, which takes the Node objects of the directory.
     routing: Option<Arc<crate::routing::Routing>>,
+    /// Wakes the services thread of the API source (`None` otherwise).
+    wake: Mutex<Option<std::sync::mpsc::Sender<Touched>>>,
     /// `<state_dir>/node.json`, written here (this node's pod ranges) when
     /// node routing is off; routing writes it otherwise.
     node_file: std::path::PathBuf,
@@ -316,6 +318,7 @@ impl Services {
             sweep_due: Default::default(),
             routing,
             node_file: cfg.state_dir.join("node.json"),
+            wake: Mutex::new(None),
             nodes_sent: Default::default(),
             health: crate::healthcheck::HealthChecks::start()
                 .map_err(|e| warn!("health-check node ports are not served: {e}"))
@@ -338,6 +341,7 @@ impl Services {
             // has been listed (the daemon is ready meanwhile: pods and the
             // datapath do not wait for the API server).
             let (tx, rx) = std::sync::mpsc::channel();
+            *lock(&s.wake) = Some(tx.clone());
             let settings = cfg
                 .kubernetes
                 .clone()
@@ -471,14 +475,14 @@ impl Services {
                     while first.elapsed() < COALESCE_MAX {
                         match rx.recv_timeout(COALESCE_QUIET) {
                             Ok(more) => t.merge(more),
-                            Err(RecvTimeoutError::Timeout) => break,
-                            Err(RecvTimeoutError::Disconnected) => return,
+                            Err(_) => break,
                         }
                     }
                     self.api_changed(t, &mut clock);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+                // Never: the services keep a sender to wake this thread.
+                Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
             }
             self.housekeeping(&mut clock);
         }
@@ -494,10 +498,26 @@ impl Services {
             drop(src);
             self.pass(true);
             clock.last_full = Instant::now();
+            if let Source::Api(a) = &mut *lock(&self.source) {
+                a.set_programmed();
+            }
         } else if !t.services.is_empty() {
             self.apply_refs(src, t.services, Instant::now());
         } else if t.nodes {
             self.send_nodes(&src);
+        }
+    }
+
+    /// How often a full pass runs unasked: every 30 s for the directory (an
+    /// inotify event can be lost); never for the API, whose watch loses
+    /// nothing (a lost place is a relist), so a pass at 10,000 services
+    /// does not hold the source's lock, and the API thread, for nothing.
+    /// Retries of failed programming come sooner through `full_due`.
+    fn full_every(&self) -> Duration {
+        if self.dir_path.is_some() {
+            FULL_EVERY
+        } else {
+            Duration::from_secs(365 * 24 * 3600)
         }
     }
 
@@ -507,7 +527,7 @@ impl Services {
         // retry), sooner when one is due.
         let mut due = self
             .full_due()
-            .unwrap_or(clock.last_full + FULL_EVERY)
+            .unwrap_or(clock.last_full + self.full_every())
             .min(clock.last_sweep + SWEEP_EVERY);
         if self.sweep_due.load(std::sync::atomic::Ordering::Relaxed) {
             due = due.min(clock.last_sweep + MISSING_DIR_EVERY);
@@ -532,7 +552,11 @@ impl Services {
             }
             clock.last_sweep = Instant::now();
         }
-        if Instant::now() >= self.full_due().unwrap_or(clock.last_full + FULL_EVERY) {
+        if Instant::now()
+            >= self
+                .full_due()
+                .unwrap_or(clock.last_full + self.full_every())
+        {
             self.pass(true);
             clock.last_full = Instant::now();
         }
@@ -548,7 +572,12 @@ impl Services {
         }
         match &self.routing {
             Some(r) => r.update(nodes),
-            None => self.write_node_file(&nodes),
+            None => {
+                if !self.write_node_file(&nodes) {
+                    // Tried again on the next pass.
+                    self.nodes_sent.store(0, Ordering::Relaxed);
+                }
+            }
         }
     }
 
@@ -556,13 +585,14 @@ impl Services {
     /// object) still go to `node.json` for the plugin; no MTU is written
     /// (the plugin takes the default route's). A list without this node
     /// changes nothing.
-    fn write_node_file(&self, nodes: &[crate::nodes::ClusterNode]) {
+    /// Returns false when it could not be written.
+    fn write_node_file(&self, nodes: &[crate::nodes::ClusterNode]) -> bool {
         let name = self.ctx.node_name.as_deref().unwrap_or("");
         let Some(own) = nodes.iter().find(|n| n.name == name) else {
-            return;
+            return true;
         };
         if own.pod_cidrs.is_empty() {
-            return;
+            return true;
         }
         let text = serde_json::to_string_pretty(&serde_json::json!({
             "nodeName": name,
@@ -570,27 +600,48 @@ impl Services {
         }))
         .expect("JSON of plain values");
         if std::fs::read_to_string(&self.node_file).is_ok_and(|t| t == text) {
-            return;
+            return true;
         }
-        if let Err(e) = sluice_common::fsutil::write_atomic(&self.node_file, text.as_bytes()) {
-            warn!("writing {}: {e}", self.node_file.display());
+        match sluice_common::fsutil::write_atomic(&self.node_file, text.as_bytes()) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(
+                    "writing {}: {e}; tried again on the next pass",
+                    self.node_file.display()
+                );
+                false
+            }
         }
     }
 
     /// Lets a held removal through: the next pass (now) applies it.
     pub fn allow_removal(&self) -> usize {
+        if matches!(&*lock(&self.source), Source::Api(a) if !a.synced()) {
+            // A removal the first full list will bring is not held yet:
+            // letting it through now would lift the guard for the very
+            // pass it protects.
+            return 0;
+        }
         self.allow_removal
             .store(true, std::sync::atomic::Ordering::SeqCst);
         *lock(&self.full_due) = Some(Instant::now());
+        // The services thread may be waiting for an API change: wake it.
+        if let Some(tx) = &*lock(&self.wake) {
+            let _ = tx.send(Touched::default());
+        }
         lock(&self.pass).held_removals
     }
 
-    fn guard(&self) -> RemovalGuard {
+    /// The removal guard of a pass; only a full pass takes the operator's
+    /// permission (an incremental one leaves it for the full pass that
+    /// holds the removal).
+    fn guard(&self, full: bool) -> RemovalGuard {
         RemovalGuard {
             max_percent: self.max_removal_percent,
-            allow: self
-                .allow_removal
-                .swap(false, std::sync::atomic::Ordering::SeqCst),
+            allow: full
+                && self
+                    .allow_removal
+                    .swap(false, std::sync::atomic::Ordering::SeqCst),
         }
     }
 
@@ -645,7 +696,7 @@ impl Services {
         drop(dir);
         *lock(&self.translation_rejected) = t.rejected.clone();
         let warnings = self.node_warnings(&t);
-        let report = apply_logged(programmer.apply_scoped(&t, None, self.guard()));
+        let report = apply_logged(programmer.apply_scoped(&t, None, self.guard(true)));
         let frontends = programmer.frontends();
         lock(&self.pass).fill = programmer.fill();
         if let Some(h) = &self.health {
@@ -711,7 +762,7 @@ impl Services {
                 tr.extend(t.rejected.iter().cloned());
                 tr.iter().any(|x| x.reason.contains("already belongs to"))
             };
-            let report = apply_logged(programmer.apply_scoped(&t, Some(&refs), self.guard()));
+            let report = apply_logged(programmer.apply_scoped(&t, Some(&refs), self.guard(false)));
             // A freed frontend may be claimed by a service outside this
             // pass (a conflict's loser), and a failure is retried: a full
             // pass comes soon.
@@ -886,6 +937,10 @@ impl api::Sink for ApiSink {
 
     fn client(&self, r: Result<String, String>) {
         self.with_store(|a| a.client(r));
+    }
+
+    fn probe(&self, r: Result<(), String>) {
+        self.with_store(|a| a.probe(r));
     }
 }
 
