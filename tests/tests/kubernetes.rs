@@ -392,8 +392,20 @@ fn bursts_are_coalesced_and_no_op_updates_skipped() {
     let api = KubeApi::new();
     api.apply_yaml(CORPUS);
     let node = Node::new();
-    let d = start(&node, &api, CONTEXT);
+    // api_server wins over the kubeconfig's server (which answers nothing
+    // here), as on a kube-proxy-free cluster where the kubeconfig or the
+    // environment name the `kubernetes` Service.
+    let url = api.listen_in(&node.ns);
+    let kc = api.kubeconfig("https://127.0.0.1:1");
+    let d = Daemon::start_with(
+        &node,
+        &format!(
+            "kubernetes = true\nkubeconfig = \"{}\"\napi_server = \"{url}\"\n{CONTEXT}",
+            kc.display()
+        ),
+    );
     wait_synced(&d, 10);
+    assert_eq!(source(&d)["server"], format!("{url}/"));
     let passes = || services(&d)["source"]["passes"].as_u64().unwrap();
     let slice_events = || {
         source(&d)["kinds"]

@@ -179,6 +179,8 @@ pub struct Services {
     sweep_due: std::sync::atomic::AtomicBool,
     /// Node routing, which takes the Node objects of the directory.
     routing: Option<Arc<crate::routing::Routing>>,
+    /// The source's state as last read (shown while a pass holds it).
+    last_status: Mutex<Option<SourceStatus>>,
     /// Wakes the services thread of the API source (`None` otherwise).
     wake: Mutex<Option<std::sync::mpsc::Sender<Touched>>>,
     /// `<state_dir>/node.json`, written here (this node's pod ranges) when
@@ -319,6 +321,7 @@ impl Services {
             routing,
             node_file: cfg.state_dir.join("node.json"),
             wake: Mutex::new(None),
+            last_status: Mutex::new(None),
             nodes_sent: Default::default(),
             health: crate::healthcheck::HealthChecks::start()
                 .map_err(|e| warn!("health-check node ports are not served: {e}"))
@@ -616,7 +619,9 @@ impl Services {
 
     /// Lets a held removal through: the next pass (now) applies it.
     pub fn allow_removal(&self) -> usize {
-        if matches!(&*lock(&self.source), Source::Api(a) if !a.synced()) {
+        // (A source held by a pass is a listed one: an unlisted API runs
+        // no pass.)
+        if matches!(self.source.try_lock().as_deref(), Ok(Source::Api(a)) if !a.synced()) {
             // A removal the first full list will bring is not held yet:
             // letting it through now would lift the guard for the very
             // pass it protects.
@@ -881,7 +886,22 @@ impl Services {
     }
 
     pub fn last_pass(&self) -> Pass {
-        let status = lock(&self.source).status(self.dir_path.as_deref());
+        // The source is locked through a whole pass (seconds at 10,000
+        // services in a debug build): the API and metrics do not wait for
+        // it, they show the state as it was last read.
+        let status = match self.source.try_lock() {
+            Ok(src) => {
+                let st = src.status(self.dir_path.as_deref());
+                *lock(&self.last_status) = Some(st.clone());
+                st
+            }
+            Err(std::sync::TryLockError::Poisoned(e)) => {
+                e.into_inner().status(self.dir_path.as_deref())
+            }
+            Err(std::sync::TryLockError::WouldBlock) => {
+                lock(&self.last_status).clone().unwrap_or_default()
+            }
+        };
         let mut p = lock(&self.pass).clone();
         p.source = Some(status);
         if let Some(t) = &self.terminator {
