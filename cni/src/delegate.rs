@@ -3,7 +3,6 @@
 //! result or error from stdout.
 
 use sluice_common::cni::{codes, CniError, CniResult, Command, Env};
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::Stdio;
 
@@ -42,9 +41,16 @@ pub fn run(
     stdin: &[u8],
 ) -> Result<Option<CniResult>, CniError> {
     let path = find_plugin(env, plugin_type)?;
-    let mut child = std::process::Command::new(&path)
+    let input = stdin_file(stdin).map_err(|e| {
+        CniError::new(
+            codes::DELEGATE_FAILED,
+            format!("cannot pass the config to IPAM plugin {}", path.display()),
+            e.to_string(),
+        )
+    })?;
+    let child = std::process::Command::new(&path)
         .env("CNI_COMMAND", command.as_str())
-        .stdin(Stdio::piped())
+        .stdin(input)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -55,11 +61,6 @@ pub fn run(
                 e.to_string(),
             )
         })?;
-    if let Some(mut i) = child.stdin.take() {
-        // A delegate that exits without reading gives EPIPE; its exit status
-        // and output below tell the real story.
-        let _ = i.write_all(stdin);
-    }
     let out = child.wait_with_output().map_err(|e| {
         CniError::new(
             codes::DELEGATE_FAILED,
@@ -95,4 +96,23 @@ pub fn run(
             e.to_string(),
         )
     })
+}
+
+/// `data` as a child's stdin: an in-memory file, read from its start. Not
+/// a pipe: this binary has no Rust runtime to ignore SIGPIPE (its C
+/// `main`), so writing to a pipe whose reader exited without reading (a
+/// plugin answering VERSION at once) killed the whole plugin.
+pub fn stdin_file(data: &[u8]) -> std::io::Result<std::fs::File> {
+    use std::io::{Seek, Write};
+    use std::os::fd::FromRawFd;
+    // SAFETY: a valid NUL-terminated name; the fd returned is ours.
+    let fd = unsafe { libc::memfd_create(c"cni-stdin".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor nothing else owns.
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    f.write_all(data)?;
+    f.rewind()?;
+    Ok(f)
 }

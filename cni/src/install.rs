@@ -170,16 +170,15 @@ fn sweep(dir: &Path, names: &[&str]) {
 
 /// The versions a chained plugin speaks (its VERSION answer).
 fn plugin_versions(bin: &Path) -> Result<Vec<String>, String> {
-    let mut c = Command::new(bin)
+    let input = crate::delegate::stdin_file(br#"{"cniVersion":"0.4.0"}"#)
+        .map_err(|e| format!("running {} VERSION: {e}", bin.display()))?;
+    let c = Command::new(bin)
         .env("CNI_COMMAND", "VERSION")
-        .stdin(Stdio::piped())
+        .stdin(input)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("running {} VERSION: {e}", bin.display()))?;
-    if let Some(mut i) = c.stdin.take() {
-        let _ = i.write_all(br#"{"cniVersion":"0.4.0"}"#);
-    }
     let out = c
         .wait_with_output()
         .map_err(|e| format!("running {} VERSION: {e}", bin.display()))?;

@@ -233,6 +233,10 @@ impl KubeApi {
                     drop(sock);
                     continue;
                 }
+                // As the real API server (Go sets it on every TCP
+                // connection): a watch's events go out as they come, not
+                // held back by Nagle until the last one is acknowledged.
+                let _ = sock.set_nodelay(true);
                 let shared2 = shared.clone();
                 let acceptor = acceptor.clone();
                 let task = tokio::spawn(async move {
