@@ -250,8 +250,13 @@ impl EndpointRecord {
             path: path.into(),
             source,
         })?;
+        Self::from_bytes(&data, path)
+    }
+
+    /// A record from its file's bytes (`path` for the errors).
+    pub fn from_bytes(data: &[u8], path: &Path) -> Result<Self, RecordError> {
         let rec: EndpointRecord =
-            serde_json::from_slice(&data).map_err(|e| RecordError::Invalid {
+            serde_json::from_slice(data).map_err(|e| RecordError::Invalid {
                 path: path.into(),
                 reason: e.to_string(),
             })?;

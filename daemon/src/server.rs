@@ -387,48 +387,39 @@ async fn refuse_and_close(
     .await;
 }
 
-/// Parses and answers one request line.
-async fn handle(line: &[u8], d: &Arc<Daemon>) -> Vec<u8> {
-    let t = Instant::now();
-    let value: serde_json::Value = match serde_json::from_slice(line) {
-        Ok(v) => v,
-        Err(e) => {
-            d.metrics.count("malformed", false);
-            return reply(
-                Some(format!("malformed request: not JSON ({e})")),
-                serde_json::Value::Null,
-            );
-        }
-    };
+/// Reads one request line: the request, or the metric it counts under and
+/// the error to answer with. Pure, for the fuzzer.
+pub fn decode(line: &[u8]) -> Result<RequestEnvelope, (&'static str, String)> {
+    let value: serde_json::Value = serde_json::from_slice(line)
+        .map_err(|e| ("malformed", format!("malformed request: not JSON ({e})")))?;
     match value.get("version").and_then(|v| v.as_u64()) {
         Some(v) if v == API_VERSION as u64 => {}
         Some(v) => {
-            d.metrics.count("bad_version", false);
-            return reply(
-                Some(format!(
-                    "unsupported API version {v}; this daemon speaks version {API_VERSION}"
-                )),
-                serde_json::Value::Null,
-            );
+            return Err((
+                "bad_version",
+                format!("unsupported API version {v}; this daemon speaks version {API_VERSION}"),
+            ))
         }
         None => {
-            d.metrics.count("bad_version", false);
-            return reply(
-                Some(format!(
+            return Err((
+                "bad_version",
+                format!(
                     "request has no numeric \"version\"; this daemon speaks version {API_VERSION}"
-                )),
-                serde_json::Value::Null,
-            );
+                ),
+            ))
         }
     }
-    let req: RequestEnvelope = match serde_json::from_value(value) {
+    serde_json::from_value(value).map_err(|e| ("malformed", format!("malformed request: {e}")))
+}
+
+/// Parses and answers one request line.
+async fn handle(line: &[u8], d: &Arc<Daemon>) -> Vec<u8> {
+    let t = Instant::now();
+    let req = match decode(line) {
         Ok(r) => r,
-        Err(e) => {
-            d.metrics.count("malformed", false);
-            return reply(
-                Some(format!("malformed request: {e}")),
-                serde_json::Value::Null,
-            );
+        Err((metric, e)) => {
+            d.metrics.count(metric, false);
+            return reply(Some(e), serde_json::Value::Null);
         }
     };
     let op = match &req.request {
