@@ -43,6 +43,16 @@ fn frontends(d: &Daemon<'_>) -> u64 {
     source(d)["frontends"].as_u64().unwrap_or(0)
 }
 
+/// The two tests here each run a daemon at 10,000 services and one of them
+/// times registers: run side by side on two CPUs, the other's first pass
+/// and restart put its own p99 past the bound (seen in CI: 6.7 ms, 0.5-0.7
+/// ms alone). They take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn p99(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[(v.len() * 99).div_ceil(100) - 1]
@@ -60,6 +70,7 @@ fn register_stays_fast_while_housekeeping_runs_at_10000_services() {
     if !require_root() {
         return;
     }
+    let _turn = one_at_a_time();
     let node = Node::new();
     let dir = node.dir.path().join("services");
     std::fs::create_dir_all(&dir).unwrap();
@@ -196,6 +207,7 @@ fn a_restart_at_10000_services_rewrites_nothing() {
     if !require_root() {
         return;
     }
+    let _turn = one_at_a_time();
     let node = Node::new();
     let dir = node.dir.path().join("services");
     std::fs::create_dir_all(&dir).unwrap();
