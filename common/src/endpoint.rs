@@ -294,6 +294,15 @@ impl EndpointRecord {
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            // A read-only filesystem refuses even to unlink what is not
+            // there: a record that does not exist is removed already (a DEL
+            // after a failed ADD succeeds).
+            Err(e)
+                if e.raw_os_error() == Some(libc::EROFS)
+                    && matches!(path.try_exists(), Ok(false)) =>
+            {
+                Ok(false)
+            }
             Err(source) => Err(RecordError::Io {
                 op: "remove",
                 path,

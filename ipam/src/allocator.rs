@@ -274,9 +274,22 @@ impl<S: Store> Allocator<S> {
 
     /// Frees the attachment's reservation and returns the addresses freed.
     /// No reservation is success: DEL is idempotent.
+    /// On a read-only store (the lock file cannot even be opened) an
+    /// attachment that holds nothing is still released: nothing can be
+    /// writing there, so its missing index is the truth, and a DEL after a
+    /// failed ADD succeeds as the spec wants.
     pub fn release(&mut self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>, IpamError> {
         let owner = Owner::new(container_id, ifname)?;
-        let _lock = self.store.lock()?;
+        let _lock = match self.store.lock() {
+            Ok(l) => l,
+            Err(e) if e.is_read_only() => {
+                return match self.store.read_index(&owner)? {
+                    None => Ok(Vec::new()),
+                    Some(_) => Err(e),
+                };
+            }
+            Err(e) => return Err(e),
+        };
         self.release_locked(&owner)
     }
 

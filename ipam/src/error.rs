@@ -63,6 +63,11 @@ fn join(ips: &[IpAddr]) -> String {
 }
 
 impl IpamError {
+    /// The store's filesystem is read-only.
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, IpamError::Io { source, .. } if source.raw_os_error() == Some(libc::EROFS))
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         IpamError::Io {
             op,

@@ -1,0 +1,127 @@
+//! Faults the node's disks can bring: the IPAM store or the endpoint
+//! records full (a tiny tmpfs) or read-only. ADD fails with the spec's
+//! error and leaves nothing behind; a pod already running is not touched;
+//! ADD works again once the space (or write access) is back.
+
+use sluice_tests::daemon::Daemon;
+use sluice_tests::{ranges, require_root, unique, Node, Ns, Pod};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A tiny tmpfs mounted at a directory; unmounted on drop.
+struct Tiny(PathBuf);
+
+impl Tiny {
+    fn mount(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k,mode=0755", "sluice-test"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount: {out:?}");
+        Tiny(dir.into())
+    }
+
+    fn remount(&self, opt: &str) {
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,{opt}")])
+            .arg(&self.0)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "remount {opt}: {out:?}");
+    }
+
+    /// Fills it to the last byte; returns the filler.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let p = self.0.join("filler");
+        let mut f = std::fs::File::create(&p).unwrap();
+        let block = [0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+        p
+    }
+}
+
+impl Drop for Tiny {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// An ADD that must fail: the error object, and nothing of it left.
+fn add_fails(node: &Node, conf: &str, why: &str) -> u64 {
+    let ns = Ns::new("p");
+    let cid = unique("c");
+    let before_links = node.settled_pod_links();
+    let before_records = node.records();
+    let r = node.cni("ADD", &cid, Some(&ns.path()), "eth0", conf);
+    assert_ne!(r.code, Some(0), "{why}: ADD succeeded: {}", r.stdout);
+    let v = r.json();
+    let code = v["code"].as_u64().expect("an error code");
+    assert!(
+        v["msg"].as_str().is_some_and(|m| !m.is_empty()),
+        "{why}: {v}"
+    );
+    assert_eq!(node.settled_pod_links(), before_links, "{why}: a veth left");
+    assert_eq!(node.records(), before_records, "{why}: a record left");
+    assert!(
+        !node
+            .reservations()
+            .iter()
+            .any(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains(&cid))),
+        "{why}: an address left reserved"
+    );
+    assert_eq!(
+        ns.ip(&["-o", "link", "show"]).lines().count(),
+        1,
+        "{why}: something left in the pod's netns"
+    );
+    // DEL after a failed ADD, as a runtime does: it succeeds.
+    node.cni("DEL", &cid, Some(&ns.path()), "eth0", conf).ok();
+    code
+}
+
+#[test]
+fn a_full_or_read_only_ipam_store_or_record_dir_fails_add_cleanly() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let ipam = Tiny::mount(&node.data_dir());
+    let records = Tiny::mount(&node.state_dir().join("endpoints"));
+    let _d = Daemon::start(&node);
+    let conf = node.conf("1.0.0", ranges("v4"));
+    let running = Pod::add(&node, &conf);
+    let running_ip = running.ip(false).to_string();
+
+    for (what, dir) in [("IPAM store", &ipam), ("record dir", &records)] {
+        let filler = dir.fill();
+        let code = add_fails(&node, &conf, &format!("{what} full"));
+        assert!(
+            node.ns.ping(&running_ip),
+            "running pod touched ({what} full)"
+        );
+        std::fs::remove_file(filler).unwrap();
+        let p = Pod::add(&node, &conf);
+        assert!(
+            node.ns.ping(&p.ip(false).to_string()),
+            "ADD after space is back"
+        );
+        p.del().ok();
+        drop(p);
+        eprintln!("{what} full: code {code}");
+
+        dir.remount("ro");
+        let code = add_fails(&node, &conf, &format!("{what} read-only"));
+        assert!(node.ns.ping(&running_ip), "running pod touched ({what} ro)");
+        dir.remount("rw");
+        let p = Pod::add(&node, &conf);
+        assert!(node.ns.ping(&p.ip(false).to_string()), "ADD after rw");
+        eprintln!("{what} read-only: code {code}");
+    }
+    running.del().ok();
+    drop(running);
+    node.assert_clean();
+}
