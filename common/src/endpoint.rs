@@ -183,6 +183,15 @@ pub enum RecordError {
     Invalid { path: PathBuf, reason: String },
 }
 
+impl RecordError {
+    /// The record file the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            RecordError::Io { path, .. } | RecordError::Invalid { path, .. } => path,
+        }
+    }
+}
+
 /// The pod annotations out of a `runtimeConfig`: the string values of its
 /// [`POD_ANNOTATIONS_CAPABILITY`] object; anything else is ignored.
 pub fn annotations_from_runtime_config(

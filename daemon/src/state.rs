@@ -286,8 +286,21 @@ impl State {
             netns_alive,
         } = listed;
         for e in bad {
-            warn!("skipping an endpoint record: {e}");
             rep.invalid_records += 1;
+            // Its pod may well be alive: keep what its host veth holds (the
+            // veth's name follows from the record's file name).
+            match unreadable_record_ifindex(e.path()) {
+                Some(i) => {
+                    warn!(
+                        "skipping an endpoint record: {e}; the datapath of its pod's veth (#{i}) is \
+                         kept as it is until the record is fixed or the pod is deleted"
+                    );
+                    keep.insert(i);
+                }
+                None => warn!(
+                    "skipping an endpoint record: {e}; no veth of that name here (its pod is gone)"
+                ),
+            }
         }
         let on_disk: HashSet<Key> = records
             .iter()
@@ -525,6 +538,15 @@ pub fn edge_pass(
         }
     }
     rep
+}
+
+/// The host veth's ifindex of an unreadable record, from the record's file
+/// name (`<container id>:<ifname>.json`), if that veth exists.
+fn unreadable_record_ifindex(path: &Path) -> Option<u32> {
+    let name = path.file_name()?.to_str()?.strip_suffix(".json")?;
+    let (cid, ifname) = name.rsplit_once(':')?;
+    let host = sluice_cni::naming::host_ifname(cid, ifname);
+    nix::net::if_::if_nametoindex(host.as_str()).ok()
 }
 
 /// The endpoint records as read from disk, and which of their netns paths

@@ -125,3 +125,62 @@ fn a_full_or_read_only_ipam_store_or_record_dir_fails_add_cleanly() {
     drop(running);
     node.assert_clean();
 }
+
+/// The daemon starts on records it cannot use: one truncated (half-written
+/// by something else, or a disk error), one of a newer version (a
+/// downgrade). It says what it found and leaves those pods' datapath as it
+/// is: their traffic keeps flowing and their source check stays.
+#[test]
+fn records_the_daemon_cannot_read_at_start_keep_their_pods_traffic() {
+    if !require_root() {
+        return;
+    }
+    use sluice_common::endpoint::record_path;
+    let node = Node::new();
+    let mut d = Daemon::start(&node);
+    let conf = node.conf("1.0.0", ranges("v4"));
+    let a = Pod::add(&node, &conf);
+    let b = Pod::add(&node, &conf);
+    let good = Pod::add(&node, &conf);
+    for p in [&a, &b, &good] {
+        d.wait_edge(&p.cid);
+    }
+    let cookies: Vec<u64> = [&a, &b]
+        .iter()
+        .map(|p| sluice_tests::daemon::netns_cookie(&p.ns.path()))
+        .collect();
+    d.stop();
+    let pa = record_path(&node.state_dir(), &a.cid, "eth0");
+    let text = std::fs::read_to_string(&pa).unwrap();
+    std::fs::write(&pa, &text[..text.len() / 2]).unwrap();
+    let pb = record_path(&node.state_dir(), &b.cid, "eth0");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&pb).unwrap()).unwrap();
+    v["version"] = 999.into();
+    std::fs::write(&pb, v.to_string()).unwrap();
+    d.spawn();
+    // Let a reconcile or two and an edge check pass.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let log = d.log_text();
+    assert!(
+        log.contains(&a.cid) || log.contains(pa.file_name().unwrap().to_str().unwrap()),
+        "the truncated record is named in the log:\n{log}"
+    );
+    assert!(log.contains("newer"), "the newer record is named:\n{log}");
+    let good_ip = good.ip(false).to_string();
+    for (p, cookie) in [(&a, cookies[0]), (&b, cookies[1])] {
+        assert!(
+            p.ns.ping(&good_ip),
+            "a pod whose record cannot be read lost its traffic"
+        );
+        assert!(
+            d.pinned_endpoints().contains_key(&cookie),
+            "its endpoint entry was removed"
+        );
+    }
+    // The files are left for the operator (or a newer daemon) as they are.
+    assert_eq!(
+        std::fs::read_to_string(&pa).unwrap(),
+        text[..text.len() / 2]
+    );
+}
