@@ -205,12 +205,46 @@ fn sync<T>(
     let _t = Track::new(Some(&node.ns.name), &[node.dir.path()]);
     let url = api.listen_in(&node.ns);
     let kc = api.kubeconfig(&url);
+    let source = format!(
+        "kubernetes = true\nkubeconfig = \"{}\"\napi_page_size = {PAGE}\n",
+        kc.display()
+    );
+    start_until_programmed(&node, &source, n, e, |d, t_start, done| {
+        let pid = d.pid().unwrap();
+        let last_page = api
+            .log()
+            .iter()
+            .filter(|l| !l.watch && l.status == 200)
+            .map(|l| l.at)
+            .max()
+            .expect("lists served");
+        let (rss, peak, cpu) = usage(pid);
+        let s = Synced {
+            after_last_page_ms: stats::ms(done.saturating_duration_since(last_page)),
+            from_start_ms: stats::ms(done - t_start),
+            rss_mib: rss,
+            peak_mib: peak,
+            cpu_s: cpu,
+        };
+        (s, after(pid, &api, &d.pin_path))
+    })
+}
+
+/// Starts a daemon on `node` reading `source` (config lines), sized for `n`
+/// services of `e` endpoints, waits until its maps hold them all, and runs
+/// `then` with it, when it was started and when it was done.
+fn start_until_programmed<T>(
+    node: &Node,
+    source: &str,
+    n: usize,
+    e: usize,
+    then: impl FnOnce(&Daemon<'_>, Instant, Instant) -> T,
+) -> T {
     let mut d = Daemon::configure(
-        &node,
+        node,
         &format!(
-            "kubernetes = true\nkubeconfig = \"{}\"\napi_page_size = {PAGE}\nnode_name = \"bench-node\"\n\
-             routing = \"off\"\nmax_frontends = {}\nmax_endpoints_per_frontend = {}\n",
-            kc.display(),
+            "{source}node_name = \"bench-node\"\nrouting = \"off\"\nmax_frontends = {}\n\
+             max_endpoints_per_frontend = {}\n",
             (n * 2).max(1024),
             e.next_power_of_two().max(16)
         ),
@@ -218,26 +252,9 @@ fn sync<T>(
     let _p = Track::new(None, &[&d.pin_path]);
     let t_start = Instant::now();
     d.spawn();
-    let pid = d.pid().unwrap();
-    let _dt = Track::process(pid);
+    let _dt = Track::process(d.pid().unwrap());
     let done = wait_programmed(&Maps::open(&d.pin_path), n, e, Duration::from_secs(300));
-    let last_page = api
-        .log()
-        .iter()
-        .filter(|l| !l.watch && l.status == 200)
-        .map(|l| l.at)
-        .max()
-        .expect("lists served");
-    let (rss, peak, cpu) = usage(pid);
-    let s = Synced {
-        after_last_page_ms: stats::ms(done.saturating_duration_since(last_page)),
-        from_start_ms: stats::ms(done - t_start),
-        rss_mib: rss,
-        peak_mib: peak,
-        cpu_s: cpu,
-    };
-    let t = after(pid, &api, &d.pin_path);
-    (s, t)
+    then(&d, t_start, done)
 }
 
 /// The same objects as a manifests directory: daemon start → programmed.
@@ -260,23 +277,8 @@ fn sync_manifests(n: usize, e: usize) -> f64 {
         )
         .unwrap();
     }
-    let mut d = Daemon::configure(
-        &node,
-        &format!(
-            "services_dir = \"{}\"\nnode_name = \"bench-node\"\nrouting = \"off\"\nmax_frontends = {}\n\
-             max_endpoints_per_frontend = {}\n",
-            dir.display(),
-            (n * 2).max(1024),
-            e.next_power_of_two().max(16)
-        ),
-    );
-    let _p = Track::new(None, &[&d.pin_path]);
-    let t = Instant::now();
-    d.spawn();
-    let _dt = Track::process(d.pid().unwrap());
-    let maps = Maps::open(&d.pin_path);
-    let done = wait_programmed(&maps, n, e, Duration::from_secs(300));
-    stats::ms(done - t)
+    let source = format!("services_dir = \"{}\"\n", dir.display());
+    start_until_programmed(&node, &source, n, e, |_, t, done| stats::ms(done - t))
 }
 
 /// kube-proxy's iptables rules for the same services, restored into a

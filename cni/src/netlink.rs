@@ -853,16 +853,23 @@ pub fn set_up_op(index: u32, alias: Option<&str>) -> Op {
     )
 }
 
-/// An address with its exact prefix. IPv6 addresses skip duplicate address
-/// detection: IPAM already guarantees uniqueness, and DAD would keep the
-/// address unusable for a second or more after ADD returns.
-pub fn address_op(index: u32, addr: IpNetwork) -> Op {
+/// Address `addr` (with its prefix) on link `index`: the message both
+/// adding and removing it start from.
+pub(crate) fn address_message(index: u32, addr: IpNetwork) -> AddressMessage {
     let mut msg = AddressMessage::default();
     msg.header.family = family(addr.ip());
     msg.header.prefix_len = addr.prefix();
     msg.header.index = index;
     msg.attributes.push(AddressAttribute::Local(addr.ip()));
     msg.attributes.push(AddressAttribute::Address(addr.ip()));
+    msg
+}
+
+/// An address with its exact prefix. IPv6 addresses skip duplicate address
+/// detection: IPAM already guarantees uniqueness, and DAD would keep the
+/// address unusable for a second or more after ADD returns.
+pub fn address_op(index: u32, addr: IpNetwork) -> Op {
+    let mut msg = address_message(index, addr);
     if addr.is_ipv6() {
         msg.header.flags = AddressHeaderFlags::Nodad;
         msg.attributes

@@ -4,7 +4,7 @@
 //! protocol [`RTPROT_SLUICE_NODES`], entries by living on our own VXLAN
 //! device) so a reconcile can tell what is ours and remove only that.
 
-use crate::netlink::{family, route_ip, route_message, Netlink, NlError, Op};
+use crate::netlink::{address_message, family, route_ip, route_message, Netlink, NlError, Op};
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
@@ -400,15 +400,9 @@ impl Netlink {
 
     /// Removes an address from a link; one already gone is no error.
     pub fn delete_address(&mut self, index: u32, addr: IpNetwork) -> Result<(), NlError> {
-        let mut msg = AddressMessage::default();
-        msg.header.family = family(addr.ip());
-        msg.header.prefix_len = addr.prefix();
-        msg.header.index = index;
-        msg.attributes.push(AddressAttribute::Local(addr.ip()));
-        msg.attributes.push(AddressAttribute::Address(addr.ip()));
         self.batch(vec![Op::new(
             format!("removing address {addr} from link #{index}"),
-            RouteNetlinkMessage::DelAddress(msg),
+            RouteNetlinkMessage::DelAddress(address_message(index, addr)),
             0,
         )
         .ok_if(&[libc::EADDRNOTAVAIL, libc::ENOENT])])

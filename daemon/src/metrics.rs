@@ -181,7 +181,7 @@ impl Collector for DatapathCollector {
                 )?)?;
                 ConstGauge::new(i64::from(src.reachable)).encode(encoder.encode_descriptor(
                     "source_reachable",
-                    "1 while the last request of every watch of the source succeeded",
+                    "1 while the source answers (the API server its version, every few seconds) and no watch failed since it last yielded anything",
                     None,
                     MetricType::Gauge,
                 )?)?;

@@ -290,25 +290,13 @@ impl KubeApi {
 
     /// Adds or replaces one object (its `kind` says which).
     pub fn apply(&self, mut o: Value) {
-        let kind = Kind::of(o["kind"].as_str().unwrap_or("")).expect("a served kind");
+        if o["metadata"].get("uid").is_none() {
+            o["metadata"]["uid"] = format!("{:032x}", fastrand::u128(..)).into();
+        }
         let mut inner = lock(&self.shared);
-        inner.rv += 1;
-        let rv = inner.rv;
-        let key = key_of(kind, &o);
-        let m = &mut o["metadata"];
-        m["resourceVersion"] = rv.to_string().into();
-        if m.get("uid").is_none() {
-            m["uid"] = format!("{:032x}", fastrand::u128(..)).into();
-        }
-        if kind != Kind::Node && m.get("namespace").is_none() {
-            m["namespace"] = "default".into();
-        }
-        let objects = inner.objects.entry(kind).or_default();
-        let ty = if objects.insert(key, o.clone()).is_some() {
-            "MODIFIED"
-        } else {
-            "ADDED"
-        };
+        let (kind, rv, key, replaced) = inner.put(o);
+        let o = inner.objects[&kind][&key].clone();
+        let ty = if replaced { "MODIFIED" } else { "ADDED" };
         publish(&mut inner, rv, kind, ty, o);
     }
 
@@ -316,15 +304,8 @@ impl KubeApi {
     /// there): a watch from before them gets 410.
     pub fn load(&self, objects: impl IntoIterator<Item = Value>) {
         let mut inner = lock(&self.shared);
-        for mut o in objects {
-            let kind = Kind::of(o["kind"].as_str().unwrap_or("")).expect("a served kind");
-            inner.rv += 1;
-            o["metadata"]["resourceVersion"] = inner.rv.to_string().into();
-            if kind != Kind::Node && o["metadata"].get("namespace").is_none() {
-                o["metadata"]["namespace"] = "default".into();
-            }
-            let key = key_of(kind, &o);
-            inner.objects.entry(kind).or_default().insert(key, o);
+        for o in objects {
+            inner.put(o);
         }
         inner.compacted = inner.rv + 1;
         inner.history.clear();
@@ -412,6 +393,30 @@ impl Drop for KubeApi {
         if let Some(rt) = self.rt.take() {
             rt.shutdown_timeout(Duration::from_secs(2));
         }
+    }
+}
+
+impl Inner {
+    /// Stores one object (its `kind` says which) under the next
+    /// resourceVersion, in `default` if it names no namespace; returns its
+    /// kind, version, key and whether it replaced one.
+    fn put(&mut self, mut o: Value) -> (Kind, u64, String, bool) {
+        let kind = Kind::of(o["kind"].as_str().unwrap_or("")).expect("a served kind");
+        self.rv += 1;
+        let rv = self.rv;
+        let m = &mut o["metadata"];
+        m["resourceVersion"] = rv.to_string().into();
+        if kind != Kind::Node && m.get("namespace").is_none() {
+            m["namespace"] = "default".into();
+        }
+        let key = key_of(kind, &o);
+        let replaced = self
+            .objects
+            .entry(kind)
+            .or_default()
+            .insert(key.clone(), o)
+            .is_some();
+        (kind, rv, key, replaced)
     }
 }
 

@@ -27,6 +27,15 @@ fn kind(v: &serde_yaml::Value) -> &str {
     v["kind"].as_str().unwrap_or("")
 }
 
+/// Where a container mounts its volumes.
+fn mount_paths(c: &k8s_openapi::api::core::v1::Container) -> Vec<String> {
+    c.volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.clone())
+        .collect()
+}
+
 #[test]
 fn manifests_parse_as_their_kubernetes_types_and_mount_what_the_config_uses() {
     let mut seen = Vec::new();
@@ -111,13 +120,7 @@ fn manifests_parse_as_their_kubernetes_types_and_mount_what_the_config_uses() {
     let daemon = pod.containers.iter().find(|c| c.name == "sluiced").unwrap();
     let sc = daemon.security_context.clone().unwrap();
     assert_ne!(sc.privileged, Some(true), "no privileged container");
-    let mounts: Vec<String> = daemon
-        .volume_mounts
-        .clone()
-        .unwrap()
-        .iter()
-        .map(|m| m.mount_path.clone())
-        .collect();
+    let mounts = mount_paths(daemon);
     let mounted = |p: &Path| mounts.iter().any(|m| p.starts_with(m));
     for (what, p) in [
         ("state_dir", cfg.state_dir.clone()),
@@ -149,13 +152,7 @@ fn manifests_parse_as_their_kubernetes_types_and_mount_what_the_config_uses() {
     let init = &pod.init_containers.unwrap()[0];
     let cmd = init.command.clone().unwrap();
     let arg = |flag: &str| cmd[cmd.iter().position(|c| c == flag).unwrap() + 1].clone();
-    let init_mounts: Vec<String> = init
-        .volume_mounts
-        .clone()
-        .unwrap()
-        .iter()
-        .map(|m| m.mount_path.clone())
-        .collect();
+    let init_mounts = mount_paths(init);
     for flag in ["--bin-dir", "--conf-dir"] {
         assert!(
             init_mounts.contains(&arg(flag)),

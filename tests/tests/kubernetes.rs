@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 use sluice_common::api::Request;
 use sluice_tests::daemon::{eventually, Daemon};
-use sluice_tests::kubeapi::{Kind, KubeApi};
+use sluice_tests::kubeapi::{Kind, KubeApi, Logged};
 use sluice_tests::{require_root, Node, Pod};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -79,6 +79,49 @@ fn wait_for(d: &Daemon<'_>, what: &str, f: impl Fn(&BTreeMap<String, Vec<String>
 fn has_backend(p: &BTreeMap<String, Vec<String>>, frontend: &str, addr: &str) -> bool {
     p.iter()
         .any(|(k, v)| k.contains(frontend) && v.iter().any(|b| b.contains(addr)))
+}
+
+/// One kind's state in the source's status.
+fn kind_status(st: &Value, kind: &str) -> Value {
+    st["kinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kind"] == kind)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Runs `check` on what is programmed for as long as some kind is not
+/// listed yet (the list state read after the datapath: a kind unlisted then
+/// was unlisted when the datapath was read); returns how many times.
+fn while_unlisted(d: &Daemon<'_>, mut check: impl FnMut(&BTreeMap<String, Vec<String>>)) -> usize {
+    let t0 = Instant::now();
+    let mut seen = 0;
+    loop {
+        let p = programmed(d);
+        let st = source(d);
+        if st["kinds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["synced"] == true)
+        {
+            return seen;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "never synced");
+        check(&p);
+        seen += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Requests of `kind` the test server logged that `f` picks.
+fn requests(api: &KubeApi, kind: Kind, f: impl Fn(&Logged) -> bool) -> usize {
+    api.log()
+        .iter()
+        .filter(|l| l.kind == Some(kind) && f(l))
+        .count()
 }
 
 fn web_slice(extra_endpoint: Option<&str>) -> Value {
@@ -184,28 +227,9 @@ fn nothing_is_programmed_from_a_half_listed_view() {
     api.set_delay(Duration::from_millis(250));
     let node = Node::new();
     let mut d = start(&node, &api, &format!("{CONTEXT}api_page_size = 2\n"));
-    // Whether some kind is not listed yet (read after the datapath: a
-    // kind unlisted then was unlisted when the datapath was read).
-    let unlisted = |st: &Value| {
-        st["kinds"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|k| k["synced"] != true)
-    };
-    let t0 = Instant::now();
-    let mut seen_unsynced = 0;
-    loop {
-        let p = programmed(&d);
-        let st = source(&d);
-        if !unlisted(&st) {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(20), "never synced");
-        assert!(p.is_empty(), "programmed before every kind was listed");
-        seen_unsynced += 1;
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let seen_unsynced = while_unlisted(&d, |p| {
+        assert!(p.is_empty(), "programmed before every kind was listed")
+    });
     assert!(seen_unsynced > 5, "the slow list was not seen");
     wait_for(&d, "programmed once synced", |p| p.len() >= 10);
     let before = programmed(&d);
@@ -223,23 +247,13 @@ fn nothing_is_programmed_from_a_half_listed_view() {
     d.kill9();
     assert!(api.delete(Kind::Service, "shop/sticky"));
     d.spawn();
-    let t0 = Instant::now();
-    let mut seen_unsynced = 0;
-    loop {
-        let p = programmed(&d);
-        let st = source(&d);
-        if !unlisted(&st) {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(20), "never synced");
+    let seen_unsynced = while_unlisted(&d, |p| {
         assert_eq!(
-            frontends(&p),
+            frontends(p),
             frontends(&before),
             "changed before the list was whole"
-        );
-        seen_unsynced += 1;
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        )
+    });
     assert!(seen_unsynced > 5, "the slow relist was not seen");
     wait_for(&d, "the deleted service removed", |p| {
         !p.keys().any(|k| k.contains("10.96.0.11:443"))
@@ -292,12 +306,7 @@ fn watches_resume_relist_on_410_and_ride_out_an_outage() {
             .is_ok_and(|t| t.contains("10.214.0.0/24"))),
         "no node.json with routing off"
     );
-    let lists = |k: Kind| {
-        api.log()
-            .iter()
-            .filter(|l| l.kind == Some(k) && !l.watch && !l.continued && l.status == 200)
-            .count()
-    };
+    let lists = |k: Kind| requests(&api, k, |l| !l.watch && !l.continued && l.status == 200);
     assert_eq!((lists(Kind::Service), lists(Kind::Node)), (1, 1));
 
     // An update reaches the datapath.
@@ -313,33 +322,24 @@ fn watches_resume_relist_on_410_and_ride_out_an_outage() {
         has_backend(p, "10.96.0.10:80", "10.244.1.101")
     });
     assert_eq!(lists(Kind::Service), 1, "resumed, not relisted");
-    assert!(api
-        .log()
-        .iter()
-        .any(|l| l.watch && l.kind == Some(Kind::Service) && !l.resource_version.is_empty()));
+    assert!(
+        requests(&api, Kind::Service, |l| l.watch
+            && !l.resource_version.is_empty())
+            > 0
+    );
 
     // Bookmarks: the Node watch saw no event, but its place moved on with
     // them, so a compaction does not send it back to a full list.
     std::thread::sleep(Duration::from_millis(400));
     api.compact();
     api.drop_watches();
-    let resumed = |k: Kind| {
-        api.log()
-            .iter()
-            .filter(|l| l.kind == Some(k) && l.watch && l.status == 200)
-            .count()
-    };
+    let resumed = |k: Kind| requests(&api, k, |l| l.watch && l.status == 200);
     let before_resume = resumed(Kind::Node);
     assert!(
         eventually(10, || resumed(Kind::Node) > before_resume),
         "the Node watch did not resume"
     );
-    let expired = |k: Kind| {
-        api.log()
-            .iter()
-            .filter(|l| l.kind == Some(k) && l.watch && l.status == 410)
-            .count()
-    };
+    let expired = |k: Kind| requests(&api, k, |l| l.watch && l.status == 410);
     assert_eq!(expired(Kind::Node), 0, "a bookmarked watch got 410");
     assert_eq!(lists(Kind::Node), 1, "a bookmarked watch relisted");
 
@@ -372,11 +372,7 @@ fn watches_resume_relist_on_410_and_ride_out_an_outage() {
     let mut st = Value::Null;
     let ok = eventually(10, || {
         st = source(&d);
-        st["kinds"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|k| k["kind"] == "Node" && k["objects"] == 2)
+        kind_status(&st, "Node")["objects"] == 2
     });
     assert!(ok, "the Node added during the outage: {st:#}");
     assert!(d.log_text().contains("retrying with backoff"));
@@ -408,12 +404,7 @@ fn bursts_are_coalesced_and_no_op_updates_skipped() {
     assert_eq!(source(&d)["server"], format!("{url}/"));
     let passes = || services(&d)["source"]["passes"].as_u64().unwrap();
     let slice_events = || {
-        source(&d)["kinds"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|k| k["kind"] == "EndpointSlice")
-            .unwrap()["events"]
+        kind_status(&source(&d), "EndpointSlice")["events"]
             .as_u64()
             .unwrap()
     };

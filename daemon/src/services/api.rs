@@ -234,28 +234,11 @@ fn key_of(kind: Kind, meta: &kube::api::ObjectMeta) -> String {
 pub fn item(kind: Kind, o: DynamicObject, ctx: &Context) -> (String, Item) {
     let key = key_of(kind, &o.metadata);
     let label = format!("{} {key}", kind.name());
+    // The service it belongs to, read from its metadata as the translation
+    // does (a bad object is still grouped with its service).
     let service = match kind {
-        Kind::Service => Some(ServiceRef {
-            namespace: o
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into()),
-            name: o.metadata.name.clone().unwrap_or_default(),
-        }),
-        Kind::EndpointSlice => o
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(super::translate::SERVICE_NAME_LABEL))
-            .map(|n| ServiceRef {
-                namespace: o
-                    .metadata
-                    .namespace
-                    .clone()
-                    .unwrap_or_else(|| "default".into()),
-                name: n.clone(),
-            }),
+        Kind::Service => super::translate::service_ref(&o.metadata),
+        Kind::EndpointSlice => super::translate::slice_service(&o.metadata),
         Kind::Node => None,
     };
     let bad = |reason: String| {
@@ -784,6 +767,15 @@ mod tests {
         }))
     }
 
+    /// A Service whose port is not a number: not a valid Service.
+    fn bad_svc(name: &str, ip: &str) -> DynamicObject {
+        obj(serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"clusterIP": ip, "ports": [{"port": "eighty"}]}
+        }))
+    }
+
     fn apply(s: &mut ApiStore, kind: Kind, o: DynamicObject) -> Touched {
         let (k, i) = item(kind, o, &ctx());
         s.event(kind, Event::Apply(k, i))
@@ -853,11 +845,7 @@ mod tests {
     #[test]
     fn a_bad_object_is_rejected_alone() {
         let mut s = ApiStore::new("x".into());
-        let bad = obj(serde_json::json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "bad", "namespace": "default"},
-            "spec": {"clusterIP": "10.96.0.9", "ports": [{"port": "eighty"}]}
-        }));
+        let bad = bad_svc("bad", "10.96.0.9");
         list(&mut s, Kind::Service, vec![svc("a", "10.96.0.1"), bad]);
         assert_eq!(s.objects().len(), 1);
         let r = s.rejections();
@@ -938,11 +926,7 @@ mod tests {
     #[test]
     fn a_rejected_object_fixed_is_used() {
         let mut s = ApiStore::new("x".into());
-        let bad = obj(serde_json::json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "a", "namespace": "default"},
-            "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": "eighty"}]}
-        }));
+        let bad = bad_svc("a", "10.96.0.1");
         let t = apply(&mut s, Kind::Service, bad);
         assert_eq!(t.services.len(), 1);
         assert_eq!(s.rejections().len(), 1);

@@ -81,8 +81,7 @@ impl Source {
         match self {
             Source::Api(a) => a.status(),
             Source::Dir(d) => {
-                let (objects, rejected) = d.objects();
-                let services = objects.iter().filter(|o| o.is_service()).count();
+                let (services, slices, nodes, rejected) = d.counts();
                 let exists = dir.is_some_and(|p| p.is_dir());
                 let kind = |k: &str, n: usize| api::KindStatus {
                     kind: k.into(),
@@ -95,12 +94,12 @@ impl Source {
                     server: dir.map(|p| p.display().to_string()).unwrap_or_default(),
                     synced: exists,
                     reachable: exists,
-                    client_error: (!rejected.is_empty())
-                        .then(|| format!("{} files or documents rejected", rejected.len())),
+                    client_error: (rejected > 0)
+                        .then(|| format!("{rejected} files or documents rejected")),
                     kinds: vec![
                         kind("Service", services),
-                        kind("EndpointSlice", objects.len() - services),
-                        kind("Node", d.nodes().0.len()),
+                        kind("EndpointSlice", slices),
+                        kind("Node", nodes),
                     ],
                     ..Default::default()
                 }
@@ -181,8 +180,9 @@ pub struct Services {
     routing: Option<Arc<crate::routing::Routing>>,
     /// The source's state as last read (shown while a pass holds it).
     last_status: Mutex<Option<SourceStatus>>,
-    /// Wakes the services thread of the API source (`None` otherwise).
-    wake: Mutex<Option<std::sync::mpsc::Sender<Touched>>>,
+    /// What the API changed, to the services thread of the API source
+    /// (`None` for the directory); an empty change just wakes it.
+    api_changes: Mutex<Option<std::sync::mpsc::Sender<Touched>>>,
     /// `<state_dir>/node.json`, written here (this node's pod ranges) when
     /// node routing is off; routing writes it otherwise.
     node_file: std::path::PathBuf,
@@ -320,7 +320,7 @@ impl Services {
             sweep_due: Default::default(),
             routing,
             node_file: cfg.state_dir.join("node.json"),
-            wake: Mutex::new(None),
+            api_changes: Mutex::new(None),
             last_status: Mutex::new(None),
             nodes_sent: Default::default(),
             health: crate::healthcheck::HealthChecks::start()
@@ -344,7 +344,7 @@ impl Services {
             // has been listed (the daemon is ready meanwhile: pods and the
             // datapath do not wait for the API server).
             let (tx, rx) = std::sync::mpsc::channel();
-            *lock(&s.wake) = Some(tx.clone());
+            *lock(&s.api_changes) = Some(tx);
             let settings = cfg
                 .kubernetes
                 .clone()
@@ -354,7 +354,6 @@ impl Services {
                 s.ctx.clone(),
                 Arc::new(ApiSink {
                     services: s.clone(),
-                    tx: Mutex::new(tx),
                 }),
             )?;
             let s2 = s.clone();
@@ -511,27 +510,23 @@ impl Services {
         }
     }
 
-    /// How often a full pass runs unasked: every 30 s for the directory (an
-    /// inotify event can be lost); never for the API, whose watch loses
-    /// nothing (a lost place is a relist), so a pass at 10,000 services
-    /// does not hold the source's lock, and the API thread, for nothing.
-    /// Retries of failed programming come sooner through `full_due`.
-    fn full_every(&self) -> Duration {
-        if self.dir_path.is_some() {
-            FULL_EVERY
-        } else {
-            Duration::from_secs(365 * 24 * 3600)
-        }
+    /// When the next full pass is due, if one is: when one was asked for
+    /// (a retry, a freed frontend, a removal let through), else every 30 s
+    /// for the directory (an inotify event can be lost); never unasked for
+    /// the API, whose watch loses nothing (a lost place is a relist), so a
+    /// pass at 10,000 services does not hold the source's lock, and the API
+    /// thread, for nothing.
+    fn full_pass_due(&self, clock: &Clock) -> Option<Instant> {
+        self.full_due()
+            .or_else(|| self.dir_path.as_ref().map(|_| clock.last_full + FULL_EVERY))
     }
 
     /// When the next full pass or sweep is due.
     fn next_due(&self, clock: &Clock) -> Instant {
-        // A full pass every 30 s whatever else happens (a lost event, a
-        // retry), sooner when one is due.
-        let mut due = self
-            .full_due()
-            .unwrap_or(clock.last_full + self.full_every())
-            .min(clock.last_sweep + SWEEP_EVERY);
+        let mut due = clock.last_sweep + SWEEP_EVERY;
+        if let Some(full) = self.full_pass_due(clock) {
+            due = due.min(full);
+        }
         if self.sweep_due.load(std::sync::atomic::Ordering::Relaxed) {
             due = due.min(clock.last_sweep + MISSING_DIR_EVERY);
         }
@@ -555,10 +550,9 @@ impl Services {
             }
             clock.last_sweep = Instant::now();
         }
-        if Instant::now()
-            >= self
-                .full_due()
-                .unwrap_or(clock.last_full + self.full_every())
+        if self
+            .full_pass_due(clock)
+            .is_some_and(|due| Instant::now() >= due)
         {
             self.pass(true);
             clock.last_full = Instant::now();
@@ -631,10 +625,15 @@ impl Services {
             .store(true, std::sync::atomic::Ordering::SeqCst);
         *lock(&self.full_due) = Some(Instant::now());
         // The services thread may be waiting for an API change: wake it.
-        if let Some(tx) = &*lock(&self.wake) {
-            let _ = tx.send(Touched::default());
-        }
+        self.tell_services_thread(Touched::default());
         lock(&self.pass).held_removals
+    }
+
+    /// Hands an API change to the services thread (API source only).
+    fn tell_services_thread(&self, t: Touched) {
+        if let Some(tx) = &*lock(&self.api_changes) {
+            let _ = tx.send(t);
+        }
     }
 
     /// The removal guard of a pass; only a full pass takes the operator's
@@ -931,7 +930,6 @@ impl Clock {
 /// lock), and what changed to the services thread.
 struct ApiSink {
     services: Arc<Services>,
-    tx: Mutex<std::sync::mpsc::Sender<Touched>>,
 }
 
 impl ApiSink {
@@ -947,7 +945,7 @@ impl api::Sink for ApiSink {
     fn event(&self, kind: api::Kind, ev: api::Event) {
         let t = self.with_store(|a| a.event(kind, ev));
         if !t.is_empty() {
-            let _ = lock(&self.tx).send(t);
+            self.services.tell_services_thread(t);
         }
     }
 

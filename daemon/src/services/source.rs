@@ -291,6 +291,22 @@ impl ManifestDir {
         out
     }
 
+    /// How many Services, EndpointSlices and Node objects the files hold,
+    /// and how many files or documents are rejected (for the source's
+    /// status, without copying any of them).
+    pub fn counts(&self) -> (usize, usize, usize, usize) {
+        let (mut services, mut slices, mut nodes, mut rejected) = (0, 0, 0, 0);
+        for f in self.files.values() {
+            let o = &f.objects;
+            let s = o.objects.iter().filter(|x| x.is_service()).count();
+            services += s;
+            slices += o.objects.len() - s;
+            nodes += o.nodes.len();
+            rejected += o.rejected.len() + usize::from(f.error.is_some());
+        }
+        (services, slices, nodes, rejected)
+    }
+
     /// Everything the files hold (borrowed: a pass at 10,000 services does
     /// not copy them), and everything that could not be used.
     pub fn objects(&self) -> (Vec<&ParsedObject>, Vec<Rejection>) {

@@ -134,15 +134,19 @@ fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMet
 }
 
 /// The service a Service object defines, if it is named.
-pub(super) fn service_ref(s: &Service) -> Option<ServiceRef> {
-    meta_ref(&s.metadata).ok()
+pub(super) fn service_ref(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<ServiceRef> {
+    meta_ref(meta).ok()
 }
 
 /// The service an EndpointSlice belongs to, by its service-name label.
-pub(super) fn slice_service(s: &EndpointSlice) -> Option<ServiceRef> {
+pub(super) fn slice_service(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<ServiceRef> {
     Some(ServiceRef {
-        namespace: namespace_of(&s.metadata),
-        name: s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?.clone(),
+        namespace: namespace_of(meta),
+        name: meta.labels.as_ref()?.get(SERVICE_NAME_LABEL)?.clone(),
     })
 }
 
@@ -447,7 +451,8 @@ fn parse_slice(
     notes: &mut Vec<String>,
 ) -> Result<Option<(ServiceRef, ParsedSlice)>, String> {
     meta_ref(&s.metadata)?;
-    let svc = slice_service(s).ok_or_else(|| format!("label {SERVICE_NAME_LABEL} is missing"))?;
+    let svc = slice_service(&s.metadata)
+        .ok_or_else(|| format!("label {SERVICE_NAME_LABEL} is missing"))?;
     let ipv4 = match s.address_type.as_str() {
         "IPv4" => true,
         "IPv6" => false,
@@ -601,7 +606,7 @@ impl ParsedObject {
         }
         ParsedObject {
             order: (s.metadata.namespace.clone(), s.metadata.name.clone()),
-            service: service_ref(s),
+            service: service_ref(&s.metadata),
             notes,
             kind: ParsedKind::Service(parsed),
         }
@@ -612,7 +617,7 @@ impl ParsedObject {
         let parsed = parse_slice(s, ctx, &mut notes);
         ParsedObject {
             order: (s.metadata.namespace.clone(), s.metadata.name.clone()),
-            service: slice_service(s),
+            service: slice_service(&s.metadata),
             notes,
             kind: ParsedKind::Slice(parsed),
         }
