@@ -382,7 +382,7 @@ fn pin_tc_link(pins: &Pins, ifindex: u32, link: BorrowedFd<'_>) -> Result<(), Ed
 /// there (an older link then detaches).
 fn pin_link_at(pins: &Pins, path: PathBuf, link: BorrowedFd<'_>) -> Result<(), EdgeError> {
     let dir = pins.tc_links();
-    std::fs::create_dir_all(&dir).map_err(|source| EdgeError::Pin {
+    sluice_common::fsutil::private_dir(&dir).map_err(|source| EdgeError::Pin {
         what: "create",
         path: dir.clone(),
         source,

@@ -146,7 +146,7 @@ pub fn endpoints_dir(state_dir: &Path) -> PathBuf {
 /// and sweeps, so it never takes a new pod's entries for leftovers.
 pub fn lock_datapath(state_dir: &Path, exclusive: bool) -> io::Result<std::fs::File> {
     use std::os::fd::AsRawFd;
-    std::fs::create_dir_all(state_dir)?;
+    crate::fsutil::private_dir(state_dir)?;
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -247,7 +247,7 @@ impl EndpointRecord {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(&dir).map_err(|e| io_err("create the directory of", e))?;
+        fsutil::private_dir(&dir).map_err(|e| io_err("create the directory of", e))?;
         let data = serde_json::to_vec_pretty(self).expect("a record always serializes");
         fsutil::write_atomic(&path, &data).map_err(|e| io_err("write", e))?;
         Ok(path)

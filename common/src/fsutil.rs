@@ -7,15 +7,19 @@
 
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// Writes `data` to `path` atomically (same-directory temp file, then rename).
+/// Writes `data` to `path` atomically (same-directory temp file, then
+/// rename), readable and writable by its owner only (0600): records and
+/// reservations name pods, their addresses and annotations.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     let tmp = temp_sibling(path);
     let res = (|| {
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&tmp)?;
         f.write_all(data)?;
         fs::rename(&tmp, path)
@@ -24,6 +28,39 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     res
+}
+
+/// Creates `dir` and its missing parents with mode 0700, and takes group
+/// and other access away from `dir` itself if an older build made it
+/// open (parents that already exist are left as they are).
+pub fn private_dir(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let m = fs::metadata(dir)?;
+    if m.permissions().mode() & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Takes group and other access away from every file directly in `dir`
+/// (records an older build wrote 0644). Returns how many it changed.
+pub fn tighten_files(dir: &Path) -> io::Result<usize> {
+    let mut n = 0;
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        let m = e.metadata()?;
+        if m.is_file() && m.permissions().mode() & 0o077 != 0 {
+            fs::set_permissions(
+                e.path(),
+                fs::Permissions::from_mode(m.permissions().mode() & 0o700),
+            )?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// A unique temp name next to `path`, starting with `.tmp-` so listings skip it.

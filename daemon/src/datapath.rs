@@ -167,7 +167,7 @@ impl Datapath {
         }
         let maps_dir = cfg.maps_dir();
         for d in [&maps_dir, &cfg.cgroup_links_dir(), &cfg.tc_links_dir()] {
-            std::fs::create_dir_all(d).map_err(io_err("create pin directory", d))?;
+            sluice_common::fsutil::private_dir(d).map_err(io_err("create pin directory", d))?;
         }
         if !load::is_bpffs(&maps_dir) {
             return Err(DatapathError::NotBpffs { path: maps_dir });
@@ -572,7 +572,8 @@ fn pin_tc_program(
         path: path.clone(),
         source,
     };
-    std::fs::create_dir_all(pins.progs()).map_err(io_err("create pin directory", &pins.progs()))?;
+    sluice_common::fsutil::private_dir(&pins.progs())
+        .map_err(io_err("create pin directory", &pins.progs()))?;
     let to_prog = |fd| {
         EdgeProg::from_fd(fd, EdgeProgram::Check).map_err(|e| DatapathError::Attach {
             program: name.into(),

@@ -4,6 +4,7 @@
 //! config to find the daemon, or its pins when the daemon is down.
 
 pub mod accel;
+pub mod caps;
 pub mod config;
 pub mod datapath;
 pub mod edge;

@@ -50,8 +50,26 @@ struct InstanceLock(#[allow(dead_code)] std::fs::File);
 
 fn lock_instance(cfg: &Config) -> anyhow::Result<InstanceLock> {
     use std::os::fd::AsRawFd;
-    std::fs::create_dir_all(&cfg.state_dir)
+    sluice_common::fsutil::private_dir(&cfg.state_dir)
         .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
+    // Records name pods, their addresses and annotations: an older build
+    // left them world-readable.
+    let records = sluice_common::endpoint::endpoints_dir(&cfg.state_dir);
+    if records.is_dir() {
+        match sluice_common::fsutil::private_dir(&records)
+            .and_then(|()| sluice_common::fsutil::tighten_files(&records))
+        {
+            Ok(0) => {}
+            Ok(n) => info!(
+                "made {n} endpoint records in {} private (0600)",
+                records.display()
+            ),
+            Err(e) => warn!(
+                "cannot make the endpoint records in {} private: {e}",
+                records.display()
+            ),
+        }
+    }
     let path = cfg.lock_file();
     let f = std::fs::OpenOptions::new()
         .create(true)

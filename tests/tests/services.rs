@@ -1252,3 +1252,39 @@ fn an_opted_out_pod_reaches_services_per_packet() {
     assert_ne!(second["reply"], gone.as_str(), "{first} then {second}");
     assert_eq!(second["from"], "10.96.10.10:53", "{second}");
 }
+
+/// A pod cannot take a service's address for itself: bind(2) to a
+/// ClusterIP and port a Service serves is refused (EADDRINUSE, as if the
+/// service held it: the hook sets that errno), even with
+/// IP_FREEBIND, which lets any unprivileged process bind any address. The
+/// same address on a port no Service serves, and the pod's own address,
+/// stay free to bind.
+#[test]
+fn a_pod_cannot_bind_a_service_address() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let c = Cluster::new(&node, "");
+    let bind = |proto: &str, a: &str| probe(&c.client.ns, &["bind", proto, a]);
+    for (proto, a) in [
+        ("tcp", "10.96.10.10:80"),
+        ("udp", "10.96.10.10:53"),
+        ("tcp", "[fd00:10:96::10]:80"),
+        ("udp", "[fd00:10:96::10]:53"),
+        // A v4-mapped v6 socket is the v4 service.
+        ("tcp", "[::ffff:10.96.10.10]:80"),
+    ] {
+        let v = bind(proto, a);
+        assert_eq!(v["errno"], 98, "{proto} bind to service {a} refused: {v}");
+    }
+    let own = format!("{}:80", ip_of(&c.client, false));
+    for (proto, a) in [
+        ("tcp", "10.96.10.10:81"),
+        ("udp", "10.96.10.10:80"),
+        ("tcp", own.as_str()),
+    ] {
+        let v = bind(proto, a);
+        assert_eq!(v["bound"], true, "{proto} bind to {a} is free: {v}");
+    }
+}

@@ -71,6 +71,17 @@ fn main() -> anyhow::Result<()> {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
         libc::setpriority(libc::PRIO_PROCESS, tid, API_NICE);
     }
+    // Every thread the daemon starts copies the main thread's capabilities:
+    // drop what it does not need now, before the first one.
+    let low_ports =
+        cfg.metrics_address.is_some_and(|a| a.port() < 1024) || cfg.nodeport_range.0 < 1024;
+    match sluice_daemon::caps::drop_unneeded(low_ports) {
+        Ok(d) => tracing::info!(kept = ?d.kept, dropped = d.dropped, "capabilities"),
+        Err(e) => {
+            tracing::error!("cannot drop the capabilities the daemon does not need: {e}");
+            std::process::exit(1);
+        }
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(8)

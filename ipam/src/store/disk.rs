@@ -149,7 +149,7 @@ fn write_new(path: &Path, data: &[u8]) -> io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(0o600)
         .open(path)?;
     f.write_all(data)
 }
@@ -282,7 +282,7 @@ impl Store for DiskStore {
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(0o644)
+            .mode(0o600)
             .open(&path)
             .and_then(|mut f| f.write_all(ip.to_string().as_bytes()))
             .map_err(|e| IpamError::io("write", &path, e))

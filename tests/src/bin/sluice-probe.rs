@@ -23,6 +23,8 @@
 //! serve udp-peer PORT NAME  like serve udp, answering NAME@<client address>
 //! tcp-from ADDR SPORT       like tcp, from local port SPORT
 //! http ADDR                 GET / ; {"status":CODE,"body":BODY}
+//! bind tcp|udp ADDR         bind ADDR with IP(V6)_FREEBIND set, so only a
+//!                           bind hook can refuse it: {"bound":true}
 //! give PORT BYTES           for each connection: send BYTES of the fixed
 //!                           stream, half-close, wait for EOF
 //! take ADDR BYTES           connect, read to EOF; {"bytes","intact","secs",
@@ -157,6 +159,10 @@ fn main() {
                 let _ = s.send_to(format!("{name}@{ip}").as_bytes(), from);
             }
         }
+        ["bind", proto, a] => match freebind(proto, addr(a)) {
+            Ok(()) => println!("{{\"bound\":true}}"),
+            Err(e) => fail("bind", e),
+        },
         ["http", dst] => {
             let mut s =
                 TcpStream::connect_timeout(&addr(dst), t).unwrap_or_else(|e| fail("connect", e));
@@ -504,4 +510,49 @@ impl Pattern {
             self.used += 1;
         }
     }
+}
+
+/// A socket bound to `a` with IP_FREEBIND / IPV6_FREEBIND: any address is
+/// accepted by the kernel, local or not, as a pod may do without any
+/// capability.
+fn freebind(proto: &str, a: SocketAddr) -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let (family, level, opt) = match a {
+        SocketAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_IP, libc::IP_FREEBIND),
+        SocketAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_IPV6, libc::IPV6_FREEBIND),
+    };
+    let ty = if proto == "udp" {
+        libc::SOCK_DGRAM
+    } else {
+        libc::SOCK_STREAM
+    };
+    // SAFETY: plain socket calls on an fd we own; the address outlives bind.
+    unsafe {
+        let fd = libc::socket(family, ty | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        if libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        let sa = nix::sys::socket::SockaddrStorage::from(a);
+        if libc::bind(
+            fd.as_raw_fd(),
+            nix::sys::socket::SockaddrLike::as_ptr(&sa),
+            nix::sys::socket::SockaddrLike::len(&sa),
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
