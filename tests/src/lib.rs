@@ -13,6 +13,7 @@ pub mod frames;
 pub mod kubeapi;
 pub mod manifests;
 pub mod nbsock;
+pub mod soak;
 
 use serde_json::Value;
 use std::fs::File;

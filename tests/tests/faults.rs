@@ -1,12 +1,17 @@
-//! Faults the node's disks can bring: the IPAM store or the endpoint
-//! records full (a tiny tmpfs) or read-only. ADD fails with the spec's
-//! error and leaves nothing behind; a pod already running is not touched;
-//! ADD works again once the space (or write access) is back.
+//! Faults, and nothing lost: the daemon SIGKILLed under service traffic;
+//! pods churned with plugin runs and the daemon killed (a checker compares
+//! kernel, maps, records and IPAM store with the pods that exist); the
+//! IPAM store or the endpoint records full (a tiny tmpfs) or read-only;
+//! the daemon started on records it cannot read. The machinery is
+//! `sluice_tests::soak`, which `bench/run soak` runs for 30 minutes.
 
 use sluice_tests::daemon::Daemon;
+use sluice_tests::soak::{kill_loop, settle, Churn, ServiceRig};
 use sluice_tests::{ranges, require_root, unique, Node, Ns, Pod};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// A tiny tmpfs mounted at a directory; unmounted on drop.
 struct Tiny(PathBuf);
@@ -183,4 +188,93 @@ fn records_the_daemon_cannot_read_at_start_keep_their_pods_traffic() {
         std::fs::read_to_string(&pa).unwrap(),
         text[..text.len() / 2]
     );
+}
+
+/// The daemon SIGKILLed every 1.5-3 s while a pod and the node keep
+/// connections to a Service busy and open new ones: not one request on an
+/// established connection fails, not one connect to the Service (whose
+/// backends do not change) fails, and the node is whole afterwards.
+#[test]
+fn the_daemon_killed_every_few_seconds_loses_no_request_and_no_connect() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let rig = ServiceRig::new(&node, "");
+    let stop = AtomicBool::new(false);
+    let (report, kills) = std::thread::scope(|s| {
+        let traffic = rig.traffic(4, Duration::from_secs(600));
+        let killer = s.spawn(|| {
+            kill_loop(
+                &rig.daemon,
+                Duration::from_millis(1500)..Duration::from_millis(3000),
+                &stop,
+            )
+        });
+        std::thread::sleep(Duration::from_secs(20));
+        stop.store(true, Ordering::Relaxed);
+        let kills = killer.join().unwrap();
+        (traffic.finish(), kills)
+    });
+    eprintln!("{kills} kills: {report:?}");
+    assert!(kills >= 5, "only {kills} kills landed");
+    assert!(report.requests > 1000, "too little traffic: {report:?}");
+    assert_eq!(report.failed_requests, 0, "{report:?}");
+    assert_eq!(report.failed_connects, 0, "{report:?}");
+    let problems = settle(&node, &rig.daemon, &rig.pods(), 10);
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+/// 1,000 pods created and deleted in ten waves of 100, 16 plugin runs at
+/// a time, 5 % of them SIGKILLed at a random moment (a killed ADD is
+/// DELed, a killed DEL retried, as the runtime does), the daemon
+/// SIGKILLed every 2-4 s, with service traffic throughout. After every
+/// wave the checker finds nothing left of a pod that is gone and nothing
+/// missing of one that exists; at the end, with every pod deleted, only
+/// the rig's pods remain, and no request or connect failed.
+#[test]
+fn a_thousand_pods_churned_with_kills_leave_nothing_and_miss_nothing() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let rig = ServiceRig::new(&node, "");
+    let mut churn = Churn::new(&node, &rig.conf);
+    let stop = AtomicBool::new(false);
+    let mut problems = Vec::new();
+    let (report, kills) = std::thread::scope(|s| {
+        let traffic = rig.traffic(2, Duration::from_secs(1800));
+        let killer = s.spawn(|| {
+            kill_loop(
+                &rig.daemon,
+                Duration::from_millis(2000)..Duration::from_millis(4000),
+                &stop,
+            )
+        });
+        for wave in 0..10 {
+            churn.wave(100, 16, 0.05);
+            let live: Vec<_> = rig.pods().into_iter().chain(churn.pods()).collect();
+            for p in settle(&node, &rig.daemon, &live, 15) {
+                problems.push(format!("after wave {wave}: {p}"));
+            }
+        }
+        churn.delete_all(16);
+        stop.store(true, Ordering::Relaxed);
+        let kills = killer.join().unwrap();
+        (traffic.finish(), kills)
+    });
+    let stats = churn.stats;
+    eprintln!("{stats:?}, {kills} daemon kills, {report:?}");
+    for p in settle(&node, &rig.daemon, &rig.pods(), 15) {
+        problems.push(format!("at the end: {p}"));
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert!(churn.errors.is_empty(), "{:#?}", churn.errors);
+    assert_eq!(stats.adds, 1000);
+    assert!(
+        stats.adds_killed > 0 && stats.dels_killed > 0 && kills >= 3,
+        "too few kills landed to prove anything: {stats:?}, {kills}"
+    );
+    assert_eq!(report.failed_requests, 0, "{report:?}");
+    assert_eq!(report.failed_connects, 0, "{report:?}");
 }

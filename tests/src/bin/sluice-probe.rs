@@ -23,6 +23,12 @@
 //! serve udp-peer PORT NAME  like serve udp, answering NAME@<client address>
 //! tcp-from ADDR SPORT       like tcp, from local port SPORT
 //! http ADDR                 GET / ; {"status":CODE,"body":BODY}
+//! steady ADDR CONNS MILLIS  for MILLIS (or until stdin has a line or
+//!                           ends): CONNS established connections
+//!                           each sending a line and reading its echo in
+//!                           turn, and a new connection (connect, answer,
+//!                           close) each round; {"requests","failed_requests",
+//!                           "connects","failed_connects","errors":[..]}
 //! bind tcp|udp ADDR         bind ADDR with IP(V6)_FREEBIND set, so only a
 //!                           bind hook can refuse it: {"bound":true}
 //! give PORT BYTES           for each connection: send BYTES of the fixed
@@ -159,6 +165,11 @@ fn main() {
                 let _ = s.send_to(format!("{name}@{ip}").as_bytes(), from);
             }
         }
+        ["steady", dst, conns, millis] => steady(
+            addr(dst),
+            conns.parse().expect("CONNS"),
+            Duration::from_millis(millis.parse().expect("MILLIS")),
+        ),
         ["bind", proto, a] => match freebind(proto, addr(a)) {
             Ok(()) => println!("{{\"bound\":true}}"),
             Err(e) => fail("bind", e),
@@ -555,4 +566,83 @@ fn freebind(proto: &str, a: SocketAddr) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Steady service traffic for the fault tests: requests on established
+/// connections (whose failure is a lost request) and new connections
+/// (whose failure is a lost connect). A failed established connection is
+/// replaced, so one fault is counted once, not for the rest of the run.
+fn steady(dst: SocketAddr, conns: usize, run: Duration) {
+    let t = Duration::from_secs(3);
+    let open = |n: &mut u64, failed: &mut u64, errors: &mut Vec<String>| {
+        *n += 1;
+        let r = TcpStream::connect_timeout(&dst, t).and_then(|s| {
+            s.set_read_timeout(Some(t))?;
+            s.set_nodelay(true)?;
+            let mut r = BufReader::new(s.try_clone()?);
+            let mut name = String::new();
+            r.read_line(&mut name)?;
+            if name.is_empty() {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            Ok((s, r))
+        });
+        r.map_err(|e| {
+            *failed += 1;
+            if errors.len() < 10 {
+                errors.push(format!("connect: {e}"));
+            }
+        })
+        .ok()
+    };
+    let (mut connects, mut failed_connects) = (0u64, 0u64);
+    let (mut requests, mut failed_requests) = (0u64, 0u64);
+    let mut errors = Vec::new();
+    let mut held: Vec<Option<(TcpStream, BufReader<TcpStream>)>> = (0..conns)
+        .map(|_| open(&mut connects, &mut failed_connects, &mut errors))
+        .collect();
+    // A line on stdin, or its end, stops the run early.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    std::thread::spawn(move || {
+        let _ = std::io::stdin().read_line(&mut String::new());
+        stop2.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let start = std::time::Instant::now();
+    let mut round = 0u64;
+    while start.elapsed() < run && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        round += 1;
+        for h in held.iter_mut() {
+            let Some((s, r)) = h.as_mut() else {
+                *h = open(&mut connects, &mut failed_connects, &mut errors);
+                continue;
+            };
+            requests += 1;
+            let mut line = String::new();
+            let ok = writeln!(s, "r{round}")
+                .and_then(|()| r.read_line(&mut line))
+                .map(|_| line.trim_end() == format!("r{round}"));
+            if !matches!(ok, Ok(true)) {
+                failed_requests += 1;
+                if errors.len() < 10 {
+                    errors.push(format!(
+                        "request on an established connection: {ok:?} {line:?}"
+                    ));
+                }
+                *h = None;
+            }
+        }
+        drop(open(&mut connects, &mut failed_connects, &mut errors));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "requests": requests,
+            "failed_requests": failed_requests,
+            "connects": connects,
+            "failed_connects": failed_connects,
+            "errors": errors,
+        })
+    );
 }
