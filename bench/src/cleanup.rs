@@ -131,3 +131,18 @@ impl Drop for Track {
         t.dirs.retain(|d| !self.dirs.contains(d));
     }
 }
+
+/// Tracks what the test harness reports it made ([`sluice_tests::Event`]):
+/// netns of pods a benchmark creates by the hundred, daemons restarted
+/// from another thread. Register with `sluice_tests::set_observer`.
+#[allow(dead_code)] // only the soak creates pods and daemons that way
+pub fn observe(e: sluice_tests::Event<'_>) {
+    use sluice_tests::Event;
+    let mut t = tracked();
+    match e {
+        Event::NetnsAdded(n) => t.netns.push(n.to_string()),
+        Event::NetnsDeleted(n) => t.netns.retain(|x| x != n),
+        Event::ProcessStarted(p) => t.pids.push(p),
+        Event::ProcessEnded(p) => t.pids.retain(|x| *x != p),
+    }
+}

@@ -230,6 +230,34 @@ impl EdgeMaps {
         Ok(())
     }
 
+    /// Removes every entry that names host interface `ifindex`: its
+    /// sources, counters and any endpoint entry behind it. For a DEL that
+    /// has no record to say what ADD wrote (an ADD killed after its entries
+    /// and before its record): the map walks cost what [`EdgeMaps::remove`]
+    /// saves, so only that DEL pays them. Returns how many were removed.
+    pub fn remove_all_of(&self, ifindex: u32) -> Result<usize, EdgeError> {
+        let walk = |what: &str| bpf_err(format!("list the {what} of ifindex {ifindex}"));
+        let mut n = 0;
+        for k in sys::map_keys(self.src.as_fd(), size_of::<SrcKey>()).map_err(walk("sources"))? {
+            if k[..4] == ifindex.to_ne_bytes() && sys::map_delete(self.src.as_fd(), &k).is_ok() {
+                n += 1;
+            }
+        }
+        let _ = sys::map_delete(self.stats.as_fd(), &ifindex.to_ne_bytes());
+        if let Some(eps) = &self.eps {
+            for k in sys::map_keys(eps.as_fd(), 8).map_err(walk("endpoint entries"))? {
+                let mut v = Endpoint::default();
+                if sys::map_lookup(eps.as_fd(), &k, bytes_of_mut(&mut v)).unwrap_or(false)
+                    && v.host_ifindex == ifindex
+                    && sys::map_delete(eps.as_fd(), &k).is_ok()
+                {
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
     /// The drop counters of one interface.
     pub fn stats(&self, ifindex: u32) -> EdgeStats {
         let mut v = EdgeStats::default();

@@ -613,6 +613,37 @@ fn release_edge(inv: &Invocation, rec: &EndpointRecord) {
     }
 }
 
+/// DEL without a record: an ADD killed after it wrote the pod's map
+/// entries (or pinned its tcx link) and before its record. What it wrote
+/// names the host veth, which is still there under its name: everything
+/// that names that veth's ifindex goes, before the veth does (an ifindex is
+/// reused once its link is gone).
+fn release_orphans(inv: &Invocation, nl: &mut Netlink, host_name: &str) {
+    let Ok(Some(link)) = nl.link_by_name(host_name) else {
+        return;
+    };
+    let pins = inv.plugin.pins();
+    match EdgeMaps::open(&pins) {
+        Ok(Some(maps)) => match maps.remove_all_of(link.index) {
+            Ok(0) => {}
+            Ok(n) => eprintln!(
+                "sluice: DEL: no record; removed {n} map entries of {host_name} (#{}) left by an \
+                 interrupted ADD",
+                link.index
+            ),
+            Err(e) => eprintln!("sluice: {e}; sluiced removes the entries at its next sweep"),
+        },
+        Ok(None) => {}
+        Err(e) => eprintln!("sluice: {e}; sluiced removes the entries at its next sweep"),
+    }
+    if let Err(e) = edge::unpin_tc_link(&pins, link.index) {
+        eprintln!(
+            "sluice: removing the tcx link pin of ifindex {}: {e}",
+            link.index
+        );
+    }
+}
+
 /// Joins several failures into one error, keeping the first one's code.
 fn combine(errors: Vec<CniError>) -> Result<(), CniError> {
     let mut it = errors.into_iter();
@@ -652,6 +683,9 @@ pub fn del(inv: &Invocation) -> Result<(), CniError> {
     let host_name = naming::host_ifname(&env.container_id, &env.ifname);
     match Netlink::open() {
         Ok(mut nl) => {
+            if record.is_none() {
+                release_orphans(inv, &mut nl, &host_name);
+            }
             let mut names = vec![host_name.clone()];
             if let Some(r) = &record {
                 if r.host_ifname != host_name {

@@ -165,6 +165,28 @@ pub fn lock_datapath(state_dir: &Path, exclusive: bool) -> io::Result<std::fs::F
     Ok(f)
 }
 
+/// [`lock_datapath`] exclusive without waiting: `None` while any ADD holds
+/// it (the daemon's periodic sweep then waits for its next round rather
+/// than hold up the ADDs queued behind it).
+pub fn try_lock_datapath(state_dir: &Path) -> io::Result<Option<std::fs::File>> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(state_dir.join("datapath.lock"))?;
+    // SAFETY: flock on a descriptor we own; released when it closes.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    Ok(Some(f))
+}
+
 /// `<container ID>:<ifname>.json`: neither part can contain ':', so the name
 /// is unambiguous.
 pub fn record_path(state_dir: &Path, container_id: &str, ifname: &str) -> PathBuf {

@@ -227,12 +227,11 @@ fn attach_guards(obj: &mut Ebpf, links_dir: &Path) -> Result<Vec<LinkState>, Str
             prog.load(hook, &btf)
                 .map_err(|e| format!("loading {name} (lsm/{hook}): {}", error_chain(&e)))?;
             let fd = prog.fd().map_err(|e| error_chain(&e))?;
-            let tag = sys::prog_tag(fd.as_fd()).map_err(|e| e.to_string())?;
             if let Ok(info) = sys::pinned_link_info(&pin) {
                 let same = info.link_type == sys::LINK_TYPE_TRACING
                     && sys::prog_fd_by_id(info.prog_id)
-                        .and_then(|f| sys::prog_tag(f.as_fd()))
-                        .is_ok_and(|t| t == tag);
+                        .and_then(|f| sys::same_program(f.as_fd(), fd.as_fd()))
+                        .unwrap_or(false);
                 if same {
                     out.push(LinkState {
                         program: name.into(),

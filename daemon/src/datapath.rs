@@ -34,11 +34,9 @@ pub enum DatapathError {
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error(
-        "no cgroup v2 hierarchy found at /sys/fs/cgroup or /sys/fs/cgroup/unified; mount one \
-         (mount -t cgroup2 none /sys/fs/cgroup/unified) or set cgroup_root"
+        "cgroup_root {path} is neither a cgroup v2 mount nor an empty directory to mount one on; \
+         set cgroup_root to the node's cgroup v2 mount or to an empty directory"
     )]
-    NoCgroup2,
-    #[error("cgroup_root {path} is not a cgroup v2 directory")]
     NotCgroup2 { path: PathBuf },
     #[error("cannot {what} {path}: {source}")]
     Io {
@@ -581,9 +579,8 @@ fn pin_tc_program(
             detail: e.to_string(),
         })
     };
-    let our_tag = sys::prog_tag(ours.as_fd()).map_err(pin_err)?;
     match sys::obj_get(&path) {
-        Ok(pinned) if sys::prog_tag(pinned.as_fd()).ok() == Some(our_tag) => {
+        Ok(pinned) if sys::same_program(pinned.as_fd(), ours.as_fd()).map_err(pin_err)? => {
             Ok((to_prog(pinned)?, LinkOutcome::Reused))
         }
         Ok(_) => {
@@ -607,20 +604,67 @@ fn is_cgroup2(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Where the daemon mounts a cgroup v2 hierarchy of its own when the node
+/// has none mounted (as Cilium mounts /run/cilium/cgroupv2).
+pub const OWN_CGROUP2: &str = "/run/sluice/cgroupv2";
+
 /// The configured cgroup v2 root, or the unified (`/sys/fs/cgroup`) or
-/// hybrid (`/sys/fs/cgroup/unified`) one.
+/// hybrid (`/sys/fs/cgroup/unified`) one. A configured root that is
+/// missing (not mounted, or the directory absent), or no cgroup v2 mount
+/// at all, is repaired: cgroup2 is mounted there (at [`OWN_CGROUP2`] when
+/// none is configured). cgroup v2 is one hierarchy, so the new mount's
+/// root is the root every socket program was attached to before.
 pub fn cgroup_root(cfg: &Config) -> Result<PathBuf, DatapathError> {
     if let Some(p) = &cfg.cgroup_root {
         if !is_cgroup2(p) {
-            return Err(DatapathError::NotCgroup2 { path: p.clone() });
+            mount_cgroup2(p)?;
         }
         return Ok(p.clone());
     }
-    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+    if let Some(p) = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
         .into_iter()
         .map(PathBuf::from)
         .find(|p| is_cgroup2(p))
-        .ok_or(DatapathError::NoCgroup2)
+    {
+        return Ok(p);
+    }
+    let own = PathBuf::from(OWN_CGROUP2);
+    if !is_cgroup2(&own) {
+        mount_cgroup2(&own)?;
+    }
+    Ok(own)
+}
+
+/// Mounts cgroup2 at `path` (created if absent), refusing a directory that
+/// holds anything: that is someone else's, not a missing mount.
+fn mount_cgroup2(path: &Path) -> Result<(), DatapathError> {
+    std::fs::create_dir_all(path).map_err(io_err("create the cgroup v2 mount point", path))?;
+    let empty = std::fs::read_dir(path)
+        .map_err(io_err("list the cgroup v2 mount point", path))?
+        .next()
+        .is_none();
+    if !empty {
+        return Err(DatapathError::NotCgroup2 { path: path.into() });
+    }
+    nix::mount::mount(
+        Some("cgroup2"),
+        path,
+        Some("cgroup2"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| DatapathError::Io {
+        what: "mount cgroup2 at",
+        path: path.into(),
+        source: e.into(),
+    })?;
+    warn!(
+        path = %path.display(),
+        "no cgroup v2 hierarchy was mounted there: mounted one (the socket programs attach to its root)"
+    );
+    Ok(())
 }
 
 /// The cgroup v2 root the socket programs attach to, opened once.
@@ -768,8 +812,9 @@ where
     sys::pinned_link_info(pin).map_err(|e| format!("reading {}: {e}", pin.display()))
 }
 
-/// Swaps a pinned link's program for `new` if their instructions differ
-/// (an upgraded daemon); otherwise leaves it.
+/// Swaps a pinned link's program for `new` if their instructions or maps
+/// differ (an upgraded daemon, a map carried into a new one); otherwise
+/// leaves it.
 fn refresh_program(
     pin: &Path,
     old_prog_id: u32,
@@ -778,8 +823,7 @@ fn refresh_program(
     let new = new?;
     let old =
         sys::prog_fd_by_id(old_prog_id).map_err(|e| format!("open program {old_prog_id}: {e}"))?;
-    let tag = |fd| sys::prog_tag(fd).map_err(|e| format!("read a program tag: {e}"));
-    if tag(old.as_fd())? == tag(new)? {
+    if sys::same_program(old.as_fd(), new).map_err(|e| format!("compare programs: {e}"))? {
         return Ok(LinkOutcome::Reused);
     }
     let link = sys::obj_get(pin).map_err(|e| format!("open {}: {e}", pin.display()))?;

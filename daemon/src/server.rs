@@ -233,7 +233,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                         let rep = State::reconcile_shared(&d.state, false);
                         busy.store(false, Ordering::Release);
                         d.metrics.reconcile_runs.inc();
-                        if rep.restored + rep.cleaned + rep.removed + rep.failed > 0 {
+                        if rep.restored + rep.cleaned + rep.removed + rep.failed + rep.stale_entries > 0 {
                             info!(?rep, "reconciled endpoint records");
                         }
                     });

@@ -349,13 +349,26 @@ impl State {
                 }
             }
         }
-        if full {
-            // Records are listed again under the datapath lock: a pod whose
-            // ADD wrote its entries after the first listing has its record
-            // on disk by the time the lock is ours.
-            let _lock = sluice_common::endpoint::lock_datapath(&self.cfg.state_dir, true)
+        // The sweep of entries no record explains: at start (pods deleted
+        // while the daemon was down), and on every periodic pass too (an
+        // ADD killed after its entries and before its record, whose DEL
+        // found no veth to name them by; anything else left by a plugin
+        // killed half-way), so leftovers live one interval at most.
+        // Records are listed again under the datapath lock: a pod whose ADD
+        // wrote its entries after the first listing has its record on disk
+        // by the time the lock is ours. At start the daemon waits for the
+        // lock; a periodic pass does not hold up ADDs: it sweeps next time.
+        let lock = if full {
+            sluice_common::endpoint::lock_datapath(&self.cfg.state_dir, true)
                 .map_err(|e| warn!("cannot take the datapath lock for the sweep: {e}"))
-                .ok();
+                .ok()
+        } else {
+            sluice_common::endpoint::try_lock_datapath(&self.cfg.state_dir)
+                .map_err(|e| warn!("cannot take the datapath lock for the sweep: {e}"))
+                .ok()
+                .flatten()
+        };
+        if full || lock.is_some() {
             let (records, _) = EndpointRecord::list(&self.cfg.state_dir);
             for rec in records {
                 let key = (rec.container_id.clone(), rec.ifname.clone());

@@ -225,6 +225,38 @@ pub fn prog_tag(prog: BorrowedFd<'_>) -> io::Result<[u8; 8]> {
     Ok(buf[1].to_ne_bytes())
 }
 
+/// The maps a loaded program references, by id, sorted.
+pub fn prog_map_ids(prog: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
+    // struct bpf_prog_info up to map_ids: nr_map_ids is the u32 at byte 52,
+    // map_ids the u64 pointer at byte 56. The kernel copies up to
+    // nr_map_ids ids and sets it to the program's count.
+    let mut ids = vec![0u32; 64];
+    let mut buf = [0u64; 8];
+    buf[6] = u64::from_ne_bytes({
+        let mut b = [0u8; 8];
+        b[4..].copy_from_slice(&(ids.len() as u32).to_ne_bytes());
+        b
+    });
+    buf[7] = ids.as_mut_ptr() as u64;
+    obj_info(prog, &mut buf)?;
+    let n = u32::from_ne_bytes(buf[6].to_ne_bytes()[4..].try_into().unwrap()) as usize;
+    if n > ids.len() {
+        return Err(io::Error::other(format!("a program with {n} maps")));
+    }
+    ids.truncate(n);
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Whether two loaded programs are the same program: the same tag (their
+/// instructions, map references blanked) and the same maps. A program
+/// still bound to a map the loader has since replaced (a pinned map
+/// carried into a new size or flags) has the tag of the new one but not
+/// its maps: it must be replaced, or it reads a map nobody writes.
+pub fn same_program(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> io::Result<bool> {
+    Ok(prog_tag(a)? == prog_tag(b)? && prog_map_ids(a)? == prog_map_ids(b)?)
+}
+
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;

@@ -98,7 +98,9 @@ impl<'a> Daemon<'a> {
                 Ok(())
             });
         }
-        self.child = Some(c.spawn().expect("spawn sluiced"));
+        let child = c.spawn().expect("spawn sluiced");
+        crate::observe(crate::Event::ProcessStarted(child.id()));
+        self.child = Some(child);
         drop(ns);
         self.wait_ready();
         t.elapsed()
@@ -136,6 +138,7 @@ impl<'a> Daemon<'a> {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+            crate::observe(crate::Event::ProcessEnded(c.id()));
         }
     }
 
@@ -145,6 +148,7 @@ impl<'a> Daemon<'a> {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
             let _ = c.wait();
+            crate::observe(crate::Event::ProcessEnded(c.id()));
         }
     }
 

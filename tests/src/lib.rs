@@ -71,6 +71,30 @@ pub fn unique(tag: &str) -> String {
     )
 }
 
+/// What the harness creates and removes, for a watcher that must clean up
+/// when the process cannot unwind (the benchmarks' release builds abort
+/// on panic): see [`set_observer`].
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    NetnsAdded(&'a str),
+    NetnsDeleted(&'a str),
+    ProcessStarted(u32),
+    ProcessEnded(u32),
+}
+
+static OBSERVER: std::sync::OnceLock<fn(Event<'_>)> = std::sync::OnceLock::new();
+
+/// Registers the one function told of every [`Event`] (once per process).
+pub fn set_observer(f: fn(Event<'_>)) {
+    let _ = OBSERVER.set(f);
+}
+
+pub(crate) fn observe(e: Event<'_>) {
+    if let Some(f) = OBSERVER.get() {
+        f(e);
+    }
+}
+
 /// A named network namespace (`ip netns add`), deleted on drop.
 #[derive(Debug)]
 pub struct Ns {
@@ -82,6 +106,7 @@ impl Ns {
     pub fn new(tag: &str) -> Self {
         let name = unique(tag);
         run_ok(Command::new("ip").args(["netns", "add", &name]));
+        observe(Event::NetnsAdded(&name));
         let ns = Ns {
             name,
             deleted: false,
@@ -191,6 +216,7 @@ impl Ns {
             let _ = Command::new("ip")
                 .args(["netns", "del", &self.name])
                 .status();
+            observe(Event::NetnsDeleted(&self.name));
             self.deleted = true;
         }
     }
