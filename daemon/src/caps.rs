@@ -33,7 +33,8 @@ pub const KEPT: &[(u32, &str, &str)] = &[
         CAP_SYS_ADMIN,
         "CAP_SYS_ADMIN",
         "setns into a pod's netns (to end its stale sockets), bpf(2) lookups of programs and \
-         links by id (adopting what the plugin attached), mounting bpffs or cgroup2 if absent",
+         links by id (adopting what the plugin attached), mounting bpffs or cgroup2 if absent; \
+         the kernel also takes it for CAP_PERFMON (the acceleration's CO-RE reads of sockets)",
     ),
 ];
 

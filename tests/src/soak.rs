@@ -7,6 +7,8 @@
 //! - [`kill_loop`]: the daemon SIGKILLed and restarted at random intervals;
 //! - [`Churn`]: pods created and deleted in waves by parallel plugin runs,
 //!   some of them SIGKILLed, the way a runtime cleans up after them;
+//! - [`storm`]: a source changing 1,000 times a second, and whether the
+//!   daemon kept up, coalesced and stayed in bounded memory;
 //! - [`check`]: the node compared with its live pods: kernel (veths,
 //!   addresses, routes, tc attachment), pinned maps, endpoint records and
 //!   the IPAM store. Anything left for a pod that is gone, or missing for
@@ -543,4 +545,125 @@ pub fn rss_and_fds(pid: u32) -> (u64, usize) {
         .map(|d| d.count())
         .unwrap_or(0);
     (rss, fds)
+}
+
+/// What a [`storm`] measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Storm {
+    pub changes: u64,
+    pub per_sec: f64,
+    /// Service passes the daemon made for them.
+    pub passes: u64,
+    /// From the last change to every Service programmed as last written.
+    pub lag: Duration,
+    pub caught_up: bool,
+    /// Daemon RSS (KiB) a third of the way in, and at the end.
+    pub rss_third: u64,
+    pub rss_end: u64,
+}
+
+impl Storm {
+    /// Panics unless the daemon kept up (within 2 s of the last change),
+    /// coalesced (fewer than one pass per 5 changes) and its RSS at the
+    /// end is within 10 % + 4 MiB of a third of the way in.
+    pub fn assert_kept_up(&self) {
+        eprintln!("{self:?}");
+        assert!(
+            self.caught_up,
+            "the last state was never programmed: {self:?}"
+        );
+        assert!(
+            self.lag < Duration::from_secs(2),
+            "caught up only after {:?}",
+            self.lag
+        );
+        assert!(self.per_sec > 900.0, "the test wrote too slowly: {self:?}");
+        assert!(self.passes * 5 < self.changes, "not coalesced: {self:?}");
+        assert!(
+            self.rss_end <= self.rss_third + self.rss_third / 10 + 4096,
+            "RSS grew: {self:?}"
+        );
+    }
+}
+
+/// Frontend → number of backends, as the daemon has programmed them.
+fn backend_counts(d: &Daemon<'_>) -> (BTreeMap<String, usize>, u64) {
+    let v = d
+        .call(sluice_common::api::Request::ListServices)
+        .expect("list_services")
+        .data;
+    let counts = v["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            (
+                s["frontend"].as_str().unwrap_or("").to_string(),
+                s["backends"].as_array().map_or(0, Vec::len),
+            )
+        })
+        .collect();
+    (counts, v["source"]["passes"].as_u64().unwrap_or(0))
+}
+
+/// `services` synthetic Services (`manifests::service` at
+/// `cluster_ip(i, base)`:80, up to 10 endpoints each), all with 10
+/// endpoints when called: for `run`, `change(i, n)` is called 1,000 times a
+/// second, each giving service `i` `n` endpoints (random), the way the
+/// caller's source sends it; then waits for the daemon to program the
+/// last of them.
+pub fn storm(
+    d: &Daemon<'_>,
+    services: usize,
+    base: u8,
+    run: Duration,
+    mut change: impl FnMut(usize, usize),
+) -> Storm {
+    let want = |last: &[usize]| -> BTreeMap<String, usize> {
+        (0..services)
+            .map(|i| {
+                (
+                    format!("{}:80/Tcp", manifests::cluster_ip(i, base)),
+                    last[i],
+                )
+            })
+            .collect()
+    };
+    let mut last = vec![10usize; services];
+    assert!(
+        crate::daemon::eventually(20, || backend_counts(d).0 == want(&last)),
+        "the services were not programmed before the storm"
+    );
+    let passes0 = backend_counts(d).1;
+    let pid = d.pid().expect("daemon running");
+    let t0 = Instant::now();
+    let (mut changes, mut rss_third) = (0u64, 0);
+    while t0.elapsed() < run {
+        // Paced at one change per millisecond of the run so far.
+        let due = t0.elapsed().as_millis() as u64;
+        while changes < due {
+            let i = fastrand::usize(..services);
+            let n = fastrand::usize(1..=10);
+            change(i, n);
+            last[i] = n;
+            changes += 1;
+        }
+        if rss_third == 0 && t0.elapsed() > run / 3 {
+            rss_third = rss_and_fds(pid).0;
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    let wrote = t0.elapsed();
+    let rss_end = rss_and_fds(pid).0;
+    let t_last = Instant::now();
+    let caught_up = crate::daemon::eventually(10, || backend_counts(d).0 == want(&last));
+    Storm {
+        changes,
+        per_sec: changes as f64 / wrote.as_secs_f64(),
+        passes: backend_counts(d).1 - passes0,
+        lag: t_last.elapsed(),
+        caught_up,
+        rss_third,
+        rss_end,
+    }
 }

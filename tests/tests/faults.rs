@@ -486,12 +486,10 @@ fn a_thousand_manifest_changes_a_second_are_coalesced_in_bounded_memory() {
         return;
     }
     use sluice_tests::manifests::{cluster_ip, endpoints, service, write_atomic};
-    use sluice_tests::soak::rss_and_fds;
     const SERVICES: usize = 100;
     let node = Node::new();
     let dir = node.dir.path().join("services");
     std::fs::create_dir_all(&dir).unwrap();
-    let d = Daemon::start_with(&node, &format!("services_dir = \"{}\"\n", dir.display()));
     let write = |i: usize, n: usize| {
         let text = service(
             "storm",
@@ -503,89 +501,11 @@ fn a_thousand_manifest_changes_a_second_are_coalesced_in_bounded_memory() {
         );
         write_atomic(&dir, &format!("svc-{i}.yaml"), &text);
     };
-    let mut last = vec![10usize; SERVICES];
     for i in 0..SERVICES {
         write(i, 10);
     }
-    let passes = |d: &Daemon<'_>| {
-        d.call(sluice_common::api::Request::ServiceSource)
-            .unwrap()
-            .data["source"]["passes"]
-            .as_u64()
-            .unwrap()
-    };
-    assert!(sluice_tests::daemon::eventually(10, || {
-        d.call(sluice_common::api::Request::ServiceSource)
-            .unwrap()
-            .data["source"]["frontends"]
-            == SERVICES
-    }));
-    let passes0 = passes(&d);
-    let pid = d.pid().unwrap();
-    let t0 = std::time::Instant::now();
-    let run = Duration::from_secs(12);
-    let mut changes = 0u64;
-    let mut rss_third = 0;
-    while t0.elapsed() < run {
-        // Paced at one change per millisecond of the run so far.
-        let due = t0.elapsed().as_millis() as u64;
-        while changes < due {
-            let i = fastrand::usize(..SERVICES);
-            let n = fastrand::usize(1..=10);
-            write(i, n);
-            last[i] = n;
-            changes += 1;
-        }
-        if rss_third == 0 && t0.elapsed() > run / 3 {
-            rss_third = rss_and_fds(pid).0;
-        }
-        std::thread::sleep(Duration::from_micros(500));
-    }
-    let wrote = t0.elapsed();
-    let rss_end = rss_and_fds(pid).0;
-    let want: std::collections::BTreeMap<String, usize> = (0..SERVICES)
-        .map(|i| (format!("{}:80/Tcp", cluster_ip(i, 97)), last[i]))
-        .collect();
-    let programmed = || -> std::collections::BTreeMap<String, usize> {
-        let v = d
-            .call(sluice_common::api::Request::ListServices)
-            .unwrap()
-            .data;
-        v["services"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| {
-                (
-                    s["frontend"].as_str().unwrap().to_string(),
-                    s["backends"].as_array().unwrap().len(),
-                )
-            })
-            .collect()
-    };
-    let t_last = std::time::Instant::now();
-    let caught_up = sluice_tests::daemon::eventually(10, || programmed() == want);
-    let lag = t_last.elapsed();
-    let passes = passes(&d) - passes0;
-    eprintln!(
-        "{changes} changes in {wrote:?} ({:.0}/s), {passes} passes, caught up {lag:?} after the \
-         last write; RSS {rss_third} KiB at a third, {rss_end} KiB at the end",
-        changes as f64 / wrote.as_secs_f64()
-    );
-    assert!(caught_up, "the last state was never programmed");
-    assert!(lag < Duration::from_secs(2), "caught up only after {lag:?}");
-    assert!(
-        changes as f64 / wrote.as_secs_f64() > 900.0,
-        "the test wrote too slowly"
-    );
-    assert!(
-        passes * 5 < changes,
-        "not coalesced: {passes} passes for {changes} changes"
-    );
-    assert!(
-        rss_end <= rss_third + rss_third / 10 + 4096,
-        "RSS grew from {rss_third} KiB to {rss_end} KiB"
-    );
+    let d = Daemon::start_with(&node, &format!("services_dir = \"{}\"\n", dir.display()));
+    sluice_tests::soak::storm(&d, SERVICES, 97, Duration::from_secs(12), write).assert_kept_up();
 }
 
 /// An ADD killed after it wrote the pod's map entries and before its
