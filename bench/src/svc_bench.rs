@@ -24,6 +24,13 @@ mod stats;
 #[path = "svcmaps.rs"]
 mod svcmaps;
 
+#[path = "figures.rs"]
+#[allow(dead_code)]
+mod figures;
+#[path = "method.rs"]
+#[allow(dead_code)]
+mod method;
+
 use cleanup::Track;
 use serde_json::{json, Value};
 use sluice_tests::daemon::Daemon;
@@ -34,13 +41,19 @@ use std::time::{Duration, Instant};
 use svcmaps::Maps;
 
 const USAGE: &str = "\
-usage: svc-bench [--sizes 1,1000,10000] [--conns 1000] [--rounds 3] [--events 200] [--json]
+usage: svc-bench [--sizes 1,1000,10000] [--conns 200] [--rounds 20] [--events 200]
+                 [--quick] [--json] [--figures FILE]
 
-  --sizes   numbers of services to measure at (the last is also the size
-            for the programming and event figures)
-  --conns   connections per sample
-  --rounds  samples per variant and size (variants interleaved)
-  --events  endpoint changes timed at the largest size
+  --sizes    numbers of services to measure at (the last is also the size
+             for the programming and event figures)
+  --conns    connections per sample
+  --rounds   rounds per size: each variant once per round, in rotating
+             order, after 2 warm-up rounds that are discarded; each ratio
+             is the median of its per-round ratios with a bootstrap 95 %
+             interval
+  --events   endpoint changes timed at the largest size
+  --quick    --sizes 1,1000 --rounds 6 --conns 100 --events 50 (a few minutes)
+  --figures  also write the figures in bench-report's shape to FILE
 
 Runs as root: bench/run svc-bench [options] builds the release binaries first.";
 
@@ -124,10 +137,12 @@ fn in_table(maps: &Maps, i: usize, ip: Ipv4Addr) -> bool {
 
 fn main() -> ExitCode {
     let mut sizes = vec![1usize, 1000, 10000];
-    let mut conns = 1000usize;
-    let mut rounds = 3usize;
+    let mut conns = 200usize;
+    let mut rounds = 20usize;
     let mut events = 200usize;
     let mut as_json = false;
+    let mut figures_to: Option<std::path::PathBuf> = None;
+    let warmup = 2usize;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut val = || it.next().unwrap_or_default();
@@ -139,6 +154,13 @@ fn main() -> ExitCode {
             "--rounds" => rounds = val().parse().unwrap_or(0),
             "--events" => events = val().parse().unwrap_or(0),
             "--json" => as_json = true,
+            "--figures" => figures_to = Some(val().into()),
+            "--quick" => {
+                sizes = vec![1, 1000];
+                rounds = 6;
+                conns = 100;
+                events = 50;
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -174,6 +196,7 @@ fn main() -> ExitCode {
         eprintln!("svc-bench: {e}");
         return ExitCode::from(2);
     }
+    let mut machine = method::Machine::now();
 
     let node = Node::new();
     let _node_track = Track::new(Some(&node.ns.name), &[node.dir.path()]);
@@ -290,24 +313,45 @@ fn main() -> ExitCode {
         let svc = SocketAddr::new(cluster_ip(last, false).into(), PORT);
         let ipt = SocketAddr::new(cluster_ip(last, true).into(), PORT);
         let (mut rd, mut rs, mut ri, mut rp) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for r in 0..rounds {
-            // Rotate which variant goes first.
+        for r in 0..warmup + rounds {
+            // Each variant once per round, rotating which goes first.
+            let mut got = [0f64; 4];
             for v in 0..4 {
-                match (r + v) % 4 {
-                    0 => rd.push(rate(&client.ns, direct, conns)),
-                    1 => rs.push(rate(&client.ns, svc, conns)),
-                    2 => ri.push(rate(&ipt_client.ns, ipt, conns)),
-                    _ => rp.push(rate(&opted.ns, svc, conns)),
-                }
+                let k = (r + v) % 4;
+                got[k] = match k {
+                    0 => rate(&client.ns, direct, conns),
+                    1 => rate(&client.ns, svc, conns),
+                    2 => rate(&ipt_client.ns, ipt, conns),
+                    _ => rate(&opted.ns, svc, conns),
+                };
+            }
+            if r >= warmup {
+                rd.push(got[0]);
+                rs.push(got[1]);
+                ri.push(got[2]);
+                rp.push(got[3]);
             }
         }
-        let (d_, s_, i_, p_) = (median(rd), median(rs), median(ri), median(rp));
+        let vs = |b: &[f64], s: &[f64]| {
+            method::ratio(&method::Rounds {
+                baseline: b.to_vec(),
+                sluice: s.to_vec(),
+            })
+        };
+        let (r_sd, r_si, r_pd, r_id) = (vs(&rd, &rs), vs(&ri, &rs), vs(&rd, &rp), vs(&rd, &ri));
+        let (d_, s_, i_, p_) = (
+            median(rd.clone()),
+            median(rs.clone()),
+            median(ri.clone()),
+            median(rp.clone()),
+        );
         rows.push(json!({
             "services": n, "direct_per_sec": d_, "sluice_per_sec": s_, "iptables_per_sec": i_,
             "per_packet_per_sec": p_,
-            "sluice_vs_direct": s_ / d_, "iptables_vs_direct": i_ / d_,
-            "per_packet_vs_direct": p_ / d_,
+            "sluice_vs_direct": r_sd, "sluice_vs_iptables": r_si,
+            "per_packet_vs_direct": r_pd, "iptables_vs_direct": r_id,
             "sluice_program_ms": sluice_ms, "iptables_restore_ms": iptables_ms,
+            "samples": {"direct": rd, "sluice": rs, "iptables": ri, "per_packet": rp},
         }));
     }
 
@@ -509,11 +553,23 @@ fn main() -> ExitCode {
         })
     };
 
-    let figures = json!({"rates": rows, "program": program, "cold": cold, "event": event, "register": register, "rss_mib": rss, "restart": restart, "conns_per_sample": conns, "rounds": rounds});
+    let figures = json!({"rates": rows, "program": program, "cold": cold, "event": event, "register": register, "rss_mib": rss, "restart": restart, "conns_per_sample": conns, "rounds": rounds, "warmup_rounds": warmup});
+    machine.finish();
+    if let Some(to) = &figures_to {
+        let b = shared_figures(&figures, conns);
+        if let Err(e) = std::fs::write(to, serde_json::to_string_pretty(&b).unwrap()) {
+            eprintln!("svc-bench: writing {}: {e}", to.display());
+            return ExitCode::FAILURE;
+        }
+    }
     if as_json {
         println!("{}", serde_json::to_string_pretty(&figures).unwrap());
     } else {
-        println!("New connections per second from a pod (connect, one answer, close; median of {rounds} x {conns})");
+        println!(
+            "Measured on {} ({} CPUs), Linux {}; load {:.2} before, {:.2} after",
+            machine.cpu, machine.cpus, machine.kernel, machine.load_before, machine.load_after
+        );
+        println!("New connections per second from a pod (connect, one answer, close; {rounds} rounds of {conns} per variant after {warmup} warm-up rounds, variants in rotating order; medians, and each ratio the median of the per-round ratios with its bootstrap 95 % interval)");
         println!("(per-packet: a pod that opted out of socket load balancing, translated on its host veth)");
         println!(
             "{:>9} {:>10} {:>10} {:>10} {:>10} {:>14} {:>16} {:>18}",
@@ -527,6 +583,7 @@ fn main() -> ExitCode {
             "iptables/direct"
         );
         for r in figures["rates"].as_array().unwrap() {
+            let ratio = |k: &str| r[k]["median"].as_f64().unwrap_or(f64::NAN);
             println!(
                 "{:>9} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>14.3} {:>16.3} {:>18.3}",
                 r["services"].as_u64().unwrap(),
@@ -534,10 +591,22 @@ fn main() -> ExitCode {
                 r["sluice_per_sec"].as_f64().unwrap(),
                 r["per_packet_per_sec"].as_f64().unwrap(),
                 r["iptables_per_sec"].as_f64().unwrap(),
-                r["sluice_vs_direct"].as_f64().unwrap(),
-                r["per_packet_vs_direct"].as_f64().unwrap(),
-                r["iptables_vs_direct"].as_f64().unwrap()
+                ratio("sluice_vs_direct"),
+                ratio("per_packet_vs_direct"),
+                ratio("iptables_vs_direct")
             );
+        }
+        println!("Each ratio with its 95 % interval:");
+        for r in figures["rates"].as_array().unwrap() {
+            for (k, what) in [
+                ("sluice_vs_direct", "Sluice ÷ direct"),
+                ("sluice_vs_iptables", "Sluice ÷ iptables"),
+                ("per_packet_vs_direct", "per-packet ÷ direct"),
+                ("iptables_vs_direct", "iptables ÷ direct"),
+            ] {
+                let ratio: method::Ratio = serde_json::from_value(r[k].clone()).unwrap();
+                println!("{:>9} services  {what:<20} {}", r["services"], ratio.show());
+            }
         }
         println!();
         println!(
@@ -578,4 +647,104 @@ fn main() -> ExitCode {
     drop(backend_pod);
     drop(d);
     ExitCode::SUCCESS
+}
+
+/// The connect-rate figures and chart, and the one-shot programming
+/// figure, in bench-report's shape.
+fn shared_figures(v: &Value, conns: usize) -> figures::Bench {
+    let mut figs = Vec::new();
+    let rows = v["rates"].as_array().cloned().unwrap_or_default();
+    for r in &rows {
+        let n = r["services"].as_u64().unwrap_or(0);
+        let samples = |k: &str| -> Vec<f64> {
+            serde_json::from_value(r["samples"][k].clone()).unwrap_or_default()
+        };
+        for (id, sluice, base, label) in [
+            ("connect", "sluice", "direct", "direct to the backend"),
+            (
+                "connect-vs-iptables",
+                "sluice",
+                "iptables",
+                "kube-proxy iptables rules",
+            ),
+            (
+                "connect-per-packet",
+                "per_packet",
+                "direct",
+                "direct to the backend",
+            ),
+        ] {
+            let rounds = method::Rounds {
+                baseline: samples(base),
+                sluice: samples(sluice),
+            };
+            let title = match id {
+                "connect" => format!("new connections per second at {n} services, socket LB"),
+                "connect-vs-iptables" => {
+                    format!("new connections per second at {n} services against kube-proxy")
+                }
+                _ => format!(
+                    "new connections per second at {n} services, opted-out pod (per packet)"
+                ),
+            };
+            figs.push(figures::Figure {
+                id: format!("svc.{id}.{n}"),
+                title,
+                unit: format!("conn/s, {conns} per sample"),
+                higher_is_better: true,
+                baseline_label: label.into(),
+                baseline: method::median(&rounds.baseline),
+                sluice: method::median(&rounds.sluice),
+                ratio: Some(method::ratio(&rounds)),
+                rounds: Some(rounds),
+            });
+        }
+    }
+    let p = &v["program"];
+    if let (Some(s), Some(b)) = (p["sluice_ms"].as_f64(), p["iptables_restore_ms"].as_f64()) {
+        figs.push(figures::Figure {
+            id: format!("svc.program.{}", p["services"]),
+            title: format!(
+                "programming {} services x {ENDPOINTS} endpoints into a running node",
+                p["services"]
+            ),
+            unit: "ms".into(),
+            higher_is_better: false,
+            baseline_label: "iptables-restore".into(),
+            baseline: b,
+            sluice: s,
+            ratio: None,
+            rounds: None,
+        });
+    }
+    let line = |label: &str, k: &str| figures::Line {
+        label: label.into(),
+        points: rows
+            .iter()
+            .map(|r| {
+                (
+                    r["services"].as_f64().unwrap_or(0.0),
+                    r[k].as_f64().unwrap_or(f64::NAN),
+                )
+            })
+            .collect(),
+    };
+    figures::Bench {
+        name: "svc-bench".into(),
+        command: "bench/run svc-bench".into(),
+        figures: figs,
+        charts: vec![figures::Chart {
+            id: "svc-connect-rate".into(),
+            title: "New connections per second from a pod, by number of services".into(),
+            x_label: "services".into(),
+            y_label: "connections per second (median)".into(),
+            log_x: true,
+            lines: vec![
+                line("direct to the backend", "direct_per_sec"),
+                line("Sluice socket LB", "sluice_per_sec"),
+                line("Sluice per packet (opted out)", "per_packet_per_sec"),
+                line("kube-proxy iptables", "iptables_per_sec"),
+            ],
+        }],
+    }
 }
