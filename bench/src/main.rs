@@ -8,6 +8,10 @@
 //! binaries next to this one (`cargo build --release --workspace --bins`).
 
 mod cleanup;
+#[allow(dead_code)]
+mod figures;
+#[allow(dead_code)]
+mod method;
 mod plugin;
 mod report;
 mod stats;
@@ -34,7 +38,7 @@ const REFERENCE_NET: &str = "refnet";
 
 const USAGE: &str = "\
 usage: cni-bench [--rounds N] [--parallel N] [--residents N] [--scale L,L,..|none]
-                 [--scale-rounds N] [--json]
+                 [--scale-rounds N] [--quick] [--json] [--figures FILE]
 
   --rounds N        interleaved ADD/DEL rounds per plugin (default 100, at least 20)
   --parallel N      pods in the parallel-ADD test (default 100)
@@ -43,6 +47,8 @@ usage: cni-bench [--rounds N] [--parallel N] [--residents N] [--scale L,L,..|non
                     (default 10,100,1000; none skips it)
   --scale-rounds N  ADD/DEL rounds at each scale level (default 30)
   --json            print the figures as JSON instead of the table
+  --quick           --rounds 20 --parallel 20 --scale 10,100 --scale-rounds 10
+  --figures FILE    also write the figures in bench-report's shape to FILE
 
 Runs as root: bench/run cni-bench [options] builds the release binaries first.";
 
@@ -54,6 +60,7 @@ struct Args {
     scale: Vec<usize>,
     scale_rounds: usize,
     json: bool,
+    figures: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -64,6 +71,7 @@ fn parse_args() -> Result<Args, String> {
         scale: vec![10, 100, 1000],
         scale_rounds: 30,
         json: false,
+        figures: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -99,6 +107,21 @@ fn parse_args() -> Result<Args, String> {
                 args.scale.sort_unstable();
             }
             "--json" if inline.is_none() => args.json = true,
+            "--quick" if inline.is_none() => {
+                args.rounds = MIN_ROUNDS;
+                args.parallel = 20;
+                args.scale = vec![10, 100];
+                args.scale_rounds = 10;
+            }
+            "--figures" => {
+                args.figures = Some(
+                    inline
+                        .clone()
+                        .or_else(|| it.next())
+                        .ok_or("--figures needs a file")?
+                        .into(),
+                )
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -192,6 +215,13 @@ fn main() -> ExitCode {
     }
     match run(&args) {
         Ok(report) => {
+            if let Some(to) = &args.figures {
+                let b = report.shared();
+                if let Err(e) = std::fs::write(to, serde_json::to_string_pretty(&b).unwrap()) {
+                    eprintln!("cni-bench: writing {}: {e}", to.display());
+                    return ExitCode::FAILURE;
+                }
+            }
             if args.json {
                 println!("{:#}", report.json());
             } else {

@@ -167,3 +167,109 @@ impl Report {
         })
     }
 }
+
+impl Report {
+    /// The figures in bench-report's shape: ADD and DEL against the
+    /// reference round by round (interleaved), the parallel ADDs and the
+    /// scale levels (each measured once), and two charts.
+    pub fn shared(&self) -> crate::figures::Bench {
+        use crate::figures::{Bench, Chart, Figure, Line};
+        use crate::method::{self, Rounds};
+        let mut figures = Vec::new();
+        for (cmd, l) in [("ADD", &self.add), ("DEL", &self.del)] {
+            let rounds = Rounds {
+                baseline: l.reference.samples.clone(),
+                sluice: l.sluice.samples.clone(),
+            };
+            figures.push(Figure {
+                id: format!("cni.{}", cmd.to_lowercase()),
+                title: format!(
+                    "{cmd} latency, exec'd like a runtime, {} pods of each on the node",
+                    self.residents
+                ),
+                unit: "ms".into(),
+                higher_is_better: false,
+                baseline_label: self.reference.into(),
+                baseline: method::median(&rounds.baseline),
+                sluice: method::median(&rounds.sluice),
+                ratio: Some(method::ratio(&rounds)),
+                rounds: Some(rounds),
+            });
+        }
+        figures.push(Figure {
+            id: format!("cni.parallel_add.{}", self.parallel.count),
+            title: format!("{} parallel ADDs, wall time", self.parallel.count),
+            unit: "ms".into(),
+            higher_is_better: false,
+            baseline_label: self.reference.into(),
+            baseline: self.parallel.reference_ms,
+            sluice: self.parallel.sluice_ms,
+            ratio: None,
+            rounds: None,
+        });
+        let mut charts = Vec::new();
+        // Sorted samples: each line is the latency distribution.
+        let dist = |label: &str, s: &Summary| {
+            let mut v = s.samples.clone();
+            v.sort_by(f64::total_cmp);
+            let n = v.len().max(1) as f64;
+            Line {
+                label: label.into(),
+                points: v
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| ((i as f64 + 0.5) * 100.0 / n, *x))
+                    .collect(),
+            }
+        };
+        charts.push(Chart {
+            id: "cni-add-latency".into(),
+            title: "ADD latency distribution".into(),
+            x_label: "percentile".into(),
+            y_label: "ms".into(),
+            log_x: false,
+            lines: vec![
+                dist(self.sluice, &self.add.sluice),
+                dist(self.reference, &self.add.reference),
+            ],
+        });
+        if let Some(sc) = &self.scale {
+            if let Some((first, base)) = sc.levels.first() {
+                for (n, s) in &sc.levels[1..] {
+                    figures.push(Figure {
+                        id: format!("cni.add_at.{n}"),
+                        title: format!("sluice ADD with {n} pods on the node, against {first}"),
+                        unit: "ms".into(),
+                        higher_is_better: false,
+                        baseline_label: format!("{first} pods"),
+                        baseline: base.median,
+                        sluice: s.median,
+                        ratio: None,
+                        rounds: None,
+                    });
+                }
+            }
+            charts.push(Chart {
+                id: "cni-add-by-pods".into(),
+                title: "sluice ADD median by pods already on the node".into(),
+                x_label: "pods on the node".into(),
+                y_label: "ms".into(),
+                log_x: true,
+                lines: vec![Line {
+                    label: self.sluice.into(),
+                    points: sc
+                        .levels
+                        .iter()
+                        .map(|(n, s)| (*n as f64, s.median))
+                        .collect(),
+                }],
+            });
+        }
+        Bench {
+            name: "cni-bench".into(),
+            command: "bench/run cni-bench".into(),
+            figures,
+            charts,
+        }
+    }
+}
