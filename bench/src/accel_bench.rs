@@ -19,6 +19,12 @@
 
 #[path = "cleanup.rs"]
 mod cleanup;
+#[path = "figures.rs"]
+#[allow(dead_code)]
+mod figures;
+#[path = "method.rs"]
+#[allow(dead_code)]
+mod method;
 
 use cleanup::Track;
 use serde_json::{json, Value};
@@ -36,9 +42,9 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str = "\
 usage: accel-bench [--rounds N] [--secs S] [--max-queue BYTES] [--only TEXT] [--cpus TEXT]
-                   [--variant tcp|sluice] [--quick] [--json]
+                   [--variant tcp|sluice] [--quick] [--json] [--figures FILE]
 
-  --rounds N  samples per variant and test, variants interleaved (default 5)
+  --rounds N  samples per variant and test, variants interleaved (default 10)
   --secs S    length of one sample in seconds (default 1)
   --max-queue BYTES  sluiced's accel_max_queue_bytes (default: its default)
   --only TEXT  run only the tests whose name contains TEXT
@@ -46,6 +52,7 @@ usage: accel-bench [--rounds N] [--secs S] [--max-queue BYTES] [--only TEXT] [--
   --variant V  measure only \"tcp\" or only \"sluice\" (for profiling one; no ratio)
   --quick     2 rounds of 0.3 s: the figures are rough, the code runs
   --json      print the figures as JSON instead of the table
+  --figures FILE  also write the figures in bench-report's shape to FILE
 
 Runs as root: bench/run accel-bench [options] builds the release binaries first.";
 
@@ -324,9 +331,10 @@ impl Row {
 }
 
 fn main() -> ExitCode {
-    let mut rounds = 5usize;
+    let mut rounds = 10usize;
     let mut secs = 1.0f64;
     let mut as_json = false;
+    let mut figures_to: Option<std::path::PathBuf> = None;
     let mut max_queue: Option<u64> = None;
     let mut only = String::new();
     let mut layout_filter = String::new();
@@ -341,6 +349,7 @@ fn main() -> ExitCode {
                 secs = 0.3;
             }
             "--json" => as_json = true,
+            "--figures" => figures_to = it.next().map(Into::into),
             "--max-queue" => max_queue = it.next().and_then(|v| v.parse().ok()),
             "--only" => only = it.next().unwrap_or_default(),
             "--cpus" => layout_filter = it.next().unwrap_or_default(),
@@ -475,6 +484,13 @@ fn main() -> ExitCode {
         "guards": unguarded.is_none(),
         "unguarded": unguarded,
     });
+    if let Some(to) = &figures_to {
+        let b = shared_figures(&rows, &unix);
+        if let Err(e) = std::fs::write(to, serde_json::to_string_pretty(&b).unwrap()) {
+            eprintln!("accel-bench: writing {}: {e}", to.display());
+            return ExitCode::FAILURE;
+        }
+    }
     if as_json {
         let out = json!({
             "machine": machine,
@@ -618,6 +634,84 @@ fn measure(
             redir as f64 / (redir + passed) as f64
         } else {
             0.0
+        },
+    }
+}
+
+/// Every measured row as a figure in bench-report's shape (TCP the
+/// baseline, each round's pair one ratio), and the request/response
+/// latency by percentile as a chart.
+fn shared_figures(rows: &[Row], unix: &[(String, &'static str, Vec<Sample>)]) -> figures::Bench {
+    let mut figs = Vec::new();
+    for r in rows.iter().filter(|r| !r.on.is_empty()) {
+        let rounds = method::Rounds {
+            baseline: r.off.iter().map(|s| s.value).collect(),
+            sluice: r.on.iter().map(|s| s.value).collect(),
+        };
+        let slug: String = format!("{} {}", r.test, r.cpus)
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        figs.push(figures::Figure {
+            id: format!("accel.{slug}"),
+            title: format!("{} ({})", r.test, r.cpus),
+            unit: r.unit.into(),
+            higher_is_better: !r.unit.starts_with("µs"),
+            baseline_label: "kernel TCP".into(),
+            baseline: method::median(&rounds.baseline),
+            sluice: method::median(&rounds.sluice),
+            ratio: Some(method::ratio(&rounds)),
+            rounds: Some(rounds),
+        });
+    }
+    let mut lines = Vec::new();
+    for r in rows
+        .iter()
+        .filter(|r| r.test == "request/response 1 B, pod to pod" && !r.on.is_empty())
+    {
+        for (label, v) in [("kernel TCP", &r.off), ("Sluice sockmap", &r.on)] {
+            lines.push(figures::Line {
+                label: format!("{label}, {}", r.cpus),
+                points: vec![
+                    (50.0, Row::med(v, |s| s.p50)),
+                    (99.0, Row::med(v, |s| s.p99)),
+                ],
+            });
+        }
+    }
+    for (t, c, v) in unix {
+        if t == "request/response 1 B, Unix socketpair" {
+            lines.push(figures::Line {
+                label: format!("Unix socketpair, {c}"),
+                points: vec![
+                    (50.0, median(v.iter().map(|s| s.p50).collect())),
+                    (99.0, median(v.iter().map(|s| s.p99).collect())),
+                ],
+            });
+        }
+    }
+    figures::Bench {
+        name: "accel-bench".into(),
+        command: "bench/run accel-bench".into(),
+        figures: figs,
+        charts: if lines.is_empty() {
+            Vec::new()
+        } else {
+            vec![figures::Chart {
+                id: "accel-rr-latency".into(),
+                title: "1 B request/response latency between two pods, with and without sockmap"
+                    .into(),
+                x_label: "percentile".into(),
+                y_label: "µs".into(),
+                log_x: false,
+                lines,
+            }]
         },
     }
 }
