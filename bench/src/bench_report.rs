@@ -22,7 +22,7 @@ usage: bench-report all [--quick] [--docs DIR] [--results DIR]
        bench-report compare BEFORE.json AFTER.json
 
   all      runs every benchmark that writes figures (cni-bench, svc-bench,
-           accel-bench so far), each
+           accel-bench, nodeport-bench so far), each
            with --figures FILE (and --quick), records the machine, writes the
            run to RESULTS/<date>.json and RESULTS/latest.json (default
            bench/results) and the report to DOCS (default docs)
@@ -37,6 +37,7 @@ const BENCHES: &[(&str, &[&str])] = &[
     ("cni-bench", &["--quick"]),
     ("svc-bench", &["--quick"]),
     ("accel-bench", &["--quick"]),
+    ("nodeport-bench", &["--quick"]),
 ];
 
 fn read_run(p: &Path) -> Result<Run, String> {

@@ -22,6 +22,13 @@
 //! the receiving node's work). Medians over the rounds with their
 //! interquartile range; ratios against SNAT and against kube-proxy.
 
+#[path = "figures.rs"]
+#[allow(dead_code)]
+mod figures;
+#[path = "method.rs"]
+#[allow(dead_code)]
+mod method;
+
 use serde_json::{json, Value};
 use sluice_tests::cluster::{routing, wait_peers, Cluster};
 use sluice_tests::daemon::{eventually, Daemon};
@@ -31,11 +38,13 @@ use std::time::Instant;
 
 const USAGE: &str = "\
 usage: nodeport-bench [--quick] [--rounds N] [--conns N] [--scales 1,10000] [--json]
+                      [--figures FILE]
 
   --rounds N    alternating rounds per variant (default 7; --quick 3)
   --conns N     connections per rate sample (default 4000; --quick 1500)
   --scales L,.. numbers of services (default 1,10000; --quick 1,2000)
   --json        print the figures as JSON
+  --figures F   also write the figures in bench-report's shape to F
 
 Runs as root: bench/run nodeport-bench [options] builds the release binaries first.";
 
@@ -71,6 +80,7 @@ struct Args {
     conns: usize,
     scales: Vec<usize>,
     json: bool,
+    figures: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -79,6 +89,7 @@ fn parse_args() -> Result<Args, String> {
         conns: 4000,
         scales: vec![1, 10000],
         json: false,
+        figures: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -98,6 +109,7 @@ fn parse_args() -> Result<Args, String> {
                     .collect::<Result<_, _>>()?
             }
             "--json" => a.json = true,
+            "--figures" => a.figures = Some(val("--figures")?.into()),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -417,7 +429,90 @@ fn run(a: &Args) -> Result<Value, String> {
             "(quartiles are [25%-75%]; CPU is the whole machine's: every node shares its CPUs)"
         );
     }
+    if let Some(to) = &a.figures {
+        let b = shared_figures(&out, a.conns);
+        std::fs::write(to, serde_json::to_string_pretty(&b).unwrap())
+            .map_err(|e| format!("writing {}: {e}", to.display()))?;
+    }
     Ok(json!({ "rounds": a.rounds, "conns": a.conns, "rows": rows, "counters": k }))
+}
+
+/// The figures in bench-report's shape: per scale, DSR against SNAT and
+/// each against kube-proxy (rate, throughput, CPU per connection), each
+/// round's pair one ratio; a chart of the rates by number of services.
+fn shared_figures(out: &[(usize, Vec<(Variant, Samples)>)], conns: usize) -> figures::Bench {
+    let mut figs = Vec::new();
+    let mut lines: Vec<figures::Line> = [Variant::Snat, Variant::Dsr, Variant::KubeProxy]
+        .iter()
+        .map(|v| figures::Line {
+            label: v.name().into(),
+            points: Vec::new(),
+        })
+        .collect();
+    for (n, samples) in out {
+        let get = |v: Variant| &samples.iter().find(|x| x.0 == v).unwrap().1;
+        for (i, v) in [Variant::Snat, Variant::Dsr, Variant::KubeProxy]
+            .into_iter()
+            .enumerate()
+        {
+            lines[i]
+                .points
+                .push((*n as f64, method::median(&get(v).rate)));
+        }
+        type Pick = fn(&Samples) -> &Vec<f64>;
+        let metrics: [(&str, &str, bool, Pick); 3] = [
+            ("rate", "new connections per second", true, |s| &s.rate),
+            (
+                "download",
+                "MiB/s downloaded (64 MiB per round)",
+                true,
+                |s| &s.mib_s,
+            ),
+            ("cpu", "machine CPU µs per connection", false, |s| {
+                &s.cpu_us_per_req
+            }),
+        ];
+        for (key, what, higher, pick) in metrics {
+            for (sl, base) in [
+                (Variant::Dsr, Variant::Snat),
+                (Variant::Snat, Variant::KubeProxy),
+                (Variant::Dsr, Variant::KubeProxy),
+            ] {
+                let rounds = method::Rounds {
+                    baseline: pick(get(base)).clone(),
+                    sluice: pick(get(sl)).clone(),
+                };
+                figs.push(figures::Figure {
+                    id: format!("nodeport.{key}.{}-vs-{}.{n}", sl.name(), base.name()),
+                    title: format!("NodePort {what} at {n} services, {}", sl.name()),
+                    unit: if key == "rate" {
+                        format!("conn/s, {conns} per sample")
+                    } else {
+                        key.into()
+                    },
+                    higher_is_better: higher,
+                    baseline_label: base.name().into(),
+                    baseline: method::median(&rounds.baseline),
+                    sluice: method::median(&rounds.sluice),
+                    ratio: Some(method::ratio(&rounds)),
+                    rounds: Some(rounds),
+                });
+            }
+        }
+    }
+    figures::Bench {
+        name: "nodeport-bench".into(),
+        command: "bench/run nodeport-bench".into(),
+        figures: figs,
+        charts: vec![figures::Chart {
+            id: "nodeport-rate".into(),
+            title: "NodePort new connections per second, backend on another node".into(),
+            x_label: "services".into(),
+            y_label: "connections per second (median)".into(),
+            log_x: true,
+            lines,
+        }],
+    }
 }
 
 fn load_rules(ns: &Ns, rules: &str) -> Result<(), String> {
