@@ -21,8 +21,8 @@ usage: bench-report all [--quick] [--docs DIR] [--results DIR]
        bench-report render RUN.json [--docs DIR]
        bench-report compare BEFORE.json AFTER.json
 
-  all      runs every benchmark that writes figures (cni-bench, svc-bench,
-           accel-bench, nodeport-bench so far), each
+  all      runs every benchmark that writes figures (cni-bench, daemon-bench,
+           svc-bench, accel-bench, nodeport-bench so far), each
            with --figures FILE (and --quick), records the machine, writes the
            run to RESULTS/<date>.json and RESULTS/latest.json (default
            bench/results) and the report to DOCS (default docs)
@@ -35,6 +35,7 @@ Runs as root: bench/run all [--quick] builds the release binaries first.";
 /// The benchmarks `all` runs, in order, with the arguments of a quick run.
 const BENCHES: &[(&str, &[&str])] = &[
     ("cni-bench", &["--quick"]),
+    ("daemon-bench", &["--quick"]),
     ("svc-bench", &["--quick"]),
     ("accel-bench", &["--quick"]),
     ("nodeport-bench", &["--quick"]),

@@ -19,6 +19,12 @@
 
 #[path = "cleanup.rs"]
 mod cleanup;
+#[path = "figures.rs"]
+#[allow(dead_code)]
+mod figures;
+#[path = "method.rs"]
+#[allow(dead_code)]
+mod method;
 #[path = "stats.rs"]
 #[allow(dead_code)]
 mod stats;
@@ -33,7 +39,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "\
-usage: daemon-bench [--pods N] [--restore M] [--parallel P] [--tc-attach auto|tcx|clsact] [--json]
+usage: daemon-bench [--pods N] [--restore M] [--parallel P] [--tc-attach auto|tcx|clsact]
+                    [--quick] [--json] [--figures FILE]
 
   --pods N      rounds of the registration latency, each adding one pod
                 without and one with the daemon (default 200)
@@ -44,6 +51,8 @@ usage: daemon-bench [--pods N] [--restore M] [--parallel P] [--tc-attach auto|tc
   --tc-attach   tcAttach of the plugin and tc_attach of the daemon (default
                 auto: a clsact filter)
   --json        print the figures as JSON
+  --quick       --pods 40 --restore 200 --parallel 20 (a minute or two)
+  --figures F   also write the figures in bench-report's shape to F
 
 Runs as root: bench/run daemon-bench [options] builds the release binaries first.";
 
@@ -157,6 +166,7 @@ fn main() -> ExitCode {
     let mut as_json = false;
     let mut tc_attach = "auto".to_string();
     let mut parallel = 100usize;
+    let mut figures_to: Option<std::path::PathBuf> = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut num = |name: &str| -> usize {
@@ -170,6 +180,12 @@ fn main() -> ExitCode {
             "--restore" => restore = num("--restore"),
             "--parallel" => parallel = num("--parallel"),
             "--json" => as_json = true,
+            "--quick" => {
+                pods = 40;
+                restore = 200;
+                parallel = 20;
+            }
+            "--figures" => figures_to = it.next().map(Into::into),
             "--tc-attach" => {
                 tc_attach = it.next().unwrap_or_default();
                 if !["auto", "tcx", "clsact"].contains(&tc_attach.as_str()) {
@@ -342,6 +358,10 @@ fn main() -> ExitCode {
     assert_eq!(restored as usize, restore, "{st}");
     let rss_restored = rss_mib(d.pid().unwrap());
 
+    let add_rounds = method::Rounds {
+        baseline: add_without.clone(),
+        sluice: add_with.clone(),
+    };
     let add_with = pct(add_with);
     let add_without = pct(add_without);
     let visible = pct(visible);
@@ -369,6 +389,68 @@ fn main() -> ExitCode {
                      "restored_wall": ready_restore_ms, "restored_daemon": restore_ms},
         "rss_mib": {"idle": rss_idle, "with_endpoints": rss_loaded, "after_restore": rss_restored},
     });
+    if let Some(to) = &figures_to {
+        let one = |id: &str, title: String, unit: &str, base_label: &str, base: f64, v: f64| {
+            figures::Figure {
+                id: id.into(),
+                title,
+                unit: unit.into(),
+                higher_is_better: false,
+                baseline_label: base_label.into(),
+                baseline: base,
+                sluice: v,
+                ratio: None,
+                rounds: None,
+            }
+        };
+        let b = figures::Bench {
+            name: "daemon-bench".into(),
+            command: "bench/run daemon-bench".into(),
+            figures: vec![
+                figures::Figure {
+                    id: "daemon.add_with_register".into(),
+                    title: "ADD with the daemon registering the pod, against ADD with no daemon"
+                        .into(),
+                    unit: "ms".into(),
+                    higher_is_better: false,
+                    baseline_label: "no daemon".into(),
+                    baseline: method::median(&add_rounds.baseline),
+                    sluice: method::median(&add_rounds.sluice),
+                    ratio: Some(method::ratio(&add_rounds)),
+                    rounds: Some(add_rounds.clone()),
+                },
+                one(
+                    "daemon.parallel_add",
+                    format!("{parallel} parallel ADDs with the daemon, wall time"),
+                    "ms",
+                    "no daemon",
+                    stats::ms(burst_without),
+                    stats::ms(burst_with),
+                ),
+                one(
+                    "daemon.ready_restored",
+                    format!("start to ready with {restore} endpoints restored (kill -9)"),
+                    "ms",
+                    "idle start",
+                    ready_idle_ms,
+                    ready_restore_ms,
+                ),
+                one(
+                    "daemon.rss",
+                    format!("RSS with {restore} endpoints"),
+                    "MiB",
+                    "idle",
+                    rss_idle,
+                    rss_loaded,
+                ),
+            ],
+            charts: Vec::new(),
+        };
+        if let Err(e) = std::fs::write(to, serde_json::to_string_pretty(&b).unwrap()) {
+            eprintln!("daemon-bench: writing {}: {e}", to.display());
+            return ExitCode::FAILURE;
+        }
+    }
     if as_json {
         println!("{}", serde_json::to_string_pretty(&figures).unwrap());
     } else {
