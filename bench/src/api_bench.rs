@@ -24,6 +24,12 @@
 
 #[path = "cleanup.rs"]
 mod cleanup;
+#[path = "figures.rs"]
+#[allow(dead_code)]
+mod figures;
+#[path = "method.rs"]
+#[allow(dead_code)]
+mod method;
 #[path = "stats.rs"]
 #[allow(dead_code)]
 mod stats;
@@ -43,7 +49,7 @@ use svcmaps::Maps;
 
 const USAGE: &str = "\
 usage: api-bench [--services N] [--endpoints E] [--rate R] [--seconds S]
-                 [--large N,E|none] [--quick] [--json]
+                 [--large N,E|none] [--quick] [--json] [--figures FILE]
 
   --services N   services in the API for the sync and event figures (default 10000)
   --endpoints E  endpoints per service (default 10: 100,000 endpoints)
@@ -53,6 +59,7 @@ usage: api-bench [--services N] [--endpoints E] [--rate R] [--seconds S]
                  250,000 endpoints; none skips it)
   --quick        1000 services, 3 s of events, no large sync (for CI)
   --json         print the figures as JSON
+  --figures FILE also write the figures in bench-report's shape to FILE
 
 Runs as root: bench/run api-bench [options] builds the release binaries first.";
 
@@ -68,6 +75,7 @@ struct Args {
     seconds: u64,
     large: Option<(usize, usize)>,
     json: bool,
+    figures: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -78,6 +86,7 @@ fn parse_args() -> Result<Args, String> {
         seconds: 30,
         large: Some((5000, 50)),
         json: false,
+        figures: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -106,6 +115,9 @@ fn parse_args() -> Result<Args, String> {
                 a.large = None;
             }
             "--json" => a.json = true,
+            "--figures" => {
+                a.figures = Some(it.next().ok_or("--figures needs a file")?.into());
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other}")),
         }
@@ -426,6 +438,36 @@ fn main() -> ExitCode {
             "peak_rss_mib": s.peak_mib, "cpu_s": s.cpu_s, "iptables_restore_ms": ipt,
         })),
     });
+    if let Some(to) = &args.figures {
+        let sync_fig = |n: usize, e: usize, s: &Synced, ipt: f64| figures::Figure {
+            id: format!("api.sync.{n}x{e}"),
+            title: format!("daemon start to {n} services x {e} endpoints programmed from the API"),
+            unit: "ms".into(),
+            higher_is_better: false,
+            baseline_label: "iptables-restore of kube-proxy's rules".into(),
+            baseline: ipt,
+            sluice: s.from_start_ms,
+            ratio: None,
+            rounds: None,
+        };
+        let mut figs = Vec::new();
+        if let Some(ipt) = ipt_ms {
+            figs.push(sync_fig(n, e, &main_sync, ipt));
+        }
+        if let Some((ln, le, s, Some(ipt))) = &large {
+            figs.push(sync_fig(*ln, *le, s, *ipt));
+        }
+        let b = figures::Bench {
+            name: "api-bench".into(),
+            command: "bench/run api-bench".into(),
+            figures: figs,
+            charts: Vec::new(),
+        };
+        if let Err(e) = std::fs::write(to, serde_json::to_string_pretty(&b).unwrap()) {
+            eprintln!("api-bench: writing {}: {e}", to.display());
+            return ExitCode::FAILURE;
+        }
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).unwrap());
         return ExitCode::SUCCESS;
