@@ -22,7 +22,7 @@ usage: bench-report all [--quick] [--docs DIR] [--results DIR]
        bench-report compare BEFORE.json AFTER.json
 
   all      runs every benchmark that writes figures (cni-bench, daemon-bench,
-           svc-bench, accel-bench, nodeport-bench, api-bench), each
+           svc-bench, accel-bench, nodeport-bench, api-bench, maglev-bench), each
            with --figures FILE (and --quick), records the machine, writes the
            run to RESULTS/<date>.json and RESULTS/latest.json (default
            bench/results) and the report to DOCS (default docs)
@@ -40,6 +40,7 @@ const BENCHES: &[(&str, &[&str])] = &[
     ("accel-bench", &["--quick"]),
     ("nodeport-bench", &["--quick"]),
     ("api-bench", &["--quick"]),
+    ("maglev-bench", &["--quick"]),
 ];
 
 fn read_run(p: &Path) -> Result<Run, String> {
