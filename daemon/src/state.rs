@@ -10,7 +10,7 @@ use crate::edge::{EdgeState, Outcome};
 use crate::netns::{CookieError, CookieReader};
 use crate::views::{EdgeView, EndpointView, ReconcileReport};
 use sluice_cni::edge::{endpoint_entry, source_flags};
-use sluice_common::endpoint::{EdgeMode, EndpointRecord};
+use sluice_common::endpoint::{record_path, EdgeMode, EndpointRecord};
 use sluice_dataplane::maps::{Endpoint, EP_F_NO_SOCK_LB};
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
@@ -92,6 +92,25 @@ pub fn socket_lb_of(e: &Endpoint) -> bool {
 }
 
 type Key = (String, String);
+
+/// Registrations whose record is gone: a DEL whose unregister was lost.
+/// `on_disk` is a listing taken before the state lock (a register never
+/// waits on a directory of a thousand files), so a pod whose ADD wrote its
+/// record and registered after the listing is missing from it; only a
+/// record that is not there now (`exists`) makes a registration lost.
+/// Before, such a pod was unregistered and its map entries removed, and
+/// the pod had no traffic until the next pass put them back (found by the
+/// soak: a live pod without its source entries).
+fn lost_registrations<'a>(
+    registered: impl Iterator<Item = &'a Key>,
+    on_disk: &HashSet<Key>,
+    exists: impl Fn(&Key) -> bool,
+) -> Vec<Key> {
+    registered
+        .filter(|k| !on_disk.contains(*k) && !exists(k))
+        .cloned()
+        .collect()
+}
 
 #[derive(Debug)]
 pub struct State {
@@ -307,18 +326,21 @@ impl State {
             .map(|r| (r.container_id.clone(), r.ifname.clone()))
             .collect();
         // Registered but the record is gone: a DEL whose unregister was lost.
-        let lost: Vec<Key> = self
-            .endpoints
-            .keys()
-            .filter(|k| !on_disk.contains(*k))
-            .cloned()
-            .collect();
+        let state_dir = self.cfg.state_dir.clone();
+        let lost = lost_registrations(self.endpoints.keys(), &on_disk, |(cid, ifname)| {
+            record_path(&state_dir, cid, ifname).exists()
+        });
         for (cid, ifname) in lost {
             self.unregister(&cid, &ifname);
             rep.removed += 1;
         }
         for rec in &records {
             let key = (rec.container_id.clone(), rec.ifname.clone());
+            // The listing was taken before the lock: a pod DEL'd since is
+            // not put back.
+            if !record_path(&self.cfg.state_dir, &rec.container_id, &rec.ifname).exists() {
+                continue;
+            }
             let known = self.endpoints.get(&key).cloned();
             if !full {
                 if let Some(k) = &known {
@@ -617,5 +639,19 @@ mod tests {
         });
         let e: EndpointView = serde_json::from_value(v).unwrap();
         assert!(e.socket_lb);
+    }
+
+    /// The race the soak found: the periodic pass lists the records, a
+    /// pod's ADD writes its record and registers, then the pass takes the
+    /// lock. That pod is not in the listing but its record is on disk: it
+    /// is not lost. A registration whose record is really gone is.
+    #[test]
+    fn a_registration_newer_than_the_listing_is_not_lost() {
+        let key = |c: &str| (c.to_string(), "eth0".to_string());
+        let registered = [key("listed"), key("added-after-listing"), key("deleted")];
+        let on_disk: HashSet<Key> = [key("listed")].into_iter().collect();
+        let now_on_disk = [key("listed"), key("added-after-listing")];
+        let lost = lost_registrations(registered.iter(), &on_disk, |k| now_on_disk.contains(k));
+        assert_eq!(lost, vec![key("deleted")]);
     }
 }

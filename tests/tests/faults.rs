@@ -238,7 +238,9 @@ fn a_thousand_pods_churned_with_kills_leave_nothing_and_miss_nothing() {
         return;
     }
     let node = Node::new();
-    let rig = ServiceRig::new(&node, "");
+    // A periodic pass every second: it races the churn's ADDs and DELs
+    // (its listing of the records is taken before its lock).
+    let rig = ServiceRig::new(&node, "reconcile_interval_seconds = 1\n");
     let mut churn = Churn::new(&node, &rig.conf);
     let stop = AtomicBool::new(false);
     let mut problems = Vec::new();
