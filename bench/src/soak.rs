@@ -111,9 +111,16 @@ fn churn_until(
     until: Instant,
     problems: &mut Vec<String>,
     after_first: &mut dyn FnMut(),
+    every: Duration,
+    sample: &mut dyn FnMut(),
 ) {
     let mut first = true;
+    let mut next = Instant::now() + every;
     while Instant::now() < until {
+        if Instant::now() >= next {
+            sample();
+            next += every;
+        }
         churn.wave(o.wave, o.parallel, o.kill_fraction);
         let live: Vec<_> = rig.pods().into_iter().chain(churn.pods()).collect();
         let found = settle(rig.node, &rig.daemon, &live, 15);
@@ -169,9 +176,16 @@ fn main() -> ExitCode {
                 &stop,
             )
         });
-        churn_until(&mut churn, &rig, &o, t0 + half, &mut problems, &mut || {
-            first = rss_and_fds(pid());
-        });
+        churn_until(
+            &mut churn,
+            &rig,
+            &o,
+            t0 + half,
+            &mut problems,
+            &mut || first = rss_and_fds(pid()),
+            half,
+            &mut || {},
+        );
         stop.store(true, Ordering::Relaxed);
         killer.join().unwrap()
     });
@@ -181,6 +195,10 @@ fn main() -> ExitCode {
     );
     let long_pid = pid();
     let mut start = (0, 0);
+    // RSS and descriptors of the long-lived daemon, a tenth of the half
+    // apart: a leak climbs steadily, a warming allocator levels off.
+    let t_half = Instant::now();
+    let mut series: Vec<(f64, u64, usize)> = Vec::new();
     churn_until(
         &mut churn,
         &rig,
@@ -188,8 +206,14 @@ fn main() -> ExitCode {
         t0 + 2 * half,
         &mut problems,
         &mut || start = rss_and_fds(long_pid),
+        half / 10,
+        &mut || {
+            let (r, f) = rss_and_fds(long_pid);
+            series.push((t_half.elapsed().as_secs_f64(), r, f));
+        },
     );
     let end = rss_and_fds(long_pid);
+    series.push((t_half.elapsed().as_secs_f64(), end.0, end.1));
     let report = traffic.finish();
     churn.delete_all(o.parallel);
     let leftover = settle(&node, &rig.daemon, &rig.pods(), 15);
@@ -230,6 +254,7 @@ fn main() -> ExitCode {
                 "leaked_addresses": leaked_addresses,
                 "first_daemon": {"rss_kib": first.0, "fds": first.1},
                 "long_lived_daemon": {
+                    "series": series.iter().map(|(t, r, f)| json!({"secs": t, "rss_kib": r, "fds": f})).collect::<Vec<_>>(),
                     "start": {"rss_kib": start.0, "fds": start.1},
                     "end": {"rss_kib": end.0, "fds": end.1},
                     "rss_ratio": rss_growth, "fd_ratio": fd_growth,
@@ -265,6 +290,14 @@ fn main() -> ExitCode {
         println!(
             "  daemon fds       first {}; long-lived: start {}, end {}, end/start {:.3}",
             first.1, start.1, end.1, fd_growth
+        );
+        println!(
+            "  long-lived RSS   {} (KiB, every tenth of the half)",
+            series
+                .iter()
+                .map(|(t, r, _)| format!("{r}@{t:.0}s"))
+                .collect::<Vec<_>>()
+                .join(" ")
         );
         for p in problems.iter().chain(&churn.errors).take(20) {
             println!("  ! {p}");

@@ -255,7 +255,8 @@ impl<'a> Churn<'a> {
     }
 
     /// Runs `cmd` for each pod, `parallel` at a time, SIGKILLing each run
-    /// with probability `kill` at a random moment of its first 20 ms.
+    /// with probability `kill` at a random moment of its first 20 ms (4 ms
+    /// for a DEL, which is over sooner).
     /// Returns, per pod, whether its run finished with success (a killed
     /// run that had already finished counts as finished).
     fn run(&mut self, cmd: &str, pods: &[(&Ns, &str)], parallel: usize, kill: f64) -> Vec<bool> {
@@ -279,7 +280,11 @@ impl<'a> Churn<'a> {
                 })
                 .collect();
             if runs.iter().any(|r| r.kill) {
-                std::thread::sleep(Duration::from_micros(fastrand::u64(0..20_000)));
+                // A DEL is over in a few ms (the veth is deleted in the
+                // background), an ADD takes longer: each is hit somewhere
+                // along its own run.
+                let span = if cmd == "ADD" { 20_000 } else { 4_000 };
+                std::thread::sleep(Duration::from_micros(fastrand::u64(0..span)));
             }
             for mut r in runs {
                 if r.kill && r.child.try_wait().unwrap().is_none() {
