@@ -111,8 +111,7 @@ fn churn_until(
     until: Instant,
     problems: &mut Vec<String>,
     after_first: &mut dyn FnMut(),
-    every: Duration,
-    sample: &mut dyn FnMut(),
+    (every, sample): (Duration, &mut dyn FnMut()),
 ) {
     let mut first = true;
     let mut next = Instant::now() + every;
@@ -183,8 +182,7 @@ fn main() -> ExitCode {
             t0 + half,
             &mut problems,
             &mut || first = rss_and_fds(pid()),
-            half,
-            &mut || {},
+            (half, &mut || {}),
         );
         stop.store(true, Ordering::Relaxed);
         killer.join().unwrap()
@@ -206,11 +204,10 @@ fn main() -> ExitCode {
         t0 + 2 * half,
         &mut problems,
         &mut || start = rss_and_fds(long_pid),
-        half / 10,
-        &mut || {
+        (half / 10, &mut || {
             let (r, f) = rss_and_fds(long_pid);
             series.push((t_half.elapsed().as_secs_f64(), r, f));
-        },
+        }),
     );
     let end = rss_and_fds(long_pid);
     series.push((t_half.elapsed().as_secs_f64(), end.0, end.1));
