@@ -145,30 +145,28 @@ pub fn endpoints_dir(state_dir: &Path) -> PathBuf {
 /// is on disk; the daemon holds it exclusively while it lists the records
 /// and sweeps, so it never takes a new pod's entries for leftovers.
 pub fn lock_datapath(state_dir: &Path, exclusive: bool) -> io::Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
     crate::fsutil::private_dir(state_dir)?;
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(state_dir.join("datapath.lock"))?;
     let op = if exclusive {
         libc::LOCK_EX
     } else {
         libc::LOCK_SH
     };
-    // SAFETY: flock on a descriptor we own; released when it closes.
-    if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(f)
+    flock_datapath(state_dir, op)
 }
 
 /// [`lock_datapath`] exclusive without waiting: `None` while any ADD holds
 /// it (the daemon's periodic sweep then waits for its next round rather
 /// than hold up the ADDs queued behind it).
 pub fn try_lock_datapath(state_dir: &Path) -> io::Result<Option<std::fs::File>> {
+    match flock_datapath(state_dir, libc::LOCK_EX | libc::LOCK_NB) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens (creating) `<state_dir>/datapath.lock` and takes `op` on it.
+fn flock_datapath(state_dir: &Path, op: libc::c_int) -> io::Result<std::fs::File> {
     use std::os::fd::AsRawFd;
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -177,14 +175,10 @@ pub fn try_lock_datapath(state_dir: &Path) -> io::Result<Option<std::fs::File>> 
         .write(true)
         .open(state_dir.join("datapath.lock"))?;
     // SAFETY: flock on a descriptor we own; released when it closes.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::EWOULDBLOCK) => Ok(None),
-            _ => Err(e),
-        };
+    if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
+        return Err(io::Error::last_os_error());
     }
-    Ok(Some(f))
+    Ok(f)
 }
 
 /// `<container ID>:<ifname>.json`: neither part can contain ':', so the name

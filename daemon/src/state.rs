@@ -336,11 +336,6 @@ impl State {
         }
         for rec in &records {
             let key = (rec.container_id.clone(), rec.ifname.clone());
-            // The listing was taken before the lock: a pod DEL'd since is
-            // not put back.
-            if !record_path(&self.cfg.state_dir, &rec.container_id, &rec.ifname).exists() {
-                continue;
-            }
             let known = self.endpoints.get(&key).cloned();
             if !full {
                 if let Some(k) = &known {
@@ -349,6 +344,11 @@ impl State {
                         continue;
                     }
                 }
+            }
+            // The listing was taken before the lock: a pod DEL'd since is
+            // not put back.
+            if !record_path(&self.cfg.state_dir, &rec.container_id, &rec.ifname).exists() {
+                continue;
             }
             match self.realize(rec, false) {
                 Ok(_) if known.is_none() || full => rep.restored += 1,
