@@ -12,6 +12,7 @@ pub mod external;
 pub mod healthcheck;
 pub mod kernel;
 pub mod maglev;
+pub mod memory;
 pub mod metrics;
 pub mod netns;
 pub mod nodes;

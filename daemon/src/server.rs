@@ -231,6 +231,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     let busy = reconciling.clone();
                     tokio::task::spawn_blocking(move || {
                         let rep = State::reconcile_shared(&d.state, false);
+                        crate::memory::release_free();
                         busy.store(false, Ordering::Release);
                         d.metrics.reconcile_runs.inc();
                         if rep.restored + rep.cleaned + rep.removed + rep.failed + rep.stale_entries > 0 {

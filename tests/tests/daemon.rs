@@ -673,3 +673,72 @@ fn status_names_the_kernel_and_its_features() {
         "{text}"
     );
 }
+
+/// glibc's malloc arenas in `pid` besides the main one: each is a
+/// 64 MiB-aligned reservation, its used head read-write and the rest
+/// `---p`, both anonymous.
+fn malloc_arenas(pid: u32) -> usize {
+    const HEAP_MAX: u64 = 64 << 20;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let regions: Vec<(u64, u64, String, bool)> = maps
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (a, b) = f.next()?.split_once('-')?;
+            let perms = f.next()?.to_string();
+            let anon = f.nth(2).is_some_and(|inode| inode == "0") && f.next().is_none();
+            Some((
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+                perms,
+                anon,
+            ))
+        })
+        .collect();
+    regions
+        .windows(2)
+        .filter(|w| {
+            let ((s0, e0, p0, a0), (s1, e1, p1, a1)) = (&w[0], &w[1]);
+            *a0 && *a1
+                && p0 == "rw-p"
+                && p1 == "---p"
+                && s0 % HEAP_MAX == 0
+                && e0 == s1
+                && *e1 == s0 + HEAP_MAX
+        })
+        .count()
+}
+
+/// The daemon's threads come and go (registrations, periodic passes); with
+/// glibc's default of an arena per thread, up to eight per CPU, each arena
+/// grew to its own high-water mark and kept it: RSS rose 10 % over a
+/// 15-minute soak while nothing the daemon holds grew. The daemon allows
+/// two arenas (the main one and one more) and trims after every pass.
+#[test]
+fn the_daemon_keeps_to_two_malloc_arenas_through_parallel_registers() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let d = Daemon::start(&node);
+    let conf = node.conf("1.0.0", r#"[[{"subnet":"10.223.0.0/24"}]]"#);
+    for _ in 0..3 {
+        let pods: Vec<(sluice_tests::Ns, String)> = (0..40)
+            .map(|_| (sluice_tests::Ns::new("ar"), sluice_tests::unique("ar")))
+            .collect();
+        let each = || pods.iter().map(|(ns, cid)| (ns.path(), cid.as_str()));
+        for out in node.run_all("ADD", each(), &conf) {
+            out.ok();
+        }
+        d.wait_endpoints(40);
+        for out in node.run_all("DEL", each(), &conf) {
+            out.ok();
+        }
+        d.wait_endpoints(0);
+    }
+    let arenas = malloc_arenas(d.pid().unwrap());
+    assert!(
+        arenas <= 1,
+        "the daemon has {arenas} malloc arenas besides the main one (at most 1)"
+    );
+}

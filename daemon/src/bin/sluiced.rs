@@ -45,6 +45,8 @@ fn quiet_clients(f: tracing_subscriber::EnvFilter) -> tracing_subscriber::EnvFil
 }
 
 fn main() -> anyhow::Result<()> {
+    // Before any thread: the allocator's arenas are bounded from the start.
+    sluice_daemon::memory::bound_arenas();
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(quiet_clients(
