@@ -122,11 +122,32 @@ impl Env<'_> {
 }
 
 /// One sample: the figure and, for latency tests, p50/p99 in µs.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Sample {
     value: f64,
     p50: f64,
     p99: f64,
+    /// Latency tests: (percentile, µs) at each of [`QUANTILES`].
+    dist: Vec<(f64, f64)>,
+}
+
+/// Where a latency distribution is sampled for the chart.
+const QUANTILES: [f64; 11] = [
+    1.0, 5.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 99.99,
+];
+
+/// `sorted` (ns) at each of [`QUANTILES`], in µs.
+fn distribution(sorted: &[u64]) -> Vec<(f64, f64)> {
+    if sorted.is_empty() {
+        return Vec::new();
+    }
+    QUANTILES
+        .iter()
+        .map(|&q| {
+            let rank = ((q / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+            (q, sorted[rank.min(sorted.len()) - 1] as f64 / 1e3)
+        })
+        .collect()
 }
 
 fn percentile(sorted: &[u64], p: usize) -> f64 {
@@ -177,6 +198,7 @@ fn rr<S: Read + Write + Send + 'static>(
         value: lat.len() as f64 / secs,
         p50: percentile(&lat, 50),
         p99: percentile(&lat, 99),
+        dist: distribution(&lat),
     }
 }
 
@@ -261,6 +283,7 @@ fn close_to_eof(env: &Env, path: Path, n: usize, cpus: (usize, usize)) -> Sample
         value: p50,
         p50,
         p99: percentile(&d, 99),
+        dist: distribution(&d),
     }
 }
 
@@ -609,14 +632,14 @@ fn measure(
             off.push(sample(env));
         }
         if which == "tcp" {
-            on.push(*off.last().expect("a sample"));
+            on.push(off.last().expect("a sample").clone());
             continue;
         }
         env.switch(true);
         let c0 = env.accel()["counters"].clone();
         on.push(sample(env));
         if which == "sluice" {
-            off.push(*on.last().expect("a sample"));
+            off.push(on.last().expect("a sample").clone());
         }
         let c1 = env.accel()["counters"].clone();
         let delta = |k: &str| c1[k].as_u64().unwrap_or(0) - c0[k].as_u64().unwrap_or(0);
@@ -636,6 +659,25 @@ fn measure(
             0.0
         },
     }
+}
+
+/// A latency distribution over rounds: at each of [`QUANTILES`], the
+/// median across the rounds of that quantile.
+fn dist_line(v: &[Sample]) -> Vec<(f64, f64)> {
+    QUANTILES
+        .iter()
+        .enumerate()
+        .map(|(i, &q)| {
+            (
+                q,
+                median(
+                    v.iter()
+                        .filter_map(|s| s.dist.get(i).map(|d| d.1))
+                        .collect(),
+                ),
+            )
+        })
+        .collect()
 }
 
 /// Every measured row as a figure in bench-report's shape (TCP the
@@ -658,17 +700,16 @@ fn shared_figures(rows: &[Row], unix: &[(String, &'static str, Vec<Sample>)]) ->
                 }
             })
             .collect();
-        figs.push(figures::Figure {
-            id: format!("accel.{slug}"),
-            title: format!("{} ({})", r.test, r.cpus),
-            unit: r.unit.into(),
-            higher_is_better: !r.unit.starts_with("µs"),
-            baseline_label: "kernel TCP".into(),
-            baseline: method::median(&rounds.baseline),
-            sluice: method::median(&rounds.sluice),
-            ratio: Some(method::ratio(&rounds)),
-            rounds: Some(rounds),
-        });
+        figs.push(
+            figures::Name::new(
+                format!("accel.{slug}"),
+                format!("{} ({})", r.test, r.cpus),
+                r.unit,
+                !r.unit.starts_with("µs"),
+                "kernel TCP",
+            )
+            .interleaved(rounds),
+        );
     }
     let mut lines = Vec::new();
     for r in rows
@@ -678,10 +719,7 @@ fn shared_figures(rows: &[Row], unix: &[(String, &'static str, Vec<Sample>)]) ->
         for (label, v) in [("kernel TCP", &r.off), ("Sluice sockmap", &r.on)] {
             lines.push(figures::Line {
                 label: format!("{label}, {}", r.cpus),
-                points: vec![
-                    (50.0, Row::med(v, |s| s.p50)),
-                    (99.0, Row::med(v, |s| s.p99)),
-                ],
+                points: dist_line(v),
             });
         }
     }
@@ -689,10 +727,7 @@ fn shared_figures(rows: &[Row], unix: &[(String, &'static str, Vec<Sample>)]) ->
         if t == "request/response 1 B, Unix socketpair" {
             lines.push(figures::Line {
                 label: format!("Unix socketpair, {c}"),
-                points: vec![
-                    (50.0, median(v.iter().map(|s| s.p50).collect())),
-                    (99.0, median(v.iter().map(|s| s.p99).collect())),
-                ],
+                points: dist_line(v),
             });
         }
     }
@@ -707,11 +742,12 @@ fn shared_figures(rows: &[Row], unix: &[(String, &'static str, Vec<Sample>)]) ->
                 id: "accel-rr-latency".into(),
                 title: "1 B request/response latency between two pods, with and without sockmap"
                     .into(),
-                x_label: "percentile".into(),
+                x_label: "percentile (1 to 99.99)".into(),
                 y_label: "µs".into(),
                 log_x: false,
                 lines,
             }]
         },
+        notes: Vec::new(),
     }
 }

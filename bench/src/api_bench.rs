@@ -49,7 +49,8 @@ use svcmaps::Maps;
 
 const USAGE: &str = "\
 usage: api-bench [--services N] [--endpoints E] [--rate R] [--seconds S]
-                 [--large N,E|none] [--quick] [--json] [--figures FILE]
+                 [--large N,E|none] [--sync-rounds R] [--quick] [--json]
+                 [--figures FILE]
 
   --services N   services in the API for the sync and event figures (default 10000)
   --endpoints E  endpoints per service (default 10: 100,000 endpoints)
@@ -57,7 +58,10 @@ usage: api-bench [--services N] [--endpoints E] [--rate R] [--seconds S]
   --seconds S    length of the event stream (default 30)
   --large N,E    a second sync at N services x E endpoints (default 5000,50:
                  250,000 endpoints; none skips it)
-  --quick        1000 services, 3 s of events, no large sync (for CI)
+  --sync-rounds R  initial syncs at N x E, each a fresh daemon and API
+                 server, alternating with iptables-restore of kube-proxy's
+                 rules (default 5; the first also streams the events)
+  --quick        1000 services, 3 s of events, no large sync, 2 sync rounds
   --json         print the figures as JSON
   --figures FILE also write the figures in bench-report's shape to FILE
 
@@ -74,6 +78,7 @@ struct Args {
     rate: u32,
     seconds: u64,
     large: Option<(usize, usize)>,
+    sync_rounds: usize,
     json: bool,
     figures: Option<std::path::PathBuf>,
 }
@@ -85,6 +90,7 @@ fn parse_args() -> Result<Args, String> {
         rate: 100,
         seconds: 30,
         large: Some((5000, 50)),
+        sync_rounds: 5,
         json: false,
         figures: None,
     };
@@ -100,6 +106,7 @@ fn parse_args() -> Result<Args, String> {
             "--endpoints" => a.endpoints = num(value()?)?,
             "--rate" => a.rate = num(value()?)? as u32,
             "--seconds" => a.seconds = num(value()?)? as u64,
+            "--sync-rounds" => a.sync_rounds = num(value()?)?.max(1),
             "--large" => {
                 let v = value()?;
                 a.large = if v == "none" {
@@ -113,6 +120,7 @@ fn parse_args() -> Result<Args, String> {
                 a.services = 1000;
                 a.seconds = 3;
                 a.large = None;
+                a.sync_rounds = 2;
             }
             "--json" => a.json = true,
             "--figures" => {
@@ -406,10 +414,33 @@ fn main() -> ExitCode {
         let (rss1, peak1, cpu1) = usage(pid);
         (lat, (cpu1 - cpu0) / wall, rss1, peak1)
     });
+    // More rounds of the sync, alternating with kube-proxy's restore.
+    let mut sync_rounds = method::Rounds::default();
+    let mut after_page = vec![main_sync.after_last_page_ms];
+    sync_rounds.sluice.push(main_sync.from_start_ms);
+    sync_rounds.baseline.extend(iptables_restore(n, e));
+    for round in 1..args.sync_rounds {
+        eprintln!(
+            "api-bench: sync round {} of {}",
+            round + 1,
+            args.sync_rounds
+        );
+        let first_api = round % 2 == 0;
+        if !first_api {
+            sync_rounds.baseline.extend(iptables_restore(n, e));
+        }
+        let (s, ()) = sync(n, e, |_, _, _| ());
+        sync_rounds.sluice.push(s.from_start_ms);
+        after_page.push(s.after_last_page_ms);
+        if first_api {
+            sync_rounds.baseline.extend(iptables_restore(n, e));
+        }
+    }
     eprintln!("api-bench: the same objects from a manifests directory");
     let manifests_ms = sync_manifests(n, e);
     eprintln!("api-bench: kube-proxy's iptables rules for them");
-    let ipt_ms = iptables_restore(n, e);
+    let ipt_ms = (sync_rounds.baseline.len() == sync_rounds.sluice.len())
+        .then(|| method::median(&sync_rounds.baseline));
     let large = args.large.map(|(ln, le)| {
         eprintln!("api-bench: {ln} services x {le} endpoints from the API");
         let (s, ()) = sync(ln, le, |_, _, _| ());
@@ -422,6 +453,7 @@ fn main() -> ExitCode {
         "sync": {
             "after_last_page_ms": main_sync.after_last_page_ms,
             "from_start_ms": main_sync.from_start_ms,
+            "rounds": sync_rounds,
             "manifests_from_start_ms": manifests_ms,
             "iptables_restore_ms": ipt_ms,
             "rss_mib": main_sync.rss_mib, "peak_rss_mib": main_sync.peak_mib,
@@ -439,29 +471,51 @@ fn main() -> ExitCode {
         })),
     });
     if let Some(to) = &args.figures {
-        let sync_fig = |n: usize, e: usize, s: &Synced, ipt: f64| figures::Figure {
-            id: format!("api.sync.{n}x{e}"),
-            title: format!("daemon start to {n} services x {e} endpoints programmed from the API"),
-            unit: "ms".into(),
-            higher_is_better: false,
-            baseline_label: "iptables-restore of kube-proxy's rules".into(),
-            baseline: ipt,
-            sluice: s.from_start_ms,
-            ratio: None,
-            rounds: None,
+        let name = |n: usize, e: usize| {
+            figures::Name::new(
+                format!("api.sync.{n}x{e}"),
+                format!("daemon start to {n} services x {e} endpoints programmed from the API"),
+                "ms",
+                false,
+                "iptables-restore of kube-proxy's rules",
+            )
         };
         let mut figs = Vec::new();
-        if let Some(ipt) = ipt_ms {
-            figs.push(sync_fig(n, e, &main_sync, ipt));
+        if ipt_ms.is_some() {
+            figs.push(name(n, e).interleaved(sync_rounds.clone()));
         }
         if let Some((ln, le, s, Some(ipt))) = &large {
-            figs.push(sync_fig(*ln, *le, s, *ipt));
+            figs.push(name(*ln, *le).once(*ipt, s.from_start_ms));
         }
         let b = figures::Bench {
             name: "api-bench".into(),
             command: "bench/run api-bench".into(),
             figures: figs,
             charts: Vec::new(),
+            notes: vec![
+                format!(
+                    "Initial sync of {n} x {e}, last list page served to every frontend \
+                     programmed: {:.0} ms (median of {}).",
+                    method::median(&after_page),
+                    after_page.len()
+                ),
+                format!(
+                    "{} single-EndpointSlice updates at {}/s, API write to the datapath: p50 \
+                     {:.1} ms, p99 {:.1} ms, max {:.1} ms; daemon CPU {:.1} % of a core, RSS \
+                     {rss1:.0} MiB (peak {peak1:.0}). Sluice only: kube-proxy applies changes at \
+                     its next sync.",
+                    lat.len(),
+                    args.rate,
+                    pct(&lat, 50.0),
+                    pct(&lat, 99.0),
+                    pct(&lat, 100.0),
+                    cpu_share * 100.0
+                ),
+                format!(
+                    "The same objects from a manifests directory: daemon start to programmed \
+                     {manifests_ms:.0} ms (once)."
+                ),
+            ],
         };
         if let Err(e) = std::fs::write(to, serde_json::to_string_pretty(&b).unwrap()) {
             eprintln!("api-bench: writing {}: {e}", to.display());
@@ -472,10 +526,6 @@ fn main() -> ExitCode {
         println!("{}", serde_json::to_string_pretty(&report).unwrap());
         return ExitCode::SUCCESS;
     }
-    let ratio = |a: f64, b: Option<f64>| {
-        b.map(|b| format!("{:.2}x", a / b))
-            .unwrap_or_else(|| "-".into())
-    };
     println!(
         "api-bench: {n} services x {e} endpoints ({} endpoints), list pages of {PAGE}, test API server over HTTPS",
         n * e
@@ -485,11 +535,14 @@ fn main() -> ExitCode {
         main_sync.after_last_page_ms
     );
     println!(
-        "  daemon start -> programmed: API {:.0} ms | manifests dir {:.0} ms | iptables-restore of kube-proxy's rules {} ms | API / iptables-restore {}",
-        main_sync.from_start_ms,
+        "  daemon start -> programmed (median of {} rounds): API {:.0} ms | manifests dir {:.0} ms | iptables-restore of kube-proxy's rules {} ms | API / iptables-restore {}",
+        sync_rounds.sluice.len(),
+        method::median(&sync_rounds.sluice),
         manifests_ms,
         ipt_ms.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into()),
-        ratio(main_sync.from_start_ms, ipt_ms)
+        ipt_ms
+            .map(|_| method::ratio(&sync_rounds).show())
+            .unwrap_or_else(|| "-".into())
     );
     println!(
         "  daemon after the sync: RSS {:.0} MiB (peak {:.0} MiB, target < 200), CPU {:.2} s",

@@ -7,6 +7,7 @@
 //!   bench-report compare BEFORE.json AFTER.json
 
 #[path = "figures.rs"]
+#[allow(dead_code)] // the figure constructors are for the benchmarks
 mod figures;
 #[path = "method.rs"]
 #[allow(dead_code)] // interleave and ratio are for the benchmarks

@@ -8,11 +8,13 @@
 //!   confirmed it; and, side by side, ADD's own time with the daemon
 //!   against ADD with no daemon at all, and the register API's round trip
 //!   on its own.
-//! - A burst of P parallel ADDs without and with the daemon, and whether
-//!   every pod of the burst was protected when its ADD returned.
-//! - Start-to-ready with M restored endpoints (default 1,000), after
-//!   `kill -9`, against an idle start (no endpoints) in the same run.
-//! - RSS idle and with M endpoints.
+//! - Bursts of P parallel ADDs without and with the daemon, alternating,
+//!   and whether every pod of each burst was protected when its ADD
+//!   returned.
+//! - Restart-to-ready with M restored endpoints (default 1,000), after
+//!   `kill -9`, alternating with an idle daemon's restart on a second node.
+//! - RSS idle, with M endpoints, and after each restart against the idle
+//!   daemon's.
 //!
 //! Needs root and release builds next to this binary
 //! (`cargo build --release --workspace --bins`).
@@ -39,8 +41,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "\
-usage: daemon-bench [--pods N] [--restore M] [--parallel P] [--tc-attach auto|tcx|clsact]
-                    [--quick] [--json] [--figures FILE]
+usage: daemon-bench [--pods N] [--restore M] [--parallel P] [--bursts B] [--restarts R]
+                    [--tc-attach auto|tcx|clsact] [--quick] [--json] [--figures FILE]
 
   --pods N      rounds of the registration latency, each adding one pod
                 without and one with the daemon (default 200)
@@ -48,10 +50,14 @@ usage: daemon-bench [--pods N] [--restore M] [--parallel P] [--tc-attach auto|tc
                 1000, at least 2 x --pods)
   --parallel P  pods in the burst test: P ADDs at once, without and with
                 the daemon (default 100)
+  --bursts B    rounds of the burst test, alternating which goes first
+                (default 5)
+  --restarts R  kill -9 and restart of the loaded daemon, alternating with
+                an idle daemon's on a second node (default 5)
   --tc-attach   tcAttach of the plugin and tc_attach of the daemon (default
                 auto: a clsact filter)
   --json        print the figures as JSON
-  --quick       --pods 40 --restore 200 --parallel 20 (a minute or two)
+  --quick       --pods 40 --restore 200 --parallel 20 --bursts 2 --restarts 2
   --figures F   also write the figures in bench-report's shape to F
 
 Runs as root: bench/run daemon-bench [options] builds the release binaries first.";
@@ -166,6 +172,8 @@ fn main() -> ExitCode {
     let mut as_json = false;
     let mut tc_attach = "auto".to_string();
     let mut parallel = 100usize;
+    let mut bursts = 5usize;
+    let mut restarts = 5usize;
     let mut figures_to: Option<std::path::PathBuf> = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -179,11 +187,15 @@ fn main() -> ExitCode {
             "--pods" => pods = num("--pods"),
             "--restore" => restore = num("--restore"),
             "--parallel" => parallel = num("--parallel"),
+            "--bursts" => bursts = num("--bursts").max(1),
+            "--restarts" => restarts = num("--restarts").max(1),
             "--json" => as_json = true,
             "--quick" => {
                 pods = 40;
                 restore = 200;
                 parallel = 20;
+                bursts = 2;
+                restarts = 2;
             }
             "--figures" => figures_to = it.next().map(Into::into),
             "--tc-attach" => {
@@ -222,6 +234,11 @@ fn main() -> ExitCode {
     let node = Node::new();
     let _node_track = Track::new(Some(&node.ns.name), &[node.dir.path()]);
     node.mount_tmpfs();
+    // A second node, for an idle daemon whose restarts alternate with the
+    // loaded one's below.
+    let idle_node = Node::new();
+    let _idle_node_track = Track::new(Some(&idle_node.ns.name), &[idle_node.dir.path()]);
+    idle_node.mount_tmpfs();
     let conf = node.conf("1.0.0", RANGES).replace(
         "\"pinPath\"",
         &format!("\"tcAttach\":\"{tc_attach}\",\"pinPath\""),
@@ -231,37 +248,59 @@ fn main() -> ExitCode {
     // once on the missing socket), interleaved below with ADD + register.
     let mut d = Daemon::configure(&node, &format!("tc_attach = \"{tc_attach}\"\n"));
     let _pin_track = Track::new(None, &[&d.pin_path]);
-    let ready_idle = d.spawn();
+    let first_ready = d.spawn();
     let mut _daemon_track = Track::process(d.pid().unwrap());
     let rss_idle = rss_mib(d.pid().unwrap());
-    let idle_restore_ms = d.status()["restore"]["duration_ms"].as_f64().unwrap();
 
-    eprintln!("daemon-bench: {parallel} parallel ADDs without, then with the daemon");
-    let socket = d.socket();
-    let hidden = socket.with_extension("hidden");
-    std::fs::rename(&socket, &hidden).unwrap();
-    let (burst, burst_without) = parallel_adds(&node, &conf, parallel, "pw");
-    std::fs::rename(&hidden, &socket).unwrap();
-    del_all(&node, &conf, burst);
-    let (burst, burst_with) = parallel_adds(&node, &conf, parallel, "pd");
-    let mut confirmed_all = burst_with;
-    let t = Instant::now();
-    let protected_at_return = loop {
-        let eps = d.endpoints();
-        let views: Vec<_> = burst.iter().filter_map(|p| eps.get(&p.cid)).collect();
-        if views.len() == burst.len() && views.iter().all(|e| e["edge"]["protecting"] == true) {
-            // Found in place by the daemon, not attached by it: the
-            // plugin's attachment, there when ADD returned.
-            break views.iter().filter(|e| e["edge"]["by"] == "plugin").count();
+    eprintln!(
+        "daemon-bench: {bursts} rounds of {parallel} parallel ADDs without and with the daemon, \
+         alternating which goes first"
+    );
+    let mut burst_without = Vec::new();
+    let mut burst_with = Vec::new();
+    let mut confirmed_all = Vec::new();
+    let mut protected_at_return = 0usize;
+    for round in 0..bursts {
+        for with in [round % 2 == 1, round % 2 == 0] {
+            let tag = format!("p{}{round}-", if with { 'd' } else { 'w' });
+            if !with {
+                let socket = d.socket();
+                let hidden = socket.with_extension("hidden");
+                std::fs::rename(&socket, &hidden).unwrap();
+                let (burst, wall) = parallel_adds(&node, &conf, parallel, &tag);
+                std::fs::rename(&hidden, &socket).unwrap();
+                burst_without.push(stats::ms(wall));
+                del_all(&node, &conf, burst);
+                continue;
+            }
+            let (burst, wall) = parallel_adds(&node, &conf, parallel, &tag);
+            burst_with.push(stats::ms(wall));
+            let t = Instant::now();
+            protected_at_return += loop {
+                let eps = d.endpoints();
+                let views: Vec<_> = burst.iter().filter_map(|p| eps.get(&p.cid)).collect();
+                if views.len() == burst.len()
+                    && views.iter().all(|e| e["edge"]["protecting"] == true)
+                {
+                    // Found in place by the daemon, not attached by it: the
+                    // plugin's attachment, there when ADD returned.
+                    break views.iter().filter(|e| e["edge"]["by"] == "plugin").count();
+                }
+                assert!(
+                    t.elapsed() < Duration::from_secs(30),
+                    "the daemon never confirmed the burst's edges"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            };
+            confirmed_all.push(stats::ms(wall + t.elapsed()));
+            del_all(&node, &conf, burst);
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "the daemon never confirmed the burst's edges"
-        );
-        std::thread::sleep(Duration::from_millis(1));
+    }
+    let burst_rounds = method::Rounds {
+        baseline: burst_without,
+        sluice: burst_with,
     };
-    confirmed_all += t.elapsed();
-    del_all(&node, &conf, burst);
+    let confirmed_all = method::median(&confirmed_all);
 
     eprintln!("daemon-bench: {pods} pods, ADD with and without the daemon, interleaved");
     let eps = d.endpoint_map();
@@ -348,15 +387,48 @@ fn main() -> ExitCode {
     d.wait_endpoints(restore);
     let rss_loaded = rss_mib(d.pid().unwrap());
 
-    d.kill9();
-    drop(_daemon_track);
-    let ready_restore = d.spawn();
-    _daemon_track = Track::process(d.pid().unwrap());
-    let st = d.status();
-    let restore_ms = st["restore"]["duration_ms"].as_f64().unwrap();
-    let restored = st["restore"]["report"]["restored"].as_u64().unwrap();
-    assert_eq!(restored as usize, restore, "{st}");
-    let rss_restored = rss_mib(d.pid().unwrap());
+    // Restarts after kill -9, alternating with an idle daemon's on a second
+    // node of its own (pins, no endpoints): start to ready and RSS after
+    // the restore, against the same with nothing to restore.
+    eprintln!("daemon-bench: {restarts} restarts after kill -9, {restore} endpoints against none");
+    let mut idle = Daemon::configure(&idle_node, &format!("tc_attach = \"{tc_attach}\"\n"));
+    let _idle_pin_track = Track::new(None, &[&idle.pin_path]);
+    idle.spawn();
+    let mut _idle_track = Track::process(idle.pid().unwrap());
+    let mut ready = method::Rounds::default();
+    let mut rss = method::Rounds::default();
+    let mut restore_ms = Vec::new();
+    let mut idle_restore_ms = Vec::new();
+    for round in 0..restarts {
+        for loaded in [round % 2 == 1, round % 2 == 0] {
+            let (dm, track) = if loaded {
+                (&mut d, &mut _daemon_track)
+            } else {
+                (&mut idle, &mut _idle_track)
+            };
+            dm.kill9();
+            let took = stats::ms(dm.spawn());
+            *track = Track::process(dm.pid().unwrap());
+            let st = dm.status();
+            let daemon_ms = st["restore"]["duration_ms"].as_f64().unwrap();
+            let mib = rss_mib(dm.pid().unwrap());
+            if loaded {
+                let restored = st["restore"]["report"]["restored"].as_u64().unwrap();
+                assert_eq!(restored as usize, restore, "{st}");
+                ready.sluice.push(took);
+                rss.sluice.push(mib);
+                restore_ms.push(daemon_ms);
+            } else {
+                ready.baseline.push(took);
+                rss.baseline.push(mib);
+                idle_restore_ms.push(daemon_ms);
+            }
+        }
+    }
+    drop(idle);
+    let restore_ms = method::median(&restore_ms);
+    let idle_restore_ms = method::median(&idle_restore_ms);
+    let rss_restored = method::median(&rss.sluice);
 
     let add_rounds = method::Rounds {
         baseline: add_without.clone(),
@@ -367,8 +439,9 @@ fn main() -> ExitCode {
     let visible = pct(visible);
     let guarded = pct(guarded);
     let api_rtt = pct(api_rtt);
-    let ready_idle_ms = stats::ms(ready_idle);
-    let ready_restore_ms = stats::ms(ready_restore);
+    let ready_idle_ms = method::median(&ready.baseline);
+    let ready_restore_ms = method::median(&ready.sluice);
+    let burst_ratio = method::median(&burst_rounds.sluice) / method::median(&burst_rounds.baseline);
 
     let figures = json!({
         "pods": pods,
@@ -380,71 +453,77 @@ fn main() -> ExitCode {
         "tc_attach": tc_attach,
         "add_with_daemon_ms": {"p50": add_with.p50, "p99": add_with.p99},
         "add_without_daemon_ms": {"p50": add_without.p50, "p99": add_without.p99},
-        "parallel": {"pods": parallel, "add_wall_without_daemon_ms": stats::ms(burst_without),
-                     "add_wall_with_daemon_ms": stats::ms(burst_with),
-                     "ratio": stats::ms(burst_with) / stats::ms(burst_without),
+        "parallel": {"pods": parallel, "rounds": bursts,
+                     "add_wall_without_daemon_ms": method::median(&burst_rounds.baseline),
+                     "add_wall_with_daemon_ms": method::median(&burst_rounds.sluice),
+                     "ratio": burst_ratio,
                      "protected_at_add_return": protected_at_return,
-                     "daemon_confirmed_all_ms": stats::ms(confirmed_all)},
-        "ready_ms": {"idle_wall": ready_idle_ms, "idle_daemon": idle_restore_ms,
+                     "daemon_confirmed_all_ms": confirmed_all},
+        "ready_ms": {"first_start_wall": stats::ms(first_ready), "restarts": restarts,
+                     "idle_wall": ready_idle_ms, "idle_daemon": idle_restore_ms,
                      "restored_wall": ready_restore_ms, "restored_daemon": restore_ms},
-        "rss_mib": {"idle": rss_idle, "with_endpoints": rss_loaded, "after_restore": rss_restored},
+        "rss_mib": {"idle": rss_idle, "with_endpoints": rss_loaded, "after_restore": rss_restored,
+                    "idle_after_restart": method::median(&rss.baseline)},
     });
     if let Some(to) = &figures_to {
-        let one = |id: &str, title: String, unit: &str, base_label: &str, base: f64, v: f64| {
-            figures::Figure {
-                id: id.into(),
-                title,
-                unit: unit.into(),
-                higher_is_better: false,
-                baseline_label: base_label.into(),
-                baseline: base,
-                sluice: v,
-                ratio: None,
-                rounds: None,
-            }
-        };
+        use figures::Name;
         let b = figures::Bench {
             name: "daemon-bench".into(),
             command: "bench/run daemon-bench".into(),
             figures: vec![
-                figures::Figure {
-                    id: "daemon.add_with_register".into(),
-                    title: "ADD with the daemon registering the pod, against ADD with no daemon"
-                        .into(),
-                    unit: "ms".into(),
-                    higher_is_better: false,
-                    baseline_label: "no daemon".into(),
-                    baseline: method::median(&add_rounds.baseline),
-                    sluice: method::median(&add_rounds.sluice),
-                    ratio: Some(method::ratio(&add_rounds)),
-                    rounds: Some(add_rounds.clone()),
-                },
-                one(
+                Name::new(
+                    "daemon.add_with_register",
+                    "ADD with the daemon registering the pod, against ADD with no daemon",
+                    "ms",
+                    false,
+                    "no daemon",
+                )
+                .interleaved(add_rounds.clone()),
+                Name::new(
                     "daemon.parallel_add",
                     format!("{parallel} parallel ADDs with the daemon, wall time"),
                     "ms",
+                    false,
                     "no daemon",
-                    stats::ms(burst_without),
-                    stats::ms(burst_with),
-                ),
-                one(
+                )
+                .interleaved(burst_rounds.clone()),
+                Name::new(
                     "daemon.ready_restored",
-                    format!("start to ready with {restore} endpoints restored (kill -9)"),
+                    format!("restart to ready with {restore} endpoints restored (kill -9)"),
                     "ms",
-                    "idle start",
-                    ready_idle_ms,
-                    ready_restore_ms,
-                ),
-                one(
+                    false,
+                    "restart with none",
+                )
+                .interleaved(ready.clone()),
+                Name::new(
                     "daemon.rss",
-                    format!("RSS with {restore} endpoints"),
+                    format!("RSS after a restart with {restore} endpoints"),
                     "MiB",
-                    "idle",
-                    rss_idle,
-                    rss_loaded,
-                ),
+                    false,
+                    "with none",
+                )
+                .interleaved(rss.clone()),
             ],
             charts: Vec::new(),
+            notes: vec![
+                format!(
+                    "Protected when ADD returned (endpoint entry and edge check in place, \
+                     attached by the plugin): {protected_rounds} of {pods} pods added one at a \
+                     time, {protected_at_return} of {} in {bursts} bursts of {parallel}.",
+                    parallel * bursts
+                ),
+                format!(
+                    "ADD return to the daemon's confirmation p50 {:.2} ms, p99 {:.2} ms; register \
+                     API round trip p50 {:.2} ms, p99 {:.2} ms; a burst of {parallel} confirmed \
+                     {confirmed_all:.0} ms (median) after its first ADD started.",
+                    guarded.p50, guarded.p99, api_rtt.p50, api_rtt.p99
+                ),
+                format!(
+                    "RSS idle {rss_idle:.1} MiB, with {restore} endpoints {rss_loaded:.1} MiB; \
+                     the daemon's own restore with {restore} endpoints {restore_ms:.1} ms \
+                     (median), with none {idle_restore_ms:.1} ms."
+                ),
+            ],
         };
         if let Err(e) = std::fs::write(to, serde_json::to_string_pretty(&b).unwrap()) {
             eprintln!("daemon-bench: writing {}: {e}", to.display());
@@ -454,7 +533,10 @@ fn main() -> ExitCode {
     if as_json {
         println!("{}", serde_json::to_string_pretty(&figures).unwrap());
     } else {
-        println!("sluiced, one run on this machine ({pods} pods registered, {restore} restored)");
+        println!(
+            "sluiced on this machine ({pods} pods registered, {bursts} bursts, {restarts} restarts \
+             with {restore} restored against as many with none; medians)"
+        );
         println!(
             "{:<44}{:>12}{:>12}{:>10}",
             "", "baseline", "sluiced", "ratio"
@@ -474,16 +556,16 @@ fn main() -> ExitCode {
         );
         row(
             &format!("{parallel} parallel ADDs, wall ms"),
-            stats::ms(burst_without),
-            stats::ms(burst_with),
+            method::median(&burst_rounds.baseline),
+            method::median(&burst_rounds.sluice),
         );
         row(
-            &format!("ready ms (idle | {restore} restored), wall"),
+            &format!("restart to ready ms (none | {restore}), wall"),
             ready_idle_ms,
             ready_restore_ms,
         );
         row(
-            &format!("ready ms (idle | {restore} restored), daemon"),
+            &format!("restart to ready ms (none | {restore}), daemon"),
             idle_restore_ms,
             restore_ms,
         );
@@ -491,6 +573,11 @@ fn main() -> ExitCode {
             &format!("RSS MiB (idle | {restore} endpoints)"),
             rss_idle,
             rss_loaded,
+        );
+        row(
+            &format!("RSS MiB after restart (none | {restore})"),
+            method::median(&rss.baseline),
+            rss_restored,
         );
         println!();
         println!(
@@ -512,7 +599,7 @@ fn main() -> ExitCode {
         t(
             &format!("{parallel} parallel ADDs, with / without daemon"),
             MAX_BURST_RATIO,
-            stats::ms(burst_with) / stats::ms(burst_without),
+            burst_ratio,
         );
         t(
             "register API round trip p99 ms",
@@ -533,14 +620,15 @@ fn main() -> ExitCode {
         let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" };
         println!(
             "protected when ADD returned: {protected_rounds} of {pods} pods one at a time, \
-             {protected_at_return} of {parallel} in the burst (target: all) -> {}",
-            verdict(protected_rounds == pods && protected_at_return == parallel)
+             {protected_at_return} of {} in {bursts} bursts (target: all) -> {}",
+            parallel * bursts,
+            verdict(protected_rounds == pods && protected_at_return == parallel * bursts)
         );
         println!(
-            "(the daemon registered and confirmed every edge of the burst {:.0} ms after the first ADD \
+            "(the daemon registered and confirmed every edge of a burst {:.0} ms (median) after its first ADD \
              started; one pod: ADD return to confirmed p50 {:.2} ms, p99 {:.2} ms; register API round \
              trip p50 {:.2} ms; tcAttach={tc_attach})",
-            stats::ms(confirmed_all),
+            confirmed_all,
             guarded.p50,
             guarded.p99,
             api_rtt.p50

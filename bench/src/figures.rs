@@ -23,6 +23,10 @@ pub struct Bench {
     pub figures: Vec<Figure>,
     #[serde(default)]
     pub charts: Vec<Chart>,
+    /// Sluice-only figures and remarks, printed under the table: what has
+    /// no baseline to be a ratio of.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -42,6 +46,10 @@ pub struct Figure {
     pub ratio: Option<Ratio>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rounds: Option<Rounds>,
+    /// Computed, not timed (a Maglev table's balance): the same inputs give
+    /// the same value, so it has no spread and any change is real.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exact: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -62,12 +70,92 @@ pub struct Line {
     pub points: Vec<(f64, f64)>,
 }
 
+/// What a figure is, before its values: the fields every constructor
+/// shares.
+#[derive(Debug, Clone)]
+pub struct Name {
+    pub id: String,
+    pub title: String,
+    pub unit: String,
+    pub higher_is_better: bool,
+    pub baseline_label: String,
+}
+
+impl Name {
+    pub fn new(
+        id: impl Into<String>,
+        title: impl Into<String>,
+        unit: impl Into<String>,
+        higher_is_better: bool,
+        baseline_label: impl Into<String>,
+    ) -> Self {
+        Name {
+            id: id.into(),
+            title: title.into(),
+            unit: unit.into(),
+            higher_is_better,
+            baseline_label: baseline_label.into(),
+        }
+    }
+
+    /// Baseline and Sluice measured in alternating rounds: medians, and
+    /// the ratio with its interval.
+    pub fn interleaved(self, rounds: Rounds) -> Figure {
+        Figure {
+            baseline: crate::method::median(&rounds.baseline),
+            sluice: crate::method::median(&rounds.sluice),
+            ratio: Some(crate::method::ratio(&rounds)),
+            rounds: Some(rounds),
+            ..self.bare()
+        }
+    }
+
+    /// Each side measured once (or summarised elsewhere): no interval.
+    pub fn once(self, baseline: f64, sluice: f64) -> Figure {
+        Figure {
+            baseline,
+            sluice,
+            ..self.bare()
+        }
+    }
+
+    /// Computed, not timed: no noise, any change is real.
+    pub fn exact(self, baseline: f64, sluice: f64) -> Figure {
+        Figure {
+            baseline,
+            sluice,
+            exact: true,
+            ..self.bare()
+        }
+    }
+
+    fn bare(self) -> Figure {
+        Figure {
+            id: self.id,
+            title: self.title,
+            unit: self.unit,
+            higher_is_better: self.higher_is_better,
+            baseline_label: self.baseline_label,
+            baseline: f64::NAN,
+            sluice: f64::NAN,
+            ratio: None,
+            rounds: None,
+            exact: false,
+        }
+    }
+}
+
 impl Figure {
     /// The ratio as text: interleaved, with its interval and verdict;
-    /// otherwise the plain quotient, marked as having no spread.
+    /// otherwise the plain quotient, marked as exact or as having no
+    /// spread.
     pub fn ratio_text(&self) -> String {
         match &self.ratio {
             Some(r) => r.show(),
+            None if self.exact => format!(
+                "{:.3}× (exact: computed, no noise)",
+                self.sluice / self.baseline
+            ),
             None => format!(
                 "{:.3}× (one measurement, no spread)",
                 self.sluice / self.baseline
@@ -157,6 +245,12 @@ pub fn markdown(run: &Run, chart_dir: &str) -> String {
             );
         }
         let _ = writeln!(s);
+        for n in &b.notes {
+            let _ = writeln!(s, "- {n}");
+        }
+        if !b.notes.is_empty() {
+            let _ = writeln!(s);
+        }
         for c in &b.charts {
             let _ = writeln!(s, "![{}]({chart_dir}/{}.svg)\n", c.title, c.id);
         }
@@ -277,6 +371,31 @@ pub fn compare(before: &Run, after: &Run) -> Comparison {
             c.unmatched.push(id.clone());
             continue;
         };
+        if o.exact && f.exact {
+            // No noise: any move the worse way beyond rounding is real.
+            let (a, b) = (o.sluice / o.baseline, f.sluice / f.baseline);
+            let moved = (b - a) / a.abs().max(f64::MIN_POSITIVE);
+            let worse = if f.higher_is_better {
+                moved < -1e-9
+            } else {
+                moved > 1e-9
+            };
+            let better = if f.higher_is_better {
+                moved > 1e-9
+            } else {
+                moved < -1e-9
+            };
+            if worse {
+                c.regressions.push(Regression {
+                    id: id.clone(),
+                    before: Ratio::exact(a),
+                    after: Ratio::exact(b),
+                });
+            } else if better {
+                c.improvements.push(id.clone());
+            }
+            continue;
+        }
         let (Some(a), Some(b)) = (o.ratio, f.ratio) else {
             c.unjudged.push(id.clone());
             continue;
@@ -375,5 +494,42 @@ mod tests {
             "{c:?}"
         );
         assert!(compare(&before, &before).regressions.is_empty());
+    }
+
+    /// A computed figure has no spread: any move the worse way is a
+    /// regression, no move is neither, and the table calls it exact.
+    #[test]
+    fn an_exact_figure_is_judged_without_a_spread() {
+        let run = |moved: f64| Run {
+            benchmarks: vec![Bench {
+                name: "maglev-bench".into(),
+                command: "bench/run maglev-bench".into(),
+                figures: vec![Name::new(
+                    "maglev.disruption.100",
+                    "slots moved when 1 of 100 leaves",
+                    "share of the table",
+                    false,
+                    "ideal",
+                )
+                .exact(0.01, moved)],
+                charts: Vec::new(),
+                notes: vec!["a remark with no baseline".into()],
+            }],
+            ..Run::default()
+        };
+        let c = compare(&run(0.0105), &run(0.0110));
+        assert_eq!(c.regressions.len(), 1, "{c:?}");
+        assert!(compare(&run(0.0110), &run(0.0105)).improvements.len() == 1);
+        let same = compare(&run(0.0105), &run(0.0105));
+        assert!(
+            same.regressions.is_empty() && same.improvements.is_empty() && same.unjudged.is_empty()
+        );
+        let md = markdown(&run(0.0105), "bench");
+        assert!(md.contains("exact: computed"), "{md}");
+        assert!(md.contains("- a remark with no baseline"), "{md}");
+        // And it survives the JSON a later run is compared with.
+        let back: Run =
+            serde_json::from_str(&serde_json::to_string(&run(0.0105)).unwrap()).unwrap();
+        assert!(back.benchmarks[0].figures[0].exact);
     }
 }

@@ -135,42 +135,39 @@ fn main() -> ExitCode {
         }
         let tag = format!("{n}.{size}");
         if n != 10 || size != DEFAULT_TABLE_SIZE {
-            figs.push(figures::Figure {
-                id: format!("maglev.build.{tag}"),
-                title: format!("Maglev table build, {n} backends in {size} slots, against 10 backends in {DEFAULT_TABLE_SIZE}"),
-                unit: "ms".into(),
-                higher_is_better: false,
-                baseline_label: "10 backends".into(),
-                baseline: method::median(&r.baseline),
-                sluice: build_ms,
-                ratio: Some(ratio),
-                rounds: Some(r),
-            });
+            figs.push(
+                figures::Name::new(
+                    format!("maglev.build.{tag}"),
+                    format!("Maglev table build, {n} backends in {size} slots, against 10 backends in {DEFAULT_TABLE_SIZE}"),
+                    "ms",
+                    false,
+                    "10 backends",
+                )
+                .interleaved(r),
+            );
         }
-        figs.push(figures::Figure {
-            id: format!("maglev.balance.{tag}"),
-            title: format!(
-                "Maglev fullest backend's slots, {n} backends in {size}, against the fair share"
-            ),
-            unit: "× fair share".into(),
-            higher_is_better: false,
-            baseline_label: "ideal".into(),
-            baseline: 1.0,
-            sluice: balance,
-            ratio: None,
-            rounds: None,
-        });
-        figs.push(figures::Figure {
-            id: format!("maglev.disruption.{tag}"),
-            title: format!("Maglev slots moved when 1 of {n} backends leaves ({size} slots)"),
-            unit: "share of the table".into(),
-            higher_is_better: false,
-            baseline_label: "ideal (the leaver's 1/N)".into(),
-            baseline: ideal,
-            sluice: moved,
-            ratio: None,
-            rounds: None,
-        });
+        figs.push(
+            figures::Name::new(
+                format!("maglev.balance.{tag}"),
+                format!(
+                    "Maglev fullest backend's slots, {n} backends in {size}, against the fair share"
+                ),
+                "× fair share",
+                false,
+                "ideal",
+            )
+            .exact(1.0, balance),
+        );
+        figs.push(
+            figures::Name::new(
+                format!("maglev.disruption.{tag}"),
+                format!("Maglev slots moved when 1 of {n} backends leaves ({size} slots)"),
+                "share of the table",
+                false,
+                "ideal (the leaver's 1/N)",
+            )
+            .exact(ideal, moved),
+        );
     }
     if let Some(to) = &figures_to {
         let b = figures::Bench {
@@ -188,6 +185,7 @@ fn main() -> ExitCode {
                     points: build_line,
                 }],
             }],
+            notes: Vec::new(),
         };
         if let Err(e) = std::fs::write(to, serde_json::to_string_pretty(&b).unwrap()) {
             eprintln!("maglev-bench: writing {}: {e}", to.display());

@@ -37,17 +37,21 @@ const REFERENCE_SUBNET: &str = "10.211.0.0/16";
 const REFERENCE_NET: &str = "refnet";
 
 const USAGE: &str = "\
-usage: cni-bench [--rounds N] [--parallel N] [--residents N] [--scale L,L,..|none]
-                 [--scale-rounds N] [--quick] [--json] [--figures FILE]
+usage: cni-bench [--rounds N] [--parallel N] [--parallel-rounds N] [--residents N]
+                 [--scale L,L,..|none] [--scale-rounds N] [--quick] [--json]
+                 [--figures FILE]
 
   --rounds N        interleaved ADD/DEL rounds per plugin (default 100, at least 20)
   --parallel N      pods in the parallel-ADD test (default 100)
+  --parallel-rounds N  parallel-ADD batches of each plugin, alternating which
+                    goes first (default 7)
   --residents N     pods of each plugin on the node during the rounds (default 10)
   --scale L,..      pods already on the node at which sluice's ADD is timed again
                     (default 10,100,1000; none skips it)
   --scale-rounds N  ADD/DEL rounds at each scale level (default 30)
   --json            print the figures as JSON instead of the table
-  --quick           --rounds 20 --parallel 20 --scale 10,100 --scale-rounds 10
+  --quick           --rounds 20 --parallel 20 --parallel-rounds 3 --scale 10,100
+                    --scale-rounds 10
   --figures FILE    also write the figures in bench-report's shape to FILE
 
 Runs as root: bench/run cni-bench [options] builds the release binaries first.";
@@ -56,6 +60,7 @@ Runs as root: bench/run cni-bench [options] builds the release binaries first.";
 struct Args {
     rounds: usize,
     parallel: usize,
+    parallel_rounds: usize,
     residents: usize,
     scale: Vec<usize>,
     scale_rounds: usize,
@@ -67,6 +72,7 @@ fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         rounds: 100,
         parallel: 100,
+        parallel_rounds: 7,
         residents: 10,
         scale: vec![10, 100, 1000],
         scale_rounds: 30,
@@ -90,6 +96,7 @@ fn parse_args() -> Result<Args, String> {
         match flag.as_str() {
             "--rounds" => args.rounds = number("--rounds")?,
             "--parallel" => args.parallel = number("--parallel")?,
+            "--parallel-rounds" => args.parallel_rounds = number("--parallel-rounds")?,
             "--residents" => args.residents = number("--residents")?,
             "--scale-rounds" => args.scale_rounds = number("--scale-rounds")?,
             "--scale" => {
@@ -110,6 +117,7 @@ fn parse_args() -> Result<Args, String> {
             "--quick" if inline.is_none() => {
                 args.rounds = MIN_ROUNDS;
                 args.parallel = 20;
+                args.parallel_rounds = 3;
                 args.scale = vec![10, 100];
                 args.scale_rounds = 10;
             }
@@ -132,8 +140,8 @@ fn parse_args() -> Result<Args, String> {
     if args.rounds < MIN_ROUNDS {
         return Err(format!("--rounds must be at least {MIN_ROUNDS}"));
     }
-    if args.parallel == 0 {
-        return Err("--parallel must be at least 1".into());
+    if args.parallel == 0 || args.parallel_rounds == 0 {
+        return Err("--parallel and --parallel-rounds must be at least 1".into());
     }
     if args.scale.last().copied().unwrap_or(0) + args.scale_rounds > SLUICE_RANGES_CAPACITY {
         return Err(format!(
@@ -279,7 +287,14 @@ fn run(args: &Args) -> Result<Report, String> {
     progress(&format!("{} interleaved rounds", args.rounds));
     let (add, del) = interleaved(&node, &runner, &sluice, &reference, args.rounds)?;
 
-    let parallel = parallel_adds(&node, &runner, &sluice, &reference, args.parallel)?;
+    let parallel = parallel_adds(
+        &node,
+        &runner,
+        &sluice,
+        &reference,
+        args.parallel,
+        args.parallel_rounds,
+    )?;
 
     let scale = if args.scale.is_empty() {
         None
@@ -404,45 +419,51 @@ fn interleaved(
     Ok((latency(&samples[0]), latency(&samples[1])))
 }
 
-/// `n` concurrent ADDs of each plugin, the reference's batch first, each
-/// batch DEL'd (untimed) before the next starts so both find the same empty
-/// node. All pod netns are made before the first batch.
+/// `n` concurrent ADDs of each plugin, `rounds` times, alternating which
+/// plugin goes first; each batch DEL'd (untimed) before the next starts so
+/// both find the same empty node. All pod netns are made before the first
+/// batch and serve every round.
 fn parallel_adds(
     node: &Node,
     runner: &NsRunner,
     sluice: &Plugin,
     reference: &Plugin,
     n: usize,
+    rounds: usize,
 ) -> Result<Parallel, String> {
-    let order = [reference, sluice];
     progress(&format!(
-        "{n} parallel ADDs of each, {} first",
-        reference.label
+        "{rounds} rounds of {n} parallel ADDs of each, alternating which goes first"
     ));
-    let mut batches: Vec<Vec<Pod<'_>>> = order
+    let plugins = [reference, sluice];
+    let mut batches: Vec<Vec<Pod<'_>>> = plugins
         .iter()
         .map(|p| (0..n).map(|_| Pod::new(p, runner)).collect())
         .collect();
-    let mut wall = [0.0; 2];
-    for ((plugin, pods), wall) in order.iter().zip(&mut batches).zip(&mut wall) {
-        let t = plugin::parallel(pods, "ADD")?;
-        let distinct: HashSet<IpAddr> = pods.iter().filter_map(|p| p.address).collect();
-        if distinct.len() != n {
-            return Err(format!(
-                "{}: {n} parallel ADDs gave {} distinct addresses",
-                plugin.label,
-                distinct.len()
-            ));
+    let mut wall: [Vec<f64>; 2] = Default::default();
+    for round in 0..rounds {
+        for side in [round % 2, 1 - round % 2] {
+            let (plugin, pods) = (plugins[side], &mut batches[side]);
+            let t = plugin::parallel(pods, "ADD")?;
+            let distinct: HashSet<IpAddr> = pods.iter().filter_map(|p| p.address).collect();
+            if distinct.len() != n {
+                return Err(format!(
+                    "{}: {n} parallel ADDs gave {} distinct addresses",
+                    plugin.label,
+                    distinct.len()
+                ));
+            }
+            plugin::parallel(pods, "DEL")?;
+            node.ns.wait_for_retired_links();
+            wall[side].push(ms(t));
         }
-        plugin::parallel(pods, "DEL")?;
-        node.ns.wait_for_retired_links();
-        *wall = ms(t);
     }
+    let [reference_ms, sluice_ms] = wall;
     Ok(Parallel {
         count: n,
-        order: order.map(|p| p.label).to_vec(),
-        reference_ms: wall[0],
-        sluice_ms: wall[1],
+        rounds: method::Rounds {
+            baseline: reference_ms,
+            sluice: sluice_ms,
+        },
     })
 }
 

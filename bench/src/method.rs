@@ -54,6 +54,16 @@ pub struct Ratio {
 }
 
 impl Ratio {
+    /// A computed ratio: no interval around it.
+    pub fn exact(x: f64) -> Self {
+        Ratio {
+            median: x,
+            lo: x,
+            hi: x,
+            rounds: 0,
+        }
+    }
+
     /// Whether the interval is narrow enough to conclude anything.
     pub fn conclusive(&self) -> bool {
         self.rounds >= 5 && (self.hi - self.lo) <= MAX_SPREAD * self.median.abs()

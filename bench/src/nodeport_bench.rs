@@ -482,21 +482,20 @@ fn shared_figures(out: &[(usize, Vec<(Variant, Samples)>)], conns: usize) -> fig
                     baseline: pick(get(base)).clone(),
                     sluice: pick(get(sl)).clone(),
                 };
-                figs.push(figures::Figure {
-                    id: format!("nodeport.{key}.{}-vs-{}.{n}", sl.name(), base.name()),
-                    title: format!("NodePort {what} at {n} services, {}", sl.name()),
-                    unit: if key == "rate" {
-                        format!("conn/s, {conns} per sample")
-                    } else {
-                        key.into()
-                    },
-                    higher_is_better: higher,
-                    baseline_label: base.name().into(),
-                    baseline: method::median(&rounds.baseline),
-                    sluice: method::median(&rounds.sluice),
-                    ratio: Some(method::ratio(&rounds)),
-                    rounds: Some(rounds),
-                });
+                figs.push(
+                    figures::Name::new(
+                        format!("nodeport.{key}.{}-vs-{}.{n}", sl.name(), base.name()),
+                        format!("NodePort {what} at {n} services, {}", sl.name()),
+                        if key == "rate" {
+                            format!("conn/s, {conns} per sample")
+                        } else {
+                            key.into()
+                        },
+                        higher,
+                        base.name(),
+                    )
+                    .interleaved(rounds),
+                );
             }
         }
     }
@@ -512,6 +511,7 @@ fn shared_figures(out: &[(usize, Vec<(Variant, Samples)>)], conns: usize) -> fig
             log_x: true,
             lines,
         }],
+        notes: Vec::new(),
     }
 }
 

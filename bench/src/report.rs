@@ -46,10 +46,18 @@ impl Scale {
 #[derive(Debug)]
 pub struct Parallel {
     pub count: usize,
-    /// Labels in the order the batches ran.
-    pub order: Vec<&'static str>,
-    pub sluice_ms: f64,
-    pub reference_ms: f64,
+    /// Wall time (ms) of each batch; round `i` ran the reference first when
+    /// `i` is even.
+    pub rounds: crate::method::Rounds,
+}
+
+impl Parallel {
+    pub fn reference_ms(&self) -> f64 {
+        crate::method::median(&self.rounds.baseline)
+    }
+    pub fn sluice_ms(&self) -> f64 {
+        crate::method::median(&self.rounds.sluice)
+    }
 }
 
 #[derive(Debug)]
@@ -94,14 +102,14 @@ impl Report {
         }
         let p = &self.parallel;
         out += &format!(
-            "{} parallel ADDs (wall, ms; {} ran first): {} {:.1}, {} {:.1}, ratio {:.2}\n",
+            "{} parallel ADDs (wall, ms, median of {} alternating rounds): {} {:.1}, {} {:.1}, ratio {}\n",
             p.count,
-            p.order[0],
+            p.rounds.sluice.len(),
             self.sluice,
-            p.sluice_ms,
+            p.sluice_ms(),
             self.reference,
-            p.reference_ms,
-            p.sluice_ms / p.reference_ms
+            p.reference_ms(),
+            crate::method::ratio(&p.rounds).show()
         );
         if let Some(sc) = &self.scale {
             out += "sluice ADD with pods already on the node (median / p90 / p99 / min, ms):\n";
@@ -159,10 +167,10 @@ impl Report {
             "del": latency(&self.del),
             "parallel_add": {
                 "count": p.count,
-                "order": p.order,
-                "sluice_wall": round(p.sluice_ms, 3),
-                "reference_wall": round(p.reference_ms, 3),
-                "ratio": round(p.sluice_ms / p.reference_ms, 4),
+                "rounds": p.rounds.sluice.len(),
+                "sluice_wall": round(p.sluice_ms(), 3),
+                "reference_wall": round(p.reference_ms(), 3),
+                "ratio": round(p.sluice_ms() / p.reference_ms(), 4),
             },
         })
     }
@@ -173,40 +181,38 @@ impl Report {
     /// reference round by round (interleaved), the parallel ADDs and the
     /// scale levels (each measured once), and two charts.
     pub fn shared(&self) -> crate::figures::Bench {
-        use crate::figures::{Bench, Chart, Figure, Line};
-        use crate::method::{self, Rounds};
+        use crate::figures::{Bench, Chart, Line, Name};
+        use crate::method::Rounds;
         let mut figures = Vec::new();
         for (cmd, l) in [("ADD", &self.add), ("DEL", &self.del)] {
             let rounds = Rounds {
                 baseline: l.reference.samples.clone(),
                 sluice: l.sluice.samples.clone(),
             };
-            figures.push(Figure {
-                id: format!("cni.{}", cmd.to_lowercase()),
-                title: format!(
-                    "{cmd} latency, exec'd like a runtime, {} pods of each on the node",
-                    self.residents
-                ),
-                unit: "ms".into(),
-                higher_is_better: false,
-                baseline_label: self.reference.into(),
-                baseline: method::median(&rounds.baseline),
-                sluice: method::median(&rounds.sluice),
-                ratio: Some(method::ratio(&rounds)),
-                rounds: Some(rounds),
-            });
+            figures.push(
+                Name::new(
+                    format!("cni.{}", cmd.to_lowercase()),
+                    format!(
+                        "{cmd} latency, exec'd like a runtime, {} pods of each on the node",
+                        self.residents
+                    ),
+                    "ms",
+                    false,
+                    self.reference,
+                )
+                .interleaved(rounds),
+            );
         }
-        figures.push(Figure {
-            id: format!("cni.parallel_add.{}", self.parallel.count),
-            title: format!("{} parallel ADDs, wall time", self.parallel.count),
-            unit: "ms".into(),
-            higher_is_better: false,
-            baseline_label: self.reference.into(),
-            baseline: self.parallel.reference_ms,
-            sluice: self.parallel.sluice_ms,
-            ratio: None,
-            rounds: None,
-        });
+        figures.push(
+            Name::new(
+                format!("cni.parallel_add.{}", self.parallel.count),
+                format!("{} parallel ADDs, wall time", self.parallel.count),
+                "ms",
+                false,
+                self.reference,
+            )
+            .interleaved(self.parallel.rounds.clone()),
+        );
         let mut charts = Vec::new();
         // Sorted samples: each line is the latency distribution.
         let dist = |label: &str, s: &Summary| {
@@ -236,17 +242,19 @@ impl Report {
         if let Some(sc) = &self.scale {
             if let Some((first, base)) = sc.levels.first() {
                 for (n, s) in &sc.levels[1..] {
-                    figures.push(Figure {
-                        id: format!("cni.add_at.{n}"),
-                        title: format!("sluice ADD with {n} pods on the node, against {first}"),
-                        unit: "ms".into(),
-                        higher_is_better: false,
-                        baseline_label: format!("{first} pods"),
-                        baseline: base.median,
-                        sluice: s.median,
-                        ratio: None,
-                        rounds: None,
-                    });
+                    figures.push(
+                        Name::new(
+                            format!("cni.add_at.{n}"),
+                            format!(
+                                "sluice ADD with {n} pods on the node, against {first} (medians of {} ADDs each)",
+                                s.samples.len()
+                            ),
+                            "ms",
+                            false,
+                            format!("{first} pods"),
+                        )
+                        .once(base.median, s.median),
+                    );
                 }
             }
             charts.push(Chart {
@@ -270,6 +278,7 @@ impl Report {
             command: "bench/run cni-bench".into(),
             figures,
             charts,
+            notes: Vec::new(),
         }
     }
 }

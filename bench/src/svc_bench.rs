@@ -42,7 +42,7 @@ use svcmaps::Maps;
 
 const USAGE: &str = "\
 usage: svc-bench [--sizes 1,1000,10000] [--conns 200] [--rounds 20] [--events 200]
-                 [--quick] [--json] [--figures FILE]
+                 [--program-rounds 5] [--quick] [--json] [--figures FILE]
 
   --sizes    numbers of services to measure at (the last is also the size
              for the programming and event figures)
@@ -52,7 +52,11 @@ usage: svc-bench [--sizes 1,1000,10000] [--conns 200] [--rounds 20] [--events 20
              is the median of its per-round ratios with a bootstrap 95 %
              interval
   --events   endpoint changes timed at the largest size
-  --quick    --sizes 1,1000 --rounds 6 --conns 100 --events 50 (a few minutes)
+  --program-rounds  cold programming rounds at the largest size: a daemon
+             started with no pins on every manifest, against
+             iptables-restore of kube-proxy's rules, alternating
+  --quick    --sizes 1,1000 --rounds 6 --conns 100 --events 50
+             --program-rounds 2 (a few minutes)
   --figures  also write the figures in bench-report's shape to FILE
 
 Runs as root: bench/run svc-bench [options] builds the release binaries first.";
@@ -140,6 +144,7 @@ fn main() -> ExitCode {
     let mut conns = 200usize;
     let mut rounds = 20usize;
     let mut events = 200usize;
+    let mut program_rounds = 5usize;
     let mut as_json = false;
     let mut figures_to: Option<std::path::PathBuf> = None;
     let warmup = 2usize;
@@ -153,6 +158,7 @@ fn main() -> ExitCode {
             "--conns" => conns = val().parse().unwrap_or(0),
             "--rounds" => rounds = val().parse().unwrap_or(0),
             "--events" => events = val().parse().unwrap_or(0),
+            "--program-rounds" => program_rounds = val().parse().unwrap_or(0).max(1),
             "--json" => as_json = true,
             "--figures" => figures_to = Some(val().into()),
             "--quick" => {
@@ -160,6 +166,7 @@ fn main() -> ExitCode {
                 rounds = 6;
                 conns = 100;
                 events = 50;
+                program_rounds = 2;
             }
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -380,19 +387,67 @@ fn main() -> ExitCode {
             ),
         );
         let _p2 = Track::new(None, &[&d2.pin_path]);
-        let wall = d2.spawn();
-        let _d2t = Track::process(d2.pid().unwrap());
-        let src = d2
-            .call(sluice_common::api::Request::ListServices)
-            .expect("list_services")
-            .data["source"]
-            .clone();
-        assert_eq!(src["frontends"].as_u64(), Some(n as u64), "{src}");
+        // Each round: this daemon from nothing (its pins removed, so every
+        // map is made and every service programmed before ready), and
+        // kube-proxy's rules for the same services restored into an empty
+        // table, alternating which goes first.
+        let rules = node.dir.path().join("iptables-cold.rules");
+        std::fs::write(&rules, iptables_rules(n, n - 1, backend, ipt_client_ip)).unwrap();
+        let restore = || {
+            for empty in ["-F", "-X"] {
+                let out = in_ns(&node2.ns.name, &["iptables", "-t", "nat", empty]);
+                assert!(
+                    out.status.success(),
+                    "iptables -t nat {empty} in the cold node"
+                );
+            }
+            let t = Instant::now();
+            let out = in_ns(
+                &node2.ns.name,
+                &["iptables-restore", rules.to_str().unwrap()],
+            );
+            assert!(
+                out.status.success(),
+                "iptables-restore: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            stats::ms(t.elapsed())
+        };
+        let mut program = method::Rounds::default();
+        let mut first_pass = Vec::new();
+        let mut d2t = None;
+        for round in 0..program_rounds {
+            for sluice_side in [round % 2 == 0, round % 2 == 1] {
+                if !sluice_side {
+                    program.baseline.push(restore());
+                    continue;
+                }
+                d2.kill9();
+                if d2.pin_path.exists() {
+                    std::fs::remove_dir_all(&d2.pin_path).unwrap();
+                }
+                let wall = d2.spawn();
+                d2t = Some(Track::process(d2.pid().unwrap()));
+                let src = d2
+                    .call(sluice_common::api::Request::ListServices)
+                    .expect("list_services")
+                    .data["source"]
+                    .clone();
+                assert_eq!(src["frontends"].as_u64(), Some(n as u64), "{src}");
+                program.sluice.push(stats::ms(wall));
+                first_pass.push(src["last_duration_ms"].as_f64().unwrap_or(f64::NAN));
+            }
+        }
+        d2.kill9();
+        drop(d2t);
         json!({
             "services": n,
-            "ready_ms": stats::ms(wall),
-            "first_pass_ms": src["last_duration_ms"],
+            "rounds": program_rounds,
+            "ready_ms": method::median(&program.sluice),
+            "first_pass_ms": method::median(&first_pass),
             "idle_ready_ms": stats::ms(idle_ready),
+            "iptables_restore_ms": method::median(&program.baseline),
+            "samples": program,
         })
     };
 
@@ -653,6 +708,7 @@ fn main() -> ExitCode {
 /// figure, in bench-report's shape.
 fn shared_figures(v: &Value, conns: usize) -> figures::Bench {
     let mut figs = Vec::new();
+    let mut notes = Vec::new();
     let rows = v["rates"].as_array().cloned().unwrap_or_default();
     for r in &rows {
         let n = r["services"].as_u64().unwrap_or(0);
@@ -687,35 +743,60 @@ fn shared_figures(v: &Value, conns: usize) -> figures::Bench {
                     "new connections per second at {n} services, opted-out pod (per packet)"
                 ),
             };
-            figs.push(figures::Figure {
-                id: format!("svc.{id}.{n}"),
-                title,
-                unit: format!("conn/s, {conns} per sample"),
-                higher_is_better: true,
-                baseline_label: label.into(),
-                baseline: method::median(&rounds.baseline),
-                sluice: method::median(&rounds.sluice),
-                ratio: Some(method::ratio(&rounds)),
-                rounds: Some(rounds),
-            });
+            figs.push(
+                figures::Name::new(
+                    format!("svc.{id}.{n}"),
+                    title,
+                    format!("conn/s, {conns} per sample"),
+                    true,
+                    label,
+                )
+                .interleaved(rounds),
+            );
         }
+    }
+    let c = &v["cold"];
+    if let Ok(rounds) = serde_json::from_value::<method::Rounds>(c["samples"].clone()) {
+        figs.push(
+            figures::Name::new(
+                format!("svc.program.{}", c["services"]),
+                format!(
+                    "programming {} services x {ENDPOINTS} endpoints from nothing: daemon start \
+                     to ready (no pins) against kube-proxy's rules into an empty table",
+                    c["services"]
+                ),
+                "ms",
+                false,
+                "iptables-restore",
+            )
+            .interleaved(rounds),
+        );
     }
     let p = &v["program"];
     if let (Some(s), Some(b)) = (p["sluice_ms"].as_f64(), p["iptables_restore_ms"].as_f64()) {
-        figs.push(figures::Figure {
-            id: format!("svc.program.{}", p["services"]),
-            title: format!(
-                "programming {} services x {ENDPOINTS} endpoints into a running node",
-                p["services"]
-            ),
-            unit: "ms".into(),
-            higher_is_better: false,
-            baseline_label: "iptables-restore".into(),
-            baseline: b,
-            sluice: s,
-            ratio: None,
-            rounds: None,
-        });
+        figs.push(
+            figures::Name::new(
+                format!("svc.program_running.{}", p["services"]),
+                format!(
+                    "{} services x {ENDPOINTS} endpoints written one file at a time into a \
+                     running node, first write to all in the datapath",
+                    p["services"]
+                ),
+                "ms",
+                false,
+                "iptables-restore",
+            )
+            .once(b, s),
+        );
+    }
+    let e = &v["event"];
+    if let (Some(p50), Some(p99)) = (e["p50_ms"].as_f64(), e["p99_ms"].as_f64()) {
+        notes.push(format!(
+            "One endpoint change, manifest written to the datapath, {} changes among {} \
+             services: p50 {p50:.2} ms, p99 {p99:.2} ms (Sluice only: kube-proxy applies a \
+             change at its next sync, by default within 1 s, each an iptables-restore).",
+            e["changes"], e["services"]
+        ));
     }
     let line = |label: &str, k: &str| figures::Line {
         label: label.into(),
@@ -746,5 +827,6 @@ fn shared_figures(v: &Value, conns: usize) -> figures::Bench {
                 line("kube-proxy iptables", "iptables_per_sec"),
             ],
         }],
+        notes,
     }
 }
