@@ -369,14 +369,30 @@ impl<M: ServiceMaps> Programmer<M> {
                 orphans.counters.push(*k);
             }
         }
-        let mut backend_ids = StdHashMap::new();
+        let mut backend_ids: StdHashMap<(SocketAddr, Protocol), u32> = StdHashMap::new();
+        let mut backend_addrs = StdHashMap::new();
         for (id, b) in &snap.backends {
             next_backend_id = next_backend_id.max(id + 1);
             if let (Some(addr), Some(p)) = (b.socket_addr(), proto_of(b.proto)) {
-                backend_ids.insert((addr, p), *id);
+                backend_addrs.insert(*id, (addr, p));
+                // Two ids for one address: the daemon died while a removed
+                // service's backends waited out their second before
+                // deletion, after the service came back under new ids. The
+                // id the tables hold is the backend; the other, unheld, is
+                // swept by the first full pass.
+                let refs = |id: &u32| backend_refs.get(id).copied().unwrap_or(0);
+                match backend_ids.entry((addr, p)) {
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(*id);
+                    }
+                    std::collections::hash_map::Entry::Occupied(mut e) => {
+                        if refs(id) > refs(e.get()) {
+                            e.insert(*id);
+                        }
+                    }
+                }
             }
         }
-        let backend_addrs = backend_ids.iter().map(|(k, id)| (*id, *k)).collect();
         let members_held = snap.members.len();
         let slots_held = snap.slots.len();
         Ok(Programmer {
@@ -1045,7 +1061,11 @@ impl<M: ServiceMaps> Programmer<M> {
             }
             self.backend_refs.remove(&id);
             if let Some(k) = self.backend_addrs.remove(&id) {
-                self.backend_ids.remove(&k);
+                // Only if it names this id: an adopted stale duplicate
+                // shares its address with a live backend.
+                if self.backend_ids.get(&k) == Some(&id) {
+                    self.backend_ids.remove(&k);
+                }
                 ops.push(Op::DelBackend(id));
                 frees.push(id);
             }

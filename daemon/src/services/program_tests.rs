@@ -455,3 +455,96 @@ fn adopted_maglev_tables_are_checked_once_and_rebuilt_if_the_seed_changed() {
         .count();
     assert_eq!(tables, 3);
 }
+
+/// A crash while a removed service's backends wait out their second
+/// before deletion, after the service came back with the same backends
+/// under new (reused, smaller) ids: the maps hold two ids for each
+/// address. A restart must take the ids the tables hold, keep every
+/// frontend as it is (found by a svc-bench restart that rewrote 100
+/// Maglev tables, 1.6 million entries), and sweep the stale ids.
+#[test]
+fn a_restart_takes_the_backend_ids_the_tables_hold_when_an_address_has_two() {
+    // m and r share three backends; y stays throughout (the removal
+    // guard holds removing everything); x comes first and goes, freeing
+    // the smallest ids for m and r's return.
+    let y = frontend("10.96.1.1:80", "y", &["10.244.1.1:8080"], Selection::Random);
+    let abc = ["10.244.0.1:8080", "10.244.0.2:8080", "10.244.0.3:8080"];
+    let with_mr = |extra: Vec<Frontend>| {
+        let mut fs = extra;
+        fs.push(frontend("10.96.0.1:80", "m", &abc, Selection::Maglev));
+        fs.push(frontend("10.96.0.2:80", "r", &abc, Selection::Random));
+        fs.push(y.clone());
+        translation(fs)
+    };
+    let x = frontend(
+        "10.96.0.0:80",
+        "x",
+        &["10.244.9.1:8080", "10.244.9.2:8080", "10.244.9.3:8080"],
+        Selection::Random,
+    );
+    let mut p = programmer();
+    let t0 = Instant::now();
+    // x takes ids 1-3, m and r 4-6, y 7; x goes and its ids are freed.
+    full(&mut p, &with_mr(vec![x]), t0);
+    full(&mut p, &with_mr(Vec::new()), t0 + Duration::from_secs(1));
+    full(&mut p, &with_mr(Vec::new()), t0 + Duration::from_secs(3));
+    // m and r go; 0.5 s later they are back, their backends under the
+    // freed ids 1-3 while 4-6 wait out their second before deletion.
+    full(
+        &mut p,
+        &translation(vec![y.clone()]),
+        t0 + Duration::from_secs(4),
+    );
+    full(
+        &mut p,
+        &with_mr(Vec::new()),
+        t0 + Duration::from_millis(4500),
+    );
+    let mut maps = std::mem::take(p.maps());
+    assert_eq!(
+        maps.backends.len(),
+        7,
+        "two ids per address: {:?}",
+        maps.backends
+    );
+    maps.take();
+    // kill -9, and a restart on the same maps.
+    let mut again = Programmer::adopt(maps, MaglevConfig::default(), Capacity::DEFAULT).unwrap();
+    let rep = full(
+        &mut again,
+        &with_mr(Vec::new()),
+        t0 + Duration::from_secs(5),
+    );
+    assert_eq!(
+        (rep.unchanged, rep.changed, rep.added),
+        (3, 0, 0),
+        "{rep:?}"
+    );
+    // Nothing written again; only the removed frontends' leftovers (their
+    // old slots and table, the stale backends) collected.
+    let written: Vec<Op> = again
+        .maps()
+        .take()
+        .into_iter()
+        .filter(|op| {
+            matches!(
+                op,
+                Op::PutBackend { .. }
+                    | Op::PutMember(_)
+                    | Op::PutSlots { .. }
+                    | Op::PutTable { .. }
+                    | Op::PutFrontend { .. }
+                    | Op::DelFrontend(_)
+            )
+        })
+        .collect();
+    assert!(written.is_empty(), "{written:#?}");
+    // The stale ids go after their second; the live ones stay.
+    full(
+        &mut again,
+        &with_mr(Vec::new()),
+        t0 + Duration::from_secs(7),
+    );
+    let left: Vec<u32> = again.maps().backends.keys().copied().collect();
+    assert_eq!(left, [1, 2, 3, 7], "{:?}", again.maps().backends);
+}
