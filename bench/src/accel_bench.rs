@@ -298,16 +298,12 @@ struct Row {
     redirected: f64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        return 0.0;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
+/// The median, 0 for no samples (a row not measured).
+fn median(v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        0.0
     } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
+        method::median(&v)
     }
 }
 

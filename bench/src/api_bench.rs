@@ -167,23 +167,14 @@ fn objects(n: usize, e: usize) -> Vec<Value> {
 
 /// RSS now and at its peak, in MiB, and CPU seconds so far.
 fn usage(pid: u32) -> (f64, f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
+    let mib = |field: &str| sluice_tests::proc_status_mib(pid, field);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // utime and stime are fields 14 and 15 (11 and 12 after the name).
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (kb("VmRSS:"), kb("VmHWM:"), (ticks(11) + ticks(12)) / hz)
+    (mib("VmRSS"), mib("VmHWM"), (ticks(11) + ticks(12)) / hz)
 }
 
 struct Synced {

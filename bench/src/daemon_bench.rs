@@ -91,12 +91,7 @@ fn pct(mut v: Vec<f64>) -> P {
 }
 
 fn rss_mib(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
+    sluice_tests::proc_status_mib(pid, "VmRSS")
 }
 
 struct BenchPod {

@@ -126,11 +126,6 @@ fn rate(client: &Ns, dst: SocketAddr, conns: usize) -> f64 {
         .unwrap_or_else(|| panic!("rate to {dst}: {v}"))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// Whether backend `ip` is in service `i`'s table.
 fn in_table(maps: &Maps, i: usize, ip: Ipv4Addr) -> bool {
     maps.in_table(
@@ -347,10 +342,10 @@ fn main() -> ExitCode {
         };
         let (r_sd, r_si, r_pd, r_id) = (vs(&rd, &rs), vs(&ri, &rs), vs(&rd, &rp), vs(&rd, &ri));
         let (d_, s_, i_, p_) = (
-            median(rd.clone()),
-            median(rs.clone()),
-            median(ri.clone()),
-            median(rp.clone()),
+            method::median(&rd),
+            method::median(&rs),
+            method::median(&ri),
+            method::median(&rp),
         );
         rows.push(json!({
             "services": n, "direct_per_sec": d_, "sluice_per_sec": s_, "iptables_per_sec": i_,
@@ -549,17 +544,7 @@ fn main() -> ExitCode {
         assert!(t.elapsed() < Duration::from_secs(60), "services not back");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let rss_mib = |pid: u32| -> f64 {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-            })
-            .map_or(f64::NAN, |kb| kb / 1024.0)
-    };
-    let rss = rss_mib(d.pid().unwrap());
+    let rss = sluice_tests::proc_status_mib(d.pid().unwrap(), "VmRSS");
     let restart = {
         let maglev = (n / 10).max(1);
         eprintln!("svc-bench: restart with {n} services, {maglev} of them Maglev");

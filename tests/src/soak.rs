@@ -553,12 +553,12 @@ pub fn settle(node: &Node, d: &Mutex<Daemon<'_>>, live: &[(&Ns, &str)], secs: u6
 
 /// The resident set (KiB) and open file descriptors of process `pid`.
 pub fn rss_and_fds(pid: u32) -> (u64, usize) {
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
+    let mib = crate::proc_status_mib(pid, "VmRSS");
+    let rss = if mib.is_nan() {
+        0
+    } else {
+        (mib * 1024.0).round() as u64
+    };
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0);
