@@ -131,30 +131,30 @@ struct Sample {
     dist: Vec<(f64, f64)>,
 }
 
-/// Where a latency distribution is sampled for the chart.
-const QUANTILES: [f64; 11] = [
-    1.0, 5.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 99.99,
+/// Where a latency distribution is sampled for the chart, in hundredths
+/// of a percent (99.99 % is 9999).
+const QUANTILES: [u64; 11] = [
+    100, 500, 1000, 2500, 5000, 7500, 9000, 9500, 9900, 9990, 9999,
 ];
 
-/// `sorted` (ns) at each of [`QUANTILES`], in µs.
+/// `sorted` (ns) at each of [`QUANTILES`], as (percentile, µs).
 fn distribution(sorted: &[u64]) -> Vec<(f64, f64)> {
     if sorted.is_empty() {
         return Vec::new();
     }
     QUANTILES
         .iter()
-        .map(|&q| {
-            let rank = ((q / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
-            (q, sorted[rank.min(sorted.len()) - 1] as f64 / 1e3)
-        })
+        .map(|&q| (q as f64 / 100.0, percentile(sorted, q)))
         .collect()
 }
 
-fn percentile(sorted: &[u64], p: usize) -> f64 {
+/// `sorted` (ns) at `q` hundredths of a percent, in µs.
+fn percentile(sorted: &[u64], q: u64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
-    sorted[(sorted.len() * p).div_ceil(100).max(1) - 1] as f64 / 1e3
+    let rank = (sorted.len() as u64 * q).div_ceil(10_000).max(1) as usize;
+    sorted[rank - 1] as f64 / 1e3
 }
 
 /// Ping-pong of `size`-byte messages for `dur`: round trips per second
@@ -196,8 +196,8 @@ fn rr<S: Read + Write + Send + 'static>(
     lat.sort_unstable();
     Sample {
         value: lat.len() as f64 / secs,
-        p50: percentile(&lat, 50),
-        p99: percentile(&lat, 99),
+        p50: percentile(&lat, 5000),
+        p99: percentile(&lat, 9900),
         dist: distribution(&lat),
     }
 }
@@ -278,11 +278,11 @@ fn close_to_eof(env: &Env, path: Path, n: usize, cpus: (usize, usize)) -> Sample
         d.push(eof.saturating_duration_since(t).as_nanos() as u64);
     }
     d.sort_unstable();
-    let p50 = percentile(&d, 50);
+    let p50 = percentile(&d, 5000);
     Sample {
         value: p50,
         p50,
-        p99: percentile(&d, 99),
+        p99: percentile(&d, 9900),
         dist: distribution(&d),
     }
 }
@@ -665,7 +665,7 @@ fn dist_line(v: &[Sample]) -> Vec<(f64, f64)> {
         .enumerate()
         .map(|(i, &q)| {
             (
-                q,
+                q as f64 / 100.0,
                 median(
                     v.iter()
                         .filter_map(|s| s.dist.get(i).map(|d| d.1))

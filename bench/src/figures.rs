@@ -375,23 +375,15 @@ pub fn compare(before: &Run, after: &Run) -> Comparison {
             // No noise: any move the worse way beyond rounding is real.
             let (a, b) = (o.sluice / o.baseline, f.sluice / f.baseline);
             let moved = (b - a) / a.abs().max(f64::MIN_POSITIVE);
-            let worse = if f.higher_is_better {
-                moved < -1e-9
-            } else {
-                moved > 1e-9
-            };
-            let better = if f.higher_is_better {
-                moved > 1e-9
-            } else {
-                moved < -1e-9
-            };
-            if worse {
+            // Positive when the figure got better, whichever way that is.
+            let gain = if f.higher_is_better { moved } else { -moved };
+            if gain < -1e-9 {
                 c.regressions.push(Regression {
                     id: id.clone(),
                     before: Ratio::exact(a),
                     after: Ratio::exact(b),
                 });
-            } else if better {
+            } else if gain > 1e-9 {
                 c.improvements.push(id.clone());
             }
             continue;

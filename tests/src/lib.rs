@@ -59,17 +59,21 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`, ...), in MiB;
-/// NaN when the process or the field is gone.
-pub fn proc_status_mib(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`, ...), in KiB;
+/// `None` when the process or the field is gone.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// [`proc_status_kib`] in MiB; NaN when the process or the field is gone.
+pub fn proc_status_mib(pid: u32, field: &str) -> f64 {
+    proc_status_kib(pid, field).map_or(f64::NAN, |kb| kb as f64 / 1024.0)
 }
 
 /// A short unique name: `<tag><pid><counter>`, well under IFNAMSIZ rules for

@@ -553,12 +553,7 @@ pub fn settle(node: &Node, d: &Mutex<Daemon<'_>>, live: &[(&Ns, &str)], secs: u6
 
 /// The resident set (KiB) and open file descriptors of process `pid`.
 pub fn rss_and_fds(pid: u32) -> (u64, usize) {
-    let mib = crate::proc_status_mib(pid, "VmRSS");
-    let rss = if mib.is_nan() {
-        0
-    } else {
-        (mib * 1024.0).round() as u64
-    };
+    let rss = crate::proc_status_kib(pid, "VmRSS").unwrap_or(0);
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0);
