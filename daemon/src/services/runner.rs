@@ -33,11 +33,26 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// How often a services directory that does not exist is looked for.
 const MISSING_DIR_EVERY: Duration = Duration::from_secs(1);
 
-/// API changes are applied together once none has come for this long
-/// (a burst to one service is one pass) ...
+/// Changes (API updates, manifest files written) are applied together
+/// once none has come for this long (a burst to one service is one
+/// pass) ...
 const COALESCE_QUIET: Duration = Duration::from_millis(2);
 /// ... or once the first of them has waited this long.
 const COALESCE_MAX: Duration = Duration::from_millis(20);
+
+/// After `first` of a burst has arrived: gathers what follows into it
+/// until none has come for [`COALESCE_QUIET`] or the first has waited
+/// [`COALESCE_MAX`], so a storm of changes costs one pass per 20 ms, not
+/// one per change.
+fn coalesce<T>(rx: &std::sync::mpsc::Receiver<T>, first: &mut T, merge: impl Fn(&mut T, T)) {
+    let since = Instant::now();
+    while since.elapsed() < COALESCE_MAX {
+        match rx.recv_timeout(COALESCE_QUIET) {
+            Ok(more) => merge(first, more),
+            Err(_) => break,
+        }
+    }
+}
 
 /// Where the objects come from. (One per daemon, behind a mutex: the
 /// variants' sizes do not matter.)
@@ -432,11 +447,14 @@ impl Services {
             let wait = due.saturating_duration_since(Instant::now());
             match events.recv_timeout(wait) {
                 Ok(mut names) => {
-                    while let Ok(more) = events.try_recv() {
-                        names.extend(more);
-                    }
-                    if names.is_empty() {
-                        // An overflowed queue names nothing.
+                    // An overflowed queue names nothing: a full pass,
+                    // whatever else the burst named.
+                    let overflowed = std::cell::Cell::new(names.is_empty());
+                    coalesce(events, &mut names, |n, more| {
+                        overflowed.set(overflowed.get() || more.is_empty());
+                        n.extend(more);
+                    });
+                    if overflowed.get() {
                         self.pass(true);
                         clock.last_full = Instant::now();
                     } else {
@@ -473,13 +491,7 @@ impl Services {
                 .saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
                 Ok(mut t) => {
-                    let first = Instant::now();
-                    while first.elapsed() < COALESCE_MAX {
-                        match rx.recv_timeout(COALESCE_QUIET) {
-                            Ok(more) => t.merge(more),
-                            Err(_) => break,
-                        }
-                    }
+                    coalesce(&rx, &mut t, |t, more| t.merge(more));
                     self.api_changed(t, &mut clock);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
