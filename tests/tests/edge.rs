@@ -195,6 +195,12 @@ fn spoofs_the_instant_add_returns(state: DaemonState) {
     for (r, _) in &results {
         assert_eq!(r.code, Some(0), "ADD failed: {} {}", r.stdout, r.stderr);
     }
+    let warned: Vec<&str> = results
+        .iter()
+        .map(|(r, _)| r.stderr.trim())
+        .filter(|e| !e.is_empty())
+        .collect();
+    let slowest = results.iter().map(|(_, t)| *t).max().unwrap_or_default();
     std::thread::sleep(Duration::from_millis(300));
     // The sink drains for its whole window; nothing more comes.
     let got = arrived.join().unwrap();
@@ -205,20 +211,34 @@ fn spoofs_the_instant_add_returns(state: DaemonState) {
         0,
         "daemon {state:?}: spoofed datagrams delivered: {spoofs:?}"
     );
-    assert_eq!(
-        own,
-        2 * PODS,
-        "daemon {state:?}: every genuine datagram arrives"
-    );
-    let stats_spoofed: u64 = node
+    let stats: Vec<_> = node
         .records()
         .iter()
         .map(|path| {
             let r: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
             assert_eq!(r["edge"]["program"], "check", "{r}");
-            pinned_edge_stats(&node.pin_path, r["host_ifindex"].as_u64().unwrap() as u32).spoofed()
+            pinned_edge_stats(&node.pin_path, r["host_ifindex"].as_u64().unwrap() as u32)
         })
-        .sum();
+        .collect();
+    let mut dropped = std::collections::BTreeMap::new();
+    for (reason, n) in stats.iter().flat_map(|s| s.by_reason()) {
+        *dropped.entry(reason).or_insert(0u64) += n;
+    }
+    let missing: Vec<String> = (0..PODS)
+        .flat_map(|i| [format!("own4-{i}"), format!("own6-{i}")])
+        .filter(|p| !got.contains(p))
+        .collect();
+    assert_eq!(
+        own,
+        2 * PODS,
+        "daemon {state:?}: every genuine datagram arrives; missing {missing:?}; \
+         the checks dropped {dropped:?}; the node's UDP counters: {}; \
+         host veths that dropped on receive: {}; the last ADD returned after {slowest:?}; \
+         what ADDs said on stderr: {warned:?}",
+        udp_counters(&node.ns),
+        rx_dropped(&node.ns),
+    );
+    let stats_spoofed: u64 = stats.iter().map(|s| s.spoofed()).sum();
     assert_eq!(stats_spoofed, 2 * PODS as u64, "every spoof counted");
     if state == DaemonState::Hung {
         // SAFETY: as above.
@@ -274,6 +294,29 @@ fn drops(node: &Node, host_if: &str) -> std::collections::BTreeMap<&'static str,
     let ifindex = ifindex_in(&node.ns, host_if);
     let s = pinned_edge_stats(&node.pin_path, ifindex);
     s.by_reason().into_iter().collect()
+}
+
+/// The node's UDP error counters (IPv4 and IPv6), for a failure message:
+/// whether a missing datagram was dropped by the receiving socket.
+fn udp_counters(ns: &Ns) -> String {
+    let out = ns.exec(&[
+        "sh",
+        "-c",
+        "grep '^Udp:' /proc/net/snmp; grep '^Udp6' /proc/net/snmp6",
+    ]);
+    String::from_utf8_lossy(&out.stdout).replace('\n', "; ")
+}
+
+/// The node's devices whose receive-drop counter is not zero, and the
+/// kernel's per-CPU backlog drops (softnet_stat's second column), for a
+/// failure message: whether a missing frame was lost before the stack.
+fn rx_dropped(ns: &Ns) -> String {
+    let out = ns.exec(&[
+        "sh",
+        "-c",
+        "grep -v '^0$' /sys/class/net/*/statistics/rx_dropped; cut -d' ' -f2 /proc/net/softnet_stat",
+    ]);
+    String::from_utf8_lossy(&out.stdout).replace('\n', "; ")
 }
 
 fn sysctl(ns: &Ns, path: &str, value: &str) {
