@@ -39,7 +39,8 @@ pub const ACCEL_GUARDS: [(&str, &str); 4] = [
 ];
 
 /// Test fixtures, not datapath: a program the verifier refuses, the
-/// service selection and edge logic in XDP programs, and connect4 and pod
+/// service selection and edge logic in XDP programs, the NAT rewrite in a
+/// tc program, and connect4 and pod
 /// programs standing in for an older build's.
 #[doc(hidden)]
 pub static TEST_REJECT: &[u8] =
@@ -48,6 +49,8 @@ pub static TEST_REJECT: &[u8] =
 pub static TEST_LB: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/test_lb.o"));
 #[doc(hidden)]
 pub static TEST_EDGE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/test_edge.o"));
+#[doc(hidden)]
+pub static TEST_NAT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/test_nat.o"));
 #[doc(hidden)]
 pub static TEST_POD_OLD: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/test_pod_old.o"));

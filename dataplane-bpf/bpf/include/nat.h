@@ -226,7 +226,11 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct nat_p
 		diff = bpf_csum_diff(old_ip, 16, new_ip, 16, 0);
 		if (diff < 0)
 			return -1;
-		if (bpf_l4_csum_replace(skb, csum, 0, (__u32)diff, BPF_F_PSEUDO_HDR))
+		/* `mangled` here too: a UDP checksum this update brings to 0
+		 * must go out as 0xffff, or the receiver drops the datagram
+		 * (and the port's update after it would take the 0 for "no
+		 * checksum" and leave it). */
+		if (bpf_l4_csum_replace(skb, csum, 0, (__u32)diff, BPF_F_PSEUDO_HDR | mangled))
 			return -1;
 		if (bpf_skb_store_bytes(skb, off, new_ip, 16, 0))
 			return -1;
