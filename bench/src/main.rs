@@ -18,7 +18,7 @@ mod stats;
 
 use cleanup::Track;
 use plugin::{Plugin, Pod};
-use report::{Latency, Parallel, Report, Scale};
+use report::{Latency, Level, Parallel, Report, Scale};
 use sluice_tests::daemon::Daemon;
 use sluice_tests::{bin, list_files, Node, NsRunner};
 use stats::{ms, Summary};
@@ -46,9 +46,10 @@ usage: cni-bench [--rounds N] [--parallel N] [--parallel-rounds N] [--residents 
   --parallel-rounds N  parallel-ADD batches of each plugin, alternating which
                     goes first (default 7)
   --residents N     pods of each plugin on the node during the rounds (default 10)
-  --scale L,..      pods already on the node at which sluice's ADD is timed again
+  --scale L,..      pods already on the node at which sluice's ADD is timed again,
+                    round by round against a second node that keeps --residents
                     (default 10,100,1000; none skips it)
-  --scale-rounds N  ADD/DEL rounds at each scale level (default 30)
+  --scale-rounds N  alternating ADD/DEL rounds at each scale level (default 60)
   --json            print the figures as JSON instead of the table
   --quick           --rounds 20 --parallel 20 --parallel-rounds 3 --scale 10,100
                     --scale-rounds 10
@@ -75,7 +76,7 @@ fn parse_args() -> Result<Args, String> {
         parallel_rounds: 7,
         residents: 10,
         scale: vec![10, 100, 1000],
-        scale_rounds: 30,
+        scale_rounds: 60,
         json: false,
         figures: None,
     };
@@ -324,7 +325,13 @@ fn run(args: &Args) -> Result<Report, String> {
 }
 
 /// sluice's ADD timed with more and more of its pods on the node: the
-/// plugin's cost must not grow with them.
+/// plugin's cost must not grow with them. Each level is measured round by
+/// round against the same ADD on a second node (its own netns, daemon and
+/// state, on the same kernel) that keeps `args.residents` pods of each
+/// plugin, which goes first alternating: the machine's drift over the
+/// minutes it takes to add 1,000 pods falls on both sides alike. What the
+/// ratio cannot show is a cost in the kernel's state shared by every
+/// netns, which both nodes carry.
 fn scaling<'a>(
     node: &Node,
     daemon: &Daemon,
@@ -333,10 +340,51 @@ fn scaling<'a>(
     args: &Args,
     residents: &mut Vec<Pod<'a>>,
 ) -> Result<Scale, String> {
+    // Declared in this order so the pods go first and the node last.
+    let second = Node::new();
+    let _second_track = Track::new(Some(&second.ns.name), &[second.dir.path()]);
+    second.mount_tmpfs();
+    let second_daemon = Daemon::start(&second);
+    let _second_daemon_track = Track::process(second_daemon.pid().unwrap());
+    let second_runner = NsRunner::new(&second.ns);
+    let second_sluice = Plugin {
+        label: sluice.label,
+        path: sluice.path.clone(),
+        conf: second.conf("1.0.0", SLUICE_RANGES),
+    };
+    let second_reference = Plugin {
+        label: "ptp+host-local",
+        path: PathBuf::from(REFERENCE_DIR).join("ptp"),
+        conf: reference_conf(&reference_data_dir(&second)),
+    };
+    progress(&format!(
+        "second node with {} pods of each plugin",
+        args.residents
+    ));
+    let mut second_pods = Vec::new();
+    for p in [&second_sluice, &second_reference] {
+        for _ in 0..args.residents {
+            let mut pod = Pod::new(p, &second_runner);
+            pod.timed("ADD")?;
+            second_pods.push(pod);
+        }
+    }
+    settle(&second, &second_daemon, args.residents)?;
+
+    let add_del = |plugin: &Plugin, runner: &NsRunner, on: &Node| -> Result<Duration, String> {
+        let mut pod = Pod::new(plugin, runner);
+        let took = pod.timed("ADD")?;
+        pod.timed("DEL")?;
+        on.ns.wait_for_retired_links();
+        Ok(took)
+    };
     let mut on_node = args.residents;
     let mut levels = Vec::new();
     for &level in &args.scale {
-        progress(&format!("ADD with {level} pods on the node"));
+        progress(&format!(
+            "ADD with {level} pods on the node, against the second node with {}",
+            args.residents
+        ));
         while on_node < level {
             let mut pod = Pod::new(sluice, runner);
             pod.timed("ADD")?;
@@ -344,16 +392,38 @@ fn scaling<'a>(
             on_node += 1;
         }
         settle(node, daemon, on_node)?;
-        let mut samples = Vec::new();
-        for _ in 0..args.scale_rounds {
-            let mut pod = Pod::new(sluice, runner);
-            samples.push(pod.timed("ADD")?);
-            pod.timed("DEL")?;
-            node.ns.wait_for_retired_links();
+        settle(&second, &second_daemon, args.residents)?;
+        let (mut big, mut small) = (Vec::new(), Vec::new());
+        // One warm-up round, not kept.
+        for i in 0..=args.scale_rounds {
+            let (b, s) = if i % 2 == 0 {
+                let s = add_del(&second_sluice, &second_runner, &second)?;
+                (add_del(sluice, runner, node)?, s)
+            } else {
+                let b = add_del(sluice, runner, node)?;
+                (b, add_del(&second_sluice, &second_runner, &second)?)
+            };
+            if i > 0 {
+                big.push(b);
+                small.push(s);
+            }
         }
-        levels.push((level, Summary::of(&samples)));
+        levels.push(Level {
+            pods: level,
+            rounds: method::Rounds {
+                baseline: small.iter().copied().map(ms).collect(),
+                sluice: big.iter().copied().map(ms).collect(),
+            },
+            big: Summary::of(&big),
+            small: Summary::of(&small),
+        });
     }
-    Ok(Scale { levels })
+    drop(second_pods);
+    check_clean(&second)?;
+    Ok(Scale {
+        against: args.residents,
+        levels,
+    })
 }
 
 /// Waits until the node is at rest with `pods` sluice pods: the daemon has

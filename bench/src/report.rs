@@ -26,20 +26,40 @@ impl Latency {
     }
 }
 
-/// ADD's cost with more and more pods already on the node.
+/// ADD's cost with more and more pods already on the node, each level
+/// against a second node that keeps the fewest.
 #[derive(Debug)]
 pub struct Scale {
-    /// (pods on the node, ADD samples) in rising order.
-    pub levels: Vec<(usize, Summary)>,
+    /// The pods the second node keeps.
+    pub against: usize,
+    /// In rising order of pods.
+    pub levels: Vec<Level>,
+}
+
+/// One level: sluice's ADD on the node with `pods` of its pods and on the
+/// second node, round by round (`rounds.baseline` the second node's).
+#[derive(Debug)]
+pub struct Level {
+    pub pods: usize,
+    pub big: Summary,
+    pub small: Summary,
+    pub rounds: crate::method::Rounds,
+}
+
+impl Level {
+    pub fn ratio(&self) -> crate::method::Ratio {
+        crate::method::ratio(&self.rounds)
+    }
 }
 
 impl Scale {
-    /// The largest median over the smallest.
+    /// The largest per-level ratio (ADD with that level's pods over ADD on
+    /// the second node, median of the rounds' ratios).
     pub fn growth(&self) -> f64 {
-        let m: Vec<f64> = self.levels.iter().map(|(_, s)| s.median).collect();
-        let max = m.iter().copied().fold(f64::MIN, f64::max);
-        let min = m.iter().copied().fold(f64::MAX, f64::min);
-        max / min
+        self.levels
+            .iter()
+            .map(|l| l.ratio().median)
+            .fold(f64::MIN, f64::max)
     }
 }
 
@@ -112,9 +132,19 @@ impl Report {
             crate::method::ratio(&p.rounds).show()
         );
         if let Some(sc) = &self.scale {
-            out += "sluice ADD with pods already on the node (median / p90 / p99 / min, ms):\n";
-            for (n, s) in &sc.levels {
-                out += &format!("  {n:>5} pods  {}\n", s.cell());
+            out += &format!(
+                "sluice ADD with pods already on the node, round by round against a second node \
+                 with {} (median / p90 / p99 / min, ms):\n",
+                sc.against
+            );
+            for l in &sc.levels {
+                out += &format!(
+                    "  {:>5} pods  {:<32}second node {:<32}ratio {}\n",
+                    l.pods,
+                    l.big.cell(),
+                    l.small.cell(),
+                    l.ratio().show()
+                );
             }
         }
         for (name, l) in [("ADD", &self.add), ("DEL", &self.del)] {
@@ -130,8 +160,8 @@ impl Report {
             out += &format!(
                 "target: ADD median flat within {:.0}% from {} to {} pods: {:.2}x -> {}\n",
                 (MAX_GROWTH - 1.0) * 100.0,
-                sc.levels.first().map_or(0, |l| l.0),
-                sc.levels.last().map_or(0, |l| l.0),
+                sc.against,
+                sc.levels.last().map_or(0, |l| l.pods),
                 sc.growth(),
                 verdict(sc.growth() <= MAX_GROWTH)
             );
@@ -156,7 +186,18 @@ impl Report {
             "rounds": self.rounds,
             "residents": self.residents,
             "scale": self.scale.as_ref().map(|sc| json!({
-                "levels": sc.levels.iter().map(|(n, s)| json!({"pods": n, "add": s.json()})).collect::<Vec<_>>(),
+                "against": sc.against,
+                "levels": sc.levels.iter().map(|l| {
+                    let r = l.ratio();
+                    json!({
+                        "pods": l.pods,
+                        "add": l.big.json(),
+                        "second_node_add": l.small.json(),
+                        "ratio": round(r.median, 4),
+                        "ratio_lo": round(r.lo, 4),
+                        "ratio_hi": round(r.hi, 4),
+                    })
+                }).collect::<Vec<_>>(),
                 "growth": round(sc.growth(), 4),
                 "max_growth": MAX_GROWTH,
                 "pass": sc.growth() <= MAX_GROWTH,
@@ -240,37 +281,45 @@ impl Report {
             ],
         });
         if let Some(sc) = &self.scale {
-            if let Some((first, base)) = sc.levels.first() {
-                for (n, s) in &sc.levels[1..] {
-                    figures.push(
-                        Name::new(
-                            format!("cni.add_at.{n}"),
-                            format!(
-                                "sluice ADD with {n} pods on the node, against {first} (medians of {} ADDs each)",
-                                s.samples.len()
-                            ),
-                            "ms",
-                            false,
-                            format!("{first} pods"),
-                        )
-                        .once(base.median, s.median),
-                    );
-                }
+            for l in &sc.levels {
+                figures.push(
+                    Name::new(
+                        format!("cni.add_at.{}", l.pods),
+                        format!(
+                            "sluice ADD with {} pods on the node, against a second node with {} \
+                             (one kernel), {} alternating rounds",
+                            l.pods,
+                            sc.against,
+                            l.rounds.sluice.len()
+                        ),
+                        "ms",
+                        false,
+                        format!("{} pods", sc.against),
+                    )
+                    .interleaved(l.rounds.clone()),
+                );
             }
+            let line = |label: String, pick: fn(&Level) -> &Summary| Line {
+                label,
+                points: sc
+                    .levels
+                    .iter()
+                    .map(|l| (l.pods as f64, pick(l).median))
+                    .collect(),
+            };
             charts.push(Chart {
                 id: "cni-add-by-pods".into(),
                 title: "sluice ADD median by pods already on the node".into(),
                 x_label: "pods on the node".into(),
                 y_label: "ms".into(),
                 log_x: true,
-                lines: vec![Line {
-                    label: self.sluice.into(),
-                    points: sc
-                        .levels
-                        .iter()
-                        .map(|(n, s)| (*n as f64, s.median))
-                        .collect(),
-                }],
+                lines: vec![
+                    line(self.sluice.into(), |l| &l.big),
+                    line(
+                        format!("second node, {} pods, same rounds", sc.against),
+                        |l| &l.small,
+                    ),
+                ],
             });
         }
         Bench {
