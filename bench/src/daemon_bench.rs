@@ -51,7 +51,7 @@ usage: daemon-bench [--pods N] [--restore M] [--parallel P] [--bursts B] [--rest
   --parallel P  pods in the burst test: P ADDs at once, without and with
                 the daemon (default 100)
   --bursts B    rounds of the burst test, alternating which goes first
-                (default 5)
+                (default 15)
   --restarts R  kill -9 and restart of the loaded daemon, alternating with
                 an idle daemon's on a second node (default 5)
   --tc-attach   tcAttach of the plugin and tc_attach of the daemon (default
@@ -167,7 +167,7 @@ fn main() -> ExitCode {
     let mut as_json = false;
     let mut tc_attach = "auto".to_string();
     let mut parallel = 100usize;
-    let mut bursts = 5usize;
+    let mut bursts = 15usize;
     let mut restarts = 5usize;
     let mut figures_to: Option<std::path::PathBuf> = None;
     let mut it = std::env::args().skip(1);
