@@ -75,6 +75,10 @@ enum Path {
     Pods,
     /// two threads of pod a over 127.0.0.1 (an app and its proxy)
     InPod,
+    /// pod a to a server in the node's own netns, on its gateway address:
+    /// not accelerated (the node's sockets stay on TCP), so what the pod's
+    /// socket pays for being in the map without a peer
+    ToNode,
 }
 
 impl Path {
@@ -82,6 +86,7 @@ impl Path {
         match self {
             Path::Pods => "pod to pod",
             Path::InPod => "app to proxy in a pod",
+            Path::ToNode => "pod to the node's netns (no peer in the map)",
         }
     }
 }
@@ -90,8 +95,11 @@ struct Env<'a> {
     d: Daemon<'a>,
     _a: Pod<'a>,
     b_ip: std::net::IpAddr,
+    /// Pod a's gateway: the node's address for it.
+    gw: std::net::IpAddr,
     ra: NsRunner,
     rb: NsRunner,
+    rn: NsRunner,
 }
 
 impl Env<'_> {
@@ -113,6 +121,7 @@ impl Env<'_> {
         let (listener_runner, bind): (&NsRunner, SocketAddr) = match path {
             Path::Pods => (&self.rb, (self.b_ip, 0).into()),
             Path::InPod => (&self.ra, "127.0.0.1:0".parse().unwrap()),
+            Path::ToNode => (&self.rn, (self.gw, 0).into()),
         };
         let l = listener_runner.run(move || listen_nb(bind));
         let addr = l.local_addr().unwrap();
@@ -419,9 +428,15 @@ fn main() -> ExitCode {
     let b = Pod::add(&node, &conf);
     let _bt = Track::new(Some(&b.ns.name), &[]);
     let b_ip = b.ips()[0].parse().unwrap();
+    let gw = a.result["ips"][0]["gateway"]
+        .as_str()
+        .and_then(|g| g.parse().ok())
+        .expect("pod a's ADD result names its gateway");
     let env = Env {
         ra: NsRunner::new(&a.ns),
         rb: NsRunner::new(&b.ns),
+        rn: NsRunner::new(&node.ns),
+        gw,
         d,
         _a: a,
         b_ip,
@@ -435,9 +450,15 @@ fn main() -> ExitCode {
     }
     layouts.retain(|(name, _)| name.contains(&layout_filter));
     let mut rows = Vec::new();
-    for path in [Path::Pods, Path::InPod] {
+    for path in [Path::Pods, Path::InPod, Path::ToNode] {
         for (cpu_name, cpu) in &layouts {
-            for size in [1usize, 1024] {
+            // The node path is a control: one size of each kind.
+            let sizes: &[usize] = if path == Path::ToNode {
+                &[1]
+            } else {
+                &[1, 1024]
+            };
+            for &size in sizes {
                 rows.push(measure(
                     &env,
                     &only,

@@ -308,11 +308,13 @@ fn map_fd(obj: &Ebpf, name: &'static str, links_dir: &Path) -> Result<OwnedFd, D
         })
 }
 
-/// Takes accepted sockets whose reader turned out to block out of the map,
-/// as sk_msg queues them (`sluice_sk_evict`; sk_msg may not delete from a
-/// sockhash, userspace may). Nothing was ever redirected to such a socket
+/// Takes sockets out of the map as sk_msg queues them (`sluice_sk_evict`;
+/// sk_msg may not delete from a sockhash, userspace may): accepted sockets
+/// whose reader turned out to block, and sockets whose peer is not in the
+/// map (a server on another node, in the node's netns, outside the
+/// cluster) or is leaving it. Nothing was ever redirected to such a socket
 /// (sk_msg claims it first), so leaving frees no data; from then on it
-/// reads through plain TCP. Polls every few milliseconds, for as long as
+/// sends and reads through plain TCP. Polls every few milliseconds, for as long as
 /// the daemon runs; the pinned queue keeps what arrives while it does not.
 fn start_evictor(obj: &Ebpf, links_dir: &Path) -> Result<(), DatapathError> {
     let (queue, sockhash, peers) = (
