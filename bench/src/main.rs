@@ -254,16 +254,7 @@ fn run(args: &Args) -> Result<Report, String> {
     let daemon = Daemon::start(&node);
     let _daemon_track = Track::process(daemon.pid().unwrap());
     let runner = NsRunner::new(&node.ns);
-    let sluice = Plugin {
-        label: "sluice",
-        path: bin("sluice"),
-        conf: node.conf("1.0.0", SLUICE_RANGES),
-    };
-    let reference = Plugin {
-        label: "ptp+host-local",
-        path: PathBuf::from(REFERENCE_DIR).join("ptp"),
-        conf: reference_conf(&reference_data_dir(&node)),
-    };
+    let (sluice, reference) = plugins(&node);
 
     progress("warm-up: one untimed ADD, gateway ping, DEL of each plugin");
     for p in [&sluice, &reference] {
@@ -276,14 +267,7 @@ fn run(args: &Args) -> Result<Report, String> {
         "{} pods of each plugin stay on the node",
         args.residents
     ));
-    let mut residents = Vec::new();
-    for p in [&sluice, &reference] {
-        for _ in 0..args.residents {
-            let mut pod = Pod::new(p, &runner);
-            pod.timed("ADD")?;
-            residents.push(pod);
-        }
-    }
+    let mut residents = add_pods([&sluice, &reference], &runner, args.residents)?;
 
     progress(&format!("{} interleaved rounds", args.rounds));
     let (add, del) = interleaved(&node, &runner, &sluice, &reference, args.rounds)?;
@@ -347,28 +331,16 @@ fn scaling<'a>(
     let second_daemon = Daemon::start(&second);
     let _second_daemon_track = Track::process(second_daemon.pid().unwrap());
     let second_runner = NsRunner::new(&second.ns);
-    let second_sluice = Plugin {
-        label: sluice.label,
-        path: sluice.path.clone(),
-        conf: second.conf("1.0.0", SLUICE_RANGES),
-    };
-    let second_reference = Plugin {
-        label: "ptp+host-local",
-        path: PathBuf::from(REFERENCE_DIR).join("ptp"),
-        conf: reference_conf(&reference_data_dir(&second)),
-    };
+    let (second_sluice, second_reference) = plugins(&second);
     progress(&format!(
         "second node with {} pods of each plugin",
         args.residents
     ));
-    let mut second_pods = Vec::new();
-    for p in [&second_sluice, &second_reference] {
-        for _ in 0..args.residents {
-            let mut pod = Pod::new(p, &second_runner);
-            pod.timed("ADD")?;
-            second_pods.push(pod);
-        }
-    }
+    let second_pods = add_pods(
+        [&second_sluice, &second_reference],
+        &second_runner,
+        args.residents,
+    )?;
     settle(&second, &second_daemon, args.residents)?;
 
     let add_del = |plugin: &Plugin, runner: &NsRunner, on: &Node| -> Result<Duration, String> {
@@ -450,6 +422,39 @@ fn settle(node: &Node, daemon: &Daemon, pods: usize) -> Result<(), String> {
     }
     node.ns.wait_for_retired_links();
     Ok(())
+}
+
+/// The two plugins under test on `node`: sluice and the reference.
+fn plugins(node: &Node) -> (Plugin, Plugin) {
+    (
+        Plugin {
+            label: "sluice",
+            path: bin("sluice"),
+            conf: node.conf("1.0.0", SLUICE_RANGES),
+        },
+        Plugin {
+            label: "ptp+host-local",
+            path: PathBuf::from(REFERENCE_DIR).join("ptp"),
+            conf: reference_conf(&reference_data_dir(node)),
+        },
+    )
+}
+
+/// `n` pods of each of `plugins`, added and kept (their ADD times unused).
+fn add_pods<'a>(
+    plugins: [&'a Plugin; 2],
+    runner: &'a NsRunner,
+    n: usize,
+) -> Result<Vec<Pod<'a>>, String> {
+    let mut pods = Vec::new();
+    for p in plugins {
+        for _ in 0..n {
+            let mut pod = Pod::new(p, runner);
+            pod.timed("ADD")?;
+            pods.push(pod);
+        }
+    }
+    Ok(pods)
 }
 
 fn reference_data_dir(node: &Node) -> PathBuf {

@@ -314,8 +314,9 @@ fn map_fd(obj: &Ebpf, name: &'static str, links_dir: &Path) -> Result<OwnedFd, D
 /// map (a server on another node, in the node's netns, outside the
 /// cluster) or is leaving it. Nothing was ever redirected to such a socket
 /// (sk_msg claims it first), so leaving frees no data; from then on it
-/// sends and reads through plain TCP. Polls every few milliseconds, for as long as
-/// the daemon runs; the pinned queue keeps what arrives while it does not.
+/// sends and reads through plain TCP. Polls every few milliseconds, for as
+/// long as the daemon runs; the pinned queue keeps what arrives while it
+/// does not.
 fn start_evictor(obj: &Ebpf, links_dir: &Path) -> Result<(), DatapathError> {
     let (queue, sockhash, peers) = (
         map_fd(obj, maps::SK_EVICT.name, links_dir)?,

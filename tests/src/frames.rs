@@ -259,6 +259,17 @@ pub fn udp4(
     f
 }
 
+/// The pseudo-header an IPv6 transport checksum covers: addresses, the
+/// upper-layer length and the next header.
+fn ipv6_pseudo_header(src: Ipv6Addr, dst: Ipv6Addr, len: usize, next: u8) -> Vec<u8> {
+    let mut p = Vec::with_capacity(40);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(&(len as u32).to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, next]);
+    p
+}
+
 /// An IPv6 packet in a frame from `macs.1` to `macs.0`, with the
 /// transport checksum written at `csum_at` of `body` when given.
 fn ipv6_frame(
@@ -271,13 +282,8 @@ fn ipv6_frame(
     csum_at: Option<usize>,
 ) -> Vec<u8> {
     if let Some(at) = csum_at {
-        let mut pseudo = Vec::new();
-        pseudo.extend_from_slice(&src.octets());
-        pseudo.extend_from_slice(&dst.octets());
-        pseudo.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        pseudo.extend_from_slice(&[0, 0, 0, next]);
         let mut sum = 0u32;
-        for c in pseudo.chunks(2) {
+        for c in ipv6_pseudo_header(src, dst, body.len(), next).chunks(2) {
             sum += u16::from_be_bytes([c[0], c[1]]) as u32;
         }
         body[at..at + 2].copy_from_slice(&[0, 0]);
@@ -463,13 +469,9 @@ mod tests {
             all_ones += usize::from(c == 0xffff);
             // Verifying sums the pseudo-header and the datagram, checksum
             // included: a valid one gives 0 after the final complement.
-            let mut pseudo = Vec::new();
-            pseudo.extend_from_slice(&src.octets());
-            pseudo.extend_from_slice(&dst.octets());
-            pseudo.extend_from_slice(&((f.len() - 54) as u32).to_be_bytes());
-            pseudo.extend_from_slice(&[0, 0, 0, 17]);
-            pseudo.extend_from_slice(&f[54..]);
-            assert_eq!(csum(&pseudo, 0), 0, "port {port}");
+            let mut summed = ipv6_pseudo_header(src, dst, f.len() - 54, 17);
+            summed.extend_from_slice(&f[54..]);
+            assert_eq!(csum(&summed, 0), 0, "port {port}");
         }
         assert_eq!(all_ones, 1, "exactly one port sums to 0 before the fix-up");
     }

@@ -235,8 +235,8 @@ fn spoofs_the_instant_add_returns(state: DaemonState) {
          the checks dropped {dropped:?}; the node's UDP counters: {}; \
          host veths that dropped on receive: {}; the last ADD returned after {slowest:?}; \
          what ADDs said on stderr: {warned:?}",
-        udp_counters(&node.ns),
-        rx_dropped(&node.ns),
+        shell_line(&node.ns, UDP_COUNTERS),
+        shell_line(&node.ns, RX_DROPPED),
     );
     let stats_spoofed: u64 = stats.iter().map(|s| s.spoofed()).sum();
     assert_eq!(stats_spoofed, 2 * PODS as u64, "every spoof counted");
@@ -296,26 +296,20 @@ fn drops(node: &Node, host_if: &str) -> std::collections::BTreeMap<&'static str,
     s.by_reason().into_iter().collect()
 }
 
-/// The node's UDP error counters (IPv4 and IPv6), for a failure message:
-/// whether a missing datagram was dropped by the receiving socket.
-fn udp_counters(ns: &Ns) -> String {
-    let out = ns.exec(&[
-        "sh",
-        "-c",
-        "grep '^Udp:' /proc/net/snmp; grep '^Udp6' /proc/net/snmp6",
-    ]);
-    String::from_utf8_lossy(&out.stdout).replace('\n', "; ")
-}
+/// The node's UDP error counters (IPv4 and IPv6): whether a missing
+/// datagram was dropped by the receiving socket.
+const UDP_COUNTERS: &str = "grep '^Udp:' /proc/net/snmp; grep '^Udp6' /proc/net/snmp6";
 
-/// The node's devices whose receive-drop counter is not zero, and the
-/// kernel's per-CPU backlog drops (softnet_stat's second column), for a
-/// failure message: whether a missing frame was lost before the stack.
-fn rx_dropped(ns: &Ns) -> String {
-    let out = ns.exec(&[
-        "sh",
-        "-c",
-        "grep -v '^0$' /sys/class/net/*/statistics/rx_dropped; cut -d' ' -f2 /proc/net/softnet_stat",
-    ]);
+/// The node's devices whose receive-drop counter is not zero (`-H`: each
+/// line `file:count`), and the kernel's per-CPU backlog drops
+/// (softnet_stat's second column): whether a missing frame was lost before
+/// the stack.
+const RX_DROPPED: &str = "grep -H -v '^0$' /sys/class/net/*/statistics/rx_dropped; \
+                          cut -d' ' -f2 /proc/net/softnet_stat";
+
+/// What `script` prints in `ns`, on one line: for a failure message.
+fn shell_line(ns: &Ns, script: &str) -> String {
+    let out = ns.exec(&["sh", "-c", script]);
     String::from_utf8_lossy(&out.stdout).replace('\n', "; ")
 }
 

@@ -371,6 +371,7 @@ impl<M: ServiceMaps> Programmer<M> {
         }
         let mut backend_ids: StdHashMap<(SocketAddr, Protocol), u32> = StdHashMap::new();
         let mut backend_addrs = StdHashMap::new();
+        let refs = |id: &u32| backend_refs.get(id).copied().unwrap_or(0);
         for (id, b) in &snap.backends {
             next_backend_id = next_backend_id.max(id + 1);
             if let (Some(addr), Some(p)) = (b.socket_addr(), proto_of(b.proto)) {
@@ -380,7 +381,6 @@ impl<M: ServiceMaps> Programmer<M> {
                 // deletion, after the service came back under new ids. The
                 // id the tables hold is the backend; the other, unheld, is
                 // swept by the first full pass.
-                let refs = |id: &u32| backend_refs.get(id).copied().unwrap_or(0);
                 match backend_ids.entry((addr, p)) {
                     std::collections::hash_map::Entry::Vacant(e) => {
                         e.insert(*id);

@@ -44,7 +44,7 @@ const COALESCE_MAX: Duration = Duration::from_millis(20);
 /// until none has come for [`COALESCE_QUIET`] or the first has waited
 /// [`COALESCE_MAX`], so a storm of changes costs one pass per 20 ms, not
 /// one per change.
-fn coalesce<T>(rx: &std::sync::mpsc::Receiver<T>, first: &mut T, merge: impl Fn(&mut T, T)) {
+fn coalesce<T>(rx: &std::sync::mpsc::Receiver<T>, first: &mut T, mut merge: impl FnMut(&mut T, T)) {
     let since = Instant::now();
     while since.elapsed() < COALESCE_MAX {
         match rx.recv_timeout(COALESCE_QUIET) {
@@ -449,12 +449,12 @@ impl Services {
                 Ok(mut names) => {
                     // An overflowed queue names nothing: a full pass,
                     // whatever else the burst named.
-                    let overflowed = std::cell::Cell::new(names.is_empty());
+                    let mut overflowed = names.is_empty();
                     coalesce(events, &mut names, |n, more| {
-                        overflowed.set(overflowed.get() || more.is_empty());
+                        overflowed |= more.is_empty();
                         n.extend(more);
                     });
-                    if overflowed.get() {
+                    if overflowed {
                         self.pass(true);
                         clock.last_full = Instant::now();
                     } else {
