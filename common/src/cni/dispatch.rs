@@ -95,7 +95,9 @@ pub fn dispatch(
 /// A plugin binary's `main`: reads the process environment and stdin,
 /// answers on stdout, and returns the exit code.
 pub fn main_with(handle: impl FnOnce(Request<'_>) -> Result<Option<Value>, CniError>) -> i32 {
-    let mut stdin = Vec::new();
+    // Room for a typical config up front: read_to_end would otherwise
+    // start at 32 bytes and take a read(2) per doubling.
+    let mut stdin = Vec::with_capacity(16 * 1024);
     if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
         return Outcome::Fail {
             error: CniError::io("cannot read the network configuration from stdin", &e),
