@@ -41,12 +41,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "\
-usage: accel-bench [--rounds N] [--secs S] [--max-queue BYTES] [--only TEXT] [--cpus TEXT]
-                   [--variant tcp|sluice] [--quick] [--json] [--figures FILE]
+usage: accel-bench [--rounds N] [--secs S] [--max-queue BYTES] [--node-off] [--only TEXT]
+                   [--cpus TEXT] [--variant tcp|sluice] [--quick] [--json] [--figures FILE]
 
   --rounds N  samples per variant and test, variants interleaved (default 10)
   --secs S    length of one sample in seconds (default 1)
   --max-queue BYTES  sluiced's accel_max_queue_bytes (default: its default)
+  --node-off  sluiced's accel_node = false: the node's servers stay on TCP, so
+              the node path measures a pod's socket that finds no peer in the
+              map (default: accel_node = true, the node's servers take part)
   --only TEXT  run only the tests whose name contains TEXT
   --cpus TEXT  run only the CPU layout whose name contains TEXT (\"same\", \"two\")
   --variant V  measure only \"tcp\" or only \"sluice\" (for profiling one; no ratio)
@@ -76,8 +79,8 @@ enum Path {
     /// two threads of pod a over 127.0.0.1 (an app and its proxy)
     InPod,
     /// pod a to a server in the node's own netns, on its gateway address:
-    /// not accelerated (the node's sockets stay on TCP), so what the pod's
-    /// socket pays for being in the map without a peer
+    /// accelerated (`accel_node = true`), or with `--node-off` a control,
+    /// what the pod's socket pays for joining the map without a peer
     ToNode,
 }
 
@@ -86,7 +89,7 @@ impl Path {
         match self {
             Path::Pods => "pod to pod",
             Path::InPod => "app to proxy in a pod",
-            Path::ToNode => "pod to the node's netns (no peer in the map)",
+            Path::ToNode => "pod to the node's netns",
         }
     }
 }
@@ -364,6 +367,7 @@ fn main() -> ExitCode {
     let mut as_json = false;
     let mut figures_to: Option<std::path::PathBuf> = None;
     let mut max_queue: Option<u64> = None;
+    let mut node_off = false;
     let mut only = String::new();
     let mut layout_filter = String::new();
     let mut variant = String::new();
@@ -379,6 +383,7 @@ fn main() -> ExitCode {
             "--json" => as_json = true,
             "--figures" => figures_to = it.next().map(Into::into),
             "--max-queue" => max_queue = it.next().and_then(|v| v.parse().ok()),
+            "--node-off" => node_off = true,
             "--only" => only = it.next().unwrap_or_default(),
             "--cpus" => layout_filter = it.next().unwrap_or_default(),
             "--variant" => variant = it.next().unwrap_or_default(),
@@ -416,7 +421,11 @@ fn main() -> ExitCode {
     let _node_track = Track::new(Some(&node.ns.name), &[node.dir.path()]);
     let d = Daemon::start_with(
         &node,
-        &max_queue.map_or(String::new(), |q| format!("accel_max_queue_bytes = {q}\n")),
+        &format!(
+            "accel_node = {}\n{}",
+            !node_off,
+            max_queue.map_or(String::new(), |q| format!("accel_max_queue_bytes = {q}\n"))
+        ),
     );
     let _pin_track = Track::new(None, &[&d.pin_path]);
     let _daemon_track = Track::process(d.pid().unwrap());
@@ -522,6 +531,7 @@ fn main() -> ExitCode {
         "rounds": rounds,
         "secs": secs,
         "guards": unguarded.is_none(),
+        "node_servers_accelerated": !node_off,
         "unguarded": unguarded,
     });
     if let Some(to) = &figures_to {
@@ -558,6 +568,11 @@ fn main() -> ExitCode {
             "(no guards on this kernel: {why}; the pods are annotated sluice.dev/accel: \"true\")"
         );
     }
+    println!(
+        "(the node's servers {}: accel_node = {})",
+        if node_off { "stay on TCP" } else { "take part" },
+        !node_off
+    );
     println!(
         "\n{:<56} {:<9} {:>14} {:>14} {:>7} {:>13} {:>7}",
         "test", "cpus", "TCP", "sluice", "ratio", "rounds", "redir"

@@ -42,6 +42,9 @@ pub struct Accel {
     /// Redirected bytes a reader may have waiting (see
     /// `Config::accel_max_queue_bytes`).
     pub max_queue: u32,
+    /// Whether the node's own accepted sockets may join, paired with a
+    /// pod's (`Config::accel_node`, else where the guards run).
+    pub node: bool,
 }
 
 impl std::fmt::Debug for Accel {
@@ -74,6 +77,7 @@ impl Accel {
         links_dir: &Path,
         enabled: bool,
         max_queue: Option<u32>,
+        node: Option<bool>,
     ) -> Result<Self, DatapathError> {
         let attach_err = |name: &str, detail: String| DatapathError::Attach {
             program: name.into(),
@@ -132,11 +136,13 @@ impl Accel {
                  sluice.dev/accel: \"true\" are accelerated (docs/sockmap.md)"
             );
         }
+        let node = node.unwrap_or(guards.is_ok());
         let mut a = Accel {
             cfg,
             stats,
             sockhash,
             link,
+            node,
             guards,
             max_queue: {
                 let cap = rmem_max();
@@ -147,6 +153,7 @@ impl Accel {
         info!(
             enabled,
             guarded = a.guards.is_ok(),
+            node = a.node,
             max_queue = a.max_queue,
             "same-node TCP acceleration ready"
         );
@@ -160,7 +167,11 @@ impl Accel {
             enabled: u32::from(enabled),
             rmem_max: self.max_queue,
             msg_cost: MSG_COST,
-            opt_in_only: u32::from(self.guards.is_err()),
+            flags: if self.guards.is_err() {
+                maps::ACC_F_OPT_IN_ONLY
+            } else {
+                0
+            } | if self.node { maps::ACC_F_NODE } else { 0 },
         };
         self.cfg
             .set(0, v, 0)

@@ -67,6 +67,7 @@ struct Raw {
     max_endpoints_per_frontend: Option<u32>,
     accel: Option<bool>,
     accel_max_queue_bytes: Option<u32>,
+    accel_node: Option<bool>,
     routing: Option<RoutingMode>,
     vxlan_vni: Option<u32>,
     vxlan_port: Option<u16>,
@@ -129,6 +130,12 @@ pub struct Config {
     /// half the reader's receive buffer as it stands, at most this; `None`:
     /// `net.ipv4.tcp_rmem`'s maximum.
     pub accel_max_queue_bytes: Option<u32>,
+    /// Whether the node's own servers take part in the acceleration (a
+    /// pod's connection to a socket in the node's netns): `None` where the
+    /// guards run, `Some(true)` also without them (the operator vouches
+    /// that the node's servers read with read/recv only), `Some(false)`
+    /// never.
+    pub accel_node: Option<bool>,
     /// How the other nodes' pod ranges are routed (from the Node objects of
     /// the service source).
     pub routing: RoutingMode,
@@ -206,6 +213,7 @@ impl Default for Config {
             capacity: sluice_dataplane::maps::Capacity::DEFAULT,
             accel: true,
             accel_max_queue_bytes: None,
+            accel_node: None,
             routing: RoutingMode::Auto,
             vxlan_vni: 1,
             vxlan_port: 8472,
@@ -306,6 +314,7 @@ impl Config {
             },
             accel: raw.accel.unwrap_or(d.accel),
             accel_max_queue_bytes: raw.accel_max_queue_bytes,
+            accel_node: raw.accel_node,
             routing: raw.routing.unwrap_or(d.routing),
             vxlan_vni: raw.vxlan_vni.unwrap_or(d.vxlan_vni),
             vxlan_port: raw.vxlan_port.unwrap_or(d.vxlan_port),

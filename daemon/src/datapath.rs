@@ -274,6 +274,7 @@ impl Datapath {
                     &cfg.cgroup_links_dir(),
                     cfg.accel,
                     cfg.accel_max_queue_bytes,
+                    cfg.accel_node,
                 ) {
                     Ok(a) => Some(a),
                     Err(e) => {

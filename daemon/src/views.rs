@@ -175,6 +175,10 @@ pub struct AccelView {
     pub guards: Vec<LinkState>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unguarded: Option<String>,
+    /// Whether the node's own servers take part: a pod's connection to a
+    /// socket in the node's netns is accelerated (`accel_node`).
+    #[serde(default)]
+    pub node: bool,
     /// Sockets added, messages and bytes redirected and passed, fallbacks
     /// by reason (`sluice_dataplane::maps::ACCEL_STATS`).
     pub counters: std::collections::BTreeMap<String, u64>,
@@ -204,6 +208,7 @@ impl AccelView {
             link: a.link.clone(),
             guards: a.guards.clone().unwrap_or_default(),
             unguarded: a.guards.as_ref().err().cloned(),
+            node: a.node,
             counters: a
                 .stats()
                 .into_iter()

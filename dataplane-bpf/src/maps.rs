@@ -852,8 +852,14 @@ pub struct AccelCfg {
     pub enabled: u32,
     pub rmem_max: u32,
     pub msg_cost: u32,
-    pub opt_in_only: u32,
+    /// `ACC_F_*`.
+    pub flags: u32,
 }
+
+/// `SLUICE_ACC_F_*`: no guards, only pods that opted in are accelerated.
+pub const ACC_F_OPT_IN_ONLY: u32 = 1 << 0;
+/// `SLUICE_ACC_F_*`: the node's own accepted sockets may join.
+pub const ACC_F_NODE: u32 = 1 << 1;
 // SAFETY: plain old data, no implicit padding (asserted below).
 unsafe impl aya::Pod for AccelCfg {}
 
@@ -1359,7 +1365,7 @@ mod tests {
         assert_eq!(size_of::<AccelCfg>(), 16);
         assert_eq!(offset_of!(AccelCfg, rmem_max), 4);
         assert_eq!(offset_of!(AccelCfg, msg_cost), 8);
-        assert_eq!(offset_of!(AccelCfg, opt_in_only), 12);
+        assert_eq!(offset_of!(AccelCfg, flags), 12);
     }
 
     #[test]
@@ -1529,6 +1535,8 @@ mod tests {
         assert!(h.contains("#define SLUICE_EP_F_NO_SOCK_LB (1U << 3)"));
         assert!(h.contains("#define SLUICE_EP_F_NO_ACCEL (1U << 4)"));
         assert!(h.contains("#define SLUICE_EP_F_ACCEL (1U << 5)"));
+        assert!(h.contains("#define SLUICE_ACC_F_OPT_IN_ONLY (1U << 0)"));
+        assert!(h.contains("#define SLUICE_ACC_F_NODE (1U << 1)"));
         assert!(h.contains("#define SLUICE_SKP_F_SENDS_TCP (1U << 1)"));
         assert!(h.contains("#define SLUICE_SKP_F_TCP_READER (1U << 0)"));
         let accel_stats: Vec<String> = h

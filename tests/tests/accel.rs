@@ -143,6 +143,14 @@ impl<'a> Two<'a> {
             .data
     }
 
+    /// Pod a's gateway: an address of the node's netns.
+    fn gateway(&self) -> IpAddr {
+        self.a.result["ips"][0]["gateway"]
+            .as_str()
+            .and_then(|g| g.parse().ok())
+            .expect("pod a's gateway")
+    }
+
     fn counter(&self, k: &str) -> u64 {
         self.accel()["counters"][k].as_u64().unwrap_or(0)
     }
@@ -1151,12 +1159,11 @@ fn a_connection_to_the_nodes_netns_leaves_the_map_at_its_first_message() {
         return;
     }
     let node = Node::new();
-    let t = Two::new(&node);
+    // The node's servers do not take part (where guards run they would).
+    let t = Two::with_config(&node, "accel_node = false\n");
+    assert_eq!(t.accel()["node"], false, "{}", t.accel());
     let evicted = t.counter("evicted");
-    let gw: IpAddr = t.a.result["ips"][0]["gateway"]
-        .as_str()
-        .and_then(|g| g.parse().ok())
-        .expect("pod a's gateway");
+    let gw = t.gateway();
     let rn = NsRunner::new(&node.ns);
     let l = rn.run(move || listen_nb((gw, 0).into()));
     let addr = l.local_addr().unwrap();
@@ -1183,6 +1190,69 @@ fn a_connection_to_the_nodes_netns_leaves_the_map_at_its_first_message() {
     );
     assert!(got_c == pattern(2, n), "the pod received different bytes");
     assert_eq!(t.counter("redir_msgs"), 0, "{}", t.accel());
+}
+
+#[test]
+fn a_pods_connection_to_a_server_of_the_node_is_redirected_where_the_node_takes_part() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let t = Two::with_config(&node, "accel_node = true\n");
+    assert_eq!(t.accel()["node"], true, "{}", t.accel());
+    let gw = t.gateway();
+    let rn = NsRunner::new(&node.ns);
+    let l = rn.run(move || listen_nb((gw, 0).into()));
+    let addr = l.local_addr().unwrap();
+    let (redirected, evicted) = (t.counter("redir_msgs"), t.counter("evicted"));
+    let c = t.ra.run(move || connect_nb(addr));
+    let s = accept_nb(&l);
+    bulk_buffers(&[&c, &s]);
+    assert!(
+        eventually(5, || t.sockets() == 2),
+        "the pod's socket and the node's accepted one are both in the map: {}",
+        t.accel()
+    );
+    let n = 8 << 20;
+    let (got_c, got_s) = duplex(c, s, Nb::try_clone, |s| s.shutdown(Shutdown::Write), n);
+    assert!(
+        got_s == pattern(1, n),
+        "the node's server received different bytes"
+    );
+    assert!(got_c == pattern(2, n), "the pod received different bytes");
+    assert!(
+        t.counter("redir_msgs") > redirected,
+        "messages went socket to socket: {}",
+        t.accel()
+    );
+    assert_eq!(t.counter("evicted"), evicted, "{}", t.accel());
+    assert!(
+        eventually(5, || t.sockets() == 0),
+        "both left the map at close: {}",
+        t.accel()
+    );
+
+    // A node's server that reads in blocking mode stays on TCP, and so
+    // does the pod's socket connected to it.
+    let l = rn.run(move || {
+        let l = std::net::TcpListener::bind((gw, 0)).unwrap();
+        l.set_nonblocking(false).unwrap();
+        l
+    });
+    let addr = l.local_addr().unwrap();
+    let skipped = t.counter("skipped_listener");
+    let mut c = t.ra.run(move || connect_nb(addr));
+    let (mut s, _) = l.accept().unwrap();
+    assert!(
+        eventually(5, || t.counter("skipped_listener") == skipped + 1
+            && t.sockets() == 0),
+        "the node's blocking server is not added and the pod's socket leaves: {}",
+        t.accel()
+    );
+    c.write_all(b"to a blocking server").unwrap();
+    let mut buf = [0u8; 20];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"to a blocking server");
 }
 
 #[test]

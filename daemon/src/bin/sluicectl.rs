@@ -591,6 +591,14 @@ fn print_accel(v: &AccelView) {
         ),
     }
     println!(
+        "             the node's own servers: {}",
+        if v.node {
+            "accelerated with the pods that connect to them"
+        } else {
+            "on TCP (accel_node)"
+        }
+    );
+    println!(
         "             redirected {} msgs / {} bytes; passed to TCP {} msgs / {} bytes",
         c("redir_msgs"),
         c("redir_bytes"),

@@ -181,13 +181,27 @@ static __always_inline void accel_established(struct bpf_sock_ops *o, int passiv
 
 	if (!ep)
 		return;
-	/* The node's own sockets, and pods that chose packet-level handling
-	 * or no acceleration, stay on TCP; without the guards (opt_in_only)
-	 * so does every pod that did not opt in; and so does a connection
-	 * whose SYN carried data (TCP Fast Open): those bytes went through
-	 * TCP. */
-	if (ep->flags & (SLUICE_EP_F_HOST | SLUICE_EP_F_NO_SOCK_LB | SLUICE_EP_F_NO_ACCEL) ||
-	    (cfg->opt_in_only && !(ep->flags & SLUICE_EP_F_ACCEL)) || o->bytes_received) {
+	int host = ep->flags & SLUICE_EP_F_HOST;
+	/* The node's own sockets join only where its readers are vouched
+	 * for (SLUICE_ACC_F_NODE: guards run, or the operator said so), and
+	 * only accepted ones: a server of the node's that a pod's socket,
+	 * already in the map, connected to (checked below, before anything
+	 * is written, so the node's other connections cost one lookup). */
+	if (host) {
+		if (!(cfg->flags & SLUICE_ACC_F_NODE) || !passive || o->bytes_received)
+			return;
+		struct sk_pair_key pk = {.snd = o->rcv_nxt, .rcv = o->snd_una};
+
+		if (!bpf_map_lookup_elem(&sluice_sk_peer, &pk))
+			return;
+	}
+	/* Pods that chose packet-level handling or no acceleration stay on
+	 * TCP; without the guards (SLUICE_ACC_F_OPT_IN_ONLY) so does every
+	 * pod that did not opt in; and so does a connection whose SYN
+	 * carried data (TCP Fast Open): those bytes went through TCP. */
+	if (ep->flags & (SLUICE_EP_F_NO_SOCK_LB | SLUICE_EP_F_NO_ACCEL) ||
+	    (!host && cfg->flags & SLUICE_ACC_F_OPT_IN_ONLY && !(ep->flags & SLUICE_EP_F_ACCEL)) ||
+	    o->bytes_received) {
 		accel_count(ACCEL_STAT_SKIPPED, 1);
 		return;
 	}

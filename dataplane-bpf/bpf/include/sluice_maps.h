@@ -355,8 +355,12 @@ struct accel_cfg {
 	__u32 enabled;	   /* 0: no new socket is added, every send passes */
 	__u32 rmem_max;	   /* bytes a peer may have queued: tcp_rmem[2], at most accel_max_queue */
 	__u32 msg_cost;	   /* bytes of kernel memory each queued message costs */
-	__u32 opt_in_only; /* no guards on this kernel: only pods that opted in */
+	__u32 flags;	   /* SLUICE_ACC_F_* */
 };
+/* No guards on this kernel: only pods that opted in are accelerated. */
+#define SLUICE_ACC_F_OPT_IN_ONLY (1U << 0)
+/* The node's own accepted sockets may join, paired with a pod's. */
+#define SLUICE_ACC_F_NODE (1U << 1)
 _Static_assert(sizeof(struct accel_cfg) == 16, "accel_cfg layout");
 
 /* Per-CPU counters (sluice_accstat). */
