@@ -572,7 +572,7 @@ fn print_accel(v: &AccelView) {
     let c = |k: &str| v.counters.get(k).copied().unwrap_or(0);
     println!(
         "accel        {}; {} sockets accelerated now ({} added, {} taken out as blocking \
-         readers; not added: {} opted out or host, {} blocking, {} refused by a full map)",
+         readers; not added: {} opted out (or not in), {} blocking, {} refused by a full map)",
         if v.enabled { "on" } else { "off" },
         v.sockets,
         c("added"),

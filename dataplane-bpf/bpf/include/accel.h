@@ -185,8 +185,9 @@ static __always_inline void accel_established(struct bpf_sock_ops *o, int passiv
 	/* The node's own sockets join only where its readers are vouched
 	 * for (SLUICE_ACC_F_NODE: guards run, or the operator said so), and
 	 * only accepted ones: a server of the node's that a pod's socket,
-	 * already in the map, connected to (checked below, before anything
-	 * is written, so the node's other connections cost one lookup). */
+	 * already in the map, connected to (checked here, before anything
+	 * is written, so the node's other connections cost one lookup and
+	 * are not counted). */
 	if (host) {
 		if (!(cfg->flags & SLUICE_ACC_F_NODE) || !passive || o->bytes_received)
 			return;
