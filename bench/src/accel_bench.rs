@@ -437,10 +437,7 @@ fn main() -> ExitCode {
     let b = Pod::add(&node, &conf);
     let _bt = Track::new(Some(&b.ns.name), &[]);
     let b_ip = b.ips()[0].parse().unwrap();
-    let gw = a.result["ips"][0]["gateway"]
-        .as_str()
-        .and_then(|g| g.parse().ok())
-        .expect("pod a's ADD result names its gateway");
+    let gw = a.gateway();
     let env = Env {
         ra: NsRunner::new(&a.ns),
         rb: NsRunner::new(&b.ns),

@@ -715,6 +715,15 @@ impl<'a> Pod<'a> {
     }
 
     /// The pod's addresses from its ADD result, without prefix.
+    /// The gateway of the ADD result's first address: the node's address
+    /// for this pod.
+    pub fn gateway(&self) -> std::net::IpAddr {
+        self.result["ips"][0]["gateway"]
+            .as_str()
+            .and_then(|g| g.parse().ok())
+            .expect("the ADD result names a gateway")
+    }
+
     pub fn ips(&self) -> Vec<String> {
         self.result["ips"]
             .as_array()

@@ -143,12 +143,14 @@ impl<'a> Two<'a> {
             .data
     }
 
-    /// Pod a's gateway: an address of the node's netns.
-    fn gateway(&self) -> IpAddr {
-        self.a.result["ips"][0]["gateway"]
-            .as_str()
-            .and_then(|g| g.parse().ok())
-            .expect("pod a's gateway")
+    /// A connection from pod a to a non-blocking server in the node's
+    /// netns (made with `rn`), on pod a's gateway: (client, server).
+    fn pair_to_node(&self, rn: &NsRunner) -> (Nb, Nb) {
+        let gw = self.a.gateway();
+        let l = rn.run(move || listen_nb((gw, 0).into()));
+        let addr = l.local_addr().unwrap();
+        let c = self.ra.run(move || connect_nb(addr));
+        (c, accept_nb(&l))
     }
 
     fn counter(&self, k: &str) -> u64 {
@@ -1163,12 +1165,7 @@ fn a_connection_to_the_nodes_netns_leaves_the_map_at_its_first_message() {
     let t = Two::with_config(&node, "accel_node = false\n");
     assert_eq!(t.accel()["node"], false, "{}", t.accel());
     let evicted = t.counter("evicted");
-    let gw = t.gateway();
-    let rn = NsRunner::new(&node.ns);
-    let l = rn.run(move || listen_nb((gw, 0).into()));
-    let addr = l.local_addr().unwrap();
-    let mut c = t.ra.run(move || connect_nb(addr));
-    let mut s = accept_nb(&l);
+    let (mut c, mut s) = t.pair_to_node(&NsRunner::new(&node.ns));
     assert!(
         eventually(5, || t.sockets() == 1),
         "the pod's socket joins at connect: {}",
@@ -1182,6 +1179,13 @@ fn a_connection_to_the_nodes_netns_leaves_the_map_at_its_first_message() {
         t.accel()
     );
     assert_eq!(t.counter("evicted"), evicted + 1, "{}", t.accel());
+    exchange_with_node_exact(c, s);
+    assert_eq!(t.counter("redir_msgs"), 0, "{}", t.accel());
+}
+
+/// 8 MiB each way between pod a's client `c` and the node's server `s`,
+/// every byte as sent.
+fn exchange_with_node_exact(c: Nb, s: Nb) {
     let n = 8 << 20;
     let (got_c, got_s) = duplex(c, s, Nb::try_clone, |s| s.shutdown(Shutdown::Write), n);
     assert!(
@@ -1189,7 +1193,6 @@ fn a_connection_to_the_nodes_netns_leaves_the_map_at_its_first_message() {
         "the node's server received different bytes"
     );
     assert!(got_c == pattern(2, n), "the pod received different bytes");
-    assert_eq!(t.counter("redir_msgs"), 0, "{}", t.accel());
 }
 
 #[test]
@@ -1200,26 +1203,16 @@ fn a_pods_connection_to_a_server_of_the_node_is_redirected_where_the_node_takes_
     let node = Node::new();
     let t = Two::with_config(&node, "accel_node = true\n");
     assert_eq!(t.accel()["node"], true, "{}", t.accel());
-    let gw = t.gateway();
     let rn = NsRunner::new(&node.ns);
-    let l = rn.run(move || listen_nb((gw, 0).into()));
-    let addr = l.local_addr().unwrap();
     let (redirected, evicted) = (t.counter("redir_msgs"), t.counter("evicted"));
-    let c = t.ra.run(move || connect_nb(addr));
-    let s = accept_nb(&l);
+    let (c, s) = t.pair_to_node(&rn);
     bulk_buffers(&[&c, &s]);
     assert!(
         eventually(5, || t.sockets() == 2),
         "the pod's socket and the node's accepted one are both in the map: {}",
         t.accel()
     );
-    let n = 8 << 20;
-    let (got_c, got_s) = duplex(c, s, Nb::try_clone, |s| s.shutdown(Shutdown::Write), n);
-    assert!(
-        got_s == pattern(1, n),
-        "the node's server received different bytes"
-    );
-    assert!(got_c == pattern(2, n), "the pod received different bytes");
+    exchange_with_node_exact(c, s);
     assert!(
         t.counter("redir_msgs") > redirected,
         "messages went socket to socket: {}",
@@ -1234,6 +1227,7 @@ fn a_pods_connection_to_a_server_of_the_node_is_redirected_where_the_node_takes_
 
     // A node's server that reads in blocking mode stays on TCP, and so
     // does the pod's socket connected to it.
+    let gw = t.a.gateway();
     let l = rn.run(move || {
         let l = std::net::TcpListener::bind((gw, 0)).unwrap();
         l.set_nonblocking(false).unwrap();

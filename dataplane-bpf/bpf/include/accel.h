@@ -182,20 +182,18 @@ static __always_inline void accel_established(struct bpf_sock_ops *o, int passiv
 	if (!ep)
 		return;
 	int host = ep->flags & SLUICE_EP_F_HOST;
+	struct sk_pair_key self = {.snd = o->snd_una, .rcv = o->rcv_nxt};
+	struct sk_pair_key peer_key = {.snd = self.rcv, .rcv = self.snd};
+
 	/* The node's own sockets join only where its readers are vouched
 	 * for (SLUICE_ACC_F_NODE: guards run, or the operator said so), and
 	 * only accepted ones: a server of the node's that a pod's socket,
 	 * already in the map, connected to (checked here, before anything
 	 * is written, so the node's other connections cost one lookup and
 	 * are not counted). */
-	if (host) {
-		if (!(cfg->flags & SLUICE_ACC_F_NODE) || !passive || o->bytes_received)
-			return;
-		struct sk_pair_key pk = {.snd = o->rcv_nxt, .rcv = o->snd_una};
-
-		if (!bpf_map_lookup_elem(&sluice_sk_peer, &pk))
-			return;
-	}
+	if (host && (!(cfg->flags & SLUICE_ACC_F_NODE) || !passive || o->bytes_received ||
+		     !bpf_map_lookup_elem(&sluice_sk_peer, &peer_key)))
+		return;
 	/* Pods that chose packet-level handling or no acceleration stay on
 	 * TCP; without the guards (SLUICE_ACC_F_OPT_IN_ONLY) so does every
 	 * pod that did not opt in; and so does a connection whose SYN
@@ -210,7 +208,6 @@ static __always_inline void accel_established(struct bpf_sock_ops *o, int passiv
 
 	if (!sk)
 		return;
-	struct sk_pair_key self = {.snd = o->snd_una, .rcv = o->rcv_nxt};
 	struct sk_peer p = {
 		.sk = (__u64)(unsigned long)sk,
 		.cookie = bpf_get_socket_cookie(o),
@@ -233,8 +230,6 @@ static __always_inline void accel_established(struct bpf_sock_ops *o, int passiv
 		accel_count(ACCEL_STAT_SKIPPED_BLOCKING, 1);
 		return;
 	}
-	struct sk_pair_key peer_key = {.snd = self.rcv, .rcv = self.snd};
-
 	if (passive && !bpf_map_lookup_elem(&sluice_sk_peer, &peer_key)) {
 		bpf_map_delete_elem(&sluice_sk_peer, &self);
 		accel_count(ACCEL_STAT_SKIPPED_UNPAIRED, 1);
