@@ -614,12 +614,14 @@ fn sysctl_dir(group: &str, ifname: &str) -> PathBuf {
 }
 
 /// The settings a veth gets: [`HOST_VETH_SETTINGS`], and for a pod with no
-/// IPv6 address IPv6 turned off.
+/// IPv6 address IPv6 turned off; grouped by directory (in their order
+/// within a group), so each directory is opened once.
 pub fn host_veth_settings(ipv6: bool) -> Vec<(&'static str, &'static str, &'static str)> {
     let mut v = HOST_VETH_SETTINGS.to_vec();
     if !ipv6 {
         v.push(NO_IPV6);
     }
+    v.sort_by_key(|(group, _, _)| *group);
     v
 }
 
@@ -689,6 +691,22 @@ pub fn backstop_drift(ifname: &str, ipv6: bool) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_sysctl_directory_is_visited_once_and_every_setting_is_kept() {
+        for ipv6 in [false, true] {
+            let v = host_veth_settings(ipv6);
+            let mut groups: Vec<&str> = v.iter().map(|(g, _, _)| *g).collect();
+            groups.dedup();
+            let mut distinct = groups.clone();
+            distinct.sort();
+            distinct.dedup();
+            assert_eq!(groups.len(), distinct.len(), "{groups:?}");
+            assert_eq!(v.len(), HOST_VETH_SETTINGS.len() + usize::from(!ipv6));
+            assert!(HOST_VETH_SETTINGS.iter().all(|s| v.contains(s)));
+            assert_eq!(v.contains(&NO_IPV6), !ipv6);
+        }
+    }
 
     #[test]
     fn the_endpoint_entry_carries_the_socket_lb_opt_out() {
