@@ -797,6 +797,9 @@ impl Server {
 
     /// Any long-running `sluice-probe` mode in `ns` (`sink PORT`, `give
     /// PORT BYTES`, `serve tcp-peer PORT NAME`, ...).
+    /// Returns once the server's socket is bound (a test's first connect
+    /// must not race the server's start: on a loaded machine it lost,
+    /// and was refused).
     pub fn spawn(ns: &Ns, args: &[&str]) -> Self {
         let c = Command::new("ip")
             .args(["netns", "exec", &ns.name])
@@ -806,7 +809,63 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .expect("start probe server");
-        Server(c)
+        let mut server = Server(c);
+        if let Some((udp, port)) = Self::bound_port(args) {
+            use std::os::unix::fs::MetadataExt;
+            let ns_ino = std::fs::metadata(ns.path()).expect("netns file").ino();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !server.has_socket(ns_ino, udp, port) {
+                if let Ok(Some(st)) = server.0.try_wait() {
+                    panic!("sluice-probe {args:?} in {} exited: {st}", ns.name);
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "sluice-probe {args:?} in {} bound nothing in 10 s",
+                    ns.name
+                );
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        server
+    }
+
+    /// The (UDP?, port) a server mode binds, for the modes that bind one.
+    fn bound_port(args: &[&str]) -> Option<(bool, u16)> {
+        match args {
+            ["serve", proto, port, ..] => Some((proto.starts_with("udp"), port.parse().ok()?)),
+            ["sink", port, ..] | ["give", port, ..] => Some((false, port.parse().ok()?)),
+            _ => None,
+        }
+    }
+
+    /// Whether the server, once in the netns of inode `ns_ino`, has a
+    /// listening TCP (or bound UDP) socket on `port` there, from the
+    /// kernel's socket tables as the server itself sees them.
+    fn has_socket(&self, ns_ino: u64, udp: bool, port: u16) -> bool {
+        // `ip netns exec` enters the netns and execs in the same process;
+        // until it has entered, its tables are the caller's netns'.
+        let pid = self.0.id();
+        let entered = std::fs::read_link(format!("/proc/{pid}/ns/net"))
+            .is_ok_and(|l| l.to_string_lossy() == format!("net:[{ns_ino}]"));
+        if !entered {
+            return false;
+        }
+        let (files, state) = if udp {
+            (["udp", "udp6"], "07")
+        } else {
+            (["tcp", "tcp6"], "0A")
+        };
+        let want = format!(":{port:04X}");
+        files.iter().any(|f| {
+            std::fs::read_to_string(format!("/proc/{pid}/net/{f}"))
+                .map(|t| {
+                    t.lines().skip(1).any(|l| {
+                        let cols: Vec<&str> = l.split_whitespace().collect();
+                        cols.len() > 3 && cols[1].ends_with(&want) && cols[3] == state
+                    })
+                })
+                .unwrap_or(false)
+        })
     }
 }
 
