@@ -6,7 +6,8 @@
 //! CPU, then to different CPUs. Measured: request/response rate and
 //! p50/p99 latency for 1 B and 1 KiB messages over one connection;
 //! one-way and bidirectional throughput in 64 KiB writes; the time from a
-//! writer's close to its reader's EOF; the same between an application
+//! writer's close to its reader's EOF, and from the start of its one
+//! 64 KiB write to that EOF (a one-shot response); the same between an application
 //! and a proxy inside one pod (over 127.0.0.1). Beside them, the same
 //! ping-pong over a Unix-domain socketpair: the next rung of the ladder
 //! (TCP, Unix socket, sockmap).
@@ -42,7 +43,8 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str = "\
 usage: accel-bench [--rounds N] [--secs S] [--max-queue BYTES] [--node-off] [--only TEXT]
-                   [--cpus TEXT] [--variant tcp|sluice] [--quick] [--json] [--figures FILE]
+                   [--cpus TEXT] [--variant tcp|sluice] [--eof-write BYTES] [--quick]
+                   [--json] [--figures FILE]
 
   --rounds N  samples per variant and test, variants interleaved (default 10)
   --secs S    length of one sample in seconds (default 1)
@@ -53,6 +55,8 @@ usage: accel-bench [--rounds N] [--secs S] [--max-queue BYTES] [--node-off] [--o
   --only TEXT  run only the tests whose name contains TEXT
   --cpus TEXT  run only the CPU layout whose name contains TEXT (\"same\", \"two\")
   --variant V  measure only \"tcp\" or only \"sluice\" (for profiling one; no ratio)
+  --eof-write BYTES  what the close-to-EOF and write-to-EOF tests write
+              in one write before they close (default 65536)
   --quick     2 rounds of 0.3 s: the figures are rough, the code runs
   --json      print the figures as JSON instead of the table
   --figures FILE  also write the figures in bench-report's shape to FILE
@@ -269,18 +273,40 @@ fn bulk(c: Nb, s: Nb, dur: Duration, cpus: (usize, usize), both: bool) -> Sample
     }
 }
 
-/// `n` connections: each writes 64 KiB and closes; the reader's EOF
-/// follows. p50/p99 of close → EOF in µs (value: the p50).
-fn close_to_eof(env: &Env, path: Path, n: usize, cpus: (usize, usize)) -> Sample {
+/// Where a close-to-EOF sample starts: at the writer's close (what the
+/// close itself adds), or before its write (the whole one-shot transfer
+/// the reader waits for, as a client waits for a response).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum EofFrom {
+    Close,
+    Write,
+}
+
+/// `n` connections: each writes `bytes` in one write and closes; the
+/// reader's EOF follows. p50/p99 from `from` to the EOF in µs (value: the
+/// p50).
+fn close_to_eof(
+    env: &Env,
+    path: Path,
+    n: usize,
+    cpus: (usize, usize),
+    bytes: usize,
+    from: EofFrom,
+) -> Sample {
     let mut d = Vec::with_capacity(n);
     for _ in 0..n {
         let (mut c, mut s) = env.connect(path);
         let closed = std::thread::spawn(move || {
             pin(cpus.0);
-            c.write_all(&[3u8; 64 << 10]).unwrap();
+            let buf = vec![3u8; bytes];
+            let written = Instant::now();
+            c.write_all(&buf).unwrap();
             let t = Instant::now();
             drop(c);
-            t
+            match from {
+                EofFrom::Close => t,
+                EofFrom::Write => written,
+            }
         });
         pin(cpus.1);
         let mut buf = vec![0u8; 64 << 10];
@@ -361,6 +387,15 @@ impl Row {
     }
 }
 
+/// `65536` as "64 KiB", `1000` as "1000 B".
+fn size_name(bytes: usize) -> String {
+    match bytes {
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} B"),
+    }
+}
+
 fn main() -> ExitCode {
     let mut rounds = 10usize;
     let mut secs = 1.0f64;
@@ -371,6 +406,7 @@ fn main() -> ExitCode {
     let mut only = String::new();
     let mut layout_filter = String::new();
     let mut variant = String::new();
+    let mut eof_write: usize = 64 << 10;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -387,6 +423,7 @@ fn main() -> ExitCode {
             "--only" => only = it.next().unwrap_or_default(),
             "--cpus" => layout_filter = it.next().unwrap_or_default(),
             "--variant" => variant = it.next().unwrap_or_default(),
+            "--eof-write" => eof_write = it.next().and_then(|v| v.parse().ok()).unwrap_or(0),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -402,8 +439,8 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     VARIANT.set(variant).expect("set once");
-    if rounds == 0 || secs <= 0.0 {
-        eprintln!("accel-bench: --rounds and --secs must be positive\n{USAGE}");
+    if rounds == 0 || secs <= 0.0 || eof_write == 0 {
+        eprintln!("accel-bench: --rounds, --secs and --eof-write must be positive\n{USAGE}");
         return ExitCode::from(2);
     }
     if !nix::unistd::geteuid().is_root() {
@@ -492,15 +529,20 @@ fn main() -> ExitCode {
                     },
                 ));
             }
-            rows.push(measure(
-                &env,
-                &only,
-                format!("close to EOF after 64 KiB, {}", path.name()),
-                cpu_name,
-                "µs (p50)",
-                rounds,
-                |env| close_to_eof(env, path, 50, *cpu),
-            ));
+            for (from, what) in [
+                (EofFrom::Close, "close to EOF"),
+                (EofFrom::Write, "write to EOF"),
+            ] {
+                rows.push(measure(
+                    &env,
+                    &only,
+                    format!("{what} after {}, {}", size_name(eof_write), path.name()),
+                    cpu_name,
+                    "µs (p50)",
+                    rounds,
+                    |env| close_to_eof(env, path, 50, *cpu, eof_write, from),
+                ));
+            }
         }
     }
     // The ladder's middle rung: a Unix socketpair, same ping-pong.

@@ -28,8 +28,8 @@ const OPT_IN: &[(&str, &str)] = &[("sluice.dev/accel", "true")];
 /// SO_RCVBUF of 4 MiB on each socket, as bulk-transfer applications set:
 /// a writer may have half its reader's receive buffer redirected ahead,
 /// so with the default buffer (128 KiB until TCP grows it) a 64 KiB
-/// writer falls back to TCP at once, and these tests would check the TCP
-/// path.
+/// writer falls back to TCP at its second write, and these tests would
+/// check the TCP path.
 fn bulk_buffers(socks: &[&dyn AsRawFd]) {
     let v: libc::c_int = 4 << 20;
     for s in socks {
@@ -317,6 +317,31 @@ fn request_response_and_one_way_bulk_are_exact_without_a_close_delay() {
         "EOF {delay:?} after close"
     );
     t.assert_redirected(before, BULK_MIN);
+}
+
+/// A fresh connection with the default buffers (128 KiB until TCP grows
+/// them): one 64 KiB write, half the reader's buffer, goes the redirected
+/// way, as TCP takes such a write into an idle connection without
+/// blocking; the bytes are exact and EOF follows the close.
+#[test]
+fn a_fresh_connections_one_write_of_half_the_default_buffer_is_redirected() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let t = Two::new(&node);
+    let l = t.listen(false);
+    let addr = l.local_addr().unwrap();
+    let c = t.ra.run(move || connect_nb(addr));
+    let s = accept_nb(&l);
+    t.wait_sockets(2);
+    let before = t.counter("redir_bytes");
+    let delay = one_way(c, s, Arc::new(pattern(11, 64 << 10)), 64 << 10);
+    assert!(
+        delay < Duration::from_millis(200),
+        "EOF {delay:?} after close"
+    );
+    t.assert_redirected(before, 64 << 10);
 }
 
 /// Each end writes `n` bytes of its pattern (client 1, server 2) in 64 KiB

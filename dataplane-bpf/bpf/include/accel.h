@@ -381,14 +381,18 @@ static __always_inline __u32 accel_refusal(const struct accel_cfg *cfg, struct s
 	if (limit > cfg->rmem_max)
 		limit = cfg->rmem_max;
 	/* Each queued message also costs its struct sk_msg, which no
-	 * counter shows: count those redirected while any are queued. */
+	 * counter shows: count those redirected while any are queued. A
+	 * message that fits the budget alone goes when nothing is queued
+	 * (TCP takes one write of half the buffer into an idle connection
+	 * without blocking): a fresh connection's 64 KiB write to a default
+	 * 128 KiB buffer is redirected, not sent through TCP. */
 	__s64 queued = BPF_CORE_READ(sk, sk_backlog.rmem_alloc.counter);
 
 	if (queued <= 0) {
 		queued = 0;
 		a->msgs = 0;
 	}
-	__u64 cost = (__u64)queued + (__u64)(a->msgs + 1) * cfg->msg_cost + size;
+	__u64 cost = (__u64)queued + (__u64)a->msgs * cfg->msg_cost + size;
 
 	if (cost > limit)
 		return ACCEL_STAT_FB_BACKPRESSURE;
