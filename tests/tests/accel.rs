@@ -117,12 +117,17 @@ impl<'a> Two<'a> {
     /// bulk-sized receive buffers (see [`bulk_buffers`]): (client in a,
     /// server in b).
     fn pair(&self, v6: bool) -> (Nb, Nb) {
+        let (c, s) = self.pair_default_buffers(v6);
+        bulk_buffers(&[&c, &s]);
+        (c, s)
+    }
+
+    /// The same with the kernel's default receive buffers.
+    fn pair_default_buffers(&self, v6: bool) -> (Nb, Nb) {
         let l = self.listen(v6);
         let addr = l.local_addr().unwrap();
         let c = self.ra.run(move || connect_nb(addr));
-        let s = accept_nb(&l);
-        bulk_buffers(&[&c, &s]);
-        (c, s)
+        (c, accept_nb(&l))
     }
 
     /// The same with blocking sockets, as thread-per-connection programs
@@ -330,10 +335,7 @@ fn a_fresh_connections_one_write_of_half_the_default_buffer_is_redirected() {
     }
     let node = Node::new();
     let t = Two::new(&node);
-    let l = t.listen(false);
-    let addr = l.local_addr().unwrap();
-    let c = t.ra.run(move || connect_nb(addr));
-    let s = accept_nb(&l);
+    let (c, s) = t.pair_default_buffers(false);
     t.wait_sockets(2);
     let before = t.counter("redir_bytes");
     let delay = one_way(c, s, Arc::new(pattern(11, 64 << 10)), 64 << 10);
