@@ -163,11 +163,14 @@ fn preflight() -> Result<(), String> {
     }
     let exe = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;
     let dir = exe.parent().ok_or("own path has no directory")?;
-    for name in ["sluice", "sluice-ipam"] {
-        if !dir.join(name).is_file() {
+    let plugins = sluice_tests::plugin_dir(dir)
+        .ok_or_else(|| format!("{} is not target/<host triple>/release", dir.display()))?;
+    for name in sluice_tests::PLUGINS {
+        if !plugins.join(name).is_file() {
             return Err(format!(
-                "{} is not built; run `cargo build --release --workspace --bins`",
-                dir.join(name).display()
+                "{} is not built; run `bench/run cni-bench`, which builds it \
+                 (or `source .ci/setup && build_plugins --release`)",
+                plugins.join(name).display()
             ));
         }
     }

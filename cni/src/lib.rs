@@ -18,11 +18,11 @@ pub mod netns;
 pub mod plugin;
 
 /// Reads the CNI environment and stdin, runs the command, prints the answer
-/// and returns the process exit code.
-pub fn main_entry() -> i32 {
+/// and returns the process exit code. `args`: the command line after the
+/// program's name.
+pub fn main_entry(args: Vec<String>) -> i32 {
     // `sluice install …` (the DaemonSet's init container); every other
     // run is the CNI protocol (argv is not part of it).
-    let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("install") {
         return install::main(&args[1..]);
     }

@@ -8,9 +8,18 @@
 
 #[cfg(not(test))]
 #[no_mangle]
-pub extern "C" fn main(
-    _argc: std::ffi::c_int,
-    _argv: *const *const std::ffi::c_char,
-) -> std::ffi::c_int {
-    sluice_cni::main_entry()
+extern "C" fn main(argc: std::ffi::c_int, argv: *const *const std::ffi::c_char) -> std::ffi::c_int {
+    // From `argv`, not `std::env::args()`: without Rust's `main`, std
+    // learns the arguments only where the C library hands them to
+    // initialisers (glibc does, musl, which the plugin is built with, not).
+    let args = (1..usize::try_from(argc).unwrap_or(0))
+        .map(|i| {
+            // SAFETY: the C runtime passes `argc` valid NUL-terminated
+            // strings in `argv`.
+            unsafe { std::ffi::CStr::from_ptr(*argv.add(i)) }
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    sluice_cni::main_entry(args)
 }

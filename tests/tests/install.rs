@@ -430,3 +430,61 @@ fn the_installed_chain_runs_with_the_reference_plugins() {
     run_chain(&node, &list, &bins, "DEL", &pod);
     node.assert_clean();
 }
+
+/// The section names and whether there is a program interpreter, of a
+/// little-endian ELF64 file.
+fn elf_sections(path: &Path) -> (Vec<String>, bool) {
+    let f = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    assert_eq!(
+        &f[..6],
+        b"\x7fELF\x02\x01",
+        "{}: not a little-endian ELF64",
+        path.display()
+    );
+    let u16_at = |o: usize| u16::from_le_bytes(f[o..o + 2].try_into().unwrap()) as usize;
+    let u32_at = |o: usize| u32::from_le_bytes(f[o..o + 4].try_into().unwrap()) as usize;
+    let u64_at = |o: usize| u64::from_le_bytes(f[o..o + 8].try_into().unwrap()) as usize;
+    let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
+    // PT_INTERP: a dynamic loader runs first.
+    let interp = (0..phnum).any(|i| u32_at(phoff + i * phentsize) == 3);
+    let (shoff, shentsize, shnum, shstrndx) =
+        (u64_at(0x28), u16_at(0x3a), u16_at(0x3c), u16_at(0x3e));
+    let names = u64_at(shoff + shstrndx * shentsize + 0x18);
+    let sections = (0..shnum)
+        .map(|i| {
+            let start = names + u32_at(shoff + i * shentsize);
+            let end = start + f[start..].iter().position(|&b| b == 0).unwrap();
+            String::from_utf8_lossy(&f[start..end]).into_owned()
+        })
+        .collect();
+    (sections, interp)
+}
+
+/// The runtime execs a plugin for every pod operation. A glibc start-up,
+/// static or dynamic, detects the CPU's features and caches with dozens of
+/// CPUID instructions, each a VM exit on a virtual machine (7 µs each on
+/// the build machine): a Rust no-op takes 0.64 ms glibc-static against
+/// 0.09 ms musl-static. The plugins are static musl binaries; glibc's
+/// start files mark a binary with `.note.ABI-tag`.
+#[test]
+fn the_plugins_are_static_and_do_not_start_through_glibc() {
+    for name in sluice_tests::PLUGINS {
+        let path = bin(name);
+        let (sections, interp) = elf_sections(&path);
+        assert!(
+            !interp,
+            "{} has a program interpreter (dynamically linked)",
+            path.display()
+        );
+        assert!(
+            !sections.iter().any(|s| s == ".note.ABI-tag"),
+            "{} is linked with glibc's start files ({sections:?}); build it with `build_plugins` (.ci/setup)",
+            path.display()
+        );
+        assert!(
+            sections.iter().any(|s| s == ".text"),
+            "{}: no .text in {sections:?}",
+            path.display()
+        );
+    }
+}
