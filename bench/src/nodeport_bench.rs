@@ -334,6 +334,22 @@ fn run(a: &Args) -> Result<Value, String> {
     let be = backend.ip(false).to_string();
     let _rate = Server::spawn(&backend.ns, &["serve", "tcp", "8080", "b"]);
     let _bulk = Server::spawn(&backend.ns, &["give", "8081", &BULK.to_string()]);
+    // Every rate sample connects to the same NodePort: the client's
+    // TIME_WAIT sockets would use up its ephemeral ports within a minute
+    // on a fast machine (EADDRNOTAVAIL); a client making this many
+    // connections reuses them, as svc-bench's do.
+    for kv in [
+        "net.ipv4.tcp_tw_reuse=1",
+        "net.ipv4.ip_local_port_range=1024 65535",
+    ] {
+        let out = c.client.exec(&["sysctl", "-qw", kv]);
+        if !out.status.success() {
+            return Err(format!(
+                "setting {kv} in the outside client's netns: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
     let mut out = Vec::new();
     for &n in &a.scales {
         let fillers = n.saturating_sub(1);
