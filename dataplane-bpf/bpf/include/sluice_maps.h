@@ -337,6 +337,15 @@ _Static_assert(sizeof(struct sk_accel) == 24, "sk_accel layout");
  * read in non-blocking mode is not followed; docs/sockmap.md). */
 #define SLUICE_SKA_F_SELF_NONBLOCK (1U << 0) /* its own reader is non-blocking */
 #define SLUICE_SKA_F_PEER_NONBLOCK (1U << 1) /* its peer's reader is non-blocking */
+/* Counters in flags (accel.h, accel_tcp_stretch), each saturating at
+ * 255: bits 8-15, messages redirected since the socket last started
+ * redirecting; bits 16-23, strikes: stretches of 255 messages sent
+ * through TCP after a short redirecting phase; bits 24-31, messages sent
+ * through TCP in the current stretch. */
+#define SLUICE_SKA_PHASE_SHIFT 8
+#define SLUICE_SKA_STRIKE_SHIFT 16
+#define SLUICE_SKA_TCP_SHIFT 24
+#define SLUICE_SKA_COUNT_MASK 0xffU
 
 /* A listening socket of a known pod (sluice_sk_lsn), by netns and
  * port: where an accepted socket's ESTABLISHED finds whether its
