@@ -65,14 +65,10 @@ Runs as root: bench/run accel-bench [options] builds the release binaries first.
 
 const RANGES: &str = r#"[[{"subnet":"10.234.0.0/24","gateway":"10.234.0.1"}]]"#;
 
-/// Pins the calling thread to `cpu`.
+/// Pins the calling thread to `cpu` (best effort, as before: an unpinned
+/// sample still measures both variants alike).
 fn pin(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
-    }
+    let _ = sluice_tests::pin_to_cpu(cpu);
 }
 
 /// Where the two ends are.

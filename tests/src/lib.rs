@@ -57,27 +57,22 @@ pub fn bin(name: &str) -> PathBuf {
             }
         })
         .expect("target dir");
-    if PLUGINS.contains(&name) {
-        let dir = plugin_dir(dir).unwrap_or_else(|| {
+    let (dir, build) = if PLUGINS.contains(&name) {
+        let plugins = plugin_dir(dir).unwrap_or_else(|| {
             panic!(
                 "{} is not under target/<host triple>/<profile>; build with .cargo/config.toml's target",
                 dir.display()
             )
         });
-        let p = dir.join(name);
-        assert!(
-            p.is_file(),
-            "{} is not built; run `source .ci/setup && build_plugins` (add --release for release builds)",
-            p.display()
-        );
-        return p;
-    }
+        (
+            plugins,
+            "`source .ci/setup && build_plugins` (add --release for release builds)",
+        )
+    } else {
+        (dir.to_path_buf(), "`cargo build --workspace --bins` first")
+    };
     let p = dir.join(name);
-    assert!(
-        p.is_file(),
-        "{} is not built; run `cargo build --workspace --bins` first",
-        p.display()
-    );
+    assert!(p.is_file(), "{} is not built; run {build}", p.display());
     p
 }
 
@@ -94,6 +89,22 @@ pub fn plugin_dir(profile_dir: &Path) -> Option<PathBuf> {
             .join(format!("{base}-musl{abi}"))
             .join(profile),
     )
+}
+
+/// Pins the calling thread to `cpu` (the benchmarks and tests that place
+/// a writer and its reader on one CPU or two).
+pub fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread (0).
+    let r = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`, ...), in KiB;

@@ -1392,20 +1392,6 @@ fn a_service_whose_backend_is_a_local_pod_is_accelerated() {
     t.assert_redirected(before, BULK_MIN);
 }
 
-/// Pins the calling thread to CPU 0.
-fn pin_cpu0() {
-    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread (0).
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "sched_setaffinity"
-        );
-    }
-}
-
 /// An app writing bulk to its proxy in the same pod, both on one CPU: the
 /// writer falls back at its reader's budget and returns to redirecting
 /// only for a few messages each time its reader has caught up, so it
@@ -1434,14 +1420,14 @@ fn a_one_way_writer_its_reader_keeps_behind_leaves_the_map_and_loses_nothing() {
     let fill = |i: u64, b: &mut [u8]| b[..8].copy_from_slice(&i.to_le_bytes());
     let wb = body.clone();
     let w = std::thread::spawn(move || {
-        pin_cpu0();
+        sluice_tests::pin_to_cpu(0).expect("pin to CPU 0");
         let mut b = wb.to_vec();
         for i in 0..BLOCKS {
             fill(i, &mut b);
             c.write_all(&b).unwrap();
         }
     });
-    pin_cpu0();
+    sluice_tests::pin_to_cpu(0).expect("pin to CPU 0");
     let (mut got, mut want) = (vec![0u8; BLOCK], body.to_vec());
     for i in 0..BLOCKS {
         s.read_exact(&mut got).unwrap();

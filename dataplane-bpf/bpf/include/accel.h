@@ -444,8 +444,8 @@ static __always_inline __u32 accel_set_field(__u32 flags, __u32 shift, __u32 v)
 	return (flags & ~(SLUICE_SKA_COUNT_MASK << shift)) | (v << shift);
 }
 
-/* Socket `a` (entry `me`) fell back because its peer's reader is behind:
- * a long redirecting phase before it clears the strikes. */
+/* Socket `a` fell back because its peer's reader is behind: a long
+ * redirecting phase before it clears the strikes; a TCP stretch starts. */
 static __always_inline void accel_backpressured(struct sk_accel *a)
 {
 	if (accel_field(a->flags, SLUICE_SKA_PHASE_SHIFT) >= ACCEL_SHORT_PHASE)
