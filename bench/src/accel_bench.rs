@@ -9,8 +9,9 @@
 //! writer's close to its reader's EOF, and from the start of its one
 //! 64 KiB write to that EOF (a one-shot response); the same between an application
 //! and a proxy inside one pod (over 127.0.0.1). Beside them, the same
-//! ping-pong over a Unix-domain socketpair: the next rung of the ladder
-//! (TCP, Unix socket, sockmap).
+//! ping-pong over a Unix-domain socketpair, driven the same way: the next
+//! rung of the ladder (TCP, Unix socket, sockmap), and the same pair with
+//! blocking reads and writes (no EAGAIN read, no poll).
 //!
 //! Sockets are non-blocking and driven as event loops drive them (read or
 //! write, poll when it would block), for both variants alike: the
@@ -31,7 +32,7 @@ use cleanup::Track;
 use serde_json::{json, Value};
 use sluice_common::api::Request;
 use sluice_tests::daemon::Daemon;
-use sluice_tests::nbsock::{accept_nb, connect_nb, listen_nb, Nb};
+use sluice_tests::nbsock::{accept_nb, connect_nb, listen_nb, Nb, NbUnix};
 use sluice_tests::{with_pod_annotations, Node, NsRunner, Pod};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -541,10 +542,25 @@ fn main() -> ExitCode {
             }
         }
     }
-    // The ladder's middle rung: a Unix socketpair, same ping-pong.
+    // The ladder's middle rung: a Unix socketpair, same ping-pong, driven
+    // like the TCP sockets (non-blocking, poll when it would block), and,
+    // beside it, with blocking reads and writes (no EAGAIN read, no poll:
+    // what an event loop does not do, and what the shortcut does not
+    // serve).
     let mut unix = Vec::new();
     for (cpu_name, cpu) in &layouts {
         for size in [1usize, 1024] {
+            let samples: Vec<Sample> = (0..rounds)
+                .map(|_| {
+                    let (c, s) = NbUnix::pair();
+                    rr(c, s, size, dur, *cpu)
+                })
+                .collect();
+            unix.push((
+                format!("request/response {size} B, Unix socketpair"),
+                *cpu_name,
+                samples,
+            ));
             let samples: Vec<Sample> = (0..rounds)
                 .map(|_| {
                     let (c, s) = UnixStream::pair().unwrap();
@@ -552,7 +568,7 @@ fn main() -> ExitCode {
                 })
                 .collect();
             unix.push((
-                format!("request/response {size} B, Unix socketpair"),
+                format!("request/response {size} B, Unix socketpair, blocking"),
                 *cpu_name,
                 samples,
             ));
@@ -656,13 +672,15 @@ fn main() -> ExitCode {
     }
     println!();
     for (t, c, v) in &unix {
+        let rate = median(v.iter().map(|s| s.value).collect());
         println!(
-            "{:<56} {:<9} {:>14.0} round trips/s, p50 / p99 {:.1} / {:.1} µs",
+            "{:<56} {:<9} {:>14.0} round trips/s, p50 / p99 {:.1} / {:.1} µs{}",
             t,
             c,
-            median(v.iter().map(|s| s.value).collect()),
+            rate,
             median(v.iter().map(|s| s.p50).collect()),
             median(v.iter().map(|s| s.p99).collect()),
+            unix_vs_tcp(&rows, t, c, rate),
         );
     }
     println!(
@@ -672,6 +690,18 @@ fn main() -> ExitCode {
         after["counters"]
     );
     ExitCode::SUCCESS
+}
+
+/// The Unix socketpair's rate `rate` (test `t`, layout `c`) as a multiple
+/// of kernel TCP's between two pods in the same ping-pong: the rung the
+/// shortcut is measured against ("" where TCP was not measured).
+fn unix_vs_tcp(rows: &[Row], t: &str, c: &str, rate: f64) -> String {
+    let rr = t.split(", Unix socketpair").next().unwrap_or_default();
+    rows.iter()
+        .find(|r| r.test == format!("{rr}, pod to pod") && r.cpus == c && !r.off.is_empty())
+        .map(|r| Row::med(&r.off, |s| s.value))
+        .filter(|tcp| *tcp > 0.0)
+        .map_or(String::new(), |tcp| format!(" ({:.2}x TCP)", rate / tcp))
 }
 
 /// `--variant`: "" (both), "tcp" or "sluice".

@@ -7,6 +7,7 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::net::UnixStream;
 
 /// A TCP socket in non-blocking mode, read and written as an event-loop
 /// runtime (Go, tokio, Netty, nginx) does: an operation that would block
@@ -26,35 +27,44 @@ pub fn wait_fd(fd: i32, events: i16) {
     assert_eq!(n, 1, "poll: nothing in 30 s");
 }
 
-impl Read for Nb {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            match self.0.read(buf) {
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    wait_fd(self.0.as_raw_fd(), libc::POLLIN)
-                }
-                r => return r,
-            }
+/// Runs `op` on `fd` until it does not report EAGAIN, waiting in poll(2)
+/// for `events` in between: an event loop's read or write.
+fn retry<T>(
+    fd: i32,
+    events: i16,
+    mut op: impl FnMut() -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    loop {
+        match op() {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => wait_fd(fd, events),
+            r => return r,
         }
     }
 }
 
-impl Write for Nb {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        loop {
-            match self.0.write(buf) {
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    wait_fd(self.0.as_raw_fd(), libc::POLLOUT)
-                }
-                r => return r,
+/// Read and Write for a non-blocking socket type wrapping a stream in
+/// `.0`: an operation that would block waits in poll(2) and tries again.
+macro_rules! event_loop_io {
+    ($t:ty) => {
+        impl Read for $t {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                retry(self.0.as_raw_fd(), libc::POLLIN, || self.0.read(buf))
             }
         }
-    }
 
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+        impl Write for $t {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                retry(self.0.as_raw_fd(), libc::POLLOUT, || self.0.write(buf))
+            }
+
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+    };
 }
+
+event_loop_io!(Nb);
 
 impl Nb {
     pub fn try_clone(&self) -> Nb {
@@ -69,6 +79,24 @@ impl Nb {
         self.0.as_raw_fd()
     }
 }
+
+/// A Unix-domain stream socket driven like [`Nb`]: non-blocking, an
+/// operation that would block waits in poll(2). The benchmark's ladder
+/// compares TCP, a Unix socketpair and the sockmap shortcut driven alike.
+#[derive(Debug)]
+pub struct NbUnix(pub UnixStream);
+
+impl NbUnix {
+    /// A connected pair, both ends non-blocking.
+    pub fn pair() -> (NbUnix, NbUnix) {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        (NbUnix(a), NbUnix(b))
+    }
+}
+
+event_loop_io!(NbUnix);
 
 /// connect(2) on a socket made non-blocking first (SOCK_NONBLOCK), as
 /// event-loop runtimes do.
