@@ -547,30 +547,32 @@ fn main() -> ExitCode {
     // beside it, with blocking reads and writes (no EAGAIN read, no poll:
     // what an event loop does not do, and what the shortcut does not
     // serve).
+    fn rr_rounds<S: Read + Write + Send + 'static>(
+        rounds: usize,
+        pair: impl Fn() -> (S, S),
+        size: usize,
+        dur: Duration,
+        cpus: (usize, usize),
+    ) -> Vec<Sample> {
+        (0..rounds)
+            .map(|_| {
+                let (c, s) = pair();
+                rr(c, s, size, dur, cpus)
+            })
+            .collect()
+    }
     let mut unix = Vec::new();
     for (cpu_name, cpu) in &layouts {
         for size in [1usize, 1024] {
-            let samples: Vec<Sample> = (0..rounds)
-                .map(|_| {
-                    let (c, s) = NbUnix::pair();
-                    rr(c, s, size, dur, *cpu)
-                })
-                .collect();
             unix.push((
                 format!("request/response {size} B, Unix socketpair"),
                 *cpu_name,
-                samples,
+                rr_rounds(rounds, NbUnix::pair, size, dur, *cpu),
             ));
-            let samples: Vec<Sample> = (0..rounds)
-                .map(|_| {
-                    let (c, s) = UnixStream::pair().unwrap();
-                    rr(c, s, size, dur, *cpu)
-                })
-                .collect();
             unix.push((
                 format!("request/response {size} B, Unix socketpair, blocking"),
                 *cpu_name,
-                samples,
+                rr_rounds(rounds, || UnixStream::pair().unwrap(), size, dur, *cpu),
             ));
         }
     }
@@ -698,7 +700,7 @@ fn main() -> ExitCode {
 fn unix_vs_tcp(rows: &[Row], t: &str, c: &str, rate: f64) -> String {
     let rr = t.split(", Unix socketpair").next().unwrap_or_default();
     rows.iter()
-        .find(|r| r.test == format!("{rr}, pod to pod") && r.cpus == c && !r.off.is_empty())
+        .find(|r| r.test == format!("{rr}, pod to pod") && r.cpus == c)
         .map(|r| Row::med(&r.off, |s| s.value))
         .filter(|tcp| *tcp > 0.0)
         .map_or(String::new(), |tcp| format!(" ({:.2}x TCP)", rate / tcp))
