@@ -19,7 +19,7 @@ use aya::Ebpf;
 use sluice_dataplane::load::{self, LoadError};
 use sluice_dataplane::maps::{self, AccelCfg};
 use sluice_dataplane::sys;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use tracing::{info, warn};
 
@@ -319,12 +319,24 @@ fn map_fd(obj: &Ebpf, name: &'static str, links_dir: &Path) -> Result<OwnedFd, D
         })
 }
 
+/// Whether the entry of socket `key` in `sluice_sk_peer` is a draining
+/// connection's (`maps::SKP_F_DRAINING`).
+fn draining(peers: BorrowedFd<'_>, key: &[u8]) -> bool {
+    let mut v = maps::SkPeer::default();
+    matches!(
+        sys::map_lookup(peers, key, maps::bytes_of_mut(&mut v)),
+        Ok(true)
+    ) && v.flags & maps::SKP_F_DRAINING != 0
+}
+
 /// Takes sockets out of the map as sk_msg queues them (`sluice_sk_evict`;
 /// sk_msg may not delete from a sockhash, userspace may): accepted sockets
 /// whose reader turned out to block, and sockets whose peer is not in the
 /// map (a server on another node, in the node's netns, outside the
 /// cluster) or is leaving it. Nothing was ever redirected to such a socket
-/// (sk_msg claims it first), so leaving frees no data; from then on it
+/// (sk_msg claims it first), or nothing redirected can reach it any more
+/// and its queue is read (a draining connection's: accel.h, accel_drain),
+/// so leaving frees no data; from then on it
 /// sends and reads through plain TCP. Polls every few milliseconds, for as
 /// long as the daemon runs; the pinned queue keeps what arrives while it
 /// does not.
@@ -340,9 +352,14 @@ fn start_evictor(obj: &Ebpf, links_dir: &Path) -> Result<(), DatapathError> {
             let mut key = [0u8; size_of::<maps::SkPairKey>()];
             match sys::map_pop(queue.as_fd(), &mut key) {
                 Ok(true) => {
-                    // Gone already (closed) is as good as taken out.
+                    // Gone already (closed) is as good as taken out. A
+                    // drained socket's entry stays until it closes: its
+                    // peer, still in the map, finds the socket's psock
+                    // through it before leaving too.
                     let _ = sys::map_delete(sockhash.as_fd(), &key);
-                    let _ = sys::map_delete(peers.as_fd(), &key);
+                    if !draining(peers.as_fd(), &key) {
+                        let _ = sys::map_delete(peers.as_fd(), &key);
+                    }
                 }
                 Ok(false) => std::thread::sleep(std::time::Duration::from_millis(5)),
                 Err(e) => {

@@ -541,7 +541,7 @@ pub const ACCEL_CFG: MapSpec = MapSpec {
 /// `enum accel_stat`, in order, named as in C without the prefix: sockets
 /// added or not, messages and bytes redirected or passed, fallbacks to TCP
 /// (`fb_*`) and returns from it, evictions, and what the guards saw.
-pub const ACCEL_STATS: [&str; 25] = [
+pub const ACCEL_STATS: [&str; 27] = [
     "added",
     "add_failed",
     "skipped",
@@ -567,6 +567,8 @@ pub const ACCEL_STATS: [&str; 25] = [
     "guard_rcvlowat",
     "guard_oob",
     "guard_refused",
+    "draining",
+    "drained",
 ];
 
 /// `enum accel_stat` → u64 per CPU.
@@ -818,6 +820,10 @@ unsafe impl aya::Pod for SkListenKey {}
 
 /// `SLUICE_SKP_F_TCP_READER`: the socket's reader needs the TCP path.
 pub const SKP_F_TCP_READER: u32 = 1 << 0;
+/// `SLUICE_SKP_F_DRAINING`: the socket's connection sends through TCP for
+/// good and leaves the map; its entry stays until it closes (its peer
+/// reads the socket's psock through it before leaving too).
+pub const SKP_F_DRAINING: u32 = 1 << 4;
 
 /// `struct sk_peer`.
 #[repr(C)]
@@ -1539,6 +1545,7 @@ mod tests {
         assert!(h.contains("#define SLUICE_ACC_F_NODE (1U << 1)"));
         assert!(h.contains("#define SLUICE_SKP_F_SENDS_TCP (1U << 1)"));
         assert!(h.contains("#define SLUICE_SKP_F_TCP_READER (1U << 0)"));
+        assert!(h.contains("#define SLUICE_SKP_F_DRAINING (1U << 4)"));
         let accel_stats: Vec<String> = h
             .lines()
             .filter_map(|l| l.trim().strip_prefix("ACCEL_STAT_"))

@@ -1404,44 +1404,16 @@ fn a_one_way_writer_its_reader_keeps_behind_leaves_the_map_and_loses_nothing() {
     if !require_root() {
         return;
     }
-    const BLOCK: usize = 64 << 10;
-    const BLOCKS: u64 = 8192; // 512 MiB
     let node = Node::new();
     let t = Two::new(&node);
     let l = t.ra.run(|| listen_nb("127.0.0.1:0".parse().unwrap()));
     let addr = l.local_addr().unwrap();
-    let mut c = t.ra.run(move || connect_nb(addr));
-    let mut s = accept_nb(&l);
+    let c = t.ra.run(move || connect_nb(addr));
+    let s = accept_nb(&l);
     let (evicted, redirected) = (t.counter("evicted"), t.counter("redir_bytes"));
-    // Each block: its number, then a pattern; writing and checking cost
-    // a memcpy and a memcmp, as fast as the benchmark's writer and reader
-    // (a slower reader keeps the writer on the shortcut).
-    let body = Arc::new(pattern(7, BLOCK));
-    let fill = |i: u64, b: &mut [u8]| b[..8].copy_from_slice(&i.to_le_bytes());
-    let wb = body.clone();
-    let w = std::thread::spawn(move || {
-        sluice_tests::pin_to_cpu(0).expect("pin to CPU 0");
-        let mut b = wb.to_vec();
-        for i in 0..BLOCKS {
-            fill(i, &mut b);
-            c.write_all(&b).unwrap();
-        }
-    });
-    sluice_tests::pin_to_cpu(0).expect("pin to CPU 0");
-    let (mut got, mut want) = (vec![0u8; BLOCK], body.to_vec());
-    for i in 0..BLOCKS {
-        s.read_exact(&mut got).unwrap();
-        fill(i, &mut want);
-        assert!(
-            got == want,
-            "block {i} of {BLOCKS} differs (got block {})",
-            u64::from_le_bytes(got[..8].try_into().unwrap())
-        );
-    }
+    let w = blocks_writer(c, 7);
+    blocks_reader(s, 7).join().unwrap();
     w.join().unwrap();
-    let mut rest = Vec::new();
-    s.read_to_end(&mut rest).unwrap();
-    assert!(rest.is_empty(), "{} bytes after the last block", rest.len());
     assert!(
         t.counter("redir_bytes") > redirected,
         "nothing redirected: {}",
@@ -1452,4 +1424,104 @@ fn a_one_way_writer_its_reader_keeps_behind_leaves_the_map_and_loses_nothing() {
         "the writer stayed in the map: {}",
         t.accel()
     );
+}
+
+/// What the tests of a reader kept behind send one way: 512 MiB in
+/// numbered 64 KiB blocks of pattern `seed`. Each block costs its writer
+/// a memcpy and its reader a memcmp, as fast as the benchmark's writer and
+/// reader (a slower reader keeps the writer on the shortcut). Both pinned
+/// to CPU 0.
+const BLOCK: usize = 64 << 10;
+const BLOCKS: u64 = 8192;
+
+fn number_block(i: u64, b: &mut [u8]) {
+    b[..8].copy_from_slice(&i.to_le_bytes());
+}
+
+/// Writes the blocks to `c`, then shuts its writing side.
+fn blocks_writer(mut c: Nb, seed: u64) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        sluice_tests::pin_to_cpu(0).expect("pin to CPU 0");
+        let mut b = pattern(seed, BLOCK);
+        for i in 0..BLOCKS {
+            number_block(i, &mut b);
+            c.write_all(&b).unwrap();
+        }
+        c.shutdown(Shutdown::Write);
+    })
+}
+
+/// Reads the blocks from `s`, each checked in order, then EOF.
+fn blocks_reader(mut s: Nb, seed: u64) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        sluice_tests::pin_to_cpu(0).expect("pin to CPU 0");
+        let (mut got, mut want) = (vec![0u8; BLOCK], pattern(seed, BLOCK));
+        for i in 0..BLOCKS {
+            s.read_exact(&mut got).unwrap();
+            number_block(i, &mut want);
+            assert!(
+                got == want,
+                "seed {seed}: block {i} of {BLOCKS} differs (got block {})",
+                u64::from_le_bytes(got[..8].try_into().unwrap())
+            );
+        }
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "{} bytes after the last block", rest.len());
+    })
+}
+
+/// The same inside a pod in both directions at once (an app and its
+/// proxy streaming both ways, one CPU): each socket has been redirected
+/// to, so neither may simply leave (leaving frees its queue of
+/// redirected messages). The connection goes to TCP for good, and each
+/// socket leaves once no redirect of its peer's can still be on its way
+/// and its reader has read its queue. Every byte arrives in order both
+/// ways, EOF follows each shutdown, and both sockets are out of the map
+/// while the connection is still open.
+#[test]
+fn a_bidirectional_connection_its_readers_keep_behind_drains_to_tcp_and_loses_nothing() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let t = Two::new(&node);
+    let l = t.ra.run(|| listen_nb("127.0.0.1:0".parse().unwrap()));
+    let addr = l.local_addr().unwrap();
+    let c = t.ra.run(move || connect_nb(addr));
+    let s = accept_nb(&l);
+    t.wait_sockets(2);
+    let (draining, drained, redirected) = (
+        t.counter("draining"),
+        t.counter("drained"),
+        t.counter("redir_bytes"),
+    );
+    let keep = (c.try_clone(), s.try_clone());
+    let threads = [
+        blocks_writer(c.try_clone(), 7),
+        blocks_writer(s.try_clone(), 8),
+        blocks_reader(s, 7),
+        blocks_reader(c, 8),
+    ];
+    for th in threads {
+        th.join().unwrap();
+    }
+    assert!(
+        t.counter("redir_bytes") > redirected,
+        "nothing redirected: {}",
+        t.accel()
+    );
+    assert_eq!(
+        t.counter("draining"),
+        draining + 1,
+        "the connection did not drain: {}",
+        t.accel()
+    );
+    assert!(
+        eventually(5, || t.counter("drained") == drained + 2
+            && t.sockets() == 0),
+        "both sockets should have left the map: {}",
+        t.accel()
+    );
+    drop(keep);
 }

@@ -617,6 +617,12 @@ fn print_accel(v: &AccelView) {
         by("fb_"),
         c("resumed")
     );
+    println!(
+        "             connections sent to TCP for good (reader kept behind): {}, \
+         sockets of them out of the map: {}",
+        c("draining"),
+        c("drained")
+    );
     println!("             guards: {}", by("guard_"));
 }
 

@@ -106,6 +106,26 @@ static __always_inline struct sock *accel_live(const struct sk_peer *p)
 	return sk;
 }
 
+/* The sockmap state of socket `sk` (its psock), or 0 if it has none: not
+ * in a map, or left it (the kernel clears it once the last call using the
+ * psock has returned). */
+static __always_inline struct sk_psock *accel_psock(struct sock *sk)
+{
+	unsigned long ud = (unsigned long)BPF_CORE_READ(sk, sk_user_data);
+
+	if (!(ud & SLUICE_SK_USER_DATA_PSOCK))
+		return 0;
+	return (struct sk_psock *)(ud & ~SLUICE_SK_USER_DATA_FLAGS);
+}
+
+/* Whether redirected messages wait in `psock`'s queue. */
+static __always_inline int accel_queued(struct sk_psock *psock)
+{
+	unsigned long head = (unsigned long)psock + bpf_core_field_offset(struct sk_psock, ingress_msg);
+
+	return (unsigned long)BPF_CORE_READ(psock, ingress_msg.next) != head;
+}
+
 /* Whether socket `sk` reads in non-blocking mode. The kernel's receive
  * path for redirected data returns EAGAIN from a blocking read that is
  * woken without data (a reset, a signal, its own writer waiting for
@@ -444,6 +464,65 @@ static __always_inline __u32 accel_set_field(__u32 flags, __u32 shift, __u32 v)
 	return (flags & ~(SLUICE_SKA_COUNT_MASK << shift)) | (v << shift);
 }
 
+/* Connection of `me` and `peer` sends through TCP for good, both
+ * directions, and its sockets leave the map once nothing redirected can
+ * reach them (accel_drain). Both entries carry the flag: each sender's
+ * verdict sees it in either. */
+static __always_inline void accel_start_drain(struct sk_peer *me, struct sk_peer *peer)
+{
+	if (!peer)
+		return;
+	__u32 old = __sync_fetch_and_or(&me->flags, SLUICE_SKP_F_DRAINING);
+
+	__sync_fetch_and_or(&peer->flags, SLUICE_SKP_F_DRAINING);
+	if (!(old & SLUICE_SKP_F_DRAINING))
+		accel_count(ACCEL_STAT_DRAINING, 1);
+}
+
+/* Socket `a` (entry `me`) of a draining connection (accel_start_drain)
+ * sends one more message, through TCP: it asks to leave the map (the
+ * daemon takes it out, sluice_sk_evict) once leaving can lose nothing.
+ * Leaving frees the socket's queue of redirected messages, and a message
+ * redirected to it after it left would be lost, so both must be proven:
+ *
+ * 1. no message of the peer's can still be on its way to the queue. A
+ *    redirect is chosen by the peer's verdict under the peer's lock, but
+ *    queued after the peer released it (tcp_bpf_send_verdict); the whole
+ *    send holds a reference on the peer's psock, taken before its verdict
+ *    ran and dropped after the message was queued (tcp_bpf_sendmsg). So
+ *    once the flag is set, a peer psock with no reference but its map's
+ *    (or no psock: it left) means every send that could have seen the
+ *    flag unset has queued its message, and every later one passes. The
+ *    flag was set by a locked read-modify-write and the reference taken
+ *    by one, which x86-64 orders. Any other use of the peer's psock (its
+ *    reads, polls) counts too: the socket waits for a later message.
+ * 2. then, the queue is empty: its reader read every redirected byte.
+ *
+ * A socket that sends no more, or whose peer is gone from the map, stays
+ * (its reads go through the psock's path into TCP's queue). */
+static __always_inline void accel_drain(struct sk_accel *a, struct sk_peer *me,
+					const struct sk_peer *peer)
+{
+	if (!me || !peer || me->flags & SLUICE_SKP_F_DRAINED)
+		return;
+	struct sock *other = accel_live(peer);
+
+	if (!other)
+		return;
+	struct sk_psock *ps = accel_psock(other);
+
+	if (ps && BPF_CORE_READ(ps, refcnt.refs.counter) > 1)
+		return;
+	ps = accel_psock(accel_addr(me));
+	if (ps && accel_queued(ps))
+		return;
+	if (__sync_fetch_and_or(&me->flags, SLUICE_SKP_F_DRAINED | SLUICE_SKP_F_EVICTING) &
+	    SLUICE_SKP_F_DRAINED)
+		return;
+	if (!bpf_map_push_elem(&sluice_sk_evict, &a->self, 0))
+		accel_count(ACCEL_STAT_DRAINED, 1);
+}
+
 /* Socket `a` fell back because its peer's reader is behind: a long
  * redirecting phase before it clears the strikes; a TCP stretch starts. */
 static __always_inline void accel_backpressured(struct sk_accel *a)
@@ -462,8 +541,11 @@ static __always_inline void accel_backpressured(struct sk_accel *a)
  * ACCEL_STRIKES strikes, a sender to which nothing was ever redirected
  * (one-way: an upload, a stream) leaves the map and sends through plain
  * TCP; its reader keeps what it was sent. A sender something was
- * redirected to stays (leaving would free its queue). */
-static __always_inline void accel_tcp_stretch(struct sk_accel *a, struct sk_peer *me)
+ * redirected to (both directions busy: bidirectional bulk) sends its
+ * connection to TCP for good instead, and both sockets leave once
+ * nothing redirected can reach them (accel_drain). */
+static __always_inline void accel_tcp_stretch(struct sk_accel *a, struct sk_peer *me,
+					      struct sk_peer *peer)
 {
 	__u32 n = accel_field(a->flags, SLUICE_SKA_TCP_SHIFT) + 1;
 
@@ -473,8 +555,12 @@ static __always_inline void accel_tcp_stretch(struct sk_accel *a, struct sk_peer
 			__u32 strikes = accel_field(a->flags, SLUICE_SKA_STRIKE_SHIFT) + 1;
 
 			a->flags = accel_set_field(a->flags, SLUICE_SKA_STRIKE_SHIFT, strikes);
-			if (strikes >= ACCEL_STRIKES && me && !(me->flags & SLUICE_SKP_F_REDIRECTED))
-				accel_evict(&a->self, me);
+			if (strikes >= ACCEL_STRIKES && me) {
+				if (!(me->flags & SLUICE_SKP_F_REDIRECTED))
+					accel_evict(&a->self, me);
+				else
+					accel_start_drain(me, peer);
+			}
 		}
 	}
 	a->flags = accel_set_field(a->flags, SLUICE_SKA_TCP_SHIFT, n);
@@ -515,11 +601,23 @@ static __always_inline int accel_msg(struct sk_msg_md *m)
 	if (why == ACCEL_STAT_FB_NO_PEER && me)
 		accel_evict(&a->self, me);
 
+	if ((me && me->flags & SLUICE_SKP_F_DRAINING) ||
+	    (peer && peer->flags & SLUICE_SKP_F_DRAINING)) {
+		if (a->mode == SK_ACCEL_REDIRECT) {
+			a->mode = SK_ACCEL_TCP;
+			a->reason = ACCEL_STAT_DRAINING;
+			if (me)
+				__sync_fetch_and_or(&me->flags, SLUICE_SKP_F_SENDS_TCP);
+		}
+		accel_drain(a, me, peer);
+		goto pass;
+	}
+
 	if (a->mode != SK_ACCEL_REDIRECT) {
 		/* Urgent data keeps the connection on TCP for good. */
 		if (why || a->reason == ACCEL_STAT_FB_OOB || !accel_tcp_drained(me, peer)) {
 			if (a->reason == ACCEL_STAT_FB_BACKPRESSURE)
-				accel_tcp_stretch(a, me);
+				accel_tcp_stretch(a, me, peer);
 			goto pass;
 		}
 		if (me)

@@ -55,16 +55,10 @@ static __always_inline void guard_mark_reader(struct sk_accel *a, __u32 why)
  * message could be on its way into the queue). */
 static __always_inline int guard_redirect_pending(struct sock *sk, struct sk_accel *a)
 {
-	unsigned long ud = (unsigned long)sk->sk_user_data;
-	struct sk_psock *psock = (struct sk_psock *)(ud & ~SLUICE_SK_USER_DATA_FLAGS);
+	struct sk_psock *psock = accel_psock(sk);
 
-	if (psock) {
-		unsigned long head =
-			(unsigned long)psock + bpf_core_field_offset(struct sk_psock, ingress_msg);
-
-		if ((unsigned long)BPF_CORE_READ(psock, ingress_msg.next) != head)
-			return 1;
-	}
+	if (psock && accel_queued(psock))
+		return 1;
 	struct sk_pair_key peer_key = {.snd = a->self.rcv, .rcv = a->self.snd};
 	struct sk_peer *peer = bpf_map_lookup_elem(&sluice_sk_peer, &peer_key);
 

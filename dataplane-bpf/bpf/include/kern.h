@@ -48,14 +48,24 @@ struct list_head {
 	struct list_head *prev;
 } __attribute__((preserve_access_index));
 
+typedef struct refcount_struct {
+	atomic_t refs;
+} refcount_t;
+
 /* The sockmap state of a socket in a map (its sk_user_data, low bits
- * flags): redirected messages wait on ingress_msg. */
+ * flags): redirected messages wait on ingress_msg. refcnt counts the maps
+ * that hold the socket and every call in progress that uses the psock:
+ * each send (tcp_bpf_sendmsg holds it from before its verdict until its
+ * redirect is queued), read and poll. */
 struct sk_psock {
 	struct list_head ingress_msg;
+	refcount_t refcnt;
 } __attribute__((preserve_access_index));
 
-/* include/linux/sock.h SK_USER_DATA_PTRMASK: the flag bits below it */
+/* include/linux/sock.h SK_USER_DATA_PTRMASK: the flag bits below it;
+ * SK_USER_DATA_PSOCK: sk_user_data is a psock. */
 #define SLUICE_SK_USER_DATA_FLAGS 7UL
+#define SLUICE_SK_USER_DATA_PSOCK 4UL
 
 struct file {
 	unsigned int f_flags;

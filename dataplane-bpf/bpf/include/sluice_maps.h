@@ -306,6 +306,10 @@ _Static_assert(sizeof(struct sk_pair_key) == 8, "sk_pair_key layout");
 #define SLUICE_SKP_F_SENDS_TCP (1U << 1)  /* it sends through TCP now */
 #define SLUICE_SKP_F_REDIRECTED (1U << 2) /* a peer has redirected to it */
 #define SLUICE_SKP_F_EVICTING (1U << 3)	  /* leaving the map: never redirect to it */
+/* Its connection sends through TCP for good and both sockets leave the
+ * map once nothing redirected can reach them (accel.h, accel_drain). */
+#define SLUICE_SKP_F_DRAINING (1U << 4)
+#define SLUICE_SKP_F_DRAINED (1U << 5) /* ...and it asked to leave */
 
 struct sk_peer {
 	__u64 sk;
@@ -402,6 +406,8 @@ enum accel_stat {
 	ACCEL_STAT_GUARD_RCVLOWAT, /* setsockopt SO_RCVLOWAT */
 	ACCEL_STAT_GUARD_OOB,	   /* recv with MSG_OOB */
 	ACCEL_STAT_GUARD_REFUSED,  /* such a call refused with EINVAL: redirected data still queued */
+	ACCEL_STAT_DRAINING,	   /* connections sent to TCP for good, to leave the map */
+	ACCEL_STAT_DRAINED,	   /* ...sockets of them that left, their queue read */
 	ACCEL_STAT_MAX,
 };
 
