@@ -601,9 +601,17 @@ static __always_inline int accel_msg(struct sk_msg_md *m)
 	if (why == ACCEL_STAT_FB_NO_PEER && me)
 		accel_evict(&a->self, me);
 
+	/* The node switch turned off: the connection leaves the shortcut for
+	 * good, as a draining one (detaching the programs would not stop
+	 * open sockets' redirects; only taking them out of the map does). */
+	if (why == ACCEL_STAT_FB_OFF && me)
+		accel_start_drain(me, peer);
+
 	if ((me && me->flags & SLUICE_SKP_F_DRAINING) ||
 	    (peer && peer->flags & SLUICE_SKP_F_DRAINING)) {
 		if (a->mode == SK_ACCEL_REDIRECT) {
+			if (why)
+				accel_fall_back(a, me, why);
 			a->mode = SK_ACCEL_TCP;
 			a->reason = ACCEL_STAT_DRAINING;
 			if (me)

@@ -406,7 +406,8 @@ enum accel_stat {
 	ACCEL_STAT_GUARD_RCVLOWAT, /* setsockopt SO_RCVLOWAT */
 	ACCEL_STAT_GUARD_OOB,	   /* recv with MSG_OOB */
 	ACCEL_STAT_GUARD_REFUSED,  /* such a call refused with EINVAL: redirected data still queued */
-	ACCEL_STAT_DRAINING,	   /* connections sent to TCP for good, to leave the map */
+	ACCEL_STAT_DRAINING,	   /* connections sent to TCP for good, to leave the map
+				    * (readers kept behind, or the switch turned off) */
 	ACCEL_STAT_DRAINED,	   /* ...sockets of them that left, their queue read */
 	ACCEL_STAT_MAX,
 };
