@@ -350,6 +350,7 @@ static __always_inline void accel_evict(struct sk_pair_key *key, struct sk_peer 
 
 	if (old & (SLUICE_SKP_F_REDIRECTED | SLUICE_SKP_F_EVICTING))
 		return;
+	__sync_fetch_and_or(&e->flags, SLUICE_SKP_F_QUEUED);
 	if (!bpf_map_push_elem(&sluice_sk_evict, key, 0))
 		accel_count(ACCEL_STAT_EVICTED, 1);
 }
@@ -491,11 +492,14 @@ static __always_inline void accel_start_drain(struct sk_peer *me, struct sk_peer
  *    send holds a reference on the peer's psock, taken before its verdict
  *    ran and dropped after the message was queued (tcp_bpf_sendmsg). So
  *    once the flag is set, a peer psock with no reference but its map's
- *    (or no psock: it left) means every send that could have seen the
- *    flag unset has queued its message, and every later one passes. The
- *    flag was set by a locked read-modify-write and the reference taken
- *    by one, which x86-64 orders. Any other use of the peer's psock (its
- *    reads, polls) counts too: the socket waits for a later message.
+ *    (the peer still in the map: not queued to leave, checked after the
+ *    count), or none at all (it left), means every send that could have
+ *    seen the flag unset has queued its message, and every later one
+ *    passes. The flag was set by a locked read-modify-write and the
+ *    reference taken by one, which x86-64 orders. Any other use of the
+ *    peer's psock (its reads, polls) counts too: the socket waits for a
+ *    later message. The verdict reads the flag before it would call
+ *    bpf_msg_redirect_hash (after that call even SK_PASS redirects).
  * 2. then, the queue is empty: its reader read every redirected byte.
  *
  * A socket that sends no more, or whose peer is gone from the map, stays
@@ -503,21 +507,29 @@ static __always_inline void accel_start_drain(struct sk_peer *me, struct sk_peer
 static __always_inline void accel_drain(struct sk_accel *a, struct sk_peer *me,
 					const struct sk_peer *peer)
 {
-	if (!me || !peer || me->flags & SLUICE_SKP_F_DRAINED)
+	if (!me || !peer || me->flags & SLUICE_SKP_F_QUEUED)
 		return;
 	struct sock *other = accel_live(peer);
 
 	if (!other)
 		return;
 	struct sk_psock *ps = accel_psock(other);
+	int users = ps ? BPF_CORE_READ(ps, refcnt.refs.counter) : 0;
+	/* Read after the count: whether the peer could have left the map
+	 * before it. If so, its map's reference may be gone and a send in
+	 * flight may hold the one left; only no psock at all then proves
+	 * that nothing is on its way. (A closing peer's entry goes first:
+	 * sockops sees TCP_CLOSE before the socket leaves the map.) */
+	struct sk_pair_key peer_key = {.snd = a->self.rcv, .rcv = a->self.snd};
+	const struct sk_peer *now = bpf_map_lookup_elem(&sluice_sk_peer, &peer_key);
 
-	if (ps && BPF_CORE_READ(ps, refcnt.refs.counter) > 1)
+	if (!now || users > (now->flags & SLUICE_SKP_F_QUEUED ? 0 : 1))
 		return;
 	ps = accel_psock(accel_addr(me));
 	if (ps && accel_queued(ps))
 		return;
-	if (__sync_fetch_and_or(&me->flags, SLUICE_SKP_F_DRAINED | SLUICE_SKP_F_EVICTING) &
-	    SLUICE_SKP_F_DRAINED)
+	if (__sync_fetch_and_or(&me->flags, SLUICE_SKP_F_QUEUED | SLUICE_SKP_F_EVICTING) &
+	    SLUICE_SKP_F_QUEUED)
 		return;
 	if (!bpf_map_push_elem(&sluice_sk_evict, &a->self, 0))
 		accel_count(ACCEL_STAT_DRAINED, 1);

@@ -309,7 +309,10 @@ _Static_assert(sizeof(struct sk_pair_key) == 8, "sk_pair_key layout");
 /* Its connection sends through TCP for good and both sockets leave the
  * map once nothing redirected can reach them (accel.h, accel_drain). */
 #define SLUICE_SKP_F_DRAINING (1U << 4)
-#define SLUICE_SKP_F_DRAINED (1U << 5) /* ...and it asked to leave */
+/* Queued for the daemon to take out of the map (sluice_sk_evict): set
+ * before the push, so a reader that sees it unset after reading the
+ * socket's psock knows the socket was in the map when it read it. */
+#define SLUICE_SKP_F_QUEUED (1U << 5)
 
 struct sk_peer {
 	__u64 sk;
