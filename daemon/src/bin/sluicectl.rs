@@ -571,8 +571,9 @@ fn print_nodes(v: &sluice_daemon::routing::RoutingStatus) {
 fn print_accel(v: &AccelView) {
     let c = |k: &str| v.counters.get(k).copied().unwrap_or(0);
     println!(
-        "accel        {}; {} sockets accelerated now ({} added, {} taken out as blocking \
-         readers; not added: {} opted out (or not in), {} blocking, {} refused by a full map)",
+        "accel        {}; {} sockets accelerated now ({} added, {} taken out before anything \
+         was redirected to them; not added: {} opted out (or not in), {} blocking, {} refused \
+         by a full map)",
         if v.enabled { "on" } else { "off" },
         v.sockets,
         c("added"),
@@ -618,8 +619,8 @@ fn print_accel(v: &AccelView) {
         c("resumed")
     );
     println!(
-        "             connections sent to TCP for good (reader kept behind): {}, \
-         sockets of them out of the map: {}",
+        "             connections drained to TCP (readers kept behind, or switched off): {}, \
+         their sockets out of the map: {}",
         c("draining"),
         c("drained")
     );
