@@ -447,7 +447,8 @@ static __always_inline int accel_tcp_drained(const struct sk_peer *me, const str
  * returns to redirecting only once its reader has read every byte it
  * sent through TCP. Every ACCEL_TCP_STRETCH messages it sends through TCP
  * without that, while its last redirecting phase was shorter than
- * ACCEL_SHORT_PHASE messages, is a strike; a redirecting phase at least
+ * ACCEL_SHORT_PHASE messages or it already sent a whole stretch through
+ * TCP since it last redirected, is a strike; a redirecting phase at least
  * that long clears them (accel_tcp_stretch, accel_backpressured). */
 #define ACCEL_SHORT_PHASE 16
 #define ACCEL_TCP_STRETCH SLUICE_SKA_COUNT_MASK
@@ -574,6 +575,10 @@ static __always_inline void accel_tcp_stretch(struct sk_accel *a, struct sk_peer
 					accel_start_drain(me, peer);
 			}
 		}
+		/* A whole stretch without returning: the next one strikes
+		 * whatever the phase before the fallback was (a long phase,
+		 * then a reader that never catches up again). */
+		a->flags = accel_set_field(a->flags, SLUICE_SKA_PHASE_SHIFT, 0);
 	}
 	a->flags = accel_set_field(a->flags, SLUICE_SKA_TCP_SHIFT, n);
 }
