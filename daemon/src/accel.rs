@@ -6,9 +6,12 @@
 //! Everything lives in pins: a restarted daemon finds the link and the map
 //! (with its sockets and its program) as it left them, so open connections
 //! keep their acceleration across a restart. Turning the switch off stops
-//! every redirect at the next message and adds no new socket; no socket is
-//! ever removed from the map by the daemon, because the kernel frees a
-//! removed socket's unread redirected data.
+//! every redirect at the next message, adds no new socket, and drains open
+//! connections out of the map. The daemon removes a socket from the map
+//! only when sk_msg queued it (`sluice_sk_evict`): nothing was ever
+//! redirected to it, or nothing redirected can reach it any more and its
+//! queue is read, because the kernel frees a removed socket's unread
+//! redirected data.
 
 use crate::datapath::{
     error_chain, keep_or_attach, owned_fd, take_map, CgroupRoot, DatapathError, LinkState,
@@ -161,7 +164,9 @@ impl Accel {
     }
 
     /// Turns acceleration on or off for the whole node: off, every send
-    /// goes through TCP from its next message on and no socket is added.
+    /// goes through TCP from its next message on, no socket is added, and
+    /// each open connection drains out of the map (accel.h, accel_drain);
+    /// on, new connections are accelerated.
     pub fn set_enabled(&mut self, enabled: bool) -> Result<(), DatapathError> {
         let v = AccelCfg {
             enabled: u32::from(enabled),

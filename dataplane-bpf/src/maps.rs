@@ -540,7 +540,8 @@ pub const ACCEL_CFG: MapSpec = MapSpec {
 
 /// `enum accel_stat`, in order, named as in C without the prefix: sockets
 /// added or not, messages and bytes redirected or passed, fallbacks to TCP
-/// (`fb_*`) and returns from it, evictions, and what the guards saw.
+/// (`fb_*`) and returns from it, evictions, what the guards saw, and
+/// connections drained out of the map with their sockets.
 pub const ACCEL_STATS: [&str; 27] = [
     "added",
     "add_failed",

@@ -1072,20 +1072,25 @@ fn a_restart_and_the_switch_leave_open_connections_working() {
     assert!(t.counter("fb_off") >= 2, "{}", t.accel());
     assert!(t.counter("pass_msgs") >= passed + 2, "{}", t.accel());
     assert_eq!(t.counter("draining"), draining + 1, "{}", t.accel());
+    // Each socket leaves at one of its sends once its peer's psock proves
+    // nothing in flight: the second only after the daemon took the first
+    // out, so the connection goes on while it waits.
     assert!(
-        eventually(5, || t.counter("drained") == drained + 2
-            && t.sockets() == 0),
+        eventually(5, || {
+            round(&mut c, 10);
+            t.counter("drained") == drained + 2 && t.sockets() == 0
+        }),
         "both sockets should have left the map: {}",
         t.accel()
     );
-    // On again: that connection stays on plain TCP; a new one is
-    // accelerated.
+    // On again: that connection stays on plain TCP (nothing adds an open
+    // socket back); a new one is accelerated.
     t.switch(true);
     let r2 = t.counter("redir_msgs");
     round(&mut c, 500);
-    assert_eq!(t.counter("redir_msgs"), r2, "{}", t.accel());
+    assert_eq!(t.sockets(), 0, "{}", t.accel());
     drop(c);
-    assert_eq!(srv.join().unwrap(), 2500);
+    assert_eq!(srv.join().unwrap(), i);
     let (c2, s2) = t.pair(false);
     t.wait_sockets(2);
     one_way(c2, s2, Arc::new(pattern(3, 1 << 20)), 64 << 10);
@@ -1559,14 +1564,13 @@ fn writer_byte(t: u8, i: u64) -> u8 {
 /// send of one thread may be between its verdict and its redirect while
 /// the other's send marks the connection draining or finds it so (the
 /// case the drain's proof is about: a message chosen for redirect before
-/// the flag must be queued before its target leaves). Inside one pod, one
-/// CPU, both directions; each reader follows both writers' streams byte
-/// by byte through whatever interleaving the two threads made.
-#[test]
-fn a_draining_connection_with_two_writers_per_socket_loses_nothing() {
-    if !require_root() {
-        return;
-    }
+/// the flag must be queued before its target leaves). Both directions;
+/// each reader follows both writers' streams byte by byte through
+/// whatever interleaving the two threads made. `one_cpu`: everything on
+/// CPU 0, inside one pod, where the readers fall behind and the strikes
+/// drain the connection; otherwise the writers of each socket on two
+/// CPUs, and the node switch, turned off halfway, drains it.
+fn two_writers_per_socket_drain(one_cpu: bool) {
     const PER_WRITER: u64 = 48 << 20;
     const CHUNK: u64 = 16 << 10;
     let node = Node::new();
@@ -1577,12 +1581,14 @@ fn a_draining_connection_with_two_writers_per_socket_loses_nothing() {
     let s = accept_nb(&l);
     t.wait_sockets(2);
     let (draining, drained) = (t.counter("draining"), t.counter("drained"));
+    let read = Arc::new(AtomicU64::new(0));
     let side = |sock: &Nb| {
         let writers: Vec<_> = (0..2u8)
             .map(|w| {
                 let mut sock = sock.try_clone();
                 std::thread::spawn(move || {
-                    sluice_tests::pin_to_cpu(0).expect("pin to CPU 0");
+                    let cpu = if one_cpu { 0 } else { usize::from(w) };
+                    sluice_tests::pin_to_cpu(cpu).expect("pin the writer");
                     let mut i = 0u64;
                     while i < PER_WRITER {
                         let b: Vec<u8> = (i..i + CHUNK).map(|k| writer_byte(w, k)).collect();
@@ -1601,8 +1607,11 @@ fn a_draining_connection_with_two_writers_per_socket_loses_nothing() {
         })
     };
     let reader = |mut sock: Nb, name: &'static str| {
+        let read = read.clone();
         std::thread::spawn(move || {
-            sluice_tests::pin_to_cpu(0).expect("pin to CPU 0");
+            if one_cpu {
+                sluice_tests::pin_to_cpu(0).expect("pin to CPU 0");
+            }
             let mut at = [0u64; 2];
             let mut buf = vec![0u8; 64 << 10];
             loop {
@@ -1620,6 +1629,7 @@ fn a_draining_connection_with_two_writers_per_socket_loses_nothing() {
                     );
                     at[w] += 1;
                 }
+                read.fetch_add(n as u64, Ordering::Relaxed);
             }
             assert_eq!(at, [PER_WRITER; 2], "{name}: bytes of each writer");
         })
@@ -1627,6 +1637,15 @@ fn a_draining_connection_with_two_writers_per_socket_loses_nothing() {
     let keep = (c.try_clone(), s.try_clone());
     let (wc, ws) = (side(&c), side(&s));
     let (rs, rc) = (reader(s, "server"), reader(c, "client"));
+    if !one_cpu {
+        // Halfway through (of 4 x PER_WRITER bytes in all), off.
+        let half = 2 * PER_WRITER;
+        assert!(
+            eventually(30, || read.load(Ordering::Relaxed) >= half),
+            "the transfer did not get halfway"
+        );
+        t.switch(false);
+    }
     for th in [wc, ws, rs, rc] {
         th.join().unwrap();
     }
@@ -1643,4 +1662,18 @@ fn a_draining_connection_with_two_writers_per_socket_loses_nothing() {
         t.accel()
     );
     drop(keep);
+}
+
+#[test]
+fn a_draining_connection_with_two_writers_per_socket_loses_nothing() {
+    if require_root() {
+        two_writers_per_socket_drain(true);
+    }
+}
+
+#[test]
+fn the_switch_off_drains_two_writers_per_socket_on_two_cpus_losing_nothing() {
+    if require_root() {
+        two_writers_per_socket_drain(false);
+    }
 }

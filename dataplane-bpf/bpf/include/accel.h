@@ -10,8 +10,11 @@
  * receiver's memory but never checks its buffer), so the sender checks
  * the peer's queued memory first and falls back to TCP, which blocks the
  * writer where TCP would, when a redirect would take the peer past its
- * receive buffer. A socket that has sent through TCP never redirects
- * again (struct sk_accel). */
+ * receive buffer. A socket that has sent through TCP redirects again only
+ * once its peer has read every TCP byte (struct sk_accel); one whose
+ * reader keeps falling behind, or whose connection the node switch
+ * turned off, leaves the map without losing a byte (accel_evict,
+ * accel_drain). */
 #ifndef SLUICE_ACCEL_H
 #define SLUICE_ACCEL_H
 
@@ -328,7 +331,8 @@ static __always_inline int accel_sockops(struct bpf_sock_ops *o)
 	return 1;
 }
 
-/* Sockets whose reader turned out to block, or that have no peer, for the
+/* Sockets whose reader turned out to block, that have no peer, that write
+ * to a reader they keep behind, or of a drained connection, for the
  * daemon to take out of the map (userspace may delete from a sockhash;
  * sk_msg may not). */
 struct {
@@ -337,6 +341,21 @@ struct {
 	__type(value, struct sk_pair_key);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_sk_evict SEC(".maps");
+
+/* Queues socket `key` (entry `e`) for the daemon to take out of the map,
+ * once: SLUICE_SKP_F_QUEUED is set first (accel_drain reads it after a
+ * peer's psock count) and cleared again if the queue is full, so that a
+ * later message tries again. Counts `stat` when queued. */
+static __always_inline void accel_push_evict(struct sk_pair_key *key, struct sk_peer *e, __u32 stat)
+{
+	if (__sync_fetch_and_or(&e->flags, SLUICE_SKP_F_QUEUED) & SLUICE_SKP_F_QUEUED)
+		return;
+	if (bpf_map_push_elem(&sluice_sk_evict, key, 0)) {
+		__sync_fetch_and_and(&e->flags, ~SLUICE_SKP_F_QUEUED);
+		return;
+	}
+	accel_count(stat, 1);
+}
 
 /* Asks for socket `key` (entry `e`) to leave the map: its reader blocks,
  * or it has no peer to be paired with. Only if nothing was ever
@@ -350,9 +369,7 @@ static __always_inline void accel_evict(struct sk_pair_key *key, struct sk_peer 
 
 	if (old & (SLUICE_SKP_F_REDIRECTED | SLUICE_SKP_F_EVICTING))
 		return;
-	__sync_fetch_and_or(&e->flags, SLUICE_SKP_F_QUEUED);
-	if (!bpf_map_push_elem(&sluice_sk_evict, key, 0))
-		accel_count(ACCEL_STAT_EVICTED, 1);
+	accel_push_evict(key, e, ACCEL_STAT_EVICTED);
 }
 
 /* Why a message of `a` may not be redirected to `peer` now (an
@@ -470,13 +487,19 @@ static __always_inline __u32 accel_set_field(__u32 flags, __u32 shift, __u32 v)
  * directions, and its sockets leave the map once nothing redirected can
  * reach them (accel_drain). Both entries carry the flag: each sender's
  * verdict sees it in either. */
-static __always_inline void accel_start_drain(struct sk_peer *me, struct sk_peer *peer)
+static __always_inline void accel_start_drain(const struct sk_pair_key *self, struct sk_peer *me,
+					      struct sk_peer *peer)
 {
 	if (!peer)
 		return;
-	__u32 old = __sync_fetch_and_or(&me->flags, SLUICE_SKP_F_DRAINING);
+	/* Both ends may start it at once: each sets the entry of the lower
+	 * key first and counts by what that entry held, so one of them
+	 * counts the connection. */
+	int me_first = self->snd < self->rcv;
+	struct sk_peer *first = me_first ? me : peer, *second = me_first ? peer : me;
+	__u32 old = __sync_fetch_and_or(&first->flags, SLUICE_SKP_F_DRAINING);
 
-	__sync_fetch_and_or(&peer->flags, SLUICE_SKP_F_DRAINING);
+	__sync_fetch_and_or(&second->flags, SLUICE_SKP_F_DRAINING);
 	if (!(old & SLUICE_SKP_F_DRAINING))
 		accel_count(ACCEL_STAT_DRAINING, 1);
 }
@@ -514,26 +537,40 @@ static __always_inline void accel_drain(struct sk_accel *a, struct sk_peer *me,
 
 	if (!other)
 		return;
-	struct sk_psock *ps = accel_psock(other);
-	int users = ps ? BPF_CORE_READ(ps, refcnt.refs.counter) : 0;
+	/* A read that fails proves nothing: stay (BPF_CORE_READ would give 0,
+	 * "no psock", the unsafe answer). */
+	unsigned long ud;
+	int users = 0;
+
+	if (bpf_core_read(&ud, sizeof(ud), &other->sk_user_data))
+		return;
+	if (ud & SLUICE_SK_USER_DATA_PSOCK) {
+		struct sk_psock *ps = (struct sk_psock *)(ud & ~SLUICE_SK_USER_DATA_FLAGS);
+
+		if (bpf_core_read(&users, sizeof(users), &ps->refcnt.refs.counter))
+			return;
+	}
 	/* Read after the count: whether the peer could have left the map
 	 * before it. If so, its map's reference may be gone and a send in
 	 * flight may hold the one left; only no psock at all then proves
-	 * that nothing is on its way. (A closing peer's entry goes first:
-	 * sockops sees TCP_CLOSE before the socket leaves the map.) */
+	 * that nothing is on its way. A peer that leaves without being
+	 * queued: one whose connection sockops saw close, where the entry
+	 * goes first (gone: stay), and one closed by its application, whose
+	 * last close runs when no send holds its file any more. */
 	struct sk_pair_key peer_key = {.snd = a->self.rcv, .rcv = a->self.snd};
 	const struct sk_peer *now = bpf_map_lookup_elem(&sluice_sk_peer, &peer_key);
 
 	if (!now || users > (now->flags & SLUICE_SKP_F_QUEUED ? 0 : 1))
 		return;
-	ps = accel_psock(accel_addr(me));
-	if (ps && accel_queued(ps))
+	unsigned long own;
+
+	if (bpf_core_read(&own, sizeof(own), &accel_addr(me)->sk_user_data))
 		return;
-	if (__sync_fetch_and_or(&me->flags, SLUICE_SKP_F_QUEUED | SLUICE_SKP_F_EVICTING) &
-	    SLUICE_SKP_F_QUEUED)
+	if (own & SLUICE_SK_USER_DATA_PSOCK &&
+	    accel_queued((struct sk_psock *)(own & ~SLUICE_SK_USER_DATA_FLAGS)))
 		return;
-	if (!bpf_map_push_elem(&sluice_sk_evict, &a->self, 0))
-		accel_count(ACCEL_STAT_DRAINED, 1);
+	__sync_fetch_and_or(&me->flags, SLUICE_SKP_F_EVICTING);
+	accel_push_evict(&a->self, me, ACCEL_STAT_DRAINED);
 }
 
 /* Socket `a` fell back because its peer's reader is behind: a long
@@ -572,7 +609,7 @@ static __always_inline void accel_tcp_stretch(struct sk_accel *a, struct sk_peer
 				if (!(me->flags & SLUICE_SKP_F_REDIRECTED))
 					accel_evict(&a->self, me);
 				else
-					accel_start_drain(me, peer);
+					accel_start_drain(&a->self, me, peer);
 			}
 		}
 		/* A whole stretch without returning: the next one strikes
@@ -621,8 +658,12 @@ static __always_inline int accel_msg(struct sk_msg_md *m)
 	/* The node switch turned off: the connection leaves the shortcut for
 	 * good, as a draining one (detaching the programs would not stop
 	 * open sockets' redirects; only taking them out of the map does). */
-	if (why == ACCEL_STAT_FB_OFF && me)
-		accel_start_drain(me, peer);
+	if (why == ACCEL_STAT_FB_OFF && me) {
+		if (peer)
+			accel_start_drain(&a->self, me, peer);
+		else
+			accel_evict(&a->self, me);
+	}
 
 	if ((me && me->flags & SLUICE_SKP_F_DRAINING) ||
 	    (peer && peer->flags & SLUICE_SKP_F_DRAINING)) {

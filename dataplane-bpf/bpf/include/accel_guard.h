@@ -32,9 +32,12 @@ static __always_inline int guard_read_syscall(unsigned long nr)
 	return nr == 0 || nr == 17 || nr == 19 || nr == 295 || nr == 327;
 }
 
+/* The acceleration state of `sk` while it is in the map: a socket that
+ * left it (evicted, drained) is a plain TCP socket again, for the guards
+ * too. */
 static __always_inline struct sk_accel *guard_accel(struct sock *sk)
 {
-	if (!sk)
+	if (!sk || !accel_psock(sk))
 		return 0;
 	return bpf_sk_storage_get(&sluice_sk_accel, sk, 0, 0);
 }

@@ -346,9 +346,10 @@ _Static_assert(sizeof(struct sk_accel) == 24, "sk_accel layout");
 #define SLUICE_SKA_F_PEER_NONBLOCK (1U << 1) /* its peer's reader is non-blocking */
 /* Counters in flags (accel.h, accel_tcp_stretch), each saturating at
  * 255: bits 8-15, messages redirected since the socket last started
- * redirecting; bits 16-23, strikes: stretches of 255 messages sent
- * through TCP after a short redirecting phase; bits 24-31, messages sent
- * through TCP in the current stretch. */
+ * redirecting (zeroed after a whole TCP stretch); bits 16-23, strikes:
+ * stretches of 255 messages sent through TCP after a short redirecting
+ * phase or another stretch; bits 24-31, messages sent through TCP in the
+ * current stretch. */
 #define SLUICE_SKA_PHASE_SHIFT 8
 #define SLUICE_SKA_STRIKE_SHIFT 16
 #define SLUICE_SKA_TCP_SHIFT 24
