@@ -1427,6 +1427,7 @@ fn a_one_way_writer_its_reader_keeps_behind_leaves_the_map_and_loses_nothing() {
     if !require_root() {
         return;
     }
+    let _cpu0 = cpu0();
     let node = Node::new();
     let t = Two::new(&node);
     let l = t.ra.run(|| listen_nb("127.0.0.1:0".parse().unwrap()));
@@ -1447,6 +1448,15 @@ fn a_one_way_writer_its_reader_keeps_behind_leaves_the_map_and_loses_nothing() {
         "the writer stayed in the map: {}",
         t.accel()
     );
+}
+
+/// Held by the tests whose outcome rests on how the scheduler shares CPU
+/// 0 between a writer and its reader (a reader kept behind): another such
+/// test's threads pinned there at the same time would change who keeps up.
+static CPU0: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn cpu0() -> std::sync::MutexGuard<'static, ()> {
+    CPU0.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What the tests of a reader kept behind send one way: 512 MiB in
@@ -1507,6 +1517,7 @@ fn a_bidirectional_connection_its_readers_keep_behind_drains_to_tcp_and_loses_no
     if !require_root() {
         return;
     }
+    let _cpu0 = cpu0();
     let node = Node::new();
     let t = Two::new(&node);
     let l = t.ra.run(|| listen_nb("127.0.0.1:0".parse().unwrap()));
@@ -1573,6 +1584,7 @@ fn writer_byte(t: u8, i: u64) -> u8 {
 fn two_writers_per_socket_drain(one_cpu: bool) {
     const PER_WRITER: u64 = 48 << 20;
     const CHUNK: u64 = 16 << 10;
+    let _cpu0 = cpu0();
     let node = Node::new();
     let t = Two::new(&node);
     let l = t.ra.run(|| listen_nb("127.0.0.1:0".parse().unwrap()));
