@@ -91,6 +91,13 @@ pub fn plugin_dir(profile_dir: &Path) -> Option<PathBuf> {
     )
 }
 
+/// Waits for the tests of one binary that hold `turn` to finish, then holds
+/// it: tests whose figures the others would disturb take turns. A test
+/// that panicked while holding it passes it on.
+pub fn take_turn(turn: &'static std::sync::Mutex<()>) -> std::sync::MutexGuard<'static, ()> {
+    turn.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Pins the calling thread to `cpu` (the benchmarks and tests that place
 /// a writer and its reader on one CPU or two).
 pub fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {

@@ -130,6 +130,33 @@ impl<'a> Two<'a> {
         (c, accept_nb(&l))
     }
 
+    /// An app and its proxy inside pod a over 127.0.0.1, default buffers:
+    /// (app, proxy).
+    fn loopback_pair(&self) -> (Nb, Nb) {
+        let l = self.ra.run(|| listen_nb("127.0.0.1:0".parse().unwrap()));
+        let addr = l.local_addr().unwrap();
+        let c = self.ra.run(move || connect_nb(addr));
+        (c, accept_nb(&l))
+    }
+
+    /// Asserts that one connection started draining since the counters
+    /// read `draining` and `drained`, and that both its sockets leave the
+    /// map (the only ones in it).
+    fn assert_drained(&self, draining: u64, drained: u64) {
+        assert_eq!(
+            self.counter("draining"),
+            draining + 1,
+            "the connection did not drain: {}",
+            self.accel()
+        );
+        assert!(
+            eventually(5, || self.counter("drained") == drained + 2
+                && self.sockets() == 0),
+            "both sockets should have left the map: {}",
+            self.accel()
+        );
+    }
+
     /// The same with blocking sockets, as thread-per-connection programs
     /// use them.
     fn pair_blocking(&self) -> (TcpStream, TcpStream) {
@@ -1430,10 +1457,7 @@ fn a_one_way_writer_its_reader_keeps_behind_leaves_the_map_and_loses_nothing() {
     let _cpu0 = cpu0();
     let node = Node::new();
     let t = Two::new(&node);
-    let l = t.ra.run(|| listen_nb("127.0.0.1:0".parse().unwrap()));
-    let addr = l.local_addr().unwrap();
-    let c = t.ra.run(move || connect_nb(addr));
-    let s = accept_nb(&l);
+    let (c, s) = t.loopback_pair();
     let (evicted, redirected) = (t.counter("evicted"), t.counter("redir_bytes"));
     let w = blocks_writer(c, 7);
     blocks_reader(s, 7).join().unwrap();
@@ -1456,7 +1480,7 @@ fn a_one_way_writer_its_reader_keeps_behind_leaves_the_map_and_loses_nothing() {
 static CPU0: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn cpu0() -> std::sync::MutexGuard<'static, ()> {
-    CPU0.lock().unwrap_or_else(|e| e.into_inner())
+    sluice_tests::take_turn(&CPU0)
 }
 
 /// What the tests of a reader kept behind send one way: 512 MiB in
@@ -1520,10 +1544,7 @@ fn a_bidirectional_connection_its_readers_keep_behind_drains_to_tcp_and_loses_no
     let _cpu0 = cpu0();
     let node = Node::new();
     let t = Two::new(&node);
-    let l = t.ra.run(|| listen_nb("127.0.0.1:0".parse().unwrap()));
-    let addr = l.local_addr().unwrap();
-    let c = t.ra.run(move || connect_nb(addr));
-    let s = accept_nb(&l);
+    let (c, s) = t.loopback_pair();
     t.wait_sockets(2);
     let (draining, drained, redirected) = (
         t.counter("draining"),
@@ -1545,18 +1566,7 @@ fn a_bidirectional_connection_its_readers_keep_behind_drains_to_tcp_and_loses_no
         "nothing redirected: {}",
         t.accel()
     );
-    assert_eq!(
-        t.counter("draining"),
-        draining + 1,
-        "the connection did not drain: {}",
-        t.accel()
-    );
-    assert!(
-        eventually(5, || t.counter("drained") == drained + 2
-            && t.sockets() == 0),
-        "both sockets should have left the map: {}",
-        t.accel()
-    );
+    t.assert_drained(draining, drained);
     drop(keep);
 }
 
@@ -1587,10 +1597,7 @@ fn two_writers_per_socket_drain(one_cpu: bool) {
     let _cpu0 = cpu0();
     let node = Node::new();
     let t = Two::new(&node);
-    let l = t.ra.run(|| listen_nb("127.0.0.1:0".parse().unwrap()));
-    let addr = l.local_addr().unwrap();
-    let c = t.ra.run(move || connect_nb(addr));
-    let s = accept_nb(&l);
+    let (c, s) = t.loopback_pair();
     t.wait_sockets(2);
     let (draining, drained) = (t.counter("draining"), t.counter("drained"));
     let read = Arc::new(AtomicU64::new(0));
@@ -1661,18 +1668,7 @@ fn two_writers_per_socket_drain(one_cpu: bool) {
     for th in [wc, ws, rs, rc] {
         th.join().unwrap();
     }
-    assert_eq!(
-        t.counter("draining"),
-        draining + 1,
-        "the connection did not drain: {}",
-        t.accel()
-    );
-    assert!(
-        eventually(5, || t.counter("drained") == drained + 2
-            && t.sockets() == 0),
-        "both sockets should have left the map: {}",
-        t.accel()
-    );
+    t.assert_drained(draining, drained);
     drop(keep);
 }
 

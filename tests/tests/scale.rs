@@ -50,7 +50,7 @@ fn frontends(d: &Daemon<'_>) -> u64 {
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+    sluice_tests::take_turn(&ONE_AT_A_TIME)
 }
 
 fn p99(mut v: Vec<f64>) -> f64 {

@@ -109,16 +109,28 @@ static __always_inline struct sock *accel_live(const struct sk_peer *p)
 	return sk;
 }
 
-/* The sockmap state of socket `sk` (its psock), or 0 if it has none: not
- * in a map, or left it (the kernel clears it once the last call using the
- * psock has returned). */
+/* Reads the sockmap state of socket `sk` (its psock) into `*ps`, 0 if it
+ * has none: not in a map, or left it (the kernel clears it once the last
+ * call using the psock has returned). Nonzero if the read failed. */
+static __always_inline int accel_read_psock(struct sock *sk, struct sk_psock **ps)
+{
+	unsigned long ud;
+
+	*ps = 0;
+	if (bpf_core_read(&ud, sizeof(ud), &sk->sk_user_data))
+		return -1;
+	if (ud & SLUICE_SK_USER_DATA_PSOCK)
+		*ps = (struct sk_psock *)(ud & ~SLUICE_SK_USER_DATA_FLAGS);
+	return 0;
+}
+
+/* The psock of socket `sk`, or 0 (none, or the read failed). */
 static __always_inline struct sk_psock *accel_psock(struct sock *sk)
 {
-	unsigned long ud = (unsigned long)BPF_CORE_READ(sk, sk_user_data);
+	struct sk_psock *ps;
 
-	if (!(ud & SLUICE_SK_USER_DATA_PSOCK))
-		return 0;
-	return (struct sk_psock *)(ud & ~SLUICE_SK_USER_DATA_FLAGS);
+	accel_read_psock(sk, &ps);
+	return ps;
 }
 
 /* Whether redirected messages wait in `psock`'s queue. */
@@ -437,14 +449,20 @@ static __always_inline __u32 accel_refusal(const struct accel_cfg *cfg, struct s
 	return 0;
 }
 
-/* Socket `a` (entry `me`) sends through TCP from now on; its peer's guards
- * learn it from its entry (SLUICE_SKP_F_SENDS_TCP). */
-static __always_inline void accel_fall_back(struct sk_accel *a, struct sk_peer *me, __u32 why)
+/* Socket `a` (entry `me`) sends through TCP from now on, for `why`; its
+ * peer's guards learn it from its entry (SLUICE_SKP_F_SENDS_TCP). */
+static __always_inline void accel_send_tcp(struct sk_accel *a, struct sk_peer *me, __u32 why)
 {
 	a->mode = SK_ACCEL_TCP;
 	a->reason = why;
 	if (me)
 		__sync_fetch_and_or(&me->flags, SLUICE_SKP_F_SENDS_TCP);
+}
+
+/* The same, counted as a fallback for `why`. */
+static __always_inline void accel_fall_back(struct sk_accel *a, struct sk_peer *me, __u32 why)
+{
+	accel_send_tcp(a, me, why);
 	accel_count(why, 1);
 }
 
@@ -539,17 +557,12 @@ static __always_inline void accel_drain(struct sk_accel *a, struct sk_peer *me,
 		return;
 	/* A read that fails proves nothing: stay (BPF_CORE_READ would give 0,
 	 * "no psock", the unsafe answer). */
-	unsigned long ud;
+	struct sk_psock *ps;
 	int users = 0;
 
-	if (bpf_core_read(&ud, sizeof(ud), &other->sk_user_data))
+	if (accel_read_psock(other, &ps) ||
+	    (ps && bpf_core_read(&users, sizeof(users), &ps->refcnt.refs.counter)))
 		return;
-	if (ud & SLUICE_SK_USER_DATA_PSOCK) {
-		struct sk_psock *ps = (struct sk_psock *)(ud & ~SLUICE_SK_USER_DATA_FLAGS);
-
-		if (bpf_core_read(&users, sizeof(users), &ps->refcnt.refs.counter))
-			return;
-	}
 	/* Read after the count: whether the peer could have left the map
 	 * before it. If so, its map's reference may be gone and a send in
 	 * flight may hold the one left; only no psock at all then proves
@@ -562,12 +575,7 @@ static __always_inline void accel_drain(struct sk_accel *a, struct sk_peer *me,
 
 	if (!now || users > (now->flags & SLUICE_SKP_F_QUEUED ? 0 : 1))
 		return;
-	unsigned long own;
-
-	if (bpf_core_read(&own, sizeof(own), &accel_addr(me)->sk_user_data))
-		return;
-	if (own & SLUICE_SK_USER_DATA_PSOCK &&
-	    accel_queued((struct sk_psock *)(own & ~SLUICE_SK_USER_DATA_FLAGS)))
+	if (accel_read_psock(accel_addr(me), &ps) || (ps && accel_queued(ps)))
 		return;
 	__sync_fetch_and_or(&me->flags, SLUICE_SKP_F_EVICTING);
 	accel_push_evict(&a->self, me, ACCEL_STAT_DRAINED);
@@ -669,11 +677,8 @@ static __always_inline int accel_msg(struct sk_msg_md *m)
 	    (peer && peer->flags & SLUICE_SKP_F_DRAINING)) {
 		if (a->mode == SK_ACCEL_REDIRECT) {
 			if (why)
-				accel_fall_back(a, me, why);
-			a->mode = SK_ACCEL_TCP;
-			a->reason = ACCEL_STAT_DRAINING;
-			if (me)
-				__sync_fetch_and_or(&me->flags, SLUICE_SKP_F_SENDS_TCP);
+				accel_count(why, 1);
+			accel_send_tcp(a, me, ACCEL_STAT_DRAINING);
 		}
 		accel_drain(a, me, peer);
 		goto pass;
