@@ -18,7 +18,7 @@ use sluice_tests::{require_root, with_pod_annotations, Node, NsRunner, Pod};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -1593,7 +1593,8 @@ fn writer_byte(t: u8, i: u64) -> u8 {
 /// CPUs, and the node switch, turned off halfway, drains it.
 fn two_writers_per_socket_drain(one_cpu: bool) {
     const PER_WRITER: u64 = 48 << 20;
-    const CHUNK: u64 = 16 << 10;
+    // 4 KiB writes: 24,576 a socket, two stalls' worth (ACCEL_STRIKES_KEPT_UP).
+    const CHUNK: u64 = 4 << 10;
     let _cpu0 = cpu0();
     let node = Node::new();
     let t = Two::new(&node);
@@ -1684,4 +1685,141 @@ fn the_switch_off_drains_two_writers_per_socket_on_two_cpus_losing_nothing() {
     if require_root() {
         two_writers_per_socket_drain(false);
     }
+}
+
+/// Writes chunks of writer `w`'s stream (writer_byte) to `sock` from
+/// byte `from` on: `n` of them, or until `stop` is set; `pause` between
+/// chunks. Returns where the stream stands.
+fn stream_writer(
+    mut sock: Nb,
+    w: u8,
+    from: u64,
+    n: u64,
+    pause: Duration,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    const CHUNK: u64 = 4 << 10;
+    std::thread::spawn(move || {
+        sluice_tests::pin_to_cpu(0).expect("pin the writer to CPU 0");
+        let mut i = from;
+        for _ in 0..n {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let b: Vec<u8> = (i..i + CHUNK).map(|k| writer_byte(w, k)).collect();
+            sock.write_all(&b).unwrap();
+            i += CHUNK;
+            std::thread::sleep(pause);
+        }
+        i
+    })
+}
+
+/// A writer whose reader has kept up with it, then falls behind for a
+/// while, stays on the shortcut and redirects again once its reader has
+/// caught up: leaving is for good, and between pods on one CPU readers
+/// fall behind now and then for thousands of messages (in accel-bench
+/// runs a one-way writer left after such a stall and finished its round
+/// at TCP's speed, 1 round in 5). A stall that lasts still takes it out.
+/// Between pods, 4 KiB writes, everything on CPU 0; the stall is two
+/// threads writing to the socket at once (its reader never has every
+/// TCP byte when either sends); the reader follows each writer's stream
+/// byte by byte.
+#[test]
+fn a_writer_whose_reader_kept_up_rides_out_a_stall_and_leaves_one_that_lasts() {
+    if !require_root() {
+        return;
+    }
+    let _cpu0 = cpu0();
+    let node = Node::new();
+    let t = Two::new(&node);
+    let (c, s) = t.pair_default_buffers(false);
+    t.wait_sockets(2);
+    let evicted = t.counter("evicted");
+    let read = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let reader = {
+        let (read, mut s) = (read.clone(), s);
+        std::thread::spawn(move || {
+            sluice_tests::pin_to_cpu(0).expect("pin the reader to CPU 0");
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                let n = s.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                for &b in &buf[..n] {
+                    let w = usize::from(b >> 7);
+                    let at = read[w].load(Ordering::Relaxed);
+                    assert_eq!(
+                        b,
+                        writer_byte(w as u8, at),
+                        "byte {at} of writer {w} differs (lost, repeated or reordered)"
+                    );
+                    read[w].store(at + 1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let caught_up = |pos: [u64; 2]| {
+        assert!(
+            eventually(30, || (0..2)
+                .all(|w| read[w].load(Ordering::Relaxed) == pos[w])),
+            "the reader did not catch up: {}",
+            t.accel()
+        );
+    };
+    let go = Arc::new(AtomicBool::new(false));
+    let slow = Duration::from_micros(300);
+    let mut pos = [0u64; 2];
+    // The reader keeps up with a writer that pauses between writes.
+    let before = t.counter("redir_bytes");
+    pos[0] = stream_writer(c.try_clone(), 0, 0, 64, slow, go.clone())
+        .join()
+        .unwrap();
+    caught_up(pos);
+    t.assert_redirected(before, pos[0]);
+    // The stall: two writers at full speed, ~3,200 writes, 12 stretches.
+    fn two(c: &Nb, pos: [u64; 2], n: u64, stop: &Arc<AtomicBool>) -> [u64; 2] {
+        let w0 = stream_writer(c.try_clone(), 0, pos[0], n, Duration::ZERO, stop.clone());
+        let w1 = stream_writer(c.try_clone(), 1, pos[1], n, Duration::ZERO, stop.clone());
+        [w0.join().unwrap(), w1.join().unwrap()]
+    }
+    pos = two(&c, pos, 1600, &go);
+    caught_up(pos);
+    assert_eq!(
+        t.counter("evicted"),
+        evicted,
+        "the writer left the map after a stall of ~3,200 writes: {}",
+        t.accel()
+    );
+    // Its reader caught up: it redirects again.
+    let before = t.counter("redir_bytes");
+    let from = pos[0];
+    pos[0] = stream_writer(c.try_clone(), 0, from, 64, slow, go.clone())
+        .join()
+        .unwrap();
+    caught_up(pos);
+    t.assert_redirected(before, pos[0] - from);
+    assert_eq!(t.sockets(), 2, "{}", t.accel());
+    // A stall that lasts: the writer leaves within ~12,000 writes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stall = std::thread::spawn({
+        let (c, stop) = (c.try_clone(), stop.clone());
+        move || two(&c, pos, u64::MAX, &stop)
+    });
+    let left = eventually(60, || t.counter("evicted") > evicted);
+    stop.store(true, Ordering::Relaxed);
+    pos = stall.join().unwrap();
+    c.shutdown(Shutdown::Write);
+    reader.join().unwrap();
+    assert_eq!(
+        [0, 1].map(|w| read[w].load(Ordering::Relaxed)),
+        pos,
+        "bytes of each writer"
+    );
+    assert!(
+        left,
+        "the writer stayed through a lasting stall: {}",
+        t.accel()
+    );
 }

@@ -481,13 +481,25 @@ static __always_inline int accel_tcp_drained(const struct sk_peer *me, const str
 /* A writer its reader keeps behind: after a backpressure fallback it
  * returns to redirecting only once its reader has read every byte it
  * sent through TCP. Every ACCEL_TCP_STRETCH messages it sends through TCP
- * without that, while its last redirecting phase was shorter than
- * ACCEL_SHORT_PHASE messages or it already sent a whole stretch through
- * TCP since it last redirected, is a strike; a redirecting phase at least
- * that long clears them (accel_tcp_stretch, accel_backpressured). */
+ * without that is a strike; a redirecting phase of at least
+ * ACCEL_SHORT_PHASE messages clears them (accel_tcp_stretch,
+ * accel_backpressured). */
 #define ACCEL_SHORT_PHASE 16
 #define ACCEL_TCP_STRETCH SLUICE_SKA_COUNT_MASK
+/* Strikes before the writer leaves while it has never redirected a long
+ * phase: its reader has never kept up (one CPU, loopback: phases of 1 to
+ * 8 messages between stalls of 1 to 5 stretches, measured). */
 #define ACCEL_STRIKES 4
+/* Strikes before it leaves once it has (SLUICE_SKA_F_KEPT_UP): between
+ * pods on one CPU such a reader now and then falls behind for thousands
+ * of messages and catches up again (measured with 64 KiB writes: stalls
+ * of up to 17 stretches, 170 ms, often right after the connection's
+ * first phases, some broken by a short phase, then phases of ~500
+ * messages again), while leaving is for good. A reader that never
+ * catches up again (two threads writing to one socket: it never has
+ * every TCP byte when either sends) costs a stretch of ~12,000
+ * messages on the psock's path into TCP. */
+#define ACCEL_STRIKES_KEPT_UP 48
 
 static __always_inline __u32 accel_field(__u32 flags, __u32 shift)
 {
@@ -582,48 +594,47 @@ static __always_inline void accel_drain(struct sk_accel *a, struct sk_peer *me,
 }
 
 /* Socket `a` fell back because its peer's reader is behind: a long
- * redirecting phase before it clears the strikes; a TCP stretch starts. */
+ * redirecting phase before it clears the strikes (and shows the reader
+ * can keep up); a TCP stretch starts. */
 static __always_inline void accel_backpressured(struct sk_accel *a)
 {
-	if (accel_field(a->flags, SLUICE_SKA_PHASE_SHIFT) >= ACCEL_SHORT_PHASE)
+	if (accel_field(a->flags, SLUICE_SKA_PHASE_SHIFT) >= ACCEL_SHORT_PHASE) {
 		a->flags = accel_set_field(a->flags, SLUICE_SKA_STRIKE_SHIFT, 0);
+		a->flags |= SLUICE_SKA_F_KEPT_UP;
+	}
 	a->flags = accel_set_field(a->flags, SLUICE_SKA_TCP_SHIFT, 0);
 }
 
 /* Socket `a` (entry `me`), fallen back for backpressure, sends one more
  * message through TCP. Where its reader seldom or never catches up (one
  * CPU, loopback: measured ~8 messages redirected per fallback against
- * ~1,300 through TCP, or no return at all; between pods ~500 against
- * ~100), the writer spends its life on the psock's send path into TCP,
- * slower than TCP alone (one-way 0.61x inside a pod). After
- * ACCEL_STRIKES strikes, a sender to which nothing was ever redirected
- * (one-way: an upload, a stream) leaves the map and sends through plain
- * TCP; its reader keeps what it was sent. A sender something was
- * redirected to (both directions busy: bidirectional bulk) sends its
- * connection to TCP for good instead, and both sockets leave once
- * nothing redirected can reach them (accel_drain). */
+ * ~1,300 through TCP; between pods ~500 against ~100), the writer spends
+ * its life on the psock's send path into TCP, slower than TCP alone
+ * (one-way 0.61x inside a pod). At ACCEL_STRIKES strikes
+ * (ACCEL_STRIKES_KEPT_UP once it redirected a long phase), a sender to
+ * which nothing was ever redirected (one-way: an upload, a stream)
+ * leaves the map and sends through plain TCP; its reader keeps what it
+ * was sent. A sender something was redirected to (both directions busy:
+ * bidirectional bulk) sends its connection to TCP for good instead, and
+ * both sockets leave once nothing redirected can reach them
+ * (accel_drain). */
 static __always_inline void accel_tcp_stretch(struct sk_accel *a, struct sk_peer *me,
 					      struct sk_peer *peer)
 {
 	__u32 n = accel_field(a->flags, SLUICE_SKA_TCP_SHIFT) + 1;
 
 	if (n >= ACCEL_TCP_STRETCH) {
-		n = 0;
-		if (accel_field(a->flags, SLUICE_SKA_PHASE_SHIFT) < ACCEL_SHORT_PHASE) {
-			__u32 strikes = accel_field(a->flags, SLUICE_SKA_STRIKE_SHIFT) + 1;
+		__u32 strikes = accel_field(a->flags, SLUICE_SKA_STRIKE_SHIFT) + 1;
+		__u32 limit = a->flags & SLUICE_SKA_F_KEPT_UP ? ACCEL_STRIKES_KEPT_UP : ACCEL_STRIKES;
 
-			a->flags = accel_set_field(a->flags, SLUICE_SKA_STRIKE_SHIFT, strikes);
-			if (strikes >= ACCEL_STRIKES && me) {
-				if (!(me->flags & SLUICE_SKP_F_REDIRECTED))
-					accel_evict(&a->self, me);
-				else
-					accel_start_drain(&a->self, me, peer);
-			}
+		n = 0;
+		a->flags = accel_set_field(a->flags, SLUICE_SKA_STRIKE_SHIFT, strikes);
+		if (strikes >= limit && me) {
+			if (!(me->flags & SLUICE_SKP_F_REDIRECTED))
+				accel_evict(&a->self, me);
+			else
+				accel_start_drain(&a->self, me, peer);
 		}
-		/* A whole stretch without returning: the next one strikes
-		 * whatever the phase before the fallback was (a long phase,
-		 * then a reader that never catches up again). */
-		a->flags = accel_set_field(a->flags, SLUICE_SKA_PHASE_SHIFT, 0);
 	}
 	a->flags = accel_set_field(a->flags, SLUICE_SKA_TCP_SHIFT, n);
 }
