@@ -490,15 +490,20 @@ static __always_inline int accel_tcp_drained(const struct sk_peer *me, const str
  * phase: its reader has never kept up (one CPU, loopback: phases of 1 to
  * 8 messages between stalls of 1 to 5 stretches, measured). */
 #define ACCEL_STRIKES 4
-/* Strikes before it leaves once it has (SLUICE_SKA_F_KEPT_UP): between
- * pods on one CPU such a reader now and then falls behind for thousands
- * of messages and catches up again (measured with 64 KiB writes: stalls
- * of up to 17 stretches, 170 ms, often right after the connection's
- * first phases, some broken by a short phase, then phases of ~500
- * messages again), while leaving is for good. A reader that never
- * catches up again (two threads writing to one socket: it never has
- * every TCP byte when either sends) costs a stretch of ~12,000
- * messages on the psock's path into TCP. */
+/* Strikes before it leaves once it has (SLUICE_SKA_F_KEPT_UP), its peer
+ * in another netns: between pods on one CPU such a reader now and then
+ * falls behind for thousands of messages and catches up again (measured
+ * with 64 KiB writes: stalls of up to 17 stretches, 170 ms, often right
+ * after the connection's first phases, some broken by a short phase,
+ * then phases of ~500 messages again), while leaving is for good; and
+ * there the psock's path into TCP runs at TCP's own speed (measured: 255
+ * messages of 64 KiB in ~9.5 ms, 14 Gbit/s, plain TCP over the veth
+ * 13.5). Inside one netns (loopback) plain TCP is faster than that path
+ * (24 Gbit/s on one CPU; a stuck bidirectional round on two CPUs ran at
+ * 0.73x while it stayed), so there a writer leaves at ACCEL_STRIKES
+ * whatever its phases. A reader that never catches up again (two
+ * threads writing to one socket: it never has every TCP byte when either
+ * sends) costs a writer between netns ~12,000 messages at TCP's speed. */
 #define ACCEL_STRIKES_KEPT_UP 48
 
 static __always_inline __u32 accel_field(__u32 flags, __u32 shift)
@@ -611,7 +616,8 @@ static __always_inline void accel_backpressured(struct sk_accel *a)
  * ~1,300 through TCP; between pods ~500 against ~100), the writer spends
  * its life on the psock's send path into TCP, slower than TCP alone
  * (one-way 0.61x inside a pod). At ACCEL_STRIKES strikes
- * (ACCEL_STRIKES_KEPT_UP once it redirected a long phase), a sender to
+ * (ACCEL_STRIKES_KEPT_UP once it redirected a long phase to a peer in
+ * another netns), a sender to
  * which nothing was ever redirected (one-way: an upload, a stream)
  * leaves the map and sends through plain TCP; its reader keeps what it
  * was sent. A sender something was redirected to (both directions busy:
@@ -625,7 +631,11 @@ static __always_inline void accel_tcp_stretch(struct sk_accel *a, struct sk_peer
 
 	if (n >= ACCEL_TCP_STRETCH) {
 		__u32 strikes = accel_field(a->flags, SLUICE_SKA_STRIKE_SHIFT) + 1;
-		__u32 limit = a->flags & SLUICE_SKA_F_KEPT_UP ? ACCEL_STRIKES_KEPT_UP : ACCEL_STRIKES;
+		__u32 limit = ACCEL_STRIKES;
+
+		if (a->flags & SLUICE_SKA_F_KEPT_UP && me && peer &&
+		    me->netns_cookie != peer->netns_cookie)
+			limit = ACCEL_STRIKES_KEPT_UP;
 
 		n = 0;
 		a->flags = accel_set_field(a->flags, SLUICE_SKA_STRIKE_SHIFT, strikes);

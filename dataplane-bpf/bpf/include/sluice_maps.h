@@ -345,8 +345,8 @@ _Static_assert(sizeof(struct sk_accel) == 24, "sk_accel layout");
 #define SLUICE_SKA_F_SELF_NONBLOCK (1U << 0) /* its own reader is non-blocking */
 #define SLUICE_SKA_F_PEER_NONBLOCK (1U << 1) /* its peer's reader is non-blocking */
 /* It once redirected a long phase (accel.h, ACCEL_SHORT_PHASE): its reader
- * can keep up with it, and a stall of that reader gets a longer grace
- * before the socket leaves the shortcut (accel_tcp_stretch). */
+ * can keep up with it, and a stall of that reader in another netns gets a
+ * longer grace before the socket leaves the shortcut (accel_tcp_stretch). */
 #define SLUICE_SKA_F_KEPT_UP (1U << 2)
 /* Counters in flags (accel.h, accel_tcp_stretch), each saturating at
  * 255: bits 8-15, messages redirected since the socket last started
