@@ -1447,8 +1447,7 @@ fn a_service_whose_backend_is_a_local_pod_is_accelerated() {
 /// only for a few messages each time its reader has caught up, so it
 /// spent its life on the psock's send path into TCP (0.61x of loopback
 /// TCP). After a few such cycles a writer nothing was redirected to
-/// leaves the map (later if a phase of its happened to be long); every
-/// byte arrives in order, the redirected ones and the TCP ones, and EOF
+/// leaves the map; every byte arrives in order, the redirected ones and the TCP ones, and EOF
 /// follows the close.
 #[test]
 fn a_one_way_writer_its_reader_keeps_behind_leaves_the_map_and_loses_nothing() {
@@ -1485,8 +1484,8 @@ fn cpu0() -> std::sync::MutexGuard<'static, ()> {
 
 /// What the tests of a reader kept behind send one way: numbered 64 KiB
 /// blocks of pattern `seed`, until told to stop (once the socket left the
-/// map: how many messages that takes depends on the phases the scheduler
-/// gave the writer, accel.h's ACCEL_STRIKES_KEPT_UP) or at MAX_BLOCKS
+/// map: how many messages that takes depends on how the scheduler shares
+/// the CPU between writer and reader) or at MAX_BLOCKS
 /// (4 GiB), then AFTER_BLOCKS more (through TCP alone). Each block costs its writer a memcpy and its reader a memcmp,
 /// as fast as the benchmark's writer and reader (a slower reader keeps
 /// the writer on the shortcut). Both pinned to CPU 0.
@@ -1618,7 +1617,7 @@ fn writer_byte(t: u8, i: u64) -> u8 {
 /// CPUs, and the node switch, turned off halfway, drains it.
 fn two_writers_per_socket_drain(one_cpu: bool) {
     const PER_WRITER: u64 = 48 << 20;
-    // 4 KiB writes: 24,576 a socket, two stalls' worth (ACCEL_STRIKES_KEPT_UP).
+    // 4 KiB writes: 24,576 messages a socket, many stretches of 255.
     const CHUNK: u64 = 4 << 10;
     let _cpu0 = cpu0();
     let node = Node::new();
