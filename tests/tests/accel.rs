@@ -1447,8 +1447,8 @@ fn a_service_whose_backend_is_a_local_pod_is_accelerated() {
 /// only for a few messages each time its reader has caught up, so it
 /// spent its life on the psock's send path into TCP (0.61x of loopback
 /// TCP). After a few such cycles a writer nothing was redirected to
-/// leaves the map; every byte arrives in order, the redirected ones and the TCP ones, and EOF
-/// follows the close.
+/// leaves the map; every byte arrives in order, the redirected ones and
+/// the TCP ones, and EOF follows the close.
 #[test]
 fn a_one_way_writer_its_reader_keeps_behind_leaves_the_map_and_loses_nothing() {
     if !require_root() {
@@ -1485,10 +1485,11 @@ fn cpu0() -> std::sync::MutexGuard<'static, ()> {
 /// What the tests of a reader kept behind send one way: numbered 64 KiB
 /// blocks of pattern `seed`, until told to stop (once the socket left the
 /// map: how many messages that takes depends on how the scheduler shares
-/// the CPU between writer and reader) or at MAX_BLOCKS
-/// (4 GiB), then AFTER_BLOCKS more (through TCP alone). Each block costs its writer a memcpy and its reader a memcmp,
-/// as fast as the benchmark's writer and reader (a slower reader keeps
-/// the writer on the shortcut). Both pinned to CPU 0.
+/// the CPU between writer and reader) or at MAX_BLOCKS (4 GiB), then
+/// AFTER_BLOCKS more (through TCP alone). Each block costs its writer a
+/// memcpy and its reader a memcmp, as fast as the benchmark's writer and
+/// reader (a slower reader keeps the writer on the shortcut). Both pinned
+/// to CPU 0.
 const BLOCK: usize = 64 << 10;
 const MAX_BLOCKS: u64 = 65_536;
 const AFTER_BLOCKS: u64 = 256;
@@ -1617,29 +1618,27 @@ fn writer_byte(t: u8, i: u64) -> u8 {
 /// CPUs, and the node switch, turned off halfway, drains it.
 fn two_writers_per_socket_drain(one_cpu: bool) {
     const PER_WRITER: u64 = 48 << 20;
-    // 4 KiB writes: 24,576 messages a socket, many stretches of 255.
-    const CHUNK: u64 = 4 << 10;
     let _cpu0 = cpu0();
     let node = Node::new();
     let t = Two::new(&node);
     let (c, s) = t.loopback_pair();
     t.wait_sockets(2);
     let (draining, drained) = (t.counter("draining"), t.counter("drained"));
-    let read = Arc::new(AtomicU64::new(0));
+    let never = Arc::new(AtomicBool::new(false));
     let side = |sock: &Nb| {
         let writers: Vec<_> = (0..2u8)
             .map(|w| {
-                let mut sock = sock.try_clone();
-                std::thread::spawn(move || {
-                    let cpu = if one_cpu { 0 } else { usize::from(w) };
-                    sluice_tests::pin_to_cpu(cpu).expect("pin the writer");
-                    let mut i = 0u64;
-                    while i < PER_WRITER {
-                        let b: Vec<u8> = (i..i + CHUNK).map(|k| writer_byte(w, k)).collect();
-                        sock.write_all(&b).unwrap();
-                        i += CHUNK;
-                    }
-                })
+                let cpu = if one_cpu { 0 } else { usize::from(w) };
+                let n = PER_WRITER / STREAM_CHUNK;
+                stream_writer(
+                    sock.try_clone(),
+                    w,
+                    cpu,
+                    0,
+                    n,
+                    Duration::ZERO,
+                    never.clone(),
+                )
             })
             .collect();
         let sock = sock.try_clone();
@@ -1650,42 +1649,19 @@ fn two_writers_per_socket_drain(one_cpu: bool) {
             sock.shutdown(Shutdown::Write);
         })
     };
-    let reader = |mut sock: Nb, name: &'static str| {
-        let read = read.clone();
-        std::thread::spawn(move || {
-            if one_cpu {
-                sluice_tests::pin_to_cpu(0).expect("pin to CPU 0");
-            }
-            let mut at = [0u64; 2];
-            let mut buf = vec![0u8; 64 << 10];
-            loop {
-                let n = sock.read(&mut buf).unwrap();
-                if n == 0 {
-                    break;
-                }
-                for &b in &buf[..n] {
-                    let w = (b >> 7) as usize;
-                    assert_eq!(
-                        b,
-                        writer_byte(w as u8, at[w]),
-                        "{name}: byte {} of writer {w} differs (lost, repeated or reordered)",
-                        at[w]
-                    );
-                    at[w] += 1;
-                }
-                read.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            assert_eq!(at, [PER_WRITER; 2], "{name}: bytes of each writer");
-        })
-    };
+    let (at_s, at_c): (Arc<[AtomicU64; 2]>, Arc<[AtomicU64; 2]>) = Default::default();
+    let cpu = one_cpu.then_some(0);
     let keep = (c.try_clone(), s.try_clone());
     let (wc, ws) = (side(&c), side(&s));
-    let (rs, rc) = (reader(s, "server"), reader(c, "client"));
+    let rs = stream_reader(s, "server", cpu, at_s.clone());
+    let rc = stream_reader(c, "client", cpu, at_c.clone());
+    let read = |at: &[AtomicU64; 2]| [0, 1].map(|w| at[w].load(Ordering::Relaxed));
     if !one_cpu {
         // Halfway through (of 4 x PER_WRITER bytes in all), off.
         let half = 2 * PER_WRITER;
         assert!(
-            eventually(30, || read.load(Ordering::Relaxed) >= half),
+            eventually(30, || read(&at_s).iter().chain(&read(&at_c)).sum::<u64>()
+                >= half),
             "the transfer did not get halfway"
         );
         t.switch(false);
@@ -1693,6 +1669,8 @@ fn two_writers_per_socket_drain(one_cpu: bool) {
     for th in [wc, ws, rs, rc] {
         th.join().unwrap();
     }
+    assert_eq!(read(&at_s), [PER_WRITER; 2], "server: bytes of each writer");
+    assert_eq!(read(&at_c), [PER_WRITER; 2], "client: bytes of each writer");
     t.assert_drained(draining, drained);
     drop(keep);
 }
@@ -1711,31 +1689,73 @@ fn the_switch_off_drains_two_writers_per_socket_on_two_cpus_losing_nothing() {
     }
 }
 
+/// What a stream writer writes at once (writer_byte): 4 KiB, so that a
+/// socket's messages come in many stretches of 255.
+const STREAM_CHUNK: u64 = 4 << 10;
+
 /// Writes chunks of writer `w`'s stream (writer_byte) to `sock` from
-/// byte `from` on: `n` of them, or until `stop` is set; `pause` between
-/// chunks. Returns where the stream stands.
+/// byte `from` on, pinned to `cpu`: `n` of them, or until `stop` is set;
+/// `pause` between chunks. Returns where the stream stands.
 fn stream_writer(
     mut sock: Nb,
     w: u8,
+    cpu: usize,
     from: u64,
     n: u64,
     pause: Duration,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<u64> {
-    const CHUNK: u64 = 4 << 10;
     std::thread::spawn(move || {
-        sluice_tests::pin_to_cpu(0).expect("pin the writer to CPU 0");
+        sluice_tests::pin_to_cpu(cpu).expect("pin the writer");
         let mut i = from;
         for _ in 0..n {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            let b: Vec<u8> = (i..i + CHUNK).map(|k| writer_byte(w, k)).collect();
+            let b: Vec<u8> = (i..i + STREAM_CHUNK).map(|k| writer_byte(w, k)).collect();
             sock.write_all(&b).unwrap();
-            i += CHUNK;
+            i += STREAM_CHUNK;
             std::thread::sleep(pause);
         }
         i
+    })
+}
+
+/// Reads `sock` (reader `name`) until EOF, following each of two
+/// writers' streams (writer_byte) byte by byte through whatever
+/// interleaving they made, pinned to `cpu` if given; after each read,
+/// `at` shows how far each writer's stream has arrived.
+fn stream_reader(
+    mut sock: Nb,
+    name: &'static str,
+    cpu: Option<usize>,
+    at: Arc<[AtomicU64; 2]>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        if let Some(cpu) = cpu {
+            sluice_tests::pin_to_cpu(cpu).expect("pin the reader");
+        }
+        let mut pos = [0u64; 2];
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = sock.read(&mut buf).unwrap();
+            if n == 0 {
+                return;
+            }
+            for &b in &buf[..n] {
+                let w = usize::from(b >> 7);
+                assert_eq!(
+                    b,
+                    writer_byte(w as u8, pos[w]),
+                    "{name}: byte {} of writer {w} differs (lost, repeated or reordered)",
+                    pos[w]
+                );
+                pos[w] += 1;
+            }
+            for w in 0..2 {
+                at[w].store(pos[w], Ordering::Relaxed);
+            }
+        }
     })
 }
 
@@ -1760,30 +1780,8 @@ fn a_writer_whose_reader_kept_up_rides_out_a_stall_and_leaves_one_that_lasts() {
     let (c, s) = t.pair_default_buffers(false);
     t.wait_sockets(2);
     let evicted = t.counter("evicted");
-    let read = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
-    let reader = {
-        let (read, mut s) = (read.clone(), s);
-        std::thread::spawn(move || {
-            sluice_tests::pin_to_cpu(0).expect("pin the reader to CPU 0");
-            let mut buf = vec![0u8; 64 << 10];
-            loop {
-                let n = s.read(&mut buf).unwrap();
-                if n == 0 {
-                    break;
-                }
-                for &b in &buf[..n] {
-                    let w = usize::from(b >> 7);
-                    let at = read[w].load(Ordering::Relaxed);
-                    assert_eq!(
-                        b,
-                        writer_byte(w as u8, at),
-                        "byte {at} of writer {w} differs (lost, repeated or reordered)"
-                    );
-                    read[w].store(at + 1, Ordering::Relaxed);
-                }
-            }
-        })
-    };
+    let read: Arc<[AtomicU64; 2]> = Arc::new(Default::default());
+    let reader = stream_reader(s, "server", Some(0), read.clone());
     let caught_up = |pos: [u64; 2]| {
         assert!(
             eventually(30, || (0..2)
@@ -1797,15 +1795,15 @@ fn a_writer_whose_reader_kept_up_rides_out_a_stall_and_leaves_one_that_lasts() {
     let mut pos = [0u64; 2];
     // The reader keeps up with a writer that pauses between writes.
     let before = t.counter("redir_bytes");
-    pos[0] = stream_writer(c.try_clone(), 0, 0, 64, slow, go.clone())
+    pos[0] = stream_writer(c.try_clone(), 0, 0, 0, 64, slow, go.clone())
         .join()
         .unwrap();
     caught_up(pos);
     t.assert_redirected(before, pos[0]);
     // The stall: two writers at full speed, ~3,200 writes, 12 stretches.
     fn two(c: &Nb, pos: [u64; 2], n: u64, stop: &Arc<AtomicBool>) -> [u64; 2] {
-        let w0 = stream_writer(c.try_clone(), 0, pos[0], n, Duration::ZERO, stop.clone());
-        let w1 = stream_writer(c.try_clone(), 1, pos[1], n, Duration::ZERO, stop.clone());
+        let w0 = stream_writer(c.try_clone(), 0, 0, pos[0], n, Duration::ZERO, stop.clone());
+        let w1 = stream_writer(c.try_clone(), 1, 0, pos[1], n, Duration::ZERO, stop.clone());
         [w0.join().unwrap(), w1.join().unwrap()]
     }
     pos = two(&c, pos, 1600, &go);
@@ -1819,7 +1817,7 @@ fn a_writer_whose_reader_kept_up_rides_out_a_stall_and_leaves_one_that_lasts() {
     // Its reader caught up: it redirects again.
     let before = t.counter("redir_bytes");
     let from = pos[0];
-    pos[0] = stream_writer(c.try_clone(), 0, from, 64, slow, go.clone())
+    pos[0] = stream_writer(c.try_clone(), 0, 0, from, 64, slow, go.clone())
         .join()
         .unwrap();
     caught_up(pos);
