@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 const USAGE: &str = "\
 usage: accel-bench [--rounds N] [--secs S] [--max-queue BYTES] [--node-off] [--only TEXT]
                    [--cpus TEXT] [--variant tcp|sluice] [--eof-write BYTES] [--quick]
-                   [--json] [--figures FILE]
+                   [--per-round] [--json] [--figures FILE]
 
   --rounds N  samples per variant and test, variants interleaved (default 10)
   --secs S    length of one sample in seconds (default 1)
@@ -59,6 +59,9 @@ usage: accel-bench [--rounds N] [--secs S] [--max-queue BYTES] [--node-off] [--o
   --eof-write BYTES  what the close-to-EOF and write-to-EOF tests write
               in one write before they close (default 65536)
   --quick     2 rounds of 0.3 s: the figures are rough, the code runs
+  --per-round  print each round's pair and the acceleration counters that
+              moved during its accelerated sample (to stderr): which rounds
+              fell back, drained or were evicted
   --json      print the figures as JSON instead of the table
   --figures FILE  also write the figures in bench-report's shape to FILE
 
@@ -421,6 +424,7 @@ fn main() -> ExitCode {
             "--cpus" => layout_filter = it.next().unwrap_or_default(),
             "--variant" => variant = it.next().unwrap_or_default(),
             "--eof-write" => eof_write = it.next().and_then(|v| v.parse().ok()).unwrap_or(0),
+            "--per-round" => PER_ROUND.store(true, std::sync::atomic::Ordering::Relaxed),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -706,6 +710,9 @@ fn unix_vs_tcp(rows: &[Row], t: &str, c: &str, rate: f64) -> String {
         .map_or(String::new(), |tcp| format!(" ({:.2}x TCP)", rate / tcp))
 }
 
+/// `--per-round`: print each round's figures and counter deltas.
+static PER_ROUND: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// `--variant`: "" (both), "tcp" or "sluice".
 static VARIANT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
@@ -744,6 +751,25 @@ fn measure(
         let delta = |k: &str| c1[k].as_u64().unwrap_or(0) - c0[k].as_u64().unwrap_or(0);
         redir += delta("redir_bytes");
         passed += delta("pass_bytes");
+        if PER_ROUND.load(std::sync::atomic::Ordering::Relaxed) {
+            let moved: Vec<String> = c1
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| delta(k) > 0)
+                .map(|(k, _)| format!("{k}={}", delta(k)))
+                .collect();
+            let (t, a) = (
+                off.last().map_or(0.0, |s: &Sample| s.value),
+                on[on.len() - 1].value,
+            );
+            eprintln!(
+                "  round {}: {test} ({cpus}) tcp {t:.2} sluice {a:.2} {unit} ({:.2}x); {}",
+                on.len(),
+                a / t,
+                moved.join(" ")
+            );
+        }
     }
     eprintln!("  measured: {test} ({cpus})");
     Row {

@@ -350,9 +350,11 @@ _Static_assert(sizeof(struct sk_accel) == 24, "sk_accel layout");
 #define SLUICE_SKA_F_KEPT_UP (1U << 2)
 /* Counters in flags (accel.h, accel_tcp_stretch), each saturating at
  * 255: bits 8-15, messages redirected since the socket last started
- * redirecting; bits 16-23, strikes: stretches of 255 messages sent
- * through TCP since its last long redirecting phase; bits 24-31,
- * messages sent through TCP in the current stretch. */
+ * redirecting (its peer in one netns: since its last stretch ended);
+ * bits 16-23, strikes: stretches of 255 messages sent through TCP since
+ * its last long redirecting phase (in one netns: since its last stretch
+ * with as many redirected); bits 24-31, messages sent through TCP in the
+ * current stretch. */
 #define SLUICE_SKA_PHASE_SHIFT 8
 #define SLUICE_SKA_STRIKE_SHIFT 16
 #define SLUICE_SKA_TCP_SHIFT 24
