@@ -482,8 +482,9 @@ static __always_inline int accel_tcp_drained(const struct sk_peer *me, const str
  * returns to redirecting only once its reader has read every byte it
  * sent through TCP. Between netns every ACCEL_TCP_STRETCH messages it
  * sends through TCP without that is a strike, and a redirecting phase of
- * at least ACCEL_SHORT_PHASE messages clears them; inside one netns the
- * measure is its share of redirected messages (accel_one_netns).
+ * at least ACCEL_SHORT_PHASE messages clears them; a writer of a
+ * connection busy both ways inside one netns is judged by its share of
+ * redirected messages instead (accel_by_share).
  * (accel_tcp_stretch, accel_backpressured.) */
 #define ACCEL_SHORT_PHASE 16
 #define ACCEL_TCP_STRETCH SLUICE_SKA_COUNT_MASK
@@ -503,31 +504,41 @@ static __always_inline int accel_tcp_drained(const struct sk_peer *me, const str
  * one socket: it never has every TCP byte when either sends) costs a
  * writer between netns ~12,000 messages at TCP's speed. */
 #define ACCEL_STRIKES_KEPT_UP 48
-/* Strikes before it leaves, its peer in the same netns: stretches with
- * fewer redirected messages than TCP ones, less those with more. */
-#define ACCEL_STRIKES_ONE_NETNS 6
+/* Strikes before its connection drains, judged by share
+ * (accel_by_share): stretches with fewer redirected messages than TCP
+ * ones, less those with more. */
+#define ACCEL_STRIKES_BY_SHARE 6
 
-/* Whether `me` and its peer share a netns (an app and its proxy over
- * loopback). There plain TCP is faster than the psock's path into TCP
- * (24 Gbit/s on one CPU), and a writer that mixes redirects with that
- * path is slower than plain TCP once about half its messages go through
- * TCP (measured, bidirectional 64 KiB on two CPUs, 10 rounds: 11% to 34%
- * of the messages redirected gave 0.60x to 0.71x of TCP, 48% to 53%
- * 0.87x to 0.97x, 76% 1.5x, 95% and more 2.0x to 2.3x), however long its
- * redirecting phases (the slow rounds' averaged ~50 messages, and each
- * of their TCP excursions was shorter than a stretch, so the rule
- * between netns kept them on that mix for good). So there the window
+/* Whether writer `me` is judged by the share of its messages it
+ * redirects: its peer shares its netns (an app and its proxy over
+ * loopback), and the peer has redirected to it (both directions carry
+ * data; at its limit the connection drains rather than the writer
+ * leaving). There plain TCP is faster than the psock's path into TCP
+ * (24 Gbit/s on one CPU), and a connection whose writers mix redirects
+ * with that path is slower than plain TCP once about half their messages
+ * go through TCP (measured, bidirectional 64 KiB on two CPUs, 10 rounds:
+ * 11% to 34% of the messages redirected gave 0.60x to 0.71x of TCP, 48%
+ * to 53% 0.87x to 0.97x, 76% 1.5x, 95% and more 2.0x to 2.3x), however
+ * long its redirecting phases (the slow rounds' averaged ~50 messages,
+ * and each of their TCP excursions was shorter than a stretch, so the
+ * rule between netns kept them on that mix for good). So here the window
  * runs across fallbacks: its TCP messages are counted from one stretch's
  * end to the next, its redirected ones in the phase counter over the
  * same span (not reset when it resumes). A stretch with fewer redirected
  * than ACCEL_TCP_STRETCH is a strike, one with as many takes one back
  * (windows of 255 TCP messages are short, ~5 ms at 64 KiB, and the share
  * swings from one to the next while the connection's buffers grow), and
- * the writer leaves at ACCEL_STRIKES_ONE_NETNS (one CPU: phases of 1 to
- * 8 messages, every stretch a strike). */
-static __always_inline int accel_one_netns(const struct sk_peer *me, const struct sk_peer *peer)
+ * the connection drains at ACCEL_STRIKES_BY_SHARE (one CPU: phases of 1
+ * to 8 messages, every stretch a strike). A one-way writer keeps the rule
+ * between netns: there the same mix cost nothing measurable (two CPUs,
+ * 26% redirected: 1.06x of TCP), while judging it by share took young
+ * connections' writers out before their readers' buffers had grown (one
+ * way on two CPUs, 6 of 10 rounds at 1.0x where those that stayed made
+ * ~2x; in a full run 9 of 10). */
+static __always_inline int accel_by_share(const struct sk_peer *me, const struct sk_peer *peer)
 {
-	return me && peer && me->netns_cookie == peer->netns_cookie;
+	return me && peer && me->netns_cookie == peer->netns_cookie &&
+	       me->flags & SLUICE_SKP_F_REDIRECTED;
 }
 
 static __always_inline __u32 accel_field(__u32 flags, __u32 shift)
@@ -622,13 +633,13 @@ static __always_inline void accel_drain(struct sk_accel *a, struct sk_peer *me,
 	accel_push_evict(&a->self, me, ACCEL_STAT_DRAINED);
 }
 
-/* Socket `a` fell back because its peer's reader is behind. Between
- * netns: a long redirecting phase before it clears the strikes (and
- * shows the reader can keep up); a TCP stretch starts. Inside one netns
- * the window goes on (accel_one_netns). */
-static __always_inline void accel_backpressured(struct sk_accel *a, int one_netns)
+/* Socket `a` fell back because its peer's reader is behind: a long
+ * redirecting phase before it clears the strikes (and shows the reader
+ * can keep up); a TCP stretch starts. Judged by share, the window goes on
+ * (accel_by_share). */
+static __always_inline void accel_backpressured(struct sk_accel *a, int by_share)
 {
-	if (one_netns)
+	if (by_share)
 		return;
 	if (accel_field(a->flags, SLUICE_SKA_PHASE_SHIFT) >= ACCEL_SHORT_PHASE) {
 		a->flags = accel_set_field(a->flags, SLUICE_SKA_STRIKE_SHIFT, 0);
@@ -644,7 +655,7 @@ static __always_inline void accel_backpressured(struct sk_accel *a, int one_netn
  * its life on the psock's send path into TCP, slower than TCP alone
  * (one-way 0.61x inside a pod). At ACCEL_STRIKES strikes
  * (ACCEL_STRIKES_KEPT_UP once it redirected a long phase to a peer in
- * another netns, ACCEL_STRIKES_ONE_NETNS counted by share in one netns),
+ * another netns, ACCEL_STRIKES_BY_SHARE counted by share, accel_by_share),
  * a sender to which nothing was ever redirected (one-way: an upload, a
  * stream)
  * leaves the map and sends through plain TCP; its reader keeps what it
@@ -661,12 +672,12 @@ static __always_inline void accel_tcp_stretch(struct sk_accel *a, struct sk_peer
 		__u32 strikes = accel_field(a->flags, SLUICE_SKA_STRIKE_SHIFT) + 1;
 		__u32 limit = ACCEL_STRIKES;
 
-		if (accel_one_netns(me, peer)) {
+		if (accel_by_share(me, peer)) {
 			/* As many redirected as sent through TCP since the
 			 * last stretch's end: no strike, one taken back. */
 			if (accel_field(a->flags, SLUICE_SKA_PHASE_SHIFT) >= ACCEL_TCP_STRETCH)
 				strikes = strikes >= 2 ? strikes - 2 : 0;
-			limit = ACCEL_STRIKES_ONE_NETNS;
+			limit = ACCEL_STRIKES_BY_SHARE;
 			a->flags = accel_set_field(a->flags, SLUICE_SKA_PHASE_SHIFT, 0);
 		} else if (a->flags & SLUICE_SKA_F_KEPT_UP && me && peer) {
 			limit = ACCEL_STRIKES_KEPT_UP;
@@ -750,7 +761,7 @@ static __always_inline int accel_msg(struct sk_msg_md *m)
 			__sync_fetch_and_and(&me->flags, ~SLUICE_SKP_F_SENDS_TCP);
 		a->mode = SK_ACCEL_REDIRECT;
 		a->reason = 0;
-		if (!accel_one_netns(me, peer))
+		if (!accel_by_share(me, peer))
 			a->flags = accel_set_field(a->flags, SLUICE_SKA_PHASE_SHIFT, 0);
 		accel_count(ACCEL_STAT_RESUMED, 1);
 	}
@@ -763,7 +774,7 @@ static __always_inline int accel_msg(struct sk_msg_md *m)
 	if (why) {
 		accel_fall_back(a, me, why);
 		if (why == ACCEL_STAT_FB_BACKPRESSURE)
-			accel_backpressured(a, accel_one_netns(me, peer));
+			accel_backpressured(a, accel_by_share(me, peer));
 		goto pass;
 	}
 	a->msgs++;
