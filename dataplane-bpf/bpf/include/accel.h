@@ -679,7 +679,8 @@ static __always_inline void accel_tcp_stretch(struct sk_accel *a, struct sk_peer
 				strikes = strikes >= 2 ? strikes - 2 : 0;
 			limit = ACCEL_STRIKES_BY_SHARE;
 			a->flags = accel_set_field(a->flags, SLUICE_SKA_PHASE_SHIFT, 0);
-		} else if (a->flags & SLUICE_SKA_F_KEPT_UP && me && peer) {
+		} else if (a->flags & SLUICE_SKA_F_KEPT_UP && me && peer &&
+			   me->netns_cookie != peer->netns_cookie) {
 			limit = ACCEL_STRIKES_KEPT_UP;
 		}
 		n = 0;
