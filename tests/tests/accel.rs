@@ -31,18 +31,23 @@ const OPT_IN: &[(&str, &str)] = &[("sluice.dev/accel", "true")];
 /// writer falls back to TCP at its second write, and these tests would
 /// check the TCP path.
 fn bulk_buffers(socks: &[&dyn AsRawFd]) {
-    let v: libc::c_int = 4 << 20;
     for s in socks {
-        // SAFETY: setsockopt on a socket we own, with an int.
-        unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                &v as *const _ as *const libc::c_void,
-                4,
-            );
-        }
+        set_int_opt(*s, libc::SO_RCVBUF, 4 << 20);
+    }
+}
+
+/// setsockopt(SOL_SOCKET, `opt`) with an int on a socket we own: its
+/// return code.
+fn set_int_opt(sock: &dyn AsRawFd, opt: libc::c_int, v: libc::c_int) -> libc::c_int {
+    // SAFETY: setsockopt on a socket the caller owns, with an int.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            &v as *const _ as *const libc::c_void,
+            size_of::<libc::c_int>() as u32,
+        )
     }
 }
 
@@ -653,17 +658,7 @@ fn sendfile_nonblocking_epoll_and_a_rcvlowat_reader() {
     // redirect target (the lowat is not honoured for redirected data),
     // so the mark holds: 10 bytes do not make it readable, 2,000 do.
     let l = t.listen(false);
-    let lowat: libc::c_int = 1000;
-    // SAFETY: setsockopt on our own listener.
-    unsafe {
-        libc::setsockopt(
-            l.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            &lowat as *const _ as *const libc::c_void,
-            4,
-        );
-    }
+    set_int_opt(&l, libc::SO_RCVLOWAT, 1000);
     let addr = l.local_addr().unwrap();
     let before = t.counter("fb_tcp_reader");
     let mut c = t.ra.run(move || connect_nb(addr));
@@ -1503,23 +1498,8 @@ fn a_connection_in_a_pod_whose_writer_sends_most_messages_through_tcp_drains() {
     // The proxy's buffer fixed at 512 KiB (a budget of 256 KiB: ~15
     // messages of 16 KiB and their cost), the app's send buffer at 2 MiB
     // (~128 messages through TCP before it would block).
-    for (sock, opt, v) in [
-        (&s, libc::SO_RCVBUF, 256 << 10),
-        (&c, libc::SO_SNDBUF, 1 << 20),
-    ] {
-        let v: libc::c_int = v;
-        // SAFETY: setsockopt on a socket we own, with an int.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                &v as *const _ as *const libc::c_void,
-                4,
-            )
-        };
-        assert_eq!(rc, 0, "setsockopt {opt}");
-    }
+    assert_eq!(set_int_opt(&s, libc::SO_RCVBUF, 256 << 10), 0, "SO_RCVBUF");
+    assert_eq!(set_int_opt(&c, libc::SO_SNDBUF, 1 << 20), 0, "SO_SNDBUF");
     t.wait_sockets(2);
     let (draining, drained, redir, pass) = (
         t.counter("draining"),

@@ -509,6 +509,12 @@ static __always_inline int accel_tcp_drained(const struct sk_peer *me, const str
  * ones, less those with more. */
 #define ACCEL_STRIKES_BY_SHARE 6
 
+/* Whether socket `me` and its peer are in one netns (both entries there). */
+static __always_inline int accel_same_netns(const struct sk_peer *me, const struct sk_peer *peer)
+{
+	return me->netns_cookie == peer->netns_cookie;
+}
+
 /* Whether writer `me` is judged by the share of its messages it
  * redirects: its peer shares its netns (an app and its proxy over
  * loopback), and the peer has redirected to it (both directions carry
@@ -537,8 +543,7 @@ static __always_inline int accel_tcp_drained(const struct sk_peer *me, const str
  * ~2x; in a full run 9 of 10). */
 static __always_inline int accel_by_share(const struct sk_peer *me, const struct sk_peer *peer)
 {
-	return me && peer && me->netns_cookie == peer->netns_cookie &&
-	       me->flags & SLUICE_SKP_F_REDIRECTED;
+	return me && peer && accel_same_netns(me, peer) && me->flags & SLUICE_SKP_F_REDIRECTED;
 }
 
 static __always_inline __u32 accel_field(__u32 flags, __u32 shift)
@@ -680,7 +685,7 @@ static __always_inline void accel_tcp_stretch(struct sk_accel *a, struct sk_peer
 			limit = ACCEL_STRIKES_BY_SHARE;
 			a->flags = accel_set_field(a->flags, SLUICE_SKA_PHASE_SHIFT, 0);
 		} else if (a->flags & SLUICE_SKA_F_KEPT_UP && me && peer &&
-			   me->netns_cookie != peer->netns_cookie) {
+			   !accel_same_netns(me, peer)) {
 			limit = ACCEL_STRIKES_KEPT_UP;
 		}
 		n = 0;
