@@ -518,15 +518,61 @@ impl Netlink {
         index: u32,
         timeout: std::time::Duration,
     ) -> Result<bool, NlError> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            match self.link_by_index(index)? {
-                Some(l) if l.oper_up => return Ok(true),
-                None => return Ok(false),
-                Some(_) if std::time::Instant::now() >= deadline => return Ok(false),
-                Some(_) => std::thread::sleep(std::time::Duration::from_micros(200)),
+        poll(timeout, || {
+            Ok(match self.link_by_index(index)? {
+                Some(l) if l.oper_up => Some(true),
+                None => Some(false),
+                Some(_) => None,
+            })
+        })
+    }
+
+    /// Whether `ip` is an address of this node, as routing sees it: the
+    /// kernel's route for it is of type `local`. The route lookup
+    /// (`RTM_GETROUTE` without a dump, as `ip route get`) finds the local
+    /// table's entry, not the address list: an IPv6 address is listed the
+    /// moment it is added, while its local route comes later, from the
+    /// kernel's address worker (see [`Netlink::wait_local`]).
+    pub fn is_local(&mut self, ip: IpAddr) -> Result<bool, NlError> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = family(ip);
+        msg.header.destination_prefix_length = if ip.is_ipv6() { 128 } else { 32 };
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(ip)));
+        match self.request(
+            || format!("looking up the route to {ip}"),
+            RouteNetlinkMessage::GetRoute(msg),
+            0,
+        ) {
+            Ok(replies) => Ok(replies.iter().any(|r| {
+                matches!(r, RouteNetlinkMessage::NewRoute(m) if m.header.kind == RouteType::Local)
+            })),
+            // A reject route (the unreachable pod range, or the kernel's
+            // prefix route of an address on the loopback) answers the
+            // lookup with its error: not local yet.
+            Err(e)
+                if e.is(libc::ENETUNREACH) || e.is(libc::EHOSTUNREACH) || e.is(libc::EACCES) =>
+            {
+                Ok(false)
             }
+            Err(e) => Err(e),
         }
+    }
+
+    /// Waits until `ip` is local (see [`Netlink::is_local`]); `false` if it is
+    /// not after `timeout`. An IPv6 address added with `nodad` is in the
+    /// address list at once, but the kernel installs its local route from
+    /// its address worker (`addrconf_dad_work`), which needs the RTNL lock:
+    /// with many ADDs at once on a busy node it came up to 180 ms after
+    /// the address, and until then whatever a pod sent to that address
+    /// died on the routing (`Ip6InNoRoutes`). IPv4 installs it with the
+    /// address.
+    pub fn wait_local(
+        &mut self,
+        ip: IpAddr,
+        timeout: std::time::Duration,
+    ) -> Result<bool, NlError> {
+        poll(timeout, || Ok(self.is_local(ip)?.then_some(true)))
     }
 
     pub fn links(&mut self) -> Result<Vec<Link>, NlError> {
@@ -860,6 +906,24 @@ impl Netlink {
 }
 
 /// `up` for a link, and its alias when given, in one request.
+/// Asks `step` every 200 µs until it answers (`Some`), fails, or `timeout`
+/// has passed (`false`).
+fn poll(
+    timeout: std::time::Duration,
+    mut step: impl FnMut() -> Result<Option<bool>, NlError>,
+) -> Result<bool, NlError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(answer) = step()? {
+            return Ok(answer);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+}
+
 pub fn set_up_op(index: u32, alias: Option<&str>) -> Op {
     let mut msg = LinkMessage::default();
     msg.header.index = index;

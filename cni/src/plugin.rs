@@ -387,6 +387,20 @@ fn add_steps(
     // still recognises by its derived name.
     nl.batch(ops).map_err(nl_err)?;
 
+    // The pod's first packet to its gateway must find the node: an IPv6
+    // gateway the batch just put on the loopback is not routed locally
+    // until the kernel's address worker has run (see Netlink::wait_local).
+    for gw in leases.iter().filter_map(|l| l.gateway) {
+        if !nl
+            .wait_local(gw, std::time::Duration::from_secs(2))
+            .map_err(nl_err)?
+        {
+            eprintln!(
+                "sluice: the gateway {gw} is not a local address of the node after 2s; continuing"
+            );
+        }
+    }
+
     // Both ends must pass packets before the runtime starts the pod.
     for (sock, index, side) in [
         (&mut *nl, host_index, "node"),

@@ -297,8 +297,11 @@ fn drops(node: &Node, host_if: &str) -> std::collections::BTreeMap<&'static str,
 }
 
 /// The node's UDP error counters (IPv4 and IPv6): whether a missing
-/// datagram was dropped by the receiving socket.
-const UDP_COUNTERS: &str = "grep '^Udp:' /proc/net/snmp; grep '^Udp6' /proc/net/snmp6";
+/// datagram was dropped by the receiving socket; and its IPv6 input
+/// counters: whether it died before, in the routing (`Ip6InNoRoutes` gave
+/// away a gateway not yet routed locally when ADD returned).
+const UDP_COUNTERS: &str = "grep '^Udp:' /proc/net/snmp; grep '^Udp6' /proc/net/snmp6; \
+                            grep -E '^Ip6(InReceives|InDelivers|InDiscards|InNoRoutes|InAddrErrors|InHdrErrors)' /proc/net/snmp6";
 
 /// The node's devices whose receive-drop counter is not zero (`-H`: each
 /// line `file:count`), and the kernel's per-CPU backlog drops
