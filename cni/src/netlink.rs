@@ -905,7 +905,6 @@ impl Netlink {
     }
 }
 
-/// `up` for a link, and its alias when given, in one request.
 /// Asks `step` every 200 µs until it answers (`Some`), fails, or `timeout`
 /// has passed (`false`).
 fn poll(
@@ -924,6 +923,7 @@ fn poll(
     }
 }
 
+/// `up` for a link, and its alias when given, in one request.
 pub fn set_up_op(index: u32, alias: Option<&str>) -> Op {
     let mut msg = LinkMessage::default();
     msg.header.index = index;

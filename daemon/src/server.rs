@@ -501,8 +501,9 @@ async fn handle(line: &[u8], d: &Arc<Daemon>) -> Vec<u8> {
         d.metrics.register_seconds.observe(took.as_secs_f64());
         // What the daemon itself took, from the request read to the
         // answer: the part of a register's round trip no scheduler adds;
-        // and of it, how long the register waited for the state another
-        // task held (zero when answered on this thread).
+        // and of it, how long the register waited until it held the state
+        // (another task had it: the hop to a blocking thread and the wait
+        // for the lock; zero when answered on this thread).
         if let Ok(data) = result.as_mut() {
             data["took_us"] = json!(took.as_micros() as u64);
             data["waited_us"] = json!(waited.as_micros() as u64);
