@@ -468,45 +468,31 @@ async fn handle(line: &[u8], d: &Arc<Daemon>) -> Vec<u8> {
             .state
             .try_lock()
             .ok()
-            .map(|mut st| register(&mut st, endpoint)),
+            .map(|mut st| register(&mut st, endpoint, std::time::Duration::ZERO)),
         _ => None,
     };
     let result = match inline {
-        Some(r) => Ok((r, std::time::Duration::ZERO)),
+        Some(r) => Ok(r),
         None => {
             let d2 = d.clone();
-            tokio::task::spawn_blocking(move || match req.request {
-                Request::Register { endpoint } => {
-                    let mut st = lock(&d2.state);
-                    let waited = t.elapsed();
-                    (register(&mut st, &endpoint), waited)
-                }
-                other => (answer(other, &d2), std::time::Duration::ZERO),
-            })
-            .await
+            tokio::task::spawn_blocking(move || answer(req.request, &d2, t)).await
         }
     };
-    let (mut result, waited) = match result {
+    let mut result = match result {
         Ok(r) => r,
         Err(e) => {
             error!("API handler failed: {e}");
-            (
-                Err(format!("internal error handling {op}: {e}")),
-                std::time::Duration::ZERO,
-            )
+            Err(format!("internal error handling {op}: {e}"))
         }
     };
     if op == "register" {
         let took = t.elapsed();
         d.metrics.register_seconds.observe(took.as_secs_f64());
         // What the daemon itself took, from the request read to the
-        // answer: the part of a register's round trip no scheduler adds;
-        // and of it, how long the register waited until it held the state
-        // (another task had it: the hop to a blocking thread and the wait
-        // for the lock; zero when answered on this thread).
+        // answer: the part of a register's round trip no scheduler adds
+        // (beside `waited_us`, from register()).
         if let Ok(data) = result.as_mut() {
             data["took_us"] = json!(took.as_micros() as u64);
-            data["waited_us"] = json!(waited.as_micros() as u64);
         }
         if let (Ok(_), Some(key)) = (&result, registered) {
             // The plugin attached the edge; the edge thread checks it.
@@ -520,9 +506,14 @@ async fn handle(line: &[u8], d: &Arc<Daemon>) -> Vec<u8> {
     }
 }
 
+/// Registers `endpoint` with the state held; `waited` is how long the
+/// register waited until it held it (another task had it: the hop to a
+/// blocking thread and the wait for the lock; zero when answered on the
+/// API thread), answered as `waited_us`.
 fn register(
     st: &mut State,
     endpoint: &sluice_common::endpoint::EndpointRecord,
+    waited: std::time::Duration,
 ) -> Result<serde_json::Value, String> {
     let r = st.register(endpoint).map_err(|e| {
         warn!(container_id = %endpoint.container_id, "register refused: {e}");
@@ -531,12 +522,17 @@ fn register(
     Ok(json!({
         "cookie": r.cookie,
         "host_ifindex": r.record.host_ifindex,
+        "waited_us": waited.as_micros() as u64,
     }))
 }
 
-fn answer(req: Request, d: &Daemon) -> Result<serde_json::Value, String> {
+/// Answers `req` on a blocking thread; `since` is when its line was read.
+fn answer(req: Request, d: &Daemon, since: Instant) -> Result<serde_json::Value, String> {
     match req {
-        Request::Register { endpoint } => register(&mut lock(&d.state), &endpoint),
+        Request::Register { endpoint } => {
+            let mut st = lock(&d.state);
+            register(&mut st, &endpoint, since.elapsed())
+        }
         Request::Unregister {
             container_id,
             ifname,
