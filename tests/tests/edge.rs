@@ -235,7 +235,7 @@ fn spoofs_the_instant_add_returns(state: DaemonState) {
          the checks dropped {dropped:?}; the node's UDP counters: {}; \
          host veths that dropped on receive: {}; the last ADD returned after {slowest:?}; \
          what ADDs said on stderr: {warned:?}",
-        shell_line(&node.ns, UDP_COUNTERS),
+        shell_line(&node.ns, DROP_COUNTERS),
         shell_line(&node.ns, RX_DROPPED),
     );
     let stats_spoofed: u64 = stats.iter().map(|s| s.spoofed()).sum();
@@ -296,11 +296,11 @@ fn drops(node: &Node, host_if: &str) -> std::collections::BTreeMap<&'static str,
     s.by_reason().into_iter().collect()
 }
 
-/// The node's UDP error counters (IPv4 and IPv6): whether a missing
-/// datagram was dropped by the receiving socket; and its IPv6 input
-/// counters: whether it died before, in the routing (`Ip6InNoRoutes` gave
+/// Where in the node's stack a missing datagram could have died: its UDP
+/// error counters (IPv4 and IPv6), dropped by the receiving socket; its
+/// IPv6 input counters, before that, in the routing (`Ip6InNoRoutes` gave
 /// away a gateway not yet routed locally when ADD returned).
-const UDP_COUNTERS: &str = "grep '^Udp:' /proc/net/snmp; grep '^Udp6' /proc/net/snmp6; \
+const DROP_COUNTERS: &str = "grep '^Udp:' /proc/net/snmp; grep '^Udp6' /proc/net/snmp6; \
                             grep -E '^Ip6(InReceives|InDelivers|InDiscards|InNoRoutes|InAddrErrors|InHdrErrors)' /proc/net/snmp6";
 
 /// The node's devices whose receive-drop counter is not zero (`-H`: each

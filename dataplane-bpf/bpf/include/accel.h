@@ -669,7 +669,7 @@ static __always_inline void accel_backpressured(struct sk_accel *a, int by_share
  * both sockets leave once nothing redirected can reach them
  * (accel_drain). */
 static __always_inline void accel_tcp_stretch(struct sk_accel *a, struct sk_peer *me,
-					      struct sk_peer *peer)
+					      struct sk_peer *peer, int by_share)
 {
 	__u32 n = accel_field(a->flags, SLUICE_SKA_TCP_SHIFT) + 1;
 
@@ -677,7 +677,7 @@ static __always_inline void accel_tcp_stretch(struct sk_accel *a, struct sk_peer
 		__u32 strikes = accel_field(a->flags, SLUICE_SKA_STRIKE_SHIFT) + 1;
 		__u32 limit = ACCEL_STRIKES;
 
-		if (accel_by_share(me, peer)) {
+		if (by_share) {
 			/* As many redirected as sent through TCP since the
 			 * last stretch's end: no strike, one taken back. */
 			if (accel_field(a->flags, SLUICE_SKA_PHASE_SHIFT) >= ACCEL_TCP_STRETCH)
@@ -756,18 +756,21 @@ static __always_inline int accel_msg(struct sk_msg_md *m)
 		goto pass;
 	}
 
+	/* Read once: the resume below and a fallback after it judge alike. */
+	int by_share = accel_by_share(me, peer);
+
 	if (a->mode != SK_ACCEL_REDIRECT) {
 		/* Urgent data keeps the connection on TCP for good. */
 		if (why || a->reason == ACCEL_STAT_FB_OOB || !accel_tcp_drained(me, peer)) {
 			if (a->reason == ACCEL_STAT_FB_BACKPRESSURE)
-				accel_tcp_stretch(a, me, peer);
+				accel_tcp_stretch(a, me, peer, by_share);
 			goto pass;
 		}
 		if (me)
 			__sync_fetch_and_and(&me->flags, ~SLUICE_SKP_F_SENDS_TCP);
 		a->mode = SK_ACCEL_REDIRECT;
 		a->reason = 0;
-		if (!accel_by_share(me, peer))
+		if (!by_share)
 			a->flags = accel_set_field(a->flags, SLUICE_SKA_PHASE_SHIFT, 0);
 		accel_count(ACCEL_STAT_RESUMED, 1);
 	}
@@ -780,7 +783,7 @@ static __always_inline int accel_msg(struct sk_msg_md *m)
 	if (why) {
 		accel_fall_back(a, me, why);
 		if (why == ACCEL_STAT_FB_BACKPRESSURE)
-			accel_backpressured(a, accel_by_share(me, peer));
+			accel_backpressured(a, by_share);
 		goto pass;
 	}
 	a->msgs++;
