@@ -390,16 +390,7 @@ fn add_steps(
     // The pod's first packet to its gateway must find the node: an IPv6
     // gateway the batch just put on the loopback is not routed locally
     // until the kernel's address worker has run (see Netlink::wait_local).
-    for gw in leases.iter().filter_map(|l| l.gateway) {
-        if !nl
-            .wait_local(gw, std::time::Duration::from_secs(2))
-            .map_err(nl_err)?
-        {
-            eprintln!(
-                "sluice: the gateway {gw} is not a local address of the node after 2s; continuing"
-            );
-        }
-    }
+    wait_local(nl, leases.iter().filter_map(|l| l.gateway), "the node")?;
 
     // Both ends must pass packets before the runtime starts the pod.
     for (sock, index, side) in [
@@ -413,10 +404,38 @@ fn add_steps(
             eprintln!("sluice: the {side} end of the veth is not up after 2s; continuing");
         }
     }
+    // And the first packet that reaches the pod must find it: its own IPv6
+    // addresses, added before its link was up, are routed locally only once
+    // the link is up and the same worker has run (measured: a pod's second
+    // neighbour on a busy node not yet, when ADD returned).
+    let pod_v6 = leases
+        .iter()
+        .map(|l| l.address.ip())
+        .filter(IpAddr::is_ipv6);
+    wait_local(pod_nl, pod_v6, "the pod")?;
 
     undo.record = true;
     record.write(&inv.plugin.state_dir).map_err(record_err)?;
     Ok(record)
+}
+
+/// Waits (bounded, 2 s each) until every one of `ips` is a local address
+/// of `whose` netns (Netlink::wait_local); one past the bound is reported
+/// on stderr and ADD goes on, as for the veth's wait to be up.
+fn wait_local(
+    nl: &mut Netlink,
+    ips: impl Iterator<Item = IpAddr>,
+    whose: &str,
+) -> Result<(), CniError> {
+    for ip in ips {
+        if !nl
+            .wait_local(ip, std::time::Duration::from_secs(2))
+            .map_err(nl_err)?
+        {
+            eprintln!("sluice: {ip} is not a local address of {whose} after 2s; continuing");
+        }
+    }
+    Ok(())
 }
 
 /// The edge mode for this pod: the configured one, where `auto` means a

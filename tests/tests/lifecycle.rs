@@ -189,16 +189,20 @@ fn each_veth_end_is_created_with_the_one_queue_it_uses() {
 
 /// Fresh nodes each get their first pod at once, with the node's RTNL lock
 /// kept busy, and the moment each ADD returns the node routes the pod's
-/// IPv6 gateway to itself. ADD puts the gateway on the node's loopback;
+/// IPv6 gateway to itself, and the pod its own IPv6 address. ADD puts the gateway on the node's loopback;
 /// the kernel lists an IPv6 address at once but routes it locally only
 /// once its address worker has run, and that worker waits for a CPU and
 /// the RTNL lock. With many ADDs at once it came up to 180 ms late, and
 /// the first pods' packets to their gateway died in the node's routing
 /// (Ip6InNoRoutes; the 100-pod edge test lost one or two genuine datagrams
 /// in CI). The route is asked the way the kernel routes a packet
-/// (`RTM_GETROUTE`, in-process, within microseconds of ADD's exit).
+/// (`RTM_GETROUTE`, in-process, within microseconds of ADD's exit). The
+/// pod's own address, added to its `eth0` before the veth is up, waits for
+/// the same worker, after the link is up: until then whatever reached the
+/// pod for it died in the pod's routing (a pod that did not answer a peer's
+/// first ping, in CI).
 #[test]
-fn a_fresh_nodes_ipv6_gateway_is_local_the_instant_its_first_add_returns() {
+fn a_fresh_pods_ipv6_addresses_are_local_the_instant_its_add_returns() {
     use sluice_cni::netlink::Netlink;
     use sluice_cni::netns::Netns;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -206,12 +210,18 @@ fn a_fresh_nodes_ipv6_gateway_is_local_the_instant_its_first_add_returns() {
         return;
     }
     const NODES: usize = 24;
+    // Two pods a node, one after the other: the first ADD waits for its
+    // gateway, the second finds it local and waits for nothing of it.
+    const PODS: [&str; 2] = ["first", "second"];
     let nodes: Vec<Node> = (0..NODES).map(|_| Node::new()).collect();
-    let pods: Vec<Ns> = (0..NODES).map(|_| Ns::new("p")).collect();
+    let pods: Vec<[Ns; 2]> = (0..NODES).map(|_| [Ns::new("p"), Ns::new("p")]).collect();
     let scratch = Ns::new("r");
     let stop = AtomicBool::new(false);
     let sluice = bin("sluice");
-    let results: Vec<(Cni, Option<bool>)> = std::thread::scope(|s| {
+    // Per ADD: its output, and (if it succeeded) whether the node routed
+    // the gateway locally and whether the pod routed its address locally.
+    type Local = Option<(bool, bool)>;
+    let results: Vec<(Cni, Local)> = std::thread::scope(|s| {
         // RTNL kept busy the way other ADDs keep it: links created and
         // deleted in a namespace of the test's own.
         let busy: Vec<_> = (0..4)
@@ -232,48 +242,61 @@ fn a_fresh_nodes_ipv6_gateway_is_local_the_instant_its_first_add_returns() {
         let adds: Vec<_> = nodes
             .iter()
             .zip(&pods)
-            .map(|(node, pod)| {
+            .map(|(node, pods)| {
                 let sluice = &sluice;
                 s.spawn(move || {
                     let mut nl = Netlink::open_in(&Netns::open(&node.ns.path()).unwrap()).unwrap();
                     let conf = node.conf("1.0.0", ranges("v6"));
-                    let out = Cni::wait(spawn_cni(
-                        &node.ns,
-                        sluice,
-                        "ADD",
-                        "first",
-                        Some(&pod.path()),
-                        "eth0",
-                        &conf,
-                        &[],
-                    ));
-                    let local = (out.code == Some(0)).then(|| {
-                        let gw = out.json()["ips"][0]["gateway"]
-                            .as_str()
-                            .unwrap()
-                            .parse()
-                            .unwrap();
-                        nl.is_local(gw).unwrap()
-                    });
-                    (out, local)
+                    let mut results = Vec::new();
+                    for (pod, cid) in pods.iter().zip(PODS) {
+                        let mut pod_nl =
+                            Netlink::open_in(&Netns::open(&pod.path()).unwrap()).unwrap();
+                        let out = Cni::wait(spawn_cni(
+                            &node.ns,
+                            sluice,
+                            "ADD",
+                            cid,
+                            Some(&pod.path()),
+                            "eth0",
+                            &conf,
+                            &[],
+                        ));
+                        let local = (out.code == Some(0)).then(|| {
+                            let ip = &out.json()["ips"][0];
+                            let gw = ip["gateway"].as_str().unwrap().parse().unwrap();
+                            let addr: ipnetwork::IpNetwork =
+                                ip["address"].as_str().unwrap().parse().unwrap();
+                            (
+                                nl.is_local(gw).unwrap(),
+                                pod_nl.is_local(addr.ip()).unwrap(),
+                            )
+                        });
+                        results.push((out, local));
+                    }
+                    results
                 })
             })
             .collect();
-        let results = adds.into_iter().map(|h| h.join().unwrap()).collect();
+        let results = adds.into_iter().flat_map(|h| h.join().unwrap()).collect();
         stop.store(true, Ordering::Relaxed);
         for b in busy {
             b.join().unwrap();
         }
         results
     });
-    for ((node, pod), (out, _)) in nodes.iter().zip(&pods).zip(&results) {
+    let adds = nodes.iter().zip(&pods).flat_map(|(node, pods)| {
+        pods.iter()
+            .zip(PODS)
+            .map(move |(pod, cid)| (node, pod, cid))
+    });
+    for ((node, pod, cid), (out, _)) in adds.zip(&results) {
         if out.code == Some(0) {
             let conf = node.conf("1.0.0", ranges("v6"));
             cni_in(
                 &node.ns,
                 &sluice,
                 "DEL",
-                "first",
+                cid,
                 Some(&pod.path()),
                 "eth0",
                 &conf,
@@ -288,9 +311,19 @@ fn a_fresh_nodes_ipv6_gateway_is_local_the_instant_its_first_add_returns() {
         .map(|(out, _)| format!("{} {}", out.stdout, out.stderr))
         .collect();
     assert!(failed.is_empty(), "ADDs failed: {failed:?}");
-    let late = results.iter().filter(|(_, l)| *l == Some(false)).count();
+    let gw_late = results
+        .iter()
+        .filter(|(_, l)| matches!(l, Some((false, _))))
+        .count();
+    let pod_late = results
+        .iter()
+        .filter(|(_, l)| matches!(l, Some((_, false))))
+        .count();
     assert_eq!(
-        late, 0,
-        "{late} of {NODES} nodes did not route their pod's gateway to themselves when ADD returned"
+        (gw_late, pod_late),
+        (0, 0),
+        "when ADD returned, {gw_late} of {} ADDs' nodes did not route the pod's gateway to \
+         themselves, and {pod_late} pods did not route their own address to themselves",
+        results.len()
     );
 }
