@@ -240,7 +240,8 @@ pub struct Churn<'a> {
 #[derive(Debug)]
 struct Run {
     child: Child,
-    kill: bool,
+    /// When it is to be killed, if it is.
+    kill_at: Option<Instant>,
 }
 
 impl<'a> Churn<'a> {
@@ -262,45 +263,52 @@ impl<'a> Churn<'a> {
     fn run(&mut self, cmd: &str, pods: &[(&Ns, &str)], parallel: usize, kill: f64) -> Vec<bool> {
         let sluice = bin("sluice");
         let mut ok = Vec::with_capacity(pods.len());
+        // A DEL is over in a few ms (the veth is deleted in the
+        // background), an ADD takes longer: each is hit somewhere along its
+        // own run, counted from its own spawn. (Counted from the batch's
+        // last spawn, as before, a loaded .ci/run hit 2 of the 1,000-pod
+        // churn's ~50 chosen ADDs: under load spawning a batch takes about
+        // as long as an ADD.)
+        let span = Duration::from_micros(if cmd == "ADD" { 20_000 } else { 4_000 });
         for batch in pods.chunks(parallel.max(1)) {
-            let runs: Vec<Run> = batch
+            let mut runs: Vec<Run> = batch
                 .iter()
-                .map(|(ns, cid)| Run {
-                    child: spawn_cni(
-                        &self.node.ns,
-                        &sluice,
-                        cmd,
-                        cid,
-                        Some(&ns.path()),
-                        "eth0",
-                        &self.conf,
-                        &[],
-                    ),
-                    kill: fastrand::f64() < kill,
-                })
-                .collect();
-            if runs.iter().any(|r| r.kill) {
-                // A DEL is over in a few ms (the veth is deleted in the
-                // background), an ADD takes longer: each is hit somewhere
-                // along its own run.
-                let span = if cmd == "ADD" { 20_000 } else { 4_000 };
-                std::thread::sleep(Duration::from_micros(fastrand::u64(0..span)));
-            }
-            // Every chosen run is killed before any run is waited for:
-            // killed in turn, after waiting for the batch's earlier runs,
-            // many had already finished (the 1,000-pod churn hit 14 and 27
-            // ADDs alone, 2 in a loaded .ci/run; 29-33 alone since).
-            let mut runs = runs;
-            let killed: Vec<bool> = runs
-                .iter_mut()
-                .map(|r| {
-                    let hit = r.kill && r.child.try_wait().unwrap().is_none();
-                    if hit {
-                        let _ = r.child.kill();
+                .map(|(ns, cid)| {
+                    let chosen = fastrand::f64() < kill;
+                    let kill_at = chosen.then(|| Instant::now() + span.mul_f64(fastrand::f64()));
+                    Run {
+                        child: spawn_cni(
+                            &self.node.ns,
+                            &sluice,
+                            cmd,
+                            cid,
+                            Some(&ns.path()),
+                            "eth0",
+                            &self.conf,
+                            &[],
+                        ),
+                        kill_at,
                     }
-                    hit
                 })
                 .collect();
+            // Every chosen run is killed at its moment, before any run is
+            // waited for: killed in turn after waiting for the batch's
+            // earlier runs, many had already finished (the 1,000-pod churn
+            // hit 14 and 27 ADDs alone).
+            let mut order: Vec<usize> = (0..runs.len())
+                .filter(|&i| runs[i].kill_at.is_some())
+                .collect();
+            order.sort_by_key(|&i| runs[i].kill_at);
+            let mut killed = vec![false; runs.len()];
+            for i in order {
+                let at = runs[i].kill_at.expect("chosen");
+                std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                let r = &mut runs[i];
+                if r.child.try_wait().unwrap().is_none() {
+                    let _ = r.child.kill();
+                    killed[i] = true;
+                }
+            }
             for (mut r, killed) in runs.into_iter().zip(killed) {
                 if killed {
                     let _ = r.child.wait();
