@@ -267,8 +267,7 @@ impl<'a> Churn<'a> {
         // background), an ADD takes longer: each is hit somewhere along its
         // own run, counted from its own spawn. (Counted from the batch's
         // last spawn, as before, a loaded .ci/run hit 2 of the 1,000-pod
-        // churn's ~50 chosen ADDs: under load spawning a batch takes about
-        // as long as an ADD.)
+        // churn's ~50 chosen ADDs; counted from its own, 34-38.)
         let span = Duration::from_micros(if cmd == "ADD" { 20_000 } else { 4_000 });
         for batch in pods.chunks(parallel.max(1)) {
             let mut runs: Vec<Run> = batch
