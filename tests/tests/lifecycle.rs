@@ -187,12 +187,12 @@ fn each_veth_end_is_created_with_the_one_queue_it_uses() {
     node.assert_clean();
 }
 
-/// Fresh nodes each get their first pod at once, with the node's RTNL lock
-/// kept busy, and the moment each ADD returns the node routes the pod's
-/// IPv6 gateway to itself, and the pod its own IPv6 address. ADD puts the gateway on the node's loopback;
-/// the kernel lists an IPv6 address at once but routes it locally only
-/// once its address worker has run, and that worker waits for a CPU and
-/// the RTNL lock. With many ADDs at once it came up to 180 ms late, and
+/// Fresh nodes each get their first pods at once, with the node's RTNL
+/// lock kept busy, and the moment each ADD returns the node routes the
+/// pod's IPv6 gateway to itself, and the pod its own IPv6 address. ADD
+/// puts the gateway on the node's loopback; the kernel lists an IPv6
+/// address at once but routes it locally only once its address worker has
+/// run, and that worker waits for a CPU and the RTNL lock. With many ADDs at once it came up to 180 ms late, and
 /// the first pods' packets to their gateway died in the node's routing
 /// (Ip6InNoRoutes; the 100-pod edge test lost one or two genuine datagrams
 /// in CI). The route is asked the way the kernel routes a packet

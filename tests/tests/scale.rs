@@ -60,12 +60,13 @@ fn p99(mut v: Vec<f64>) -> f64 {
 
 /// A register does not wait on housekeeping (p99 of its wait for the
 /// daemon's state under 5 ms, of its whole time in the daemon under 15 ms)
-/// while, at the same time and at 10,000 services, `sluicectl status` runs over and over, the
-/// endpoint reconcile runs every second, and a hundred frontends are
-/// removed and added again (their affinity entries, 60,000 of them, with
-/// them). Before, status counted every map's keys under the state lock
-/// the register needs, the accept loop waited for each reconcile, and a
-/// removal walked the affinity map under the programmer's lock.
+/// while, at the same time and at 10,000 services, `sluicectl status` runs
+/// over and over, the endpoint reconcile runs every second, and a hundred
+/// frontends are removed and added again (their affinity entries, 60,000
+/// of them, with them). Before, status counted every map's keys under the
+/// state lock the register needs, the accept loop waited for each
+/// reconcile, and a removal walked the affinity map under the programmer's
+/// lock.
 #[test]
 fn register_stays_fast_while_housekeeping_runs_at_10000_services() {
     if !require_root() {
